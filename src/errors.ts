@@ -1,0 +1,52 @@
+/**
+ * Typed errors. Every error the library throws on bad input is a RoutedPeftError:
+ * it names the offending value and where it was found (`path`), and says how to fix it (`hint`).
+ */
+
+export interface ErrorDetails {
+  /** Where the bad value was found: a file path, a tensor name, a config path like `experts[2].rank`. */
+  readonly path?: string;
+  /** One sentence telling the user how to fix it. */
+  readonly hint?: string;
+  readonly cause?: unknown;
+}
+
+export class RoutedPeftError extends Error {
+  readonly path: string | undefined;
+  readonly hint: string | undefined;
+
+  constructor(message: string, details: ErrorDetails = {}) {
+    const where = details.path === undefined ? '' : ` (at ${details.path})`;
+    const fix = details.hint === undefined ? '' : `. ${details.hint}`;
+    super(`${message}${where}${fix}`, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = new.target.name;
+    this.path = details.path;
+    this.hint = details.hint;
+  }
+}
+
+/** A spec or option object failed validation. */
+export class ConfigError extends RoutedPeftError {}
+
+/** A checkpoint file or directory is malformed, incomplete, or does not fit the model. */
+export class CheckpointError extends RoutedPeftError {}
+
+/** A safetensors file violates the format. */
+export class SafetensorsError extends CheckpointError {}
+
+/** A tensor has the wrong shape for where it is used. */
+export class ShapeError extends RoutedPeftError {}
+
+/** A requested tfjs backend cannot be loaded. */
+export class BackendError extends RoutedPeftError {}
+
+/** A tokenizer file is malformed or cannot encode/decode the input. */
+export class TokenizerError extends RoutedPeftError {}
+
+/** Bad command-line arguments (the CLI exits 2 on these). */
+export class UsageError extends RoutedPeftError {}
+
+/** Formats a shape for messages: [2, 3, 4]. */
+export function formatShape(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
