@@ -1,0 +1,87 @@
+/**
+ * The llama family: Hugging Face config and weight names → ModelConfig and frozen tensors.
+ * Names (REFERENCE.md): model.embed_tokens.weight, model.layers.{i}.self_attn.{q,k,v,o}_proj.weight,
+ * model.layers.{i}.mlp.{gate,up,down}_proj.weight, model.layers.{i}.{input,post_attention}_layernorm.weight,
+ * model.norm.weight, lm_head.weight (absent when tied).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { parseConfig } from '../../config/parse.js';
+import { takeTensor, type TensorSource } from '../../io/host-tensors.js';
+import { ModelConfig, headDim } from '../config.js';
+import type { SiteName } from '../sites.js';
+import type { LayerWeights, LinearWeights, TransformerWeights } from '../weights.js';
+
+/** Hugging Face module path of each site, relative to `model.layers.{i}.`. */
+export const LLAMA_SITE_MODULES: Readonly<Record<SiteName, string>> = {
+  'attn.q': 'self_attn.q_proj',
+  'attn.k': 'self_attn.k_proj',
+  'attn.v': 'self_attn.v_proj',
+  'attn.o': 'self_attn.o_proj',
+  'mlp.gate': 'mlp.gate_proj',
+  'mlp.up': 'mlp.up_proj',
+  'mlp.down': 'mlp.down_proj',
+};
+
+export function llamaConfigFromHf(json: Record<string, unknown>, origin: string): ModelConfig {
+  const heads = json['num_attention_heads'];
+  return parseConfig(
+    ModelConfig,
+    {
+      family: 'llama',
+      vocabSize: json['vocab_size'],
+      dim: json['hidden_size'],
+      hiddenDim: json['intermediate_size'],
+      nLayers: json['num_hidden_layers'],
+      nHeads: heads,
+      nKvHeads: json['num_key_value_heads'] ?? heads,
+      maxSeqLen: json['max_position_embeddings'] ?? 2048,
+      normEps: json['rms_norm_eps'] ?? 1e-6,
+      ropeTheta: json['rope_theta'] ?? 10000,
+      tiedEmbeddings: json['tie_word_embeddings'] ?? false,
+      ...(typeof json['bos_token_id'] === 'number' ? { bosId: json['bos_token_id'] } : {}),
+      ...(typeof json['eos_token_id'] === 'number' ? { eosId: json['eos_token_id'] } : {}),
+    },
+    `${origin} config.json`,
+  );
+}
+
+/** Site output/input widths: [O, I]. */
+export function llamaSiteShape(config: ModelConfig, site: SiteName): [number, number] {
+  const kv = config.nKvHeads * headDim(config);
+  const shapes: Record<SiteName, [number, number]> = {
+    'attn.q': [config.dim, config.dim],
+    'attn.k': [kv, config.dim],
+    'attn.v': [kv, config.dim],
+    'attn.o': [config.dim, config.dim],
+    'mlp.gate': [config.hiddenDim, config.dim],
+    'mlp.up': [config.hiddenDim, config.dim],
+    'mlp.down': [config.dim, config.hiddenDim],
+  };
+  return shapes[site];
+}
+
+export function buildLlamaWeights(config: ModelConfig, source: TensorSource): TransformerWeights {
+  const { dim, vocabSize } = config;
+  const matrix = (name: string, shape: [number, number]): tf.Tensor2D =>
+    tf.tensor2d(takeTensor(source, name, shape).values, shape);
+  const vector = (name: string): tf.Tensor1D => tf.tensor1d(takeTensor(source, name, [dim]).values);
+
+  const tokenEmbedding = matrix('model.embed_tokens.weight', [vocabSize, dim]);
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < config.nLayers; i++) {
+    const prefix = `model.layers.${i}.`;
+    const sites: Partial<Record<SiteName, LinearWeights>> = {};
+    for (const [site, module] of Object.entries(LLAMA_SITE_MODULES) as [SiteName, string][]) {
+      sites[site] = { weight: matrix(`${prefix}${module}.weight`, llamaSiteShape(config, site)) };
+    }
+    layers.push({
+      attnNorm: { weight: vector(`${prefix}input_layernorm.weight`) },
+      mlpNorm: { weight: vector(`${prefix}post_attention_layernorm.weight`) },
+      sites,
+    });
+  }
+  const finalNorm = { weight: vector('model.norm.weight') };
+  const head =
+    config.tiedEmbeddings && !source.has('lm_head.weight') ? tokenEmbedding : matrix('lm_head.weight', [vocabSize, dim]);
+  return { tokenEmbedding, layers, finalNorm, head };
+}

@@ -1,0 +1,44 @@
+/**
+ * The contract between the frozen model and everything attached to it. The base computes its own output
+ * at every point and hands it to a hook, which returns the adapted value; with no hooks (or hooks that
+ * return their input) the forward is exactly the base forward.
+ *
+ * All hook methods run synchronously inside the forward's tf.tidy: tensors they create and do not
+ * return are freed with it. Shape letters: N = B·T token rows, I/O a site's in/out width, D model width,
+ * P prefix slots, Hk key/value heads, Dh head width.
+ */
+import type * as tf from '@tensorflow/tfjs';
+import type { BlockName, SiteName } from './sites.js';
+
+/** Facts about the current forward, given to hooks once before the first layer. */
+export interface ForwardContext {
+  readonly batch: number; // B
+  readonly tokens: number; // T: new tokens in this call (1 per step when decoding with a cache)
+  /** Token ids of this call, host copy [B][T]. */
+  readonly ids: readonly (readonly number[])[];
+  /** 1 for real tokens, 0 for padding, over this call's tokens: [B, T] float32. */
+  readonly mask: tf.Tensor2D;
+  /** Tokens already in the KV cache before this call. */
+  readonly pastLength: number;
+  /** True inside a training step (dropout, router noise). */
+  readonly training: boolean;
+}
+
+export interface AttentionPrefix {
+  readonly keys: tf.Tensor4D; // [B or 1, P, Hk, Dh]
+  readonly values: tf.Tensor4D; // [B or 1, P, Hk, Dh]
+}
+
+export interface ForwardHooks {
+  begin?(context: ForwardContext): void;
+  /** The residual stream entering a layer, [N, D]: lets a router decide once per layer. */
+  beginLayer?(layer: number, hidden: tf.Tensor2D): void;
+  /** Transforms a site's input before the base map, e.g. (IA)³ scaling of the FFN intermediate. [N, I] → [N, I] */
+  siteInput?(layer: number, site: SiteName, x: tf.Tensor2D): tf.Tensor2D;
+  /** Adapts a site's output given its input: y = base(x) in, y' out. x [N, I], y [N, O] → [N, O] */
+  siteOutput?(layer: number, site: SiteName, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D;
+  /** Adapts a sub-block's output before the residual add, e.g. bottleneck adapters. [N, D] → [N, D] */
+  blockOutput?(layer: number, block: BlockName, h: tf.Tensor2D): tf.Tensor2D;
+  /** Extra key/value slots every query of the layer may attend to (prefix tuning). */
+  attentionPrefix?(layer: number): AttentionPrefix | undefined;
+}

@@ -1,0 +1,50 @@
+/**
+ * One entry point for every checkpoint format: a Hugging Face directory (llama or gpt2, safetensors) or a
+ * llama2.c legacy .bin file. Returns the frozen Transformer; tensors are built in a tidy so a checkpoint that
+ * fails half-way leaks nothing.
+ */
+import { existsSync, statSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs';
+import { CheckpointError } from '../errors.js';
+import type { TensorSource } from '../io/host-tensors.js';
+import { readHfModelDirectory } from '../io/hf-model-dir.js';
+import { readLlama2cCheckpoint } from '../io/llama2c-checkpoint.js';
+import type { ModelConfig } from './config.js';
+import { buildGpt2Weights } from './families/gpt2.js';
+import { buildLlamaWeights } from './families/llama.js';
+import { Transformer } from './transformer.js';
+import type { TransformerWeights } from './weights.js';
+
+export type CheckpointFormat = 'huggingface' | 'llama2c';
+
+export interface LoadedModel {
+  readonly model: Transformer;
+  readonly format: CheckpointFormat;
+  readonly path: string;
+}
+
+export function buildTransformer(config: ModelConfig, source: TensorSource): Transformer {
+  const weights = tf.tidy(() => {
+    const built = config.family === 'llama' ? buildLlamaWeights(config, source) : buildGpt2Weights(config, source);
+    return built as unknown as tf.TensorContainer;
+  }) as unknown as TransformerWeights;
+  return new Transformer(config, weights);
+}
+
+export function detectCheckpointFormat(path: string): CheckpointFormat {
+  if (!existsSync(path)) {
+    throw new CheckpointError('model path does not exist', { path, hint: 'Pass a Hugging Face model directory or a llama2.c .bin file' });
+  }
+  if (statSync(path).isDirectory()) return 'huggingface';
+  if (path.endsWith('.bin')) return 'llama2c';
+  throw new CheckpointError('cannot tell the checkpoint format', {
+    path,
+    hint: 'Pass a Hugging Face model directory (config.json + model.safetensors) or a llama2.c .bin file',
+  });
+}
+
+export async function loadBaseModel(path: string): Promise<LoadedModel> {
+  const format = detectCheckpointFormat(path);
+  const checkpoint = format === 'llama2c' ? await readLlama2cCheckpoint(path) : await readHfModelDirectory(path);
+  return { model: buildTransformer(checkpoint.config, checkpoint.source), format, path };
+}

@@ -1,0 +1,24 @@
+/**
+ * Sites: the named linear maps of each Transformer layer, through which adapters attach.
+ *
+ * Every family exposes the attention projections separately (gpt2's fused c_attn is split at load time),
+ * so an adapter spec written for one family reads the same on another.
+ */
+
+export const SITE_NAMES = ['attn.q', 'attn.k', 'attn.v', 'attn.o', 'mlp.gate', 'mlp.up', 'mlp.down'] as const;
+export type SiteName = (typeof SITE_NAMES)[number];
+
+export type ModelFamily = 'llama' | 'gpt2';
+
+/** Sites each family has, in forward order. gpt2's MLP has no gate. */
+export const FAMILY_SITES: Readonly<Record<ModelFamily, readonly SiteName[]>> = {
+  llama: SITE_NAMES,
+  gpt2: ['attn.q', 'attn.k', 'attn.v', 'attn.o', 'mlp.up', 'mlp.down'],
+};
+
+export function isSiteName(value: string): value is SiteName {
+  return (SITE_NAMES as readonly string[]).includes(value);
+}
+
+/** Sub-blocks of a layer whose outputs (before the residual add) may be adapted, e.g. by bottleneck adapters. */
+export type BlockName = 'attn' | 'mlp';

@@ -1,0 +1,226 @@
+/**
+ * The frozen decoder-only Transformer: llama (RMSNorm, RoPE, grouped-query attention, SwiGLU) and gpt2
+ * (LayerNorm, learned positions, GELU-tanh). Every linear map goes through a named site where hooks may
+ * adapt it; with no hooks the forward is the plain base model.
+ *
+ * Shape letters: B batch, T new tokens, N = B·T rows, S attended slots, D width, F FFN width, H query heads,
+ * Hk key/value heads, Dh head width, V vocabulary.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { ShapeError, formatShape } from '../errors.js';
+import { attentionBias, groupedQueryAttention } from './attention.js';
+import type { ModelConfig } from './config.js';
+import { headDim } from './config.js';
+import type { ForwardContext, ForwardHooks } from './hooks.js';
+import { KVCache } from './kv-cache.js';
+import { geluTanh, layerNorm, rmsNorm } from './layers.js';
+import { applyRope, ropeTables, type RopeTables } from './rope.js';
+import { FAMILY_SITES, type SiteName } from './sites.js';
+import { countParameters, disposeWeights, type NormWeights, type TransformerWeights } from './weights.js';
+
+export type ForwardOutput = 'logits' | 'last-logits' | 'hidden';
+
+export interface ForwardOptions {
+  /** Token ids [B][T]; rows must have equal length (pad on the left for generation). */
+  readonly ids: readonly (readonly number[])[];
+  /** 1 real token, 0 padding, [B][T]; default all real. */
+  readonly mask?: readonly (readonly number[])[];
+  /** Continue from (and extend) this cache. */
+  readonly cache?: KVCache;
+  readonly hooks?: ForwardHooks;
+  /** 'logits' [B, T, V] (default), 'last-logits' [B, V] of the last column, 'hidden' final normed states [B, T, D]. */
+  readonly output?: ForwardOutput;
+  readonly training?: boolean;
+}
+
+export class Transformer {
+  readonly sites: readonly SiteName[];
+  private readonly rope: RopeTables | undefined;
+  private disposed = false;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: TransformerWeights,
+  ) {
+    this.sites = FAMILY_SITES[config.family];
+    this.rope = config.family === 'llama' ? ropeTables(headDim(config), config.maxSeqLen, config.ropeTheta) : undefined;
+  }
+
+  get parameterCount(): number {
+    return countParameters(this.weights);
+  }
+
+  newCache(batch: number): KVCache {
+    return new KVCache(this.config.nLayers, batch);
+  }
+
+  /** Runs the model. The returned tensor belongs to the caller. */
+  forward(options: ForwardOptions): tf.Tensor {
+    if (this.disposed) throw new Error('Transformer used after dispose()');
+    const { ids, cache, hooks } = options;
+    const batch = ids.length;
+    const tokens = ids[0]?.length ?? 0;
+    this.validateIds(ids, options.mask, cache);
+    const mask = options.mask ?? ids.map((row) => row.map(() => 1));
+    const past = cache?.length ?? 0;
+    const positions = this.positions(mask, cache);
+
+    const result = tf.tidy(() => {
+      const maskTensor = tf.tensor2d(mask.map((r) => [...r]), [batch, tokens], 'float32'); // [B, T]
+      const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, pastLength: past, training: options.training ?? false };
+      hooks?.begin?.(context);
+      const keyMask = cache === undefined ? mask : cache.mask.map((row, b) => [...row, ...(mask[b] ?? [])]);
+      const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]
+
+      let hidden = this.embed(ids, positionTensor); // [N, D]
+      for (let layer = 0; layer < this.config.nLayers; layer++) {
+        hooks?.beginLayer?.(layer, hidden);
+        const attnIn = this.norm(hidden, this.layer(layer).attnNorm); // [N, D]
+        let attnOut = this.attention(layer, attnIn, positionTensor, keyMask, batch, tokens, past, options); // [N, D]
+        if (hooks?.blockOutput) attnOut = hooks.blockOutput(layer, 'attn', attnOut);
+        hidden = tf.add<tf.Tensor2D>(hidden, attnOut); // [N, D]
+        const mlpIn = this.norm(hidden, this.layer(layer).mlpNorm); // [N, D]
+        let mlpOut = this.mlp(layer, mlpIn, hooks); // [N, D]
+        if (hooks?.blockOutput) mlpOut = hooks.blockOutput(layer, 'mlp', mlpOut);
+        hidden = tf.add<tf.Tensor2D>(hidden, mlpOut); // [N, D]
+      }
+      cache?.append(mask);
+      const final = this.norm(hidden, this.weights.finalNorm); // [N, D]
+      const output = options.output ?? 'logits';
+      if (output === 'hidden') return tf.reshape(final, [batch, tokens, this.config.dim]); // [B, T, D]
+      if (output === 'last-logits') {
+        const last = tf.slice(tf.reshape(final, [batch, tokens, this.config.dim]), [0, tokens - 1, 0], [batch, 1, this.config.dim]); // [B, 1, D]
+        return tf.matMul(tf.reshape(last, [batch, this.config.dim]), this.weights.head, false, true); // [B, V]
+      }
+      const logits = tf.matMul(final, this.weights.head, false, true); // [N, V]
+      return tf.reshape(logits, [batch, tokens, this.config.vocabSize]); // [B, T, V]
+    });
+    return result;
+  }
+
+  /** Applies one site's frozen linear map with its hooks: x [N, I] → [N, O]. */
+  applySite(layer: number, site: SiteName, x: tf.Tensor2D, hooks: ForwardHooks | undefined): tf.Tensor2D {
+    const linear = this.layer(layer).sites[site];
+    if (linear === undefined) throw new Error(`layer ${layer} has no site ${site}`);
+    const input = hooks?.siteInput ? hooks.siteInput(layer, site, x) : x; // [N, I]
+    const projected: tf.Tensor2D = tf.matMul(input, linear.weight, false, true); // [N, O]
+    const base = linear.bias === undefined ? projected : tf.add<tf.Tensor2D>(projected, linear.bias); // [N, O]
+    return hooks?.siteOutput ? hooks.siteOutput(layer, site, input, base) : base; // [N, O]
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    disposeWeights(this.weights);
+    this.rope?.cos.dispose();
+    this.rope?.sin.dispose();
+  }
+
+  private layer(index: number): TransformerWeights['layers'][number] {
+    const layer = this.weights.layers[index];
+    if (layer === undefined) throw new Error(`no layer ${index}`);
+    return layer;
+  }
+
+  private embed(ids: readonly (readonly number[])[], positions: tf.Tensor2D): tf.Tensor2D {
+    const flatIds = tf.tensor1d(ids.flat(), 'int32'); // [N]
+    const tokens = tf.gather(this.weights.tokenEmbedding, flatIds); // [N, D]
+    if (this.weights.positionEmbedding === undefined) return tokens;
+    const learned = tf.gather(this.weights.positionEmbedding, tf.reshape(positions, [-1])); // [N, D]
+    return tf.add(tokens, learned); // [N, D]
+  }
+
+  private norm(x: tf.Tensor2D, weights: NormWeights): tf.Tensor2D {
+    return this.config.family === 'llama' ? rmsNorm(x, weights, this.config.normEps) : layerNorm(x, weights, this.config.normEps);
+  }
+
+  private attention(
+    layer: number,
+    x: tf.Tensor2D,
+    positions: tf.Tensor2D,
+    keyMask: readonly (readonly number[])[],
+    batch: number,
+    tokens: number,
+    past: number,
+    options: ForwardOptions,
+  ): tf.Tensor2D {
+    const { nHeads, nKvHeads } = this.config;
+    const dh = headDim(this.config);
+    const hooks = options.hooks;
+    let q = tf.reshape<tf.Rank.R4>(this.applySite(layer, 'attn.q', x, hooks), [batch, tokens, nHeads, dh]); // [B, T, H, Dh]
+    let k = tf.reshape<tf.Rank.R4>(this.applySite(layer, 'attn.k', x, hooks), [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
+    let v = tf.reshape<tf.Rank.R4>(this.applySite(layer, 'attn.v', x, hooks), [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
+    if (this.rope !== undefined) {
+      q = applyRope(q, positions, this.rope); // [B, T, H, Dh]
+      k = applyRope(k, positions, this.rope); // [B, T, Hk, Dh]
+    }
+    const cache = options.cache;
+    const cached = cache?.get(layer);
+    if (cached !== undefined) {
+      k = tf.concat<tf.Tensor4D>([cached.keys, k], 1); // [B, S, Hk, Dh]
+      v = tf.concat<tf.Tensor4D>([cached.values, v], 1); // [B, S, Hk, Dh]
+    }
+    if (cache !== undefined) cache.set(layer, k, v);
+
+    const prefix = hooks?.attentionPrefix?.(layer);
+    let prefixSlots = 0;
+    if (prefix !== undefined) {
+      prefixSlots = prefix.keys.shape[1];
+      const prefixKeys = prefix.keys.shape[0] === batch ? prefix.keys : tf.tile(prefix.keys, [batch, 1, 1, 1]); // [B, P, Hk, Dh]
+      const prefixValues = prefix.values.shape[0] === batch ? prefix.values : tf.tile(prefix.values, [batch, 1, 1, 1]); // [B, P, Hk, Dh]
+      k = tf.concat<tf.Tensor4D>([prefixKeys, k], 1); // [B, P+S, Hk, Dh]
+      v = tf.concat<tf.Tensor4D>([prefixValues, v], 1); // [B, P+S, Hk, Dh]
+    }
+    const bias = attentionBias(keyMask, tokens, past, prefixSlots); // [B, 1, 1, T, P+S]
+    const mixed = groupedQueryAttention(q, k, v, bias); // [B, T, D]
+    return this.applySite(layer, 'attn.o', tf.reshape<tf.Rank.R2>(mixed, [batch * tokens, nHeads * dh]), hooks); // [N, D]
+  }
+
+  private mlp(layer: number, x: tf.Tensor2D, hooks: ForwardHooks | undefined): tf.Tensor2D {
+    if (this.config.family === 'llama') {
+      const gate = this.applySite(layer, 'mlp.gate', x, hooks); // [N, F]
+      const up = this.applySite(layer, 'mlp.up', x, hooks); // [N, F]
+      const intermediate = tf.mul<tf.Tensor2D>(tf.mul(gate, tf.sigmoid(gate)), up); // [N, F]  SwiGLU (Shazeer 2020)
+      return this.applySite(layer, 'mlp.down', intermediate, hooks); // [N, D]
+    }
+    const intermediate = geluTanh(this.applySite(layer, 'mlp.up', x, hooks)); // [N, F]
+    return this.applySite(layer, 'mlp.down', intermediate, hooks); // [N, D]
+  }
+
+  /** Absolute position of every new token: real tokens count up from the cache's length; padding sits at 0. */
+  private positions(mask: readonly (readonly number[])[], cache: KVCache | undefined): number[][] {
+    return mask.map((row, b) => {
+      let next = cache?.positionsOf(b) ?? 0;
+      return row.map((m) => (m === 1 ? next++ : 0));
+    });
+  }
+
+  private validateIds(ids: readonly (readonly number[])[], mask: ForwardOptions['mask'], cache: KVCache | undefined): void {
+    const batch = ids.length;
+    const tokens = ids[0]?.length ?? 0;
+    if (batch === 0 || tokens === 0) throw new ShapeError('forward needs at least one row of at least one token', { hint: 'Pass ids as [[id, ...], ...]' });
+    for (const [b, row] of ids.entries()) {
+      if (row.length !== tokens) {
+        throw new ShapeError(`row ${b} has ${row.length} tokens but row 0 has ${tokens}`, { path: `ids[${b}]`, hint: 'Pad rows to one length and pass a mask' });
+      }
+      for (const [t, id] of row.entries()) {
+        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+          throw new ShapeError(`token id ${id} is outside the vocabulary [0, ${this.config.vocabSize})`, { path: `ids[${b}][${t}]` });
+        }
+      }
+    }
+    if (mask !== undefined) {
+      const shape = [mask.length, mask[0]?.length ?? 0];
+      if (shape[0] !== batch || mask.some((r) => r.length !== tokens || r.some((m) => m !== 0 && m !== 1))) {
+        throw new ShapeError(`mask ${formatShape(shape)} must be 0/1 of the ids' shape ${formatShape([batch, tokens])}`, { path: 'mask' });
+      }
+    }
+    if (cache !== undefined && cache.batch !== batch) {
+      throw new ShapeError(`cache holds ${cache.batch} rows but ids have ${batch}`, { path: 'cache' });
+    }
+    const longest = Math.max(...mask?.map((r, b) => (cache?.positionsOf(b) ?? 0) + r.reduce((s, m) => s + m, 0)) ?? ids.map((_, b) => (cache?.positionsOf(b) ?? 0) + tokens));
+    if (longest > this.config.maxSeqLen) {
+      throw new ShapeError(`sequence of ${longest} tokens exceeds the model's maximum of ${this.config.maxSeqLen}`, { path: 'ids' });
+    }
+  }
+}
