@@ -1,11 +1,6 @@
-// Every test file runs on the backend named by ROUTED_PEFT_BACKEND (default: wasm, the fastest one installable here).
-import * as tf from '@tensorflow/tfjs';
-import '@tensorflow/tfjs-backend-wasm';
+// Every test file runs on the backend named by ROUTED_PEFT_BACKEND (default: wasm, the fastest one installable here),
+// selected through src/backend.ts exactly as the library and CLI select it.
+import { BACKEND_ENV_VAR, selectBackend } from '../../src/backend.js';
 
-const wanted = process.env.ROUTED_PEFT_BACKEND ?? 'wasm';
-const backend = wanted === 'auto' ? 'wasm' : wanted;
-if (tf.getBackend() !== backend) {
-  const ok = await tf.setBackend(backend);
-  if (!ok) throw new Error(`test setup: backend '${backend}' failed to initialise`);
-  await tf.ready();
-}
+const wanted = process.env[BACKEND_ENV_VAR];
+await selectBackend({ env: { [BACKEND_ENV_VAR]: wanted === undefined || wanted === '' ? 'wasm' : wanted } });

@@ -1,0 +1,211 @@
+/**
+ * tfjs backend selection.
+ *
+ * `selectBackend()` picks the backend named by the `preference` option or the `ROUTED_PEFT_BACKEND`
+ * environment variable (`tensorflow` | `wasm` | `cpu` | `auto`, default `auto`):
+ *
+ * - `auto` tries `@tensorflow/tfjs-node-gpu`, then `@tensorflow/tfjs-node` (both register the native
+ *   `tensorflow` backend), then `@tensorflow/tfjs-backend-wasm`, then the pure-JS `cpu` backend, and
+ *   records why each one that did not load failed.
+ * - An explicit preference never falls back: if it cannot load, a BackendError says why and how to fix it.
+ *
+ * The result is remembered (`getBackendReport()`); asking again for the same preference does not
+ * re-initialise anything. Whatever tfjs prints while a backend loads goes to stderr, never stdout.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { format } from 'node:util';
+import { BackendError } from './errors.js';
+import { registerWasmFallbacks } from './wasm-fallbacks.js';
+
+/** What the user asked for. */
+export type BackendPreference = 'tensorflow' | 'wasm' | 'cpu' | 'auto';
+/** The tfjs backend that ended up active. */
+export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+/** One thing that was tried: the two native packages are reported separately. */
+export type BackendAttemptName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
+
+export const BACKEND_ENV_VAR = 'ROUTED_PEFT_BACKEND';
+export const BACKEND_PREFERENCES: readonly BackendPreference[] = ['tensorflow', 'wasm', 'cpu', 'auto'];
+
+export interface BackendAttempt {
+  readonly backend: BackendAttemptName;
+  readonly ok: boolean;
+  /** Why it did not load (the import or initialisation error message); absent when `ok`. */
+  readonly reason?: string;
+  /** Wall time spent on this attempt, in milliseconds. */
+  readonly ms: number;
+}
+
+export interface BackendReport {
+  readonly chosen: BackendName;
+  readonly preference: BackendPreference;
+  readonly attempts: readonly BackendAttempt[];
+}
+
+export interface SelectBackendOptions {
+  /** Overrides the environment variable. */
+  readonly preference?: BackendPreference;
+  /** Where to read `ROUTED_PEFT_BACKEND` from; defaults to `process.env`. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+}
+
+interface Candidate {
+  readonly attempt: BackendAttemptName;
+  readonly backend: BackendName;
+  /** Package to import first; it registers the backend with tfjs. */
+  readonly packageName?: string;
+}
+
+const TF_NODE_GPU: Candidate = { attempt: 'tensorflow-gpu', backend: 'tensorflow', packageName: '@tensorflow/tfjs-node-gpu' };
+const TF_NODE: Candidate = { attempt: 'tensorflow', backend: 'tensorflow', packageName: '@tensorflow/tfjs-node' };
+const WASM: Candidate = { attempt: 'wasm', backend: 'wasm', packageName: '@tensorflow/tfjs-backend-wasm' };
+const CPU: Candidate = { attempt: 'cpu', backend: 'cpu' };
+
+const PLANS: Readonly<Record<BackendPreference, readonly Candidate[]>> = {
+  auto: [TF_NODE_GPU, TF_NODE, WASM, CPU],
+  tensorflow: [TF_NODE_GPU, TF_NODE],
+  wasm: [WASM],
+  cpu: [CPU],
+};
+
+const FIX_HINTS: Readonly<Record<BackendPreference, string>> = {
+  tensorflow:
+    'On a Linux machine with an NVIDIA GPU and CUDA, run `npm install @tensorflow/tfjs-node-gpu` ' +
+    '(or `npm install @tensorflow/tfjs-node` for native CPU), or choose ROUTED_PEFT_BACKEND=wasm or cpu',
+  wasm: 'Reinstall dependencies (`npm ci`) so @tensorflow/tfjs-backend-wasm and its .wasm files are present, or choose ROUTED_PEFT_BACKEND=cpu',
+  cpu: 'Reinstall dependencies (`npm ci`) so @tensorflow/tfjs is complete',
+  auto: 'Reinstall dependencies (`npm ci`)',
+};
+
+let lastReport: BackendReport | undefined;
+/** Selections run one at a time, so concurrent callers never initialise twice. */
+let queue: Promise<unknown> = Promise.resolve();
+
+export function isBackendPreference(value: unknown): value is BackendPreference {
+  return typeof value === 'string' && (BACKEND_PREFERENCES as readonly string[]).includes(value);
+}
+
+/** The last successful selection, or undefined if `selectBackend` has not succeeded yet. */
+export function getBackendReport(): BackendReport | undefined {
+  return lastReport;
+}
+
+/** Resolves the preference from the option or the environment; throws BackendError on an invalid value. */
+export function resolveBackendPreference(options: SelectBackendOptions = {}): BackendPreference {
+  if (options.preference !== undefined) {
+    if (!isBackendPreference(options.preference)) {
+      throw new BackendError(`Invalid backend preference '${String(options.preference)}'`, {
+        hint: `Use one of: ${BACKEND_PREFERENCES.join(', ')}`,
+      });
+    }
+    return options.preference;
+  }
+  const raw = (options.env ?? process.env)[BACKEND_ENV_VAR];
+  const value = raw?.trim().toLowerCase() ?? '';
+  if (value === '') return 'auto';
+  if (!isBackendPreference(value)) {
+    throw new BackendError(`Invalid ${BACKEND_ENV_VAR} value '${raw ?? ''}'`, {
+      hint: `Use one of: ${BACKEND_PREFERENCES.join(', ')} (default auto)`,
+    });
+  }
+  return value;
+}
+
+/**
+ * Selects and activates a tfjs backend. Returns the report (also kept for `getBackendReport()`).
+ * Calling again with the same preference returns the remembered report without re-initialising
+ * (it re-activates the chosen backend if something else switched tfjs away from it meanwhile).
+ */
+export function selectBackend(options: SelectBackendOptions = {}): Promise<BackendReport> {
+  const run = queue.then(() => selectNow(resolveBackendPreference(options)));
+  queue = run.catch(() => undefined);
+  return run;
+}
+
+async function selectNow(preference: BackendPreference): Promise<BackendReport> {
+  const remembered = lastReport;
+  if (remembered !== undefined && remembered.preference === preference) {
+    if (tf.getBackend() !== remembered.chosen && !(await quietly(() => tf.setBackend(remembered.chosen)))) {
+      throw new BackendError(`The '${remembered.chosen}' backend loaded earlier can no longer be activated`, {
+        hint: FIX_HINTS[preference],
+      });
+    }
+    return remembered;
+  }
+  const attempts: BackendAttempt[] = [];
+  for (const candidate of PLANS[preference]) {
+    const attempt = await tryCandidate(candidate);
+    attempts.push(attempt);
+    if (attempt.ok) {
+      lastReport = { chosen: candidate.backend, preference, attempts };
+      return lastReport;
+    }
+  }
+  throw failure(preference, attempts);
+}
+
+async function tryCandidate(candidate: Candidate): Promise<BackendAttempt> {
+  const start = performance.now();
+  const ms = (): number => Math.round((performance.now() - start) * 10) / 10;
+  const warnings: string[] = [];
+  try {
+    await quietly(async () => {
+      if (candidate.packageName !== undefined) await importPackage(candidate.packageName);
+      if (tf.findBackendFactory(candidate.backend) == null) {
+        throw new Error(`loading ${candidate.packageName ?? '@tensorflow/tfjs'} did not register the '${candidate.backend}' backend`);
+      }
+      const ok = await tf.setBackend(candidate.backend);
+      if (!ok) {
+        const detail = warnings.length > 0 ? `: ${warnings.join(' ').replace(/\s+/g, ' ').trim()}` : '';
+        throw new Error(`tf.setBackend('${candidate.backend}') failed to initialise${detail}`);
+      }
+      await tf.ready();
+      if (candidate.backend === 'wasm') registerWasmFallbacks();
+    }, warnings);
+    return { backend: candidate.attempt, ok: true, ms: ms() };
+  } catch (error) {
+    return { backend: candidate.attempt, ok: false, reason: errorMessage(error), ms: ms() };
+  }
+}
+
+/** Imports a package by a runtime specifier (so optional, uninstalled packages do not break type checking or bundling). */
+async function importPackage(specifier: string): Promise<unknown> {
+  return import(specifier) as Promise<unknown>;
+}
+
+/**
+ * Runs `fn` with console.log/info/debug redirected to stderr (stdout is reserved for CLI output),
+ * and console.warn forwarded to stderr while also being collected into `warnings`.
+ */
+async function quietly<T>(fn: () => Promise<T>, warnings: string[] = []): Promise<T> {
+  const saved = { log: console.log, info: console.info, debug: console.debug, warn: console.warn };
+  const toStderr = (...args: unknown[]): void => {
+    process.stderr.write(`${format(...args)}\n`);
+  };
+  console.log = toStderr;
+  console.info = toStderr;
+  console.debug = toStderr;
+  console.warn = (...args: unknown[]): void => {
+    warnings.push(format(...args));
+    toStderr(...args);
+  };
+  try {
+    return await fn();
+  } finally {
+    console.log = saved.log;
+    console.info = saved.info;
+    console.debug = saved.debug;
+    console.warn = saved.warn;
+  }
+}
+
+function failure(preference: BackendPreference, attempts: readonly BackendAttempt[]): BackendError {
+  const reasons = attempts.map((a) => `${a.backend}: ${a.reason ?? 'unknown error'}`).join('; ');
+  const what = preference === 'auto' ? 'No tfjs backend could be loaded' : `The '${preference}' backend could not be loaded`;
+  return new BackendError(`${what} (${reasons})`, { hint: FIX_HINTS[preference] });
+}
+
+function errorMessage(error: unknown): string {
+  const message = (error instanceof Error ? error.message : String(error)).replace(/\s*\n\s*/g, ' ').trim();
+  return message === '' ? 'unknown error' : message;
+}

@@ -1,0 +1,28 @@
+/**
+ * The CLI command table. To add a command, write `src/cli/<name>-command.ts` exporting a CliCommand
+ * and register it in `commands` below (the key must equal the command's `name`).
+ */
+import type { CliIo } from './io.js';
+import { infoCommand } from './info-command.js';
+
+export interface CliCommand {
+  readonly name: string;
+  /** One line, shown in `routed-peft --help`. */
+  readonly summary: string;
+  /** Full help text, starting with `Usage: routed-peft <name> ...`; shown by `--help` and after usage errors. */
+  readonly usage: string;
+  /**
+   * Runs the command on the arguments after its name; resolves to the exit code.
+   * Throw UsageError for bad arguments (exit 2) and other RoutedPeftErrors for failures (exit 1).
+   */
+  run(args: string[], io: CliIo): Promise<number>;
+}
+
+/** Every command, in the order `--help` lists them. */
+export const commands: Readonly<Record<string, CliCommand>> = {
+  info: infoCommand,
+};
+
+export function findCommand(name: string): CliCommand | undefined {
+  return Object.hasOwn(commands, name) ? commands[name] : undefined;
+}

@@ -1,0 +1,111 @@
+/**
+ * CLI entry point: `main(argv, io)` dispatches to a command from the table in commands.ts and
+ * returns the exit code (0 ok, 1 failure, 2 usage error). bin/routed-peft.js calls it.
+ */
+import { RoutedPeftError, UsageError } from '../errors.js';
+import { BACKEND_ENV_VAR } from '../backend.js';
+import { packageVersion } from '../version.js';
+import { commands, findCommand } from './commands.js';
+import type { CliCommand } from './commands.js';
+import { processIo } from './io.js';
+import type { CliIo } from './io.js';
+
+export type { CliIo } from './io.js';
+
+const HELP_FLAGS = new Set(['-h', '--help']);
+const VERSION_FLAGS = new Set(['-V', '--version']);
+
+export function globalUsage(): string {
+  const list = Object.values(commands);
+  const width = Math.max(0, ...list.map((c) => c.name.length));
+  const rows = list.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`);
+  return `Usage: routed-peft <command> [options]
+
+Routed parameter-efficient fine-tuning on TensorFlow.js.
+
+Commands:
+${rows.join('\n')}
+
+Options:
+  -h, --help     Show this help; \`routed-peft <command> --help\` shows a command's options
+  -V, --version  Print the version
+
+Environment:
+  ${BACKEND_ENV_VAR}  tensorflow | wasm | cpu | auto (default auto)
+`;
+}
+
+export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+  const [first, ...rest] = argv;
+  if (first === undefined) {
+    io.stderr(`routed-peft: no command given\n\n${globalUsage()}`);
+    return 2;
+  }
+  if (HELP_FLAGS.has(first)) {
+    io.stdout(globalUsage());
+    return 0;
+  }
+  if (VERSION_FLAGS.has(first)) {
+    io.stdout(`${packageVersion()}\n`);
+    return 0;
+  }
+  if (first === 'help') return help(rest, io);
+  const command = findCommand(first);
+  if (command === undefined) {
+    const what = first.startsWith('-') ? 'unknown option' : 'unknown command';
+    io.stderr(`routed-peft: ${what} '${first}'\n\n${globalUsage()}`);
+    return 2;
+  }
+  if (wantsHelp(rest)) {
+    io.stdout(withNewline(command.usage));
+    return 0;
+  }
+  try {
+    return await command.run(rest, io);
+  } catch (error) {
+    return reportError(error, command, io);
+  }
+}
+
+/** `routed-peft help [command]`. */
+function help(args: readonly string[], io: CliIo): number {
+  const [name] = args;
+  if (name === undefined) {
+    io.stdout(globalUsage());
+    return 0;
+  }
+  const command = findCommand(name);
+  if (command === undefined) {
+    io.stderr(`routed-peft: unknown command '${name}'\n\n${globalUsage()}`);
+    return 2;
+  }
+  io.stdout(withNewline(command.usage));
+  return 0;
+}
+
+/** A help flag before any `--` terminator. */
+function wantsHelp(args: readonly string[]): boolean {
+  for (const arg of args) {
+    if (arg === '--') return false;
+    if (HELP_FLAGS.has(arg)) return true;
+  }
+  return false;
+}
+
+function reportError(error: unknown, command: CliCommand, io: CliIo): number {
+  if (error instanceof UsageError) {
+    io.stderr(`routed-peft ${command.name}: ${error.message}\n\n${withNewline(command.usage)}`);
+    return 2;
+  }
+  if (error instanceof RoutedPeftError) {
+    io.stderr(`routed-peft ${command.name}: ${error.message}\n`);
+    return 1;
+  }
+  const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
+  io.stderr(`routed-peft ${command.name}: unexpected error\n${withNewline(detail)}`);
+  return 1;
+}
+
+function withNewline(text: string): string {
+  return text.endsWith('\n') ? text : `${text}\n`;
+}
