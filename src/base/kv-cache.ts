@@ -13,6 +13,8 @@ interface LayerCache {
 
 export class KVCache {
   private readonly layers: (LayerCache | undefined)[];
+  /** Longer keys/values computed by the forward in progress; committed together by append(). */
+  private readonly pending: (LayerCache | undefined)[];
   /** Host copy of the key mask over all cached slots, [B][S]: 1 real token, 0 padding. */
   private slotMask: number[][];
   /** Real (non-padding) tokens cached per row: the next real token's position. */
@@ -24,6 +26,7 @@ export class KVCache {
     readonly batch: number,
   ) {
     this.layers = Array.from({ length: nLayers }, () => undefined);
+    this.pending = Array.from({ length: nLayers }, () => undefined);
     this.slotMask = Array.from({ length: batch }, () => []);
     this.realLengths = Array.from({ length: batch }, () => 0);
   }
@@ -48,19 +51,33 @@ export class KVCache {
   }
 
   /**
-   * Replaces a layer's cached tensors with longer ones computed during a forward. The new tensors are
-   * kept out of the enclosing tidy; the old ones are disposed.
+   * Stages a layer's longer keys/values computed during a forward. They are kept out of the enclosing
+   * tidy and become visible only when append() commits the whole step, so a forward that fails half-way
+   * leaves the cache as it was.
    */
   set(layer: number, keys: tf.Tensor4D, values: tf.Tensor4D): void {
     this.assertLive();
-    const old = this.layers[layer];
-    this.layers[layer] = { keys: tf.keep(keys), values: tf.keep(values) };
-    old?.keys.dispose();
-    old?.values.dispose();
+    this.dropPending(layer);
+    this.pending[layer] = { keys: tf.keep(keys), values: tf.keep(values) };
   }
 
-  /** Records the mask of the tokens appended by one forward call (after all layers were set). */
+  /** Discards what a failed forward staged. */
+  rollback(): void {
+    for (let layer = 0; layer < this.nLayers; layer++) this.dropPending(layer);
+  }
+
+  /** Commits the staged keys/values of every layer and records the mask of the tokens they add. */
   append(mask: readonly (readonly number[])[]): void {
+    this.assertLive();
+    for (let layer = 0; layer < this.nLayers; layer++) {
+      const staged = this.pending[layer];
+      if (staged === undefined) continue;
+      const old = this.layers[layer];
+      this.layers[layer] = staged;
+      this.pending[layer] = undefined;
+      old?.keys.dispose();
+      old?.values.dispose();
+    }
     for (let b = 0; b < this.batch; b++) {
       const rowMask = mask[b] ?? [];
       this.slotMask[b] = [...(this.slotMask[b] ?? []), ...rowMask];
@@ -71,11 +88,19 @@ export class KVCache {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.rollback();
     for (const entry of this.layers) {
       entry?.keys.dispose();
       entry?.values.dispose();
     }
     this.layers.fill(undefined);
+  }
+
+  private dropPending(layer: number): void {
+    const staged = this.pending[layer];
+    staged?.keys.dispose();
+    staged?.values.dispose();
+    this.pending[layer] = undefined;
   }
 
   private assertLive(): void {

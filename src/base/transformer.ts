@@ -65,7 +65,7 @@ export class Transformer {
     const past = cache?.length ?? 0;
     const positions = this.positions(mask, cache);
 
-    const result = tf.tidy(() => {
+    const run = (): tf.Tensor => tf.tidy(() => {
       const maskTensor = tf.tensor2d(mask.map((r) => [...r]), [batch, tokens], 'float32'); // [B, T]
       const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, pastLength: past, training: options.training ?? false };
       hooks?.begin?.(context);
@@ -95,7 +95,12 @@ export class Transformer {
       const logits = tf.matMul(final, this.weights.head, false, true); // [N, V]
       return tf.reshape(logits, [batch, tokens, this.config.vocabSize]); // [B, T, V]
     });
-    return result;
+    try {
+      return run();
+    } catch (error) {
+      cache?.rollback();
+      throw error;
+    }
   }
 
   /** Applies one site's frozen linear map with its hooks: x [N, I] → [N, O]. */
