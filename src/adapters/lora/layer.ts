@@ -1,0 +1,76 @@
+/**
+ * One LoRA module at one site. Shape letters: N token rows, I in width, O out width, r rank.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { DeltaModule, ModuleContext, ModulePlacement } from '../adapter.js';
+import type { SiteName } from '../../base/sites.js';
+
+export interface LoraShape {
+  readonly rank: number;
+  readonly alpha: number;
+  readonly rslora: boolean;
+  readonly dropout: number;
+  readonly init: 'zero-b' | 'random';
+}
+
+export function loraScale(alpha: number, rank: number, rslora: boolean): number {
+  return rslora ? alpha / Math.sqrt(rank) : alpha / rank;
+}
+
+export class LoraModule implements DeltaModule {
+  readonly kind = 'lora';
+  readonly role = 'delta';
+  readonly adapter: string;
+  readonly layer: number;
+  readonly point: ModulePlacement['point'];
+  readonly rank: number;
+  readonly scale: number;
+  readonly dropout: number;
+  readonly a: tf.Variable<tf.Rank.R2>; // [r, I]
+  readonly b: tf.Variable<tf.Rank.R2>; // [O, r]
+
+  constructor(placement: ModulePlacement, shape: LoraShape) {
+    this.adapter = placement.adapter;
+    this.layer = placement.layer;
+    this.point = placement.point;
+    this.rank = shape.rank;
+    this.dropout = shape.dropout;
+    this.scale = loraScale(shape.alpha, shape.rank, shape.rslora);
+    const { inFeatures, outFeatures, seed } = placement;
+    const name = `${placement.adapter}/layers.${placement.layer}.${this.site}/lora`;
+    // A: Kaiming-uniform bound 1/√I, as PEFT's kaiming_uniform_(a=√5) gives for a [r, I] weight.
+    const bound = 1 / Math.sqrt(inFeatures);
+    this.a = tf.variable(tf.randomUniform([shape.rank, inFeatures], -bound, bound, 'float32', seed), true, `${name}_A`);
+    this.b = tf.variable(
+      shape.init === 'zero-b' ? tf.zeros([outFeatures, shape.rank]) : tf.randomUniform([outFeatures, shape.rank], -bound, bound, 'float32', seed + 1),
+      true,
+      `${name}_B`,
+    );
+  }
+
+  get site(): SiteName {
+    if (this.point.kind !== 'site-output') throw new Error('LoRA attaches to site outputs only');
+    return this.point.site;
+  }
+
+  delta(x: tf.Tensor2D, _y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D {
+    const input = context.training && this.dropout > 0 ? tf.dropout(x, this.dropout) : x; // [N, I]
+    const down = tf.matMul(input, this.a, false, true); // [N, r]
+    const up: tf.Tensor2D = tf.matMul(down, this.b, false, true); // [N, O]
+    return tf.mul(up, this.scale); // [N, O]
+  }
+
+  /** ΔW = s · B·A in the base weight's [O, I] layout (for merging). */
+  deltaWeight(): tf.Tensor2D {
+    return tf.tidy(() => tf.mul<tf.Tensor2D>(tf.matMul(this.b, this.a), this.scale)); // [O, I]
+  }
+
+  variables(): readonly tf.Variable[] {
+    return [this.a, this.b];
+  }
+
+  dispose(): void {
+    this.a.dispose();
+    this.b.dispose();
+  }
+}
