@@ -8,6 +8,7 @@
  * P prefix slots, Hk key/value heads, Dh head width.
  */
 import type * as tf from '@tensorflow/tfjs';
+import type { KVCache } from './kv-cache.js';
 import type { BlockName, SiteName } from './sites.js';
 
 /** Facts about the current forward, given to hooks once before the first layer. */
@@ -20,6 +21,8 @@ export interface ForwardContext {
   readonly mask: tf.Tensor2D;
   /** Tokens already in the KV cache before this call. */
   readonly pastLength: number;
+  /** The KV cache this call extends, if any: per-generation state (e.g. routing decisions) may live in it. */
+  readonly cache: KVCache | undefined;
   /** True inside a training step (dropout, router noise). */
   readonly training: boolean;
 }

@@ -11,7 +11,32 @@ interface LayerCache {
   values: tf.Tensor4D; // [B, S, Hk, Dh]
 }
 
+/**
+ * Tensors that must live as long as a generation: e.g. sequence-level routing decisions made at prefill
+ * and reused at every decoding step. Values are kept out of tidies and disposed with the cache.
+ */
+export class CacheMemory {
+  private readonly entries = new Map<string, tf.Tensor>();
+
+  get(key: string): tf.Tensor | undefined {
+    return this.entries.get(key);
+  }
+
+  set(key: string, value: tf.Tensor): void {
+    const old = this.entries.get(key);
+    this.entries.set(key, tf.keep(value));
+    if (old !== undefined && old !== value) old.dispose();
+  }
+
+  dispose(): void {
+    for (const t of this.entries.values()) t.dispose();
+    this.entries.clear();
+  }
+}
+
 export class KVCache {
+  /** Routing decisions and other per-generation state (see CacheMemory). */
+  readonly routingMemory = new CacheMemory();
   private readonly layers: (LayerCache | undefined)[];
   /** Longer keys/values computed by the forward in progress; committed together by append(). */
   private readonly pending: (LayerCache | undefined)[];
@@ -89,6 +114,7 @@ export class KVCache {
     if (this.disposed) return;
     this.disposed = true;
     this.rollback();
+    this.routingMemory.dispose();
     for (const entry of this.layers) {
       entry?.keys.dispose();
       entry?.values.dispose();

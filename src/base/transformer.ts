@@ -38,12 +38,35 @@ export class Transformer {
   private readonly rope: RopeTables | undefined;
   private disposed = false;
 
+  /** Tensors this instance frees on dispose(): all weights, or only a view's own replacements. */
+  private readonly owned: readonly tf.Tensor[] | 'all';
+
   constructor(
     readonly config: ModelConfig,
     readonly weights: TransformerWeights,
+    options: { readonly owned?: readonly tf.Tensor[]; readonly rope?: RopeTables } = {},
   ) {
     this.sites = FAMILY_SITES[config.family];
-    this.rope = config.family === 'llama' ? ropeTables(headDim(config), config.maxSeqLen, config.ropeTheta) : undefined;
+    this.owned = options.owned ?? 'all';
+    this.rope = options.rope ?? (config.family === 'llama' ? ropeTables(headDim(config), config.maxSeqLen, config.ropeTheta) : undefined);
+  }
+
+  /**
+   * A view of this model with some site weights replaced (e.g. LoRA merged into a copy of W). The view
+   * shares every other tensor with this model and, on dispose(), frees only the replacements it was given.
+   * Keys are `${layer}|${site}`; replacement weights are [O, I] like the originals.
+   */
+  withSiteWeights(replacements: ReadonlyMap<string, tf.Tensor2D>): Transformer {
+    const layers = this.weights.layers.map((layer, index) => {
+      const sites = { ...layer.sites };
+      for (const site of Object.keys(sites) as SiteName[]) {
+        const weight = replacements.get(`${index}|${site}`);
+        const linear = sites[site];
+        if (weight !== undefined && linear !== undefined) sites[site] = { ...linear, weight };
+      }
+      return { ...layer, sites };
+    });
+    return new Transformer(this.config, { ...this.weights, layers }, { owned: [...replacements.values()], ...(this.rope ? { rope: this.rope } : {}) });
   }
 
   get parameterCount(): number {
@@ -67,7 +90,7 @@ export class Transformer {
 
     const run = (): tf.Tensor => tf.tidy(() => {
       const maskTensor = tf.tensor2d(mask.map((r) => [...r]), [batch, tokens], 'float32'); // [B, T]
-      const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, pastLength: past, training: options.training ?? false };
+      const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, pastLength: past, cache, training: options.training ?? false };
       hooks?.begin?.(context);
       const keyMask = cache === undefined ? mask : cache.mask.map((row, b) => [...row, ...(mask[b] ?? [])]);
       const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]
@@ -116,6 +139,10 @@ export class Transformer {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    if (this.owned !== 'all') {
+      for (const t of this.owned) t.dispose();
+      return;
+    }
     disposeWeights(this.weights);
     this.rope?.cos.dispose();
     this.rope?.sin.dispose();

@@ -3,6 +3,8 @@
  * and register it in `commands` below (the key must equal the command's `name`).
  */
 import type { CliIo } from './io.js';
+import { forwardCommand } from './forward-command.js';
+import { generateCommand } from './generate-command.js';
 import { infoCommand } from './info-command.js';
 
 export interface CliCommand {
@@ -21,6 +23,8 @@ export interface CliCommand {
 /** Every command, in the order `--help` lists them. */
 export const commands: Readonly<Record<string, CliCommand>> = {
   info: infoCommand,
+  generate: generateCommand,
+  forward: forwardCommand,
 };
 
 export function findCommand(name: string): CliCommand | undefined {

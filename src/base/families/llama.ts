@@ -7,7 +7,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { parseConfig } from '../../config/parse.js';
 import { takeTensor, type TensorSource } from '../../io/host-tensors.js';
-import { ModelConfig, headDim } from '../config.js';
+import { ModelConfig } from '../config.js';
+import { siteShape } from '../site-shape.js';
 import type { SiteName } from '../sites.js';
 import type { LayerWeights, LinearWeights, TransformerWeights } from '../weights.js';
 
@@ -45,21 +46,6 @@ export function llamaConfigFromHf(json: Record<string, unknown>, origin: string)
   );
 }
 
-/** Site output/input widths: [O, I]. */
-export function llamaSiteShape(config: ModelConfig, site: SiteName): [number, number] {
-  const kv = config.nKvHeads * headDim(config);
-  const shapes: Record<SiteName, [number, number]> = {
-    'attn.q': [config.dim, config.dim],
-    'attn.k': [kv, config.dim],
-    'attn.v': [kv, config.dim],
-    'attn.o': [config.dim, config.dim],
-    'mlp.gate': [config.hiddenDim, config.dim],
-    'mlp.up': [config.hiddenDim, config.dim],
-    'mlp.down': [config.dim, config.hiddenDim],
-  };
-  return shapes[site];
-}
-
 export function buildLlamaWeights(config: ModelConfig, source: TensorSource): TransformerWeights {
   const { dim, vocabSize } = config;
   const matrix = (name: string, shape: [number, number]): tf.Tensor2D =>
@@ -72,7 +58,7 @@ export function buildLlamaWeights(config: ModelConfig, source: TensorSource): Tr
     const prefix = `model.layers.${i}.`;
     const sites: Partial<Record<SiteName, LinearWeights>> = {};
     for (const [site, module] of Object.entries(LLAMA_SITE_MODULES) as [SiteName, string][]) {
-      sites[site] = { weight: matrix(`${prefix}${module}.weight`, llamaSiteShape(config, site)) };
+      sites[site] = { weight: matrix(`${prefix}${module}.weight`, siteShape(config, site)) };
     }
     layers.push({
       attnNorm: { weight: vector(`${prefix}input_layernorm.weight`) },

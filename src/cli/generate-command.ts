@@ -1,0 +1,90 @@
+/**
+ * `routed-peft generate`: sample a continuation from a checkpoint. Text output streams tokens as they are
+ * generated; `--format json` prints one object with the whole sequence's ids (prompt included) and its text.
+ */
+import { optional, parseStrict, toChoice, toInt, toIntList, toNumber } from './args.js';
+import type { CliCommand } from './commands.js';
+import type { CliIo } from './io.js';
+import { MODEL_FLAGS, MODEL_USAGE, loadCliModel, promptIds } from './model-options.js';
+import { generateSteps } from '../base/generate.js';
+
+const usage = `Usage: routed-peft generate --model PATH [--tokenizer PATH] [--prompt TEXT | --prompt-ids 1,2,3]
+                          [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+                          [--format text|json]
+
+Generate a continuation with the frozen base model.
+
+Options:
+${MODEL_USAGE}
+  --prompt TEXT        Prompt text (needs a tokenizer)
+  --prompt-ids LIST    Prompt token ids, comma-separated (default: BOS alone, e.g. for llama2.c models)
+  --max-new-tokens N   Tokens to generate (default 64)
+  --temperature T      0 is greedy; default 1
+  --top-k K            Sample among the K most likely tokens
+  --top-p P            Sample among the smallest set of tokens whose probability reaches P
+  --seed S             Random seed (default 0), so runs repeat
+  --format text|json   text streams the decoded text; json prints {"ids": [...], "text": "..."}
+`;
+
+export const generateCommand: CliCommand = {
+  name: 'generate',
+  summary: 'Generate text from a checkpoint (llama2.c .bin or Hugging Face directory)',
+  usage,
+  async run(args: string[], io: CliIo): Promise<number> {
+    const { values } = parseStrict(args, {
+      ...MODEL_FLAGS,
+      prompt: { type: 'string' },
+      'prompt-ids': { type: 'string' },
+      'max-new-tokens': { type: 'string', default: '64' },
+      temperature: { type: 'string', default: '1' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string', default: '0' },
+      format: { type: 'string', default: 'text' },
+    });
+    const format = toChoice('format', values.format, ['text', 'json'] as const);
+    const maxNewTokens = toInt('max-new-tokens', values['max-new-tokens'], { min: 0 });
+    const temperature = toNumber('temperature', values.temperature, { min: 0 });
+    const topK = optional(values['top-k'], (raw) => toInt('top-k', raw, { min: 1 }), undefined);
+    const topP = optional(values['top-p'], (raw) => toNumber('top-p', raw, { min: 0, minExclusive: true, max: 1 }), undefined);
+    const seed = toInt('seed', values.seed);
+    const ids = optional(values['prompt-ids'], (raw) => toIntList('prompt-ids', raw, { min: 0 }), undefined);
+
+    const loaded = await loadCliModel(values);
+    try {
+      const prompt = promptIds(loaded, values.prompt, ids);
+      const sequence = [...prompt];
+      const tokenizer = loaded.tokenizer;
+      let printed = format === 'text' && tokenizer !== undefined ? tokenizer.decode(prompt) : '';
+      if (format === 'text') io.stdout(tokenizer === undefined ? prompt.join(' ') : printed);
+      const steps = generateSteps(loaded.model, [prompt], {
+        maxNewTokens,
+        temperature,
+        seed,
+        ...(topK === undefined ? {} : { topK }),
+        ...(topP === undefined ? {} : { topP }),
+      });
+      for (const [token] of steps) {
+        if (token === undefined || token < 0) break;
+        sequence.push(token);
+        if (format !== 'text') continue;
+        if (tokenizer === undefined) {
+          io.stdout(` ${token}`);
+        } else {
+          // Decode the whole sequence and print what is new: pieces that merge across tokens stay right.
+          const text = tokenizer.decode(sequence);
+          if (text.startsWith(printed)) io.stdout(text.slice(printed.length));
+          printed = text;
+        }
+      }
+      if (format === 'json') {
+        io.stdout(`${JSON.stringify({ ids: sequence, ...(tokenizer === undefined ? {} : { text: tokenizer.decode(sequence) }) })}\n`);
+      } else {
+        io.stdout('\n');
+      }
+      return 0;
+    } finally {
+      loaded.model.dispose();
+    }
+  },
+};
