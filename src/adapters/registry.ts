@@ -5,15 +5,21 @@
  */
 import { z } from 'zod';
 import type { AdapterKind } from './adapter.js';
+import { BottleneckConfig, bottleneckKind } from './bottleneck/index.js';
+import { Ia3Config, ia3Kind } from './ia3/index.js';
 import { LoraConfig, loraKind } from './lora/index.js';
+import { PrefixConfig, prefixKind } from './prefix/index.js';
 
 export const ADAPTER_KINDS = {
   lora: loraKind,
+  bottleneck: bottleneckKind,
+  prefix: prefixKind,
+  ia3: ia3Kind,
 } as const;
 
 export type AdapterKindName = keyof typeof ADAPTER_KINDS;
 
-export const AdapterSpec = z.discriminatedUnion('kind', [LoraConfig]);
+export const AdapterSpec = z.discriminatedUnion('kind', [LoraConfig, BottleneckConfig, PrefixConfig, Ia3Config]);
 export type AdapterSpec = z.infer<typeof AdapterSpec>;
 
 export function adapterKind(kind: string): AdapterKind<AdapterSpec> {

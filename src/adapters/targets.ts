@@ -91,6 +91,7 @@ export const adapterSpecFields = {
   name: z
     .string()
     .min(1)
-    .regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _, . and - (the name becomes a directory name)'),
+    .regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _, . and - (the name becomes a directory name)')
+    .refine((name) => name !== 'default' && name !== 'none' && name !== '.' && name !== '..', 'the names default, none, . and .. are reserved'),
   targets: TargetSpec.default({ layers: 'all' }),
 };

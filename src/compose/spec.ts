@@ -65,11 +65,20 @@ export type CompositionNode =
   | { readonly kind: 'average'; readonly children: readonly CompositionNode[]; readonly weights?: readonly number[] | undefined }
   | RouteNode;
 
+/** What users may write: adapter leaves as plain names; route defaults may be omitted. */
+export type CompositionInput =
+  | string
+  | { readonly kind: 'adapter'; readonly adapter: string }
+  | { readonly kind: 'stack'; readonly children: readonly CompositionInput[] }
+  | { readonly kind: 'parallel'; readonly children: readonly CompositionInput[] }
+  | { readonly kind: 'average'; readonly children: readonly CompositionInput[]; readonly weights?: readonly number[] | undefined }
+  | z.input<typeof RouteNode>;
+
 const AdapterLeaf = z
   .union([z.string().min(1), z.object({ kind: z.literal('adapter'), adapter: z.string().min(1) }).strict()])
   .transform((leaf) => (typeof leaf === 'string' ? { kind: 'adapter' as const, adapter: leaf } : leaf));
 
-export const CompositionNode: z.ZodType<CompositionNode, unknown> = z.lazy(() =>
+export const CompositionNode: z.ZodType<CompositionNode, CompositionInput> = z.lazy(() =>
   z.union([
     AdapterLeaf,
     z.object({ kind: z.literal('stack'), children: z.array(CompositionNode).min(1) }).strict(),

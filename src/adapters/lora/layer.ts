@@ -4,6 +4,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { DeltaModule, ModuleContext, ModulePlacement } from '../adapter.js';
 import type { SiteName } from '../../base/sites.js';
+import { trainableVariable } from '../../variables.js';
 
 export interface LoraShape {
   readonly rank: number;
@@ -40,12 +41,10 @@ export class LoraModule implements DeltaModule {
     const name = `${placement.adapter}/layers.${placement.layer}.${this.site}/lora`;
     // A: Kaiming-uniform bound 1/√I, as PEFT's kaiming_uniform_(a=√5) gives for a [r, I] weight.
     const bound = 1 / Math.sqrt(inFeatures);
-    this.a = tf.variable(tf.randomUniform([shape.rank, inFeatures], -bound, bound, 'float32', seed), true, `${name}_A`);
-    this.b = tf.variable(
-      shape.init === 'zero-b' ? tf.zeros([outFeatures, shape.rank]) : tf.randomUniform([outFeatures, shape.rank], -bound, bound, 'float32', seed + 1),
-      true,
-      `${name}_B`,
-    );
+    this.a = trainableVariable(`${name}_A`, () => tf.randomUniform<tf.Rank.R2>([shape.rank, inFeatures], -bound, bound, 'float32', seed)); // [r, I]
+    this.b = trainableVariable(`${name}_B`, () =>
+      shape.init === 'zero-b' ? tf.zeros<tf.Rank.R2>([outFeatures, shape.rank]) : tf.randomUniform<tf.Rank.R2>([outFeatures, shape.rank], -bound, bound, 'float32', seed + 1),
+    ); // [O, r]
   }
 
   get site(): SiteName {

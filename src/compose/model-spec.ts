@@ -1,0 +1,61 @@
+/**
+ * The spec of an adapted (possibly routed) model: the adapters, how they compose, and a seed. It is the
+ * `spec` part of routed-peft.json and what `routed-peft init --spec` reads.
+ */
+import { z } from 'zod';
+import { AdapterSpec } from '../adapters/registry.js';
+import { parseConfig } from '../config/parse.js';
+import { ConfigError } from '../errors.js';
+import { CompositionNode, adaptersIn } from './spec.js';
+
+export const AdaptedModelSpec = z
+  .object({
+    /** Seed for every module's and router's initialisation. */
+    seed: z.number().int().default(0),
+    adapters: z.array(AdapterSpec).min(1),
+    /** How the adapters combine at every point; default: all adapters in parallel. */
+    composition: CompositionNode.optional(),
+  })
+  .strict();
+export type AdaptedModelSpec = z.infer<typeof AdaptedModelSpec>;
+
+/** The composition a spec uses: its own, or all adapters in parallel. */
+export function effectiveComposition(spec: AdaptedModelSpec): CompositionNode {
+  if (spec.composition !== undefined) return spec.composition;
+  const leaves = spec.adapters.map((a) => ({ kind: 'adapter' as const, adapter: a.name }));
+  return leaves.length === 1 ? (leaves[0] as CompositionNode) : { kind: 'parallel', children: leaves };
+}
+
+/** Checks that a composition names only known adapters, each at most once. */
+export function checkComposition(composition: CompositionNode, known: readonly string[], path: string): void {
+  const seen = new Set<string>();
+  for (const name of adaptersIn(composition)) {
+    if (!known.includes(name)) {
+      throw new ConfigError(`composition names unknown adapter ${JSON.stringify(name)}`, {
+        path,
+        hint: `Known adapters: ${known.join(', ') || '(none)'}`,
+      });
+    }
+    if (seen.has(name)) {
+      throw new ConfigError(`adapter ${JSON.stringify(name)} appears twice in the composition`, {
+        path,
+        hint: 'Each adapter may appear once; define a second adapter for a second position',
+      });
+    }
+    seen.add(name);
+  }
+}
+
+export function parseAdaptedModelSpec(value: unknown, what = 'spec'): AdaptedModelSpec {
+  const spec = parseConfig(AdaptedModelSpec, value, what);
+  const names = spec.adapters.map((a) => a.name);
+  const duplicate = names.find((n, i) => names.indexOf(n) !== i);
+  if (duplicate !== undefined) {
+    throw new ConfigError(`two adapters are named ${JSON.stringify(duplicate)}`, {
+      path: `${what}.adapters[${names.lastIndexOf(duplicate)}].name`,
+      hint: 'Adapter names must be unique',
+    });
+  }
+  if (spec.composition !== undefined) checkComposition(spec.composition, names, `${what}.composition`);
+  return spec;
+}

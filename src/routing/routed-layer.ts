@@ -1,0 +1,131 @@
+/**
+ * The routed layer: the only place expert outputs are combined. Given a decision's dense gates and the
+ * experts at one point, it returns Σₑ gₑ·Δₑ(x, y) — the routed delta to add to the base output.
+ *
+ * Two strategies with identical results:
+ *  - dense: every expert runs on every row and is weighted by its gate (zero for unchosen experts). For
+ *    LoRA experts it is fused: all experts' A matrices concatenated into one matmul, the rank columns
+ *    weighted by the gates, then one matmul by the concatenated B (2 matmuls whatever E is).
+ *  - grouped: rows are gathered per expert, run through that expert only, weighted, and gathered back
+ *    into place (one host read of the gates; only gather/concat, which every backend has).
+ *
+ * Shape letters: N rows, I/O in/out width, E choices (experts, then the null expert if any), r rank,
+ * Σr total rank, M rows routed to one expert, K most experts any row uses.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { DeltaModule, ModuleContext } from '../adapters/adapter.js';
+import { LoraModule } from '../adapters/lora/layer.js';
+import type { RoutingDecision } from './router.js';
+
+export type ExecutionStrategy = 'dense' | 'grouped';
+
+/** Experts at or above which `auto` picks the grouped strategy (dense does E× the expert work). */
+export const GROUPED_MIN_EXPERTS = 16;
+
+/**
+ * Dense gates [R, E] from a decision: slot weights scattered onto their choices (a one-hot product, so the
+ * gradient reaches the weights on every backend); dropped rows get all-zero gates.
+ */
+export function decisionGates(decision: RoutingDecision, choices: number): tf.Tensor2D {
+  const oneHot = tf.cast(tf.oneHot(decision.expertIds, choices), 'float32'); // [R, K, E]
+  const scattered = tf.sum(tf.mul(oneHot, tf.expandDims(decision.weights, 2)), 1); // [R, E]
+  const kept = tf.sub(1, decision.dropped); // [R]
+  return tf.mul(scattered, tf.expandDims(kept, 1)); // [R, E]
+}
+
+export function chooseStrategy(requested: 'auto' | ExecutionStrategy, experts: number): ExecutionStrategy {
+  if (requested !== 'auto') return requested;
+  return experts >= GROUPED_MIN_EXPERTS ? 'grouped' : 'dense';
+}
+
+/** True when every expert is LoRA with the same dropout, so the dense path can fuse them. */
+function fusableLora(experts: readonly (DeltaModule | undefined)[]): LoraModule[] | undefined {
+  const present = experts.filter((e): e is DeltaModule => e !== undefined);
+  if (present.length === 0 || !present.every((e) => e instanceof LoraModule)) return undefined;
+  const lora = present as LoraModule[];
+  return lora.every((e) => e.dropout === lora[0]?.dropout) ? lora : undefined;
+}
+
+/**
+ * Fused dense LoRA mixture: Δ = ((x·A_catᵀ) ⊙ (g·S)) · B_catᵀ, where S [E, Σr] spreads each expert's gate
+ * (times its LoRA scale) over its rank columns.
+ */
+function fusedLoraDelta(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[], gates: tf.Tensor2D, x: tf.Tensor2D, context: ModuleContext): tf.Tensor2D {
+  const totalRank = lora.reduce((s, e) => s + e.rank, 0);
+  const spread = new Float32Array(gates.shape[1] * totalRank);
+  let column = 0;
+  experts.forEach((expert, e) => {
+    if (!(expert instanceof LoraModule)) return;
+    for (let j = 0; j < expert.rank; j++) spread[e * totalRank + column + j] = expert.scale;
+    column += expert.rank;
+  });
+  const dropout = lora[0]?.dropout ?? 0;
+  const input = context.training && dropout > 0 ? tf.dropout(x, dropout) : x; // [N, I]
+  const aCat = lora.length === 1 ? (lora[0] as LoraModule).a : tf.concat(lora.map((e) => e.a), 0); // [Σr, I]
+  const bCat = lora.length === 1 ? (lora[0] as LoraModule).b : tf.concat(lora.map((e) => e.b), 1); // [O, Σr]
+  const down = tf.matMul(input, aCat, false, true); // [N, Σr]
+  const rankGates = tf.matMul(gates, tf.tensor2d(spread, [gates.shape[1], totalRank])); // [N, Σr]
+  return tf.matMul(tf.mul(down, rankGates), bCat, false, true); // [N, O]
+}
+
+function denseDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D | undefined {
+  const lora = fusableLora(experts);
+  if (lora !== undefined) return fusedLoraDelta(experts, lora, gates, x, context);
+  let total: tf.Tensor2D | undefined;
+  experts.forEach((expert, e) => {
+    if (expert === undefined) return;
+    const gate = tf.slice(gates, [0, e], [-1, 1]); // [N, 1]
+    const weighted: tf.Tensor2D = tf.mul(expert.delta(x, y, context), gate); // [N, O]
+    total = total === undefined ? weighted : tf.add<tf.Tensor2D>(total, weighted);
+  });
+  return total;
+}
+
+function groupedDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D | undefined {
+  const [rows, choices] = gates.shape;
+  const gateValues = gates.dataSync(); // one host read per routed point
+  const pieces: tf.Tensor2D[] = [];
+  /** For every row, where its weighted expert outputs sit in the concatenation of pieces. */
+  const slots: number[][] = Array.from({ length: rows }, () => []);
+  let offset = 0;
+  experts.forEach((expert, e) => {
+    if (expert === undefined) return;
+    const members: number[] = [];
+    for (let n = 0; n < rows; n++) if (gateValues[n * choices + e] !== 0) members.push(n);
+    if (members.length === 0) return;
+    const index = tf.tensor1d(members, 'int32'); // [M]
+    const xe: tf.Tensor2D = tf.gather(x, index); // [M, I]
+    const ye: tf.Tensor2D = tf.gather(y, index); // [M, O]
+    const ge = tf.gather(tf.slice(gates, [0, e], [-1, 1]), index); // [M, 1]
+    pieces.push(tf.mul<tf.Tensor2D>(expert.delta(xe, ye, context), ge)); // [M, O]
+    members.forEach((n, i) => slots[n]?.push(offset + i));
+    offset += members.length;
+  });
+  if (pieces.length === 0) return undefined;
+  const width = y.shape[1];
+  const stacked = tf.concat<tf.Tensor2D>([...pieces, tf.zeros([1, width])], 0); // [ΣM + 1, O]; last row is zero
+  const most = Math.max(...slots.map((s) => s.length));
+  let total: tf.Tensor2D | undefined;
+  for (let k = 0; k < most; k++) {
+    const index = tf.tensor1d(slots.map((s) => s[k] ?? offset), 'int32'); // [N]
+    const part: tf.Tensor2D = tf.gather(stacked, index); // [N, O]
+    total = total === undefined ? part : tf.add<tf.Tensor2D>(total, part);
+  }
+  return total;
+}
+
+/**
+ * Σₑ gₑ·Δₑ(x, y) over the experts present at this point (undefined entries: the expert has no module
+ * here, or is the null expert). gates [N, E]; x [N, I]; y [N, O] → [N, O], or undefined when no expert
+ * contributes.
+ */
+export function routedDelta(
+  experts: readonly (DeltaModule | undefined)[],
+  gates: tf.Tensor2D,
+  x: tf.Tensor2D,
+  y: tf.Tensor2D,
+  context: ModuleContext,
+  strategy: ExecutionStrategy,
+): tf.Tensor2D | undefined {
+  return strategy === 'dense' ? denseDelta(experts, gates, x, y, context) : groupedDelta(experts, gates, x, y, context);
+}

@@ -1,0 +1,53 @@
+/**
+ * Routing traces: what each router decided, copied to plain data. One entry per layer, routed point and
+ * real token: the experts with a non-zero weight (by name; the null expert is NULL_EXPERT), their weights,
+ * and whether the token was dropped (capacity) and so kept only the base output.
+ */
+
+export const NULL_EXPERT = 'null';
+
+export interface RoutingTraceEntry {
+  readonly layer: number;
+  /** The routed point (`attn.q`, `mlp:output`, ...), `layer` for per-layer routers, `model` for a model router. */
+  readonly site: string;
+  /** Which route of the composition (0 for the first). */
+  readonly route: number;
+  readonly batch: number;
+  /** Position of the token in its sequence (padding excluded). */
+  readonly token: number;
+  readonly experts: readonly string[];
+  readonly weights: readonly number[];
+  readonly dropped: boolean;
+}
+
+/** Copies a decision's host arrays into trace entries. gates [R·E] row-major; rows map to (batch, token). */
+export function traceEntries(options: {
+  readonly layer: number;
+  readonly site: string;
+  readonly route: number;
+  readonly expertNames: readonly string[];
+  readonly gates: ArrayLike<number>;
+  readonly dropped: ArrayLike<number>;
+  /** For each token row: [batch, position] or undefined for padding. */
+  readonly rows: readonly ([number, number] | undefined)[];
+  /** Decision row of each token row (sequence granularity maps every token of a sequence to its row). */
+  readonly decisionRow: (tokenRow: number) => number;
+}): RoutingTraceEntry[] {
+  const choices = options.expertNames.length;
+  const entries: RoutingTraceEntry[] = [];
+  options.rows.forEach((where, n) => {
+    if (where === undefined) return;
+    const r = options.decisionRow(n);
+    const experts: string[] = [];
+    const weights: number[] = [];
+    for (let e = 0; e < choices; e++) {
+      const w = options.gates[r * choices + e] as number;
+      if (w !== 0) {
+        experts.push(options.expertNames[e] as string);
+        weights.push(w);
+      }
+    }
+    entries.push({ layer: options.layer, site: options.site, route: options.route, batch: where[0], token: where[1], experts, weights, dropped: options.dropped[r] === 1 });
+  });
+  return entries;
+}

@@ -1,0 +1,279 @@
+/**
+ * A frozen base model with adapters (and routers) attached. It never changes the base: every forward
+ * computes the base output at each point and adds the composition's delta through hooks. `use: 'none'`
+ * runs the bare base, bit for bit.
+ *
+ * Many adapters may be resident at once; each call chooses what to apply (`use`): the spec's composition
+ * (`'default'`), none, or any composition of resident adapters (routes must be ones the spec defines,
+ * since routers are trained with their experts).
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
+import type { AdapterSpec } from '../adapters/registry.js';
+import { generate, generateSteps, type GenerateOptions } from '../base/generate.js';
+import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
+import type { BlockName, SiteName } from '../base/sites.js';
+import type { ForwardOptions, Transformer } from '../base/transformer.js';
+import { parseConfig } from '../config/parse.js';
+import { ConfigError } from '../errors.js';
+import { compositionDelta, compositionPrefix, type CompositionParts } from '../compose/evaluate.js';
+import { checkComposition, effectiveComposition, parseAdaptedModelSpec, type AdaptedModelSpec } from '../compose/model-spec.js';
+import { AdapterInstance, createAdapter, moduleKey } from '../compose/modules.js';
+import { CompositionNode, routesIn, type CompositionInput, type RouteNode } from '../compose/spec.js';
+import { RouteRuntime, type RoutingCall } from '../routing/route-runtime.js';
+import type { ExecutionStrategy } from '../routing/routed-layer.js';
+import type { RouterRegistry } from '../routing/router-registry.js';
+import type { RoutingTraceEntry } from '../routing/trace.js';
+
+/** What a call applies: the spec's composition, nothing (the bare base), or a composition of resident adapters. */
+export type AdapterSelection = 'default' | 'none' | CompositionInput;
+
+export interface AdaptedCallOptions {
+  readonly use?: AdapterSelection | undefined;
+  /** Task id per batch row (task routers). */
+  readonly taskIds?: readonly number[] | undefined;
+  /** Receives one entry per routed decision and token. */
+  readonly trace?: RoutingTraceEntry[] | undefined;
+  /** Receives the kept auxiliary-loss scalars of a training forward (the caller disposes them). */
+  readonly auxLosses?: tf.Scalar[] | undefined;
+  /** Forces an execution strategy on every route. */
+  readonly strategy?: ExecutionStrategy | undefined;
+}
+
+export type AdaptedForwardOptions = Omit<ForwardOptions, 'hooks'> & AdaptedCallOptions;
+export type AdaptedGenerateOptions = Omit<GenerateOptions, 'hooks'> & AdaptedCallOptions;
+
+export interface AdapterParameterReport {
+  readonly name: string;
+  readonly kind: string;
+  readonly modules: number;
+  readonly trainable: number;
+  readonly bytes: number;
+}
+
+export interface ParameterReport {
+  readonly adapters: readonly AdapterParameterReport[];
+  readonly routers: readonly { readonly route: number; readonly kind: string; readonly routers: number; readonly trainable: number; readonly bytes: number }[];
+  readonly trainable: number;
+  readonly frozen: number;
+  /** trainable / (trainable + frozen) */
+  readonly trainableFraction: number;
+  readonly trainableBytes: number;
+  readonly frozenBytes: number;
+}
+
+export interface AdaptedModelOptions {
+  /** Router kinds available to routes (see routers/index.ts: builtinRouters()). Required when the spec routes. */
+  readonly routers?: RouterRegistry;
+}
+
+export class AdaptedModel {
+  private readonly adapterMap = new Map<string, AdapterInstance>();
+  private readonly routeMap = new Map<RouteNode, RouteRuntime>();
+  /** Routes by their JSON, so a per-call composition can name a spec route by value. */
+  private readonly routesByJson = new Map<string, RouteNode>();
+  private disposed = false;
+
+  private constructor(
+    readonly base: Transformer,
+    readonly spec: AdaptedModelSpec,
+    readonly composition: CompositionNode,
+    private readonly routers: RouterRegistry | undefined,
+  ) {}
+
+  /** Validates a spec (plain object) and builds every module and router. */
+  static create(base: Transformer, spec: unknown, options: AdaptedModelOptions = {}): AdaptedModel {
+    const parsed = parseAdaptedModelSpec(spec);
+    const composition = effectiveComposition(parsed);
+    const model = new AdaptedModel(base, parsed, composition, options.routers);
+    try {
+      parsed.adapters.forEach((adapter, i) => model.adapterMap.set(adapter.name, createAdapter(adapter, base.config, parsed.seed, `spec.adapters[${i}]`)));
+      const routes = routesIn(composition);
+      if (routes.length > 0 && options.routers === undefined) {
+        throw new ConfigError('the composition routes but no router registry was given', {
+          path: 'composition',
+          hint: "Pass { routers: builtinRouters() } (import { builtinRouters } from 'routed-peft/routers')",
+        });
+      }
+      routes.forEach((route, i) => {
+        model.routeMap.set(route, new RouteRuntime(route, i, model.adapterMap, base.config, options.routers as RouterRegistry, parsed.seed));
+        model.routesByJson.set(JSON.stringify(route), route);
+      });
+    } catch (error) {
+      model.dispose();
+      throw error;
+    }
+    return model;
+  }
+
+  get adapters(): ReadonlyMap<string, AdapterInstance> {
+    return this.adapterMap;
+  }
+
+  get routes(): readonly RouteRuntime[] {
+    return [...this.routeMap.values()];
+  }
+
+  /** Runs the model with the selected adapters. The returned tensor belongs to the caller. */
+  forward(options: AdaptedForwardOptions): tf.Tensor {
+    const { use, taskIds, trace, auxLosses, strategy, ...forward } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy });
+    return this.base.forward(hooks === undefined ? forward : { ...forward, hooks });
+  }
+
+  /** Generates with the selected adapters (see base/generate.ts). */
+  generate(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): number[][] {
+    const { use, taskIds, trace, auxLosses, strategy, ...rest } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy });
+    return generate(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
+  }
+
+  /** Step-by-step generation (each yield: one new token per row, −1 once a row stopped). */
+  generateSteps(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Generator<number[], void, undefined> {
+    const { use, taskIds, trace, auxLosses, strategy, ...rest } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy });
+    return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
+  }
+
+  /** Every trainable variable: adapters in spec order, then routers. */
+  variables(): tf.Variable[] {
+    return [...this.namedVariables().values()];
+  }
+
+  /** Trainable variables by stable names: `<adapter>/<layer>|<point>/<i>` and `route<i>/<router>/<j>`. */
+  namedVariables(): Map<string, tf.Variable> {
+    const named = new Map<string, tf.Variable>();
+    for (const adapter of this.adapterMap.values()) {
+      for (const [key, module] of adapter.modules) module.variables().forEach((v, i) => named.set(`${adapter.name}/${key}/${i}`, v));
+    }
+    for (const route of this.routeMap.values()) for (const [name, v] of route.namedVariables()) named.set(name, v);
+    return named;
+  }
+
+  parameterReport(): ParameterReport {
+    const adapters = [...this.adapterMap.values()].map((a) => {
+      const trainable = a.parameterCount();
+      return { name: a.name, kind: a.spec.kind, modules: a.modules.size, trainable, bytes: trainable * 4 };
+    });
+    const routers = [...this.routeMap.values()].map((r) => {
+      const trainable = r.parameterCount();
+      return { route: r.index, kind: r.node.router.kind, routers: r.routerList().length, trainable, bytes: trainable * 4 };
+    });
+    const trainable = [...adapters, ...routers].reduce((s, a) => s + a.trainable, 0);
+    const frozen = this.base.parameterCount;
+    return { adapters, routers, trainable, frozen, trainableFraction: trainable / (trainable + frozen), trainableBytes: trainable * 4, frozenBytes: frozen * 4 };
+  }
+
+  /** Adds an adapter (not part of the spec's composition; select it per call with `use`). */
+  addAdapter(spec: AdapterSpec | AdapterInstance): AdapterInstance {
+    const instance = spec instanceof AdapterInstance ? spec : createAdapter(spec, this.base.config, this.spec.seed, `adapter ${spec.name}`);
+    if (this.adapterMap.has(instance.name)) {
+      if (!(spec instanceof AdapterInstance)) instance.dispose();
+      throw new ConfigError(`an adapter named ${JSON.stringify(instance.name)} is already resident`, { hint: 'Remove it first, or use replaceAdapter' });
+    }
+    this.adapterMap.set(instance.name, instance);
+    return instance;
+  }
+
+  /** Replaces a resident adapter by another with the same name and the same points (e.g. newly trained weights). */
+  replaceAdapter(instance: AdapterInstance): void {
+    const old = this.adapterMap.get(instance.name);
+    if (old === undefined) throw new ConfigError(`no resident adapter named ${JSON.stringify(instance.name)}`, { hint: `Resident: ${[...this.adapterMap.keys()].join(', ')}` });
+    const same = old.modules.size === instance.modules.size && [...old.modules.keys()].every((k) => instance.modules.has(k));
+    if (!same) throw new ConfigError(`replacement for ${JSON.stringify(instance.name)} attaches at different points`, { hint: 'Remove the old adapter and add the new one instead' });
+    this.adapterMap.set(instance.name, instance);
+    for (const route of this.routeMap.values()) route.replaceExpert(instance);
+    old.dispose();
+  }
+
+  /** Removes and disposes an adapter that the spec's composition does not use. */
+  removeAdapter(name: string): void {
+    const adapter = this.adapterMap.get(name);
+    if (adapter === undefined) throw new ConfigError(`no resident adapter named ${JSON.stringify(name)}`, { hint: `Resident: ${[...this.adapterMap.keys()].join(', ')}` });
+    if (this.spec.adapters.some((a) => a.name === name)) {
+      throw new ConfigError(`adapter ${JSON.stringify(name)} is part of the model's spec and cannot be removed`, { hint: 'Build a new model from a spec without it' });
+    }
+    this.adapterMap.delete(name);
+    adapter.dispose();
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const route of this.routeMap.values()) route.dispose();
+    for (const adapter of this.adapterMap.values()) adapter.dispose();
+    this.routeMap.clear();
+    this.adapterMap.clear();
+  }
+
+  /** Resolves a per-call selection to a validated composition, or undefined for the bare base. */
+  resolveSelection(use: AdapterSelection | undefined): CompositionNode | undefined {
+    if (use === 'none') return undefined;
+    if (use === undefined || use === 'default') return this.composition;
+    const node = parseConfig(CompositionNode, use, 'use');
+    checkComposition(node, [...this.adapterMap.keys()], 'use');
+    return this.bindRoutes(node);
+  }
+
+  /** Hooks that apply the selection to base forwards; undefined when nothing applies (the bare base). */
+  hooks(options: AdaptedCallOptions = {}): ForwardHooks | undefined {
+    if (this.disposed) throw new Error('AdaptedModel used after dispose()');
+    const root = this.resolveSelection(options.use);
+    if (root === undefined) return undefined;
+    const parts: CompositionParts = { adapters: this.adapterMap, routes: this.routeMap };
+    const routes = routesIn(root).map((r) => this.routeMap.get(r) as RouteRuntime);
+    const present = this.presentPoints(root);
+    let context: ModuleContext | undefined;
+    const adapt = (layer: number, point: AdapterPoint, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D => {
+      if (context === undefined || !present.has(moduleKey(layer, point))) return y;
+      const delta = compositionDelta(root, parts, layer, point, x, y, context);
+      return delta === undefined ? y : tf.add(y, delta); // [N, O]
+    };
+    return {
+      begin: (forward: ForwardContext) => {
+        context = { training: forward.training, forward };
+        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace: options.trace, strategy: options.strategy };
+        for (const route of routes) route.begin(call);
+      },
+      beginLayer: (layer: number, hidden: tf.Tensor2D) => {
+        for (const route of routes) route.beginLayer(layer, hidden);
+      },
+      siteInput: (layer: number, site: SiteName, x: tf.Tensor2D) => adapt(layer, { kind: 'site-input', site }, x, x),
+      siteOutput: (layer: number, site: SiteName, x: tf.Tensor2D, y: tf.Tensor2D) => adapt(layer, { kind: 'site-output', site }, x, y),
+      blockOutput: (layer: number, block: BlockName, h: tf.Tensor2D) => adapt(layer, { kind: 'block-output', block }, h, h),
+      attentionPrefix: (layer: number) => {
+        if (context === undefined || !present.has(moduleKey(layer, { kind: 'attention-prefix' }))) return undefined;
+        return compositionPrefix(root, parts, layer, context);
+      },
+    };
+  }
+
+  /** Keys of the (layer, point)s where the composition has at least one module. */
+  private presentPoints(root: CompositionNode): Set<string> {
+    const names = new Set(routesIn(root).flatMap((r) => r.experts));
+    const collect = (node: CompositionNode): void => {
+      if (node.kind === 'adapter') names.add(node.adapter);
+      else if (node.kind !== 'route') node.children.forEach(collect);
+    };
+    collect(root);
+    const keys = new Set<string>();
+    for (const name of names) for (const key of this.adapterMap.get(name)?.modules.keys() ?? []) keys.add(key);
+    return keys;
+  }
+
+  /** Replaces route nodes of a per-call composition by the spec's equal route nodes (which own the routers). */
+  private bindRoutes(node: CompositionNode): CompositionNode {
+    if (node.kind === 'adapter') return node;
+    if (node.kind === 'route') {
+      const bound = this.routesByJson.get(JSON.stringify(node));
+      if (bound === undefined) {
+        throw new ConfigError('a per-call composition may only use routes the model spec defines', {
+          path: 'use',
+          hint: "Use 'default' for the spec's routed composition, or a static composition (stack, parallel, average)",
+        });
+      }
+      return bound;
+    }
+    return { ...node, children: node.children.map((c) => this.bindRoutes(c)) };
+  }
+}
