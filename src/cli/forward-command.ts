@@ -2,17 +2,18 @@
  * `routed-peft forward`: one forward pass over given token ids; prints the logits of every position.
  */
 import { parseStrict, toChoice, toIntList } from './args.js';
-import type { CliCommand } from './commands.js';
+import type { CliCommand, CliContext } from './commands.js';
 import type { CliIo } from './io.js';
-import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
+import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters, loadCliModel } from './model-options.js';
 import { UsageError } from '../errors.js';
 
-const usage = `Usage: routed-peft forward --model PATH --ids 1,2,3 [--format json]
+const usage = `Usage: routed-peft forward --model PATH --ids 1,2,3 [--adapter DIR ... | --routed DIR] [--format json]
 
 Run one forward pass and print {"logits": [[...], ...]}: one row of vocabulary logits per position.
 
 Options:
 ${MODEL_USAGE}
+${ADAPTER_USAGE}
   --ids LIST           Token ids, comma-separated
   --format json        Output format (json only)
 `;
@@ -21,19 +22,22 @@ export const forwardCommand: CliCommand = {
   name: 'forward',
   summary: 'Print the logits of one forward pass over token ids',
   usage,
-  async run(args: string[], io: CliIo): Promise<number> {
-    const { values } = parseStrict(args, { ...MODEL_FLAGS, ids: { type: 'string' }, format: { type: 'string', default: 'json' } });
+  async run(args: string[], io: CliIo, context: CliContext): Promise<number> {
+    const { values } = parseStrict(args, { ...MODEL_FLAGS, ...ADAPTER_FLAGS, ids: { type: 'string' }, format: { type: 'string', default: 'json' } });
     toChoice('format', values.format, ['json'] as const);
     if (values.ids === undefined) throw new UsageError('--ids is required');
     const ids = toIntList('ids', values.ids, { min: 0 });
     const loaded = await loadCliModel(values);
+    let attached: Awaited<ReturnType<typeof loadCliAdapters>> | undefined;
     try {
-      const logits = loaded.model.forward({ ids: [ids] }); // [1, T, V]
+      attached = await loadCliAdapters(loaded, values, context, io);
+      const logits = attached.model === undefined ? loaded.model.forward({ ids: [ids] }) : attached.model.forward({ ids: [ids], taskIds: attached.taskIds }); // [1, T, V]
       const rows = (await logits.array()) as number[][][];
       logits.dispose();
       io.stdout(`${JSON.stringify({ logits: rows[0] })}\n`);
       return 0;
     } finally {
+      attached?.model?.dispose();
       loaded.model.dispose();
     }
   },

@@ -3,19 +3,25 @@
  * generated; `--format json` prints one object with the whole sequence's ids (prompt included) and its text.
  */
 import { optional, parseStrict, toChoice, toInt, toIntList, toNumber } from './args.js';
-import type { CliCommand } from './commands.js';
+import type { CliCommand, CliContext } from './commands.js';
 import type { CliIo } from './io.js';
-import { MODEL_FLAGS, MODEL_USAGE, loadCliModel, promptIds } from './model-options.js';
+import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters, loadCliModel, promptIds } from './model-options.js';
 import { generateSteps } from '../base/generate.js';
+import { UsageError } from '../errors.js';
+import type { RoutingTraceEntry } from '../routing/trace.js';
 
 const usage = `Usage: routed-peft generate --model PATH [--tokenizer PATH] [--prompt TEXT | --prompt-ids 1,2,3]
                           [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+                          [--adapter DIR ... [--combine MODE] [--weights LIST] | --routed DIR [--trace]]
                           [--format text|json]
 
-Generate a continuation with the frozen base model.
+Generate a continuation with the frozen base model, optionally with PEFT adapters or a routed model.
 
 Options:
 ${MODEL_USAGE}
+${ADAPTER_USAGE}
+  --trace              With --routed and --format json: add "trace", one entry per routing decision
+                       and token: {layer, site, route, batch, token, experts, weights, dropped}
   --prompt TEXT        Prompt text (needs a tokenizer)
   --prompt-ids LIST    Prompt token ids, comma-separated (default: BOS alone, e.g. for llama2.c models)
   --max-new-tokens N   Tokens to generate (default 64)
@@ -30,9 +36,11 @@ export const generateCommand: CliCommand = {
   name: 'generate',
   summary: 'Generate text from a checkpoint (llama2.c .bin or Hugging Face directory)',
   usage,
-  async run(args: string[], io: CliIo): Promise<number> {
+  async run(args: string[], io: CliIo, context: CliContext): Promise<number> {
     const { values } = parseStrict(args, {
       ...MODEL_FLAGS,
+      ...ADAPTER_FLAGS,
+      trace: { type: 'boolean', default: false },
       prompt: { type: 'string' },
       'prompt-ids': { type: 'string' },
       'max-new-tokens': { type: 'string', default: '64' },
@@ -50,20 +58,28 @@ export const generateCommand: CliCommand = {
     const seed = toInt('seed', values.seed);
     const ids = optional(values['prompt-ids'], (raw) => toIntList('prompt-ids', raw, { min: 0 }), undefined);
 
+    if (values.trace && format !== 'json') throw new UsageError('--trace needs --format json');
     const loaded = await loadCliModel(values);
+    let attached: Awaited<ReturnType<typeof loadCliAdapters>> | undefined;
     try {
+      attached = await loadCliAdapters(loaded, values, context, io);
+      const trace: RoutingTraceEntry[] | undefined = values.trace ? [] : undefined;
       const prompt = promptIds(loaded, values.prompt, ids);
       const sequence = [...prompt];
       const tokenizer = loaded.tokenizer;
       let printed = format === 'text' && tokenizer !== undefined ? tokenizer.decode(prompt) : '';
       if (format === 'text') io.stdout(tokenizer === undefined ? prompt.join(' ') : printed);
-      const steps = generateSteps(loaded.model, [prompt], {
+      const sampling = {
         maxNewTokens,
         temperature,
         seed,
         ...(topK === undefined ? {} : { topK }),
         ...(topP === undefined ? {} : { topP }),
-      });
+      };
+      const steps =
+        attached.model === undefined
+          ? generateSteps(loaded.model, [prompt], sampling)
+          : attached.model.generateSteps([prompt], { ...sampling, taskIds: attached.taskIds, trace });
       for (const [token] of steps) {
         if (token === undefined || token < 0) break;
         sequence.push(token);
@@ -78,12 +94,14 @@ export const generateCommand: CliCommand = {
         }
       }
       if (format === 'json') {
-        io.stdout(`${JSON.stringify({ ids: sequence, ...(tokenizer === undefined ? {} : { text: tokenizer.decode(sequence) }) })}\n`);
+        const text = tokenizer === undefined ? {} : { text: tokenizer.decode(sequence) };
+        io.stdout(`${JSON.stringify({ ids: sequence, ...text, ...(trace === undefined ? {} : { trace }) })}\n`);
       } else {
         io.stdout('\n');
       }
       return 0;
     } finally {
+      attached?.model?.dispose();
       loaded.model.dispose();
     }
   },

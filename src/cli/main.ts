@@ -6,7 +6,7 @@ import { RoutedPeftError, UsageError } from '../errors.js';
 import { BACKEND_ENV_VAR } from '../backend.js';
 import { packageVersion } from '../version.js';
 import { commands, findCommand } from './commands.js';
-import type { CliCommand } from './commands.js';
+import type { CliCommand, CliContext } from './commands.js';
 import { processIo } from './io.js';
 import type { CliIo } from './io.js';
 
@@ -35,7 +35,7 @@ Environment:
 `;
 }
 
-export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+export async function main(argv: string[], io: CliIo = processIo, context: CliContext = {}): Promise<number> {
   const [first, ...rest] = argv;
   if (first === undefined) {
     io.stderr(`routed-peft: no command given\n\n${globalUsage()}`);
@@ -61,7 +61,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
     return 0;
   }
   try {
-    return await command.run(rest, io);
+    return await command.run(rest, io, context);
   } catch (error) {
     return reportError(error, command, io);
   }

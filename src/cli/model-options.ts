@@ -3,7 +3,14 @@
  * backend, the frozen base, and a tokenizer (given, or tokenizer.json inside an HF model directory).
  */
 import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
+import type { AdapterInstance } from '../compose/modules.js';
+import { readPeftAdapter } from '../io/peft-adapter.js';
+import { loadRoutedModel } from '../io/routed-model-dir.js';
+import { AdaptedModel } from '../runtime/adapted-model.js';
+import { toChoice, toInt, toNumber } from './args.js';
+import type { CliContext } from './commands.js';
+import type { CliIo } from './io.js';
 import { selectBackend } from '../backend.js';
 import { loadBaseModel, type LoadedModel } from '../base/load-model.js';
 import { UsageError } from '../errors.js';
@@ -18,6 +25,21 @@ export const MODEL_FLAGS = {
 export const MODEL_USAGE = `  --model PATH         Hugging Face model directory (llama, gpt2; safetensors) or llama2.c .bin
   --tokenizer PATH     llama2.c tokenizer .bin, tokenizer.json, or a directory holding it
                        (default: tokenizer.json inside an HF model directory, when present)`;
+
+/** Flags that attach adapters: PEFT LoRA directories (static) or a routed-model directory. */
+export const ADAPTER_FLAGS = {
+  adapter: { type: 'string', multiple: true },
+  combine: { type: 'string' },
+  weights: { type: 'string' },
+  routed: { type: 'string' },
+  'task-id': { type: 'string' },
+} as const;
+
+export const ADAPTER_USAGE = `  --adapter DIR        A PEFT LoRA adapter directory (repeatable)
+  --combine MODE       How several --adapter combine: stack | parallel (default) | average
+  --weights LIST       Weights for --combine average, comma-separated (default: equal)
+  --routed DIR         A routed-model directory (routed-peft.json); not with --adapter
+  --task-id N          Task id given to task routers`;
 
 export interface LoadedCliModel extends LoadedModel {
   readonly tokenizer: Tokenizer | undefined;
@@ -54,4 +76,54 @@ export function promptIds(loaded: LoadedCliModel, prompt: string | undefined, id
   const encoded = loaded.tokenizer.encode(prompt, { addBos });
   if (encoded.length === 0) throw new UsageError('--prompt encodes to no tokens; give a non-empty prompt');
   return encoded;
+}
+
+export interface CliAdapters {
+  readonly model: AdaptedModel | undefined;
+  readonly taskIds: number[] | undefined;
+}
+
+/** Attaches what --adapter / --routed name to a loaded base; undefined model when neither is given. */
+export async function loadCliAdapters(
+  loaded: LoadedCliModel,
+  values: { readonly adapter?: string[] | undefined; readonly combine?: string | undefined; readonly weights?: string | undefined; readonly routed?: string | undefined; readonly 'task-id'?: string | undefined },
+  context: CliContext,
+  io: CliIo,
+): Promise<CliAdapters> {
+  const taskIds = values['task-id'] === undefined ? undefined : [toInt('task-id', values['task-id'], { min: 0 })];
+  const adapters = values.adapter ?? [];
+  if (values.routed !== undefined && adapters.length > 0) throw new UsageError('give --routed or --adapter, not both');
+  if (values.routed !== undefined) {
+    const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, context.routers === undefined ? {} : { routers: context.routers });
+    for (const w of warnings) io.stderr(`warning: ${w}\n`);
+    return { model, taskIds };
+  }
+  if (adapters.length === 0) {
+    if (values.combine !== undefined || values.weights !== undefined) throw new UsageError('--combine and --weights need --adapter');
+    return { model: undefined, taskIds };
+  }
+  const combine = toChoice('combine', values.combine ?? 'parallel', ['stack', 'parallel', 'average'] as const);
+  const weights = values.weights === undefined ? undefined : values.weights.split(',').map((w) => toNumber('weights', w.trim()));
+  if (weights !== undefined && combine !== 'average') throw new UsageError('--weights applies to --combine average');
+  if (weights !== undefined && weights.length !== adapters.length) throw new UsageError(`--weights has ${weights.length} values for ${adapters.length} adapters`);
+  const instances: AdapterInstance[] = [];
+  try {
+    const used = new Set<string>();
+    for (const dir of adapters) {
+      let name = basename(resolve(dir)).replace(/[^A-Za-z0-9_.-]/g, '_') || 'adapter';
+      for (let n = 2; used.has(name) || name === 'default' || name === 'none'; n++) name = `${basename(resolve(dir))}-${n}`;
+      used.add(name);
+      const read = await readPeftAdapter(dir, loaded.model, { name });
+      for (const w of read.warnings) io.stderr(`warning: ${dir}: ${w}\n`);
+      instances.push(read.instance);
+    }
+    const names = instances.map((i) => i.name);
+    const composition =
+      names.length === 1 ? names[0] : combine === 'average' ? { kind: combine, children: names, ...(weights === undefined ? {} : { weights }) } : { kind: combine, children: names };
+    const model = AdaptedModel.create(loaded.model, { adapters: instances.map((i) => i.spec), composition });
+    for (const instance of instances.splice(0)) model.replaceAdapter(instance);
+    return { model, taskIds };
+  } finally {
+    for (const instance of instances) instance.dispose();
+  }
 }

@@ -27,8 +27,11 @@ export const GROUPED_MIN_EXPERTS = 16;
  * gradient reaches the weights on every backend); dropped rows get all-zero gates.
  */
 export function decisionGates(decision: RoutingDecision, choices: number): tf.Tensor2D {
-  const oneHot = tf.cast(tf.oneHot(decision.expertIds, choices), 'float32'); // [R, K, E]
-  const scattered = tf.sum(tf.mul(oneHot, tf.expandDims(decision.weights, 2)), 1); // [R, E]
+  // tf.oneHot needs depth ≥ 2; with a single choice every slot is choice 0.
+  const scattered =
+    choices === 1
+      ? tf.sum(decision.weights, 1, true) // [R, 1]
+      : tf.sum(tf.mul(tf.cast(tf.oneHot(decision.expertIds, choices), 'float32'), tf.expandDims(decision.weights, 2)), 1); // [R, K, E] → [R, E]
   const kept = tf.sub(1, decision.dropped); // [R]
   return tf.mul(scattered, tf.expandDims(kept, 1)); // [R, E]
 }
