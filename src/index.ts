@@ -26,7 +26,7 @@ export { writeFileAtomic, replaceDirectoryAtomic } from './io/atomic-write.js';
 export type { AdapterKind, AdapterModule, AdapterPoint, DeltaModule, PrefixModule, ModulePlacement, ModuleContext } from './adapters/adapter.js';
 export { ADAPTER_KINDS, AdapterSpec } from './adapters/registry.js';
 export { TargetSpec } from './adapters/targets.js';
-export { LoraConfig, LoraModule, loraScale } from './adapters/lora/index.js';
+export { LoraConfig, LoraModule, loraScale, mergeLora, type LoraMergeEntry } from './adapters/lora/index.js';
 
 export { CompositionNode, RouteNode, AuxLossWeights, type CompositionInput } from './compose/spec.js';
 export { AdaptedModelSpec, parseAdaptedModelSpec } from './compose/model-spec.js';

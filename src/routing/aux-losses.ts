@@ -9,6 +9,15 @@ import * as tf from '@tensorflow/tfjs';
 import type { AuxLossWeights } from '../compose/spec.js';
 import type { RoutingDecision } from './router.js';
 
+/**
+ * float32 one-hot [..., E] of int32 ids. tf.oneHot(…, 'float32') is wrong on wasm (integer bits in a float
+ * buffer) and tf.oneHot rejects depth 1, so: cast an int32 one-hot, or ones for a single choice.
+ */
+function oneHotFloat(ids: tf.Tensor, choices: number): tf.Tensor {
+  if (choices === 1) return tf.onesLike(tf.cast(tf.expandDims(ids, -1), 'float32')); // [..., 1]
+  return tf.cast(tf.oneHot(ids, choices), 'float32'); // [..., E]
+}
+
 /** Number of real rows, at least 1 (so empty batches give 0 instead of NaN). */
 function realRows(mask: tf.Tensor1D): tf.Scalar {
   return tf.maximum(tf.sum(mask), 1); // []
@@ -24,7 +33,7 @@ function maskedMean(perRow: tf.Tensor1D, mask: tf.Tensor1D): tf.Scalar {
  * A slot is used when its weight is > 0 (sign, whose gradient is zero, so `used` carries no gradient).
  */
 function perChoice(decision: RoutingDecision, mask: tf.Tensor1D, value: 'count' | 'weight', choices: number): tf.Tensor1D {
-  const slotOneHot = tf.oneHot(decision.expertIds, choices, 1, 0, 'float32'); // [R, K, E]
+  const slotOneHot = oneHotFloat(decision.expertIds, choices); // [R, K, E]
   const perSlot = value === 'count' ? tf.sign(decision.weights) : decision.weights; // [R, K]
   const real = tf.mul(perSlot, tf.expandDims(mask, 1)); // [R, K]
   return tf.sum(tf.mul(slotOneHot, tf.expandDims(real, 2)), [0, 1]); // [E]

@@ -27,3 +27,4 @@ export const loraKind: AdapterKind<LoraConfig> = {
     });
   },
 };
+export { mergeLora, type LoraMergeEntry } from './merge.js';
