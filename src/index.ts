@@ -38,3 +38,15 @@ export { loadBalancingLoss, routerZLoss, importanceLoss, routingEntropy, auxLoss
 export type { RoutingTraceEntry } from './routing/trace.js';
 
 export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type AdapterSelection, type ParameterReport } from './runtime/adapted-model.js';
+
+export { Trainer, TrainerConfig, TrainObjective, type TrainBatch, type TrainerConfigInput, type StepReport, type TrainEvent, type TrainSummary } from './train/trainer.js';
+export { TrainingError } from './train/errors.js';
+export { AdamW, type AdamWState } from './train/adamw.js';
+export { paramGroups, type ParamGroupEntry } from './train/param-groups.js';
+export { lrSchedule, annealingSchedule } from './train/schedule.js';
+export { clipByGlobalNorm, globalNorm } from './train/clip.js';
+export { causalLmLoss, classificationLoss, ClassificationHead } from './train/losses.js';
+export { readJsonlDataset, parseJsonlDataset } from './train/dataset.js';
+export { DatasetError } from './train/dataset-errors.js';
+export { tokenizeExamples, makeBatches, packExamples, splitTrainValidation } from './train/batches.js';
+export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualInformation, expertLoad, baseRetention } from './train/metrics.js';

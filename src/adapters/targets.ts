@@ -92,6 +92,6 @@ export const adapterSpecFields = {
     .string()
     .min(1)
     .regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _, . and - (the name becomes a directory name)')
-    .refine((name) => name !== 'default' && name !== 'none' && name !== '.' && name !== '..', 'the names default, none, . and .. are reserved'),
+    .refine((name) => !['default', 'none', 'head', '.', '..'].includes(name) && !/^route\d+$/.test(name), 'the names default, none, head, route<N>, . and .. are reserved'),
   targets: TargetSpec.default({ layers: 'all' }),
 };

@@ -8,8 +8,9 @@
  * since routers are trained with their experts).
  */
 import * as tf from '@tensorflow/tfjs';
+import type { z } from 'zod';
 import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
-import type { AdapterSpec } from '../adapters/registry.js';
+import { AdapterSpec } from '../adapters/registry.js';
 import { generate, generateSteps, type GenerateOptions } from '../base/generate.js';
 import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
 import type { BlockName, SiteName } from '../base/sites.js';
@@ -39,6 +40,9 @@ export interface AdaptedCallOptions {
   /** Forces an execution strategy on every route. */
   readonly strategy?: ExecutionStrategy | undefined;
 }
+
+/** An adapter spec as users write it (defaults may be omitted). */
+export type AdapterSpecInput = z.input<typeof AdapterSpec>;
 
 export type AdaptedForwardOptions = Omit<ForwardOptions, 'hooks'> & AdaptedCallOptions;
 export type AdaptedGenerateOptions = Omit<GenerateOptions, 'hooks'> & AdaptedCallOptions;
@@ -165,10 +169,11 @@ export class AdaptedModel {
   }
 
   /** Adds an adapter (not part of the spec's composition; select it per call with `use`). */
-  addAdapter(spec: AdapterSpec | AdapterInstance): AdapterInstance {
-    const instance = spec instanceof AdapterInstance ? spec : createAdapter(spec, this.base.config, this.spec.seed, `adapter ${spec.name}`);
+  addAdapter(spec: AdapterSpecInput | AdapterInstance): AdapterInstance {
+    const instance =
+      spec instanceof AdapterInstance ? spec : createAdapter(parseConfig(AdapterSpec, spec, 'adapter'), this.base.config, this.spec.seed, 'adapter');
     if (this.adapterMap.has(instance.name)) {
-      if (!(spec instanceof AdapterInstance)) instance.dispose();
+      if (instance !== spec) instance.dispose();
       throw new ConfigError(`an adapter named ${JSON.stringify(instance.name)} is already resident`, { hint: 'Remove it first, or use replaceAdapter' });
     }
     this.adapterMap.set(instance.name, instance);

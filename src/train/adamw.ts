@@ -1,0 +1,200 @@
+/**
+ * AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019, "Decoupled Weight Decay
+ * Regularization"), written over tf ops because tfjs 4.22 has Adam but no AdamW. Per parameter p with
+ * gradient g, its own step count t, learning rate lr and weight decay wd:
+ *   m ← β1·m + (1−β1)·g            v ← β2·v + (1−β2)·g²
+ *   m̂ = m / (1−β1ᵗ)                v̂ = v / (1−β2ᵗ)
+ *   p ← p − lr·(m̂/(√v̂ + ε) + wd·p)  computed as  p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)  (as PyTorch's AdamW does),
+ * so with a zero gradient p shrinks by exactly the factor (1 − lr·wd).
+ *
+ * ε defaults to 1e-8 (the paper's and PyTorch's value), not tfjs Adam's 1e-7: adapter gradients are often
+ * tiny (LoRA A while B is near zero, rarely used router rows), and a larger ε silently damps exactly those
+ * updates; 1e-8 is still far above float32's smallest normal, so √v̂ + ε never underflows to zero.
+ *
+ * A parameter with no gradient in a step (not connected to the loss, e.g. an expert no row selected) is
+ * left alone entirely — no decay, no momentum — and its step count does not advance (PyTorch semantics).
+ * Every update runs in tf.tidy; moments are non-trainable variables freed by dispose().
+ */
+import * as tf from '@tensorflow/tfjs';
+import { z } from 'zod';
+import { parseConfig } from '../config/parse.js';
+import { CheckpointError, ConfigError, formatShape } from '../errors.js';
+
+export const adamWFields = {
+  beta1: z.number().min(0).lt(1).default(0.9),
+  beta2: z.number().min(0).lt(1).default(0.999),
+  epsilon: z.number().positive().default(1e-8),
+};
+export const AdamWConfig = z.object(adamWFields).strict().readonly();
+export type AdamWConfig = z.infer<typeof AdamWConfig>;
+
+/** Host copy of one state tensor. */
+export interface HostStateTensor {
+  readonly shape: readonly number[];
+  readonly values: Float32Array;
+}
+
+/**
+ * Optimizer state for checkpoints: `<name>/m` and `<name>/v` per parameter, the number of applyGradients
+ * calls (`step`), and each parameter's own update count (`paramSteps`; defaults to `step` when absent).
+ */
+export interface AdamWState {
+  readonly step: number;
+  readonly tensors: Map<string, HostStateTensor>;
+  readonly paramSteps?: Map<string, number>;
+}
+
+interface Slot {
+  readonly param: tf.Variable;
+  readonly m: tf.Variable;
+  readonly v: tf.Variable;
+  weightDecay: number;
+  steps: number;
+}
+
+let created = 0;
+
+export class AdamW {
+  readonly config: AdamWConfig;
+  private readonly slots = new Map<string, Slot>();
+  private stepCount = 0;
+  private disposed = false;
+
+  /**
+   * `params`: the variables to train by stable name; `weightDecay`: one λ for all, or per name (missing
+   * names get 0).
+   */
+  constructor(params: ReadonlyMap<string, tf.Variable>, weightDecay: number | ReadonlyMap<string, number> = 0, config: unknown = {}) {
+    this.config = parseConfig(AdamWConfig, config, 'optimizer');
+    for (const [name, param] of params) {
+      const wd = typeof weightDecay === 'number' ? weightDecay : (weightDecay.get(name) ?? 0);
+      created += 1;
+      const m = tf.tidy(() => tf.variable(tf.zerosLike(param), false, `adamw/${name}/m#${created}`));
+      const v = tf.tidy(() => tf.variable(tf.zerosLike(param), false, `adamw/${name}/v#${created}`));
+      this.slots.set(name, { param, m, v, weightDecay: wd, steps: 0 });
+    }
+  }
+
+  /** Number of applyGradients calls so far. */
+  get step(): number {
+    return this.stepCount;
+  }
+
+  get names(): string[] {
+    return [...this.slots.keys()];
+  }
+
+  /** Changes a parameter's weight decay (e.g. a new group config). */
+  setWeightDecay(name: string, weightDecay: number): void {
+    this.slot(name).weightDecay = weightDecay;
+  }
+
+  /**
+   * One update. `grads` by parameter name (the caller keeps ownership); `lrs` gives each named gradient's
+   * learning rate (required for every gradient given). Parameters without a gradient are untouched.
+   */
+  applyGradients(grads: ReadonlyMap<string, tf.Tensor>, lrs: ReadonlyMap<string, number>): void {
+    this.checkAlive();
+    const { beta1, beta2, epsilon } = this.config;
+    for (const [name, grad] of grads) {
+      const slot = this.slot(name);
+      const lr = lrs.get(name);
+      if (lr === undefined || !Number.isFinite(lr) || lr < 0) {
+        throw new ConfigError(`AdamW: no valid learning rate for ${JSON.stringify(name)} (got ${lr})`, { path: name, hint: 'Pass a finite lr ≥ 0 for every gradient' });
+      }
+      if (!shapesEqual(grad.shape, slot.param.shape)) {
+        throw new ConfigError(`AdamW: gradient ${formatShape(grad.shape)} does not match parameter ${formatShape(slot.param.shape)}`, { path: name });
+      }
+      const t = slot.steps + 1;
+      const correction1 = 1 - beta1 ** t;
+      const correction2 = 1 - beta2 ** t;
+      const decay = 1 - lr * slot.weightDecay;
+      tf.tidy(() => {
+        const m = tf.add(tf.mul(slot.m, beta1), tf.mul(grad, 1 - beta1)); // [...p]
+        const v = tf.add(tf.mul(slot.v, beta2), tf.mul(tf.square(grad), 1 - beta2)); // [...p]
+        const mHat = tf.div(m, correction1); // [...p]
+        const vHat = tf.div(v, correction2); // [...p]
+        const direction = tf.div(mHat, tf.add(tf.sqrt(vHat), epsilon)); // [...p]  m̂/(√v̂ + ε)
+        const decayed = slot.weightDecay === 0 ? slot.param : tf.mul(slot.param, decay); // [...p]  p·(1 − lr·wd)
+        const updated = tf.sub(decayed, tf.mul(direction, lr)); // [...p]
+        slot.m.assign(m);
+        slot.v.assign(v);
+        slot.param.assign(updated);
+      });
+      slot.steps = t;
+    }
+    this.stepCount += 1;
+  }
+
+  /** Host copies of the moments and step counts (plain data, for checkpoints). */
+  getState(): AdamWState {
+    this.checkAlive();
+    const tensors = new Map<string, HostStateTensor>();
+    const paramSteps = new Map<string, number>();
+    for (const [name, slot] of this.slots) {
+      tensors.set(`${name}/m`, { shape: [...slot.m.shape], values: Float32Array.from(slot.m.dataSync() as Float32Array) });
+      tensors.set(`${name}/v`, { shape: [...slot.v.shape], values: Float32Array.from(slot.v.dataSync() as Float32Array) });
+      paramSteps.set(name, slot.steps);
+    }
+    return { step: this.stepCount, tensors, paramSteps };
+  }
+
+  /** Restores getState() output; every parameter's m and v must be present with its shape. */
+  setState(state: AdamWState): void {
+    this.checkAlive();
+    if (!Number.isInteger(state.step) || state.step < 0) throw new CheckpointError(`optimizer step must be an integer ≥ 0, got ${state.step}`, { path: 'optimizer.step' });
+    const known = new Set<string>();
+    for (const [name, slot] of this.slots) {
+      for (const which of ['m', 'v'] as const) {
+        const key = `${name}/${which}`;
+        known.add(key);
+        const entry = state.tensors.get(key);
+        if (entry === undefined) throw new CheckpointError(`optimizer state has no ${key}`, { path: key, hint: 'The checkpoint was saved for a different set of trainable variables' });
+        const expected = slot.param.shape;
+        const size = expected.reduce((p, d) => p * d, 1);
+        if (!shapesEqual(entry.shape, expected) || entry.values.length !== size) {
+          throw new CheckpointError(`optimizer state ${key} has shape ${formatShape(entry.shape)} (${entry.values.length} values) but the parameter is ${formatShape(expected)}`, {
+            path: key,
+            hint: 'The checkpoint was saved for a model with different adapter shapes',
+          });
+        }
+      }
+    }
+    const extra = [...state.tensors.keys()].find((k) => !known.has(k));
+    if (extra !== undefined) throw new CheckpointError(`optimizer state has ${extra}, which is not a parameter of this optimizer`, { path: extra, hint: 'The checkpoint was saved for a different set of trainable variables' });
+    for (const [name, slot] of this.slots) {
+      const m = state.tensors.get(`${name}/m`) as HostStateTensor;
+      const v = state.tensors.get(`${name}/v`) as HostStateTensor;
+      tf.tidy(() => {
+        slot.m.assign(tf.tensor(m.values, slot.param.shape, 'float32'));
+        slot.v.assign(tf.tensor(v.values, slot.param.shape, 'float32'));
+      });
+      slot.steps = state.paramSteps?.get(name) ?? state.step;
+    }
+    this.stepCount = state.step;
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const slot of this.slots.values()) {
+      slot.m.dispose();
+      slot.v.dispose();
+    }
+    this.slots.clear();
+  }
+
+  private slot(name: string): Slot {
+    const slot = this.slots.get(name);
+    if (slot === undefined) throw new ConfigError(`AdamW has no parameter named ${JSON.stringify(name)}`, { path: name, hint: `Known: ${this.names.slice(0, 8).join(', ')}${this.slots.size > 8 ? ', …' : ''}` });
+    return slot;
+  }
+
+  private checkAlive(): void {
+    if (this.disposed) throw new Error('AdamW used after dispose()');
+  }
+}
+
+function shapesEqual(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}

@@ -1,0 +1,463 @@
+/**
+ * The trainer: joint training of adapters (experts), routers and an optional classification head on a
+ * frozen base, with AdamW (adamw.ts), parameter groups and layer-wise LR decay (param-groups.ts), warmup +
+ * cosine (schedule.ts), global-norm clipping (clip.ts), gradient accumulation and a non-finite guard.
+ *
+ * One `step(batch)` call processes one micro-batch; every `gradAccumulation`-th call completes an optimizer
+ * step. Micro-batch gradients are weighted by their counted targets before averaging, Σ nᵢ·∇Lᵢ / Σ nᵢ, so
+ * accumulating micro-batches gives the same update as one batch holding them all, even when they hold
+ * different numbers of target tokens (the fix Hugging Face transformers made to its accumulation in 2024;
+ * aux losses, being per-forward means, are weighted the same way).
+ *
+ * Only model.variables() (adapters and routers) and the head are differentiated — the base holds no
+ * variables at all, which the constructor asserts. A step whose loss or any gradient is non-finite (read
+ * from the global gradient norm, one sync) leaves every weight and the optimizer state untouched; after
+ * `maxBadSteps` consecutive such steps the trainer aborts with a TrainingError.
+ *
+ * Determinism: the head's init is seeded by `seed`; adapters and routers are seeded by the model spec (the
+ * noisy top-k router also seeds each noise draw). But the adapters' tf.dropout draws its masks from tfjs's
+ * unseeded generator, so runs with dropout > 0 are not bit-reproducible; without dropout, the same seeds,
+ * batches and backend give the same weights.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Subject, type Observable } from 'rxjs';
+import { z } from 'zod';
+import { listWeightTensors } from '../base/weights.js';
+import { parseConfig } from '../config/parse.js';
+import { ConfigError, ShapeError } from '../errors.js';
+import type { AdaptedModel, AdapterSelection } from '../runtime/adapted-model.js';
+import { AdamW, adamWFields } from './adamw.js';
+import { clipByGlobalNorm, globalNorm } from './clip.js';
+import { TrainingError } from './errors.js';
+import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEvent, type TrainSummary } from './events.js';
+import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
+import { assignGroups, paramGroupsFields, type ParamGroupEntry } from './param-groups.js';
+import { AnnealingConfig, ScheduleConfig, annealingSchedule, lrSchedule, type AnnealingSchedule, type LrSchedule } from './schedule.js';
+
+export type { StepReport, TrainEvent, TrainSummary } from './events.js';
+
+export const TrainObjective = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('causal-lm') }).strict(),
+  /** Sequence classification through a linear head over the mean-pooled final hidden states. */
+  z.object({ kind: z.literal('classification'), classes: z.number().int().min(2) }).strict(),
+]);
+export type TrainObjective = z.infer<typeof TrainObjective>;
+
+export const TrainerConfig = z
+  .object({
+    /** Parameter groups (lr, routerLr, weightDecay, routerWeightDecay, layerDecay) and AdamW's β1, β2, ε. */
+    optimizer: z
+      .object({ ...paramGroupsFields, ...adamWFields })
+      .strict()
+      .prefault({}),
+    schedule: ScheduleConfig.prefault({}),
+    /** Clip the global gradient norm to this; 0 disables clipping. */
+    maxGradNorm: z.number().min(0).finite().default(1),
+    /** Micro-batches (step() calls) per optimizer step. */
+    gradAccumulation: z.number().int().positive().default(1),
+    /** Consecutive skipped (non-finite) optimizer steps before the trainer aborts. */
+    maxBadSteps: z.number().int().positive().default(5),
+    /** Linear schedules for router temperature and noise, applied at the start of every optimizer step. */
+    routerAnnealing: AnnealingConfig.optional(),
+    objective: TrainObjective.prefault({ kind: 'causal-lm' }),
+    /** Seeds the classification head's init. */
+    seed: z.number().int().default(0),
+  })
+  .strict()
+  .readonly();
+export type TrainerConfig = z.infer<typeof TrainerConfig>;
+export type TrainerConfigInput = z.input<typeof TrainerConfig>;
+
+/** One micro-batch. Rows are padded to one length; `mask` is 1 for real tokens. */
+export interface TrainBatch {
+  readonly ids: readonly (readonly number[])[];
+  readonly mask: readonly (readonly number[])[];
+  /** 1 at target positions that count in the LM loss (0 on prompts and padding). Unused for classification. */
+  readonly lossMask: readonly (readonly number[])[];
+  /** Task id per row (task routers). */
+  readonly taskIds?: readonly number[];
+  /** Class per row (classification objective). */
+  readonly labels?: readonly number[];
+}
+
+/** Programmatic options that are not configuration data. */
+export interface TrainerOptions {
+  /** Which adapters the forward applies (default: the spec's composition). */
+  readonly use?: AdapterSelection;
+  /**
+   * Test and debug hook: replaces each micro-batch's objective before it is differentiated (e.g. multiply
+   * by NaN to exercise the non-finite guard). Runs inside the gradient tape.
+   */
+  readonly transformLoss?: (loss: tf.Scalar, info: { readonly step: number; readonly microBatch: number }) => tf.Scalar;
+}
+
+/** Gradients and loss sums of the optimizer step being accumulated. */
+interface Pending {
+  grads: Map<string, tf.Tensor>;
+  /** Σ nᵢ: counted targets over the micro-batches with any. */
+  weight: number;
+  lossSum: number;
+  taskSum: number;
+  auxSum: number;
+  microBatches: number;
+}
+
+function emptyPending(): Pending {
+  return { grads: new Map(), weight: 0, lossSum: 0, taskSum: 0, auxSum: 0, microBatches: 0 };
+}
+
+export class Trainer {
+  readonly config: TrainerConfig;
+  /** The classification head (classification objective only). */
+  readonly head: ClassificationHead | undefined;
+  readonly optimizer: AdamW;
+  /** Group, layer, peak LR and weight decay of every trained variable, by stable name. */
+  readonly groups: ReadonlyMap<string, ParamGroupEntry>;
+
+  private readonly named: Map<string, tf.Variable>;
+  private readonly varList: tf.Variable[];
+  private readonly modelVariables: readonly tf.Variable[];
+  /** tfjs variable name → stable name. */
+  private readonly stableNames = new Map<string, string>();
+  private readonly schedule: LrSchedule;
+  private readonly annealing: AnnealingSchedule | undefined;
+  private readonly subject = new Subject<TrainEvent>();
+  /** Training progress as plain-data events (step, skipped, done); errors with the TrainingError on abort. */
+  readonly events$: Observable<TrainEvent> = this.subject.asObservable();
+
+  private pending = emptyPending();
+  private attempted = 0;
+  private applied = 0;
+  private skippedTotal = 0;
+  private consecutiveBad = 0;
+  private firstLoss: number | null = null;
+  private lastLoss: number | null = null;
+  private tokensTotal = 0;
+  private msTotal = 0;
+  private aborted: TrainingError | undefined;
+  private finished = false;
+  private disposed = false;
+
+  constructor(
+    readonly model: AdaptedModel,
+    /** A plain TrainerConfigInput object (validated here). */
+    config: unknown = {},
+    private readonly options: TrainerOptions = {},
+  ) {
+    this.config = parseConfig(TrainerConfig, config, 'trainer');
+    const baseVariables = listWeightTensors(model.base.weights).filter((t) => t instanceof tf.Variable);
+    if (baseVariables.length > 0) {
+      throw new TrainingError(`the base model holds ${baseVariables.length} tf.Variable weight(s); the base must stay frozen`, {
+        hint: 'Build the base with plain tensors (the library loaders do); only adapters and routers may be variables',
+      });
+    }
+    this.named = model.namedVariables();
+    this.modelVariables = model.variables();
+    const objective = this.config.objective;
+    this.head = objective.kind === 'classification' ? new ClassificationHead(model.base.config.dim, objective.classes, this.config.seed) : undefined;
+    try {
+      for (const [name, v] of this.head?.namedVariables() ?? []) {
+        if (this.named.has(name)) throw new ConfigError(`a model variable is already named ${JSON.stringify(name)}`, { hint: 'Rename the adapter called "head"' });
+        this.named.set(name, v);
+      }
+      this.varList = [...this.named.values()];
+      this.checkVarList();
+      for (const [name, v] of this.named) this.stableNames.set(v.name, name);
+      this.groups = assignGroups(this.named.keys(), model.base.config.nLayers, this.config.optimizer);
+      this.schedule = lrSchedule(this.config.schedule);
+      this.annealing = this.config.routerAnnealing === undefined ? undefined : annealingSchedule(this.config.routerAnnealing, this.config.schedule.totalSteps);
+      const decay = new Map([...this.groups].map(([name, g]) => [name, g.weightDecay]));
+      const { beta1, beta2, epsilon } = this.config.optimizer;
+      this.optimizer = new AdamW(this.named, decay, { beta1, beta2, epsilon });
+    } catch (error) {
+      this.head?.dispose();
+      throw error;
+    }
+  }
+
+  /** Optimizer steps attempted so far (applied + skipped). */
+  get steps(): number {
+    return this.attempted;
+  }
+
+  /** The trained variables by stable name (model.namedVariables() plus the head's). */
+  namedVariables(): ReadonlyMap<string, tf.Variable> {
+    return this.named;
+  }
+
+  /** Learning rate of each group's top layer at an optimizer step. */
+  lrAt(step: number): { expert: number; router: number } {
+    const multiplier = this.schedule.lrAt(step);
+    const { lr, routerLr } = this.config.optimizer;
+    return { expert: lr * multiplier, router: (routerLr ?? lr) * multiplier };
+  }
+
+  /** Processes one micro-batch; completes an optimizer step every `gradAccumulation` calls. */
+  step(batch: TrainBatch): StepReport {
+    this.checkUsable();
+    const started = performance.now();
+    this.checkVarList();
+    const objective = this.config.objective;
+    const targets = objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
+    const tokens = batch.mask.reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
+    const stepIndex = this.attempted;
+    const pending = this.pending;
+    if (pending.microBatches === 0 && this.annealing !== undefined) this.anneal(this.annealing.stateAt(stepIndex));
+    pending.microBatches += 1;
+    const microBatch = pending.microBatches;
+
+    if (targets > 0) {
+      const { loss, task, aux, grads } = this.gradients(batch, stepIndex, microBatch);
+      this.accumulate(grads, targets);
+      pending.weight += targets;
+      pending.lossSum += targets * loss;
+      pending.taskSum += targets * task;
+      pending.auxSum += targets * aux;
+    }
+    this.tokensTotal += tokens;
+
+    if (microBatch < this.config.gradAccumulation) {
+      const ms = performance.now() - started;
+      this.msTotal += ms;
+      return { ...this.means(pending), step: this.attempted, lr: this.lrAt(stepIndex), gradNorm: null, skipped: false, applied: false, microBatch, skippedTotal: this.skippedTotal, tokens, targets, ms };
+    }
+    return this.finishStep(stepIndex, { tokens, targets, started, microBatch });
+  }
+
+  /** Steps over every batch; returns the running summary (call finish() to end the event stream). */
+  fit(batches: Iterable<TrainBatch>): TrainSummary {
+    for (const batch of batches) this.step(batch);
+    return this.summary();
+  }
+
+  summary(): TrainSummary {
+    return {
+      steps: this.attempted,
+      appliedSteps: this.applied,
+      skippedTotal: this.skippedTotal,
+      firstLoss: this.firstLoss,
+      lastLoss: this.lastLoss,
+      tokens: this.tokensTotal,
+      ms: this.msTotal,
+    };
+  }
+
+  /** Emits the 'done' event and completes events$. Further step() calls throw. */
+  finish(): TrainSummary {
+    const summary = this.summary();
+    if (!this.finished && this.aborted === undefined) {
+      this.finished = true;
+      this.subject.next({ type: 'done', summary });
+      this.subject.complete();
+    }
+    return summary;
+  }
+
+  /**
+   * The events as an AsyncIterable, subscribed from this call on. Training never waits for the reader:
+   * beyond `capacity` unread events the oldest are dropped (see `dropped`).
+   */
+  eventsIterable(capacity = 1024): BufferedIterable<TrainEvent> {
+    return bufferedIterable(this.events$, capacity);
+  }
+
+  /** Frees the optimizer state, pending gradients and the head; completes events$. The model is not touched. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.disposePending();
+    this.optimizer.dispose();
+    this.head?.dispose();
+    if (!this.finished && this.aborted === undefined) this.subject.complete();
+  }
+
+  // -------------------------------------------------------------------------------------------------------
+
+  /** One micro-batch's objective value, its parts, and its gradients by stable name (owned by the caller). */
+  private gradients(batch: TrainBatch, step: number, microBatch: number): { loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> } {
+    const sink: tf.Scalar[] = [];
+    const kept: tf.Tensor[] = [];
+    const head = this.head;
+    const transform = this.options.transformLoss;
+    try {
+      const { value, grads } = tf.variableGrads(() => {
+        const output = this.model.forward({
+          ids: batch.ids,
+          mask: batch.mask,
+          training: true,
+          auxLosses: sink,
+          taskIds: batch.taskIds,
+          use: this.options.use,
+          output: head === undefined ? 'logits' : 'hidden',
+        }); // [B, T, V] or [B, T, D]
+        const taskLoss =
+          head === undefined
+            ? causalLmLoss(output, batch) // []
+            : classificationLoss(head.logits(output, batch.mask), batch.labels ?? []); // []
+        kept.push(tf.keep(taskLoss));
+        const total: tf.Scalar = sink.length === 0 ? taskLoss : tf.add(taskLoss, tf.addN(sink)); // []
+        return transform === undefined ? total : transform(total, { step, microBatch });
+      }, this.varList);
+      kept.push(value);
+      const named = new Map<string, tf.Tensor>();
+      for (const [tfName, g] of Object.entries(grads)) {
+        if (g === null) continue;
+        const name = this.stableNames.get(tfName);
+        if (name === undefined) {
+          g.dispose();
+          throw new TrainingError(`received a gradient for an unknown variable ${tfName}`);
+        }
+        named.set(name, g);
+      }
+      const read = (t: tf.Tensor | undefined): number => (t === undefined ? 0 : ((t.dataSync() as Float32Array)[0] ?? Number.NaN));
+      const aux = sink.reduce((s, a) => s + read(a), 0);
+      return { loss: read(value), task: read(kept[0]), aux, grads: named };
+    } finally {
+      for (const t of [...sink, ...kept]) t.dispose();
+    }
+  }
+
+  /** Adds a micro-batch's gradients into the pending sums (weighted by its targets when accumulating). */
+  private accumulate(grads: Map<string, tf.Tensor>, targets: number): void {
+    const sums = this.pending.grads;
+    if (this.config.gradAccumulation === 1) {
+      for (const [name, g] of grads) sums.set(name, g);
+      return;
+    }
+    for (const [name, g] of grads) {
+      const weighted = tf.tidy(() => tf.mul(g, targets)); // [...p]  nᵢ·∇Lᵢ
+      g.dispose();
+      const previous = sums.get(name);
+      if (previous === undefined) {
+        sums.set(name, weighted);
+      } else {
+        sums.set(name, tf.add(previous, weighted)); // [...p]
+        previous.dispose();
+        weighted.dispose();
+      }
+    }
+  }
+
+  private finishStep(stepIndex: number, call: { tokens: number; targets: number; started: number; microBatch: number }): StepReport {
+    const pending = this.pending;
+    this.pending = emptyPending();
+    this.attempted += 1;
+    const lr = this.lrAt(stepIndex);
+    const means = this.means(pending);
+    let reason: string | undefined;
+    let gradNorm: number | null = null;
+    try {
+      if (pending.weight === 0) {
+        reason = 'no loss targets in the batch (lossMask selects no real target token, or no labels)';
+      } else {
+        const averaged = this.config.gradAccumulation === 1 ? pending.grads : this.average(pending);
+        try {
+          const clip = this.config.maxGradNorm > 0 ? clipByGlobalNorm(averaged, this.config.maxGradNorm) : undefined;
+          try {
+            gradNorm = clip?.norm ?? globalNorm(averaged.values());
+            if (!Number.isFinite(means.loss)) reason = `the loss is ${means.loss}`;
+            else if (!Number.isFinite(gradNorm)) reason = `the gradient norm is ${gradNorm}`;
+            else {
+              const multiplier = this.schedule.lrAt(stepIndex);
+              const lrs = new Map([...this.groups].map(([name, g]) => [name, g.lr * multiplier]));
+              this.optimizer.applyGradients(clip?.grads ?? averaged, lrs);
+            }
+          } finally {
+            for (const g of clip?.grads.values() ?? []) g.dispose();
+          }
+        } finally {
+          if (averaged !== pending.grads) for (const g of averaged.values()) g.dispose();
+        }
+      }
+    } finally {
+      for (const g of pending.grads.values()) g.dispose();
+    }
+
+    const skipped = reason !== undefined;
+    if (skipped) {
+      this.skippedTotal += 1;
+      this.consecutiveBad += 1;
+    } else {
+      this.applied += 1;
+      this.consecutiveBad = 0;
+      this.firstLoss ??= means.loss;
+      this.lastLoss = means.loss;
+    }
+    const ms = performance.now() - call.started;
+    this.msTotal += ms;
+    const report: StepReport = {
+      ...means,
+      step: this.attempted,
+      lr,
+      gradNorm,
+      skipped,
+      applied: !skipped,
+      microBatch: call.microBatch,
+      skippedTotal: this.skippedTotal,
+      tokens: call.tokens,
+      targets: call.targets,
+      ms,
+    };
+    if (reason !== undefined) this.subject.next({ type: 'skipped', step: this.attempted, reason });
+    this.subject.next({ type: 'step', ...report });
+    if (reason !== undefined && this.consecutiveBad >= this.config.maxBadSteps) {
+      const error = new TrainingError(
+        `training aborted: ${this.consecutiveBad} consecutive optimizer steps were skipped (last at step ${this.attempted}: ${reason}); weights are unchanged since the last good step`,
+        { hint: 'Lower the learning rate (optimizer.lr / routerLr) or maxGradNorm, add warmup, and check the data for empty lossMasks, bad labels or extreme values' },
+      );
+      this.aborted = error;
+      this.subject.error(error);
+      throw error;
+    }
+    return report;
+  }
+
+  /** Σ nᵢ·∇Lᵢ / Σ nᵢ as new tensors (the pending sums are freed by the caller). */
+  private average(pending: Pending): Map<string, tf.Tensor> {
+    const averaged = new Map<string, tf.Tensor>();
+    for (const [name, sum] of pending.grads) {
+      averaged.set(name, tf.tidy(() => tf.div(sum, pending.weight))); // [...p]
+    }
+    return averaged;
+  }
+
+  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number } {
+    const w = pending.weight;
+    return w === 0 ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN } : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w };
+  }
+
+  private anneal(state: { readonly temperature?: number; readonly noise?: number }): void {
+    for (const route of this.model.routes) for (const router of route.routerList()) router.setAnnealing?.(state);
+  }
+
+  /** The differentiated variables must be exactly the model's trainable variables plus the head's. */
+  private checkVarList(): void {
+    const current = this.model.variables();
+    const expected = [...current, ...(this.head?.variables() ?? [])];
+    const same = current.length === this.modelVariables.length && current.every((v, i) => v === this.modelVariables[i]);
+    if (!same || expected.length !== this.varList.length || expected.some((v, i) => v !== this.varList[i])) {
+      throw new TrainingError("the model's trainable variables changed since this Trainer was created (an adapter was added, replaced or removed)", {
+        hint: 'Create a new Trainer after changing the resident adapters',
+      });
+    }
+    const frozen = this.varList.find((v) => !v.trainable);
+    if (frozen !== undefined) throw new TrainingError(`variable ${frozen.name} is not trainable`, { hint: 'Adapters and routers must create trainable variables' });
+  }
+
+  private checkLabels(batch: TrainBatch): number {
+    if (batch.labels === undefined) throw new ShapeError('the classification objective needs labels on every batch', { path: 'batch.labels' });
+    if (batch.labels.length !== batch.ids.length) throw new ShapeError(`labels has ${batch.labels.length} entries but the batch has ${batch.ids.length} rows`, { path: 'batch.labels' });
+    return batch.labels.length;
+  }
+
+  private checkUsable(): void {
+    if (this.disposed) throw new Error('Trainer used after dispose()');
+    if (this.aborted !== undefined) throw this.aborted;
+    if (this.finished) throw new TrainingError('step() after finish()', { hint: 'Create a new Trainer (or keep stepping before calling finish())' });
+  }
+
+  private disposePending(): void {
+    for (const g of this.pending.grads.values()) g.dispose();
+    this.pending = emptyPending();
+  }
+}
