@@ -74,23 +74,24 @@ export type CompositionInput =
   | { readonly kind: 'average'; readonly children: readonly CompositionInput[]; readonly weights?: readonly number[] | undefined }
   | z.input<typeof RouteNode>;
 
-const AdapterLeaf = z
-  .union([z.string().min(1), z.object({ kind: z.literal('adapter'), adapter: z.string().min(1) }).strict()])
-  .transform((leaf) => (typeof leaf === 'string' ? { kind: 'adapter' as const, adapter: leaf } : leaf));
+const AdapterObject = z.object({ kind: z.literal('adapter'), adapter: z.string().min(1) }).strict();
 
 export const CompositionNode: z.ZodType<CompositionNode, CompositionInput> = z.lazy(() =>
   z.union([
-    AdapterLeaf,
-    z.object({ kind: z.literal('stack'), children: z.array(CompositionNode).min(1) }).strict(),
-    z.object({ kind: z.literal('parallel'), children: z.array(CompositionNode).min(1) }).strict(),
-    z
-      .object({ kind: z.literal('average'), children: z.array(CompositionNode).min(1), weights: z.array(z.number()).optional() })
-      .strict()
-      .refine((n) => n.weights === undefined || n.weights.length === n.children.length, {
-        message: 'average needs one weight per child',
-        path: ['weights'],
-      }),
-    RouteNode,
+    z.string().min(1).transform((adapter) => ({ kind: 'adapter' as const, adapter })),
+    z.discriminatedUnion('kind', [
+      AdapterObject,
+      z.object({ kind: z.literal('stack'), children: z.array(CompositionNode).min(1) }).strict(),
+      z.object({ kind: z.literal('parallel'), children: z.array(CompositionNode).min(1) }).strict(),
+      z
+        .object({ kind: z.literal('average'), children: z.array(CompositionNode).min(1), weights: z.array(z.number()).optional() })
+        .strict()
+        .refine((n) => n.weights === undefined || n.weights.length === n.children.length, {
+          message: 'average needs one weight per child',
+          path: ['weights'],
+        }),
+      RouteNode,
+    ]),
   ]),
 );
 
