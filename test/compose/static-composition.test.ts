@@ -135,3 +135,32 @@ describe(`parameter accounting on stories260K${SHARED_MODELS_SKIP_NOTE}`, () => 
     base.dispose();
   });
 });
+
+describe('stack applies modules one after the other', () => {
+  test('two bottleneck adapters stacked at a block output equal applying them by hand', () => {
+    const base = tinyLlama();
+    const bottleneck = (name: string) => ({ kind: 'bottleneck', name, init: 'random', activation: 'tanh', placement: 'pfeiffer', targets: { layers: [0] } });
+    const model = AdaptedModel.create(base, { seed: 8, adapters: [bottleneck('first'), bottleneck('second')] });
+    const h = tf.randomNormal([5, base.config.dim], 0, 1, 'float32', 4) as tf.Tensor2D;
+    const forward = { batch: 1, tokens: 5, ids: [[1, 2, 3, 4, 5]], mask: tf.ones([1, 5]) as tf.Tensor2D, pastLength: 0, cache: undefined, training: false };
+    const context = { training: false, forward };
+    const point = { kind: 'block-output', block: 'mlp' } as const;
+    const first = model.adapters.get('first')?.module(0, point);
+    const second = model.adapters.get('second')?.module(0, point);
+    if (first?.role !== 'delta' || second?.role !== 'delta') throw new Error('modules missing');
+    const h1 = tf.add(h, first.delta(h, h, context)) as tf.Tensor2D;
+    const byHand = tf.add(h1, second.delta(h1, h1, context)) as tf.Tensor2D;
+    const hooks = model.hooks({ use: { kind: 'stack', children: ['first', 'second'] } });
+    hooks?.begin?.(forward);
+    const stacked = hooks?.blockOutput?.(0, 'mlp', h) as tf.Tensor2D;
+    expectClose(stacked.dataSync(), byHand.dataSync(), { rtol: 1e-6, atol: 1e-7 });
+    // Order matters for non-linear modules: the reverse stack differs.
+    const reversed = model.hooks({ use: { kind: 'stack', children: ['second', 'first'] } });
+    reversed?.begin?.(forward);
+    const other = reversed?.blockOutput?.(0, 'mlp', h) as tf.Tensor2D;
+    expect(Array.from(other.dataSync())).not.toEqual(Array.from(stacked.dataSync()));
+    tf.dispose([h, h1, byHand, stacked, other, forward.mask]);
+    model.dispose();
+    base.dispose();
+  });
+});
