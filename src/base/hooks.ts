@@ -44,4 +44,6 @@ export interface ForwardHooks {
   blockOutput?(layer: number, block: BlockName, h: tf.Tensor2D): tf.Tensor2D;
   /** Extra key/value slots every query of the layer may attend to (prefix tuning). */
   attentionPrefix?(layer: number): AttentionPrefix | undefined;
+  /** After the last layer of a forward that succeeded. */
+  end?(): void;
 }

@@ -107,6 +107,7 @@ export class Transformer {
         if (hooks?.blockOutput) mlpOut = hooks.blockOutput(layer, 'mlp', mlpOut);
         hidden = tf.add<tf.Tensor2D>(hidden, mlpOut); // [N, D]
       }
+      hooks?.end?.();
       cache?.append(mask);
       const final = this.norm(hidden, this.weights.finalNorm); // [N, D]
       const output = options.output ?? 'logits';

@@ -9,6 +9,7 @@ import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters
 import { generateSteps } from '../base/generate.js';
 import { UsageError } from '../errors.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
+import { expertLoad } from '../train/metrics.js';
 
 const usage = `Usage: routed-peft generate --model PATH [--tokenizer PATH] [--prompt TEXT | --prompt-ids 1,2,3]
                           [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
@@ -21,7 +22,8 @@ Options:
 ${MODEL_USAGE}
 ${ADAPTER_USAGE}
   --trace              With --routed and --format json: add "trace", one entry per routing decision
-                       and token: {layer, site, route, batch, token, experts, weights, dropped}
+                       and token: {layer, site, route, batch, token, experts, weights, dropped}, and
+                       "routing": per layer and site, expert load, load entropy and dropped-token rate
   --prompt TEXT        Prompt text (needs a tokenizer)
   --prompt-ids LIST    Prompt token ids, comma-separated (default: BOS alone, e.g. for llama2.c models)
   --max-new-tokens N   Tokens to generate (default 64)
@@ -95,7 +97,8 @@ export const generateCommand: CliCommand = {
       }
       if (format === 'json') {
         const text = tokenizer === undefined ? {} : { text: tokenizer.decode(sequence) };
-        io.stdout(`${JSON.stringify({ ids: sequence, ...text, ...(trace === undefined ? {} : { trace }) })}\n`);
+        const routing = trace === undefined ? {} : { trace, routing: expertLoad(trace) };
+        io.stdout(`${JSON.stringify({ ids: sequence, ...text, ...routing })}\n`);
       } else {
         io.stdout('\n');
       }

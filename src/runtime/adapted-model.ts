@@ -8,6 +8,7 @@
  * since routers are trained with their experts).
  */
 import * as tf from '@tensorflow/tfjs';
+import { Subject, type Observable } from 'rxjs';
 import type { z } from 'zod';
 import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
 import { AdapterSpec } from '../adapters/registry.js';
@@ -71,7 +72,20 @@ export interface AdaptedModelOptions {
   readonly routers?: RouterRegistry;
 }
 
+/** One forward's routing decisions, as emitted on `AdaptedModel.traces$`. */
+export interface RoutingTraceEvent {
+  /** Tokens already cached before this forward (0 for a prefill or a plain forward). */
+  readonly pastLength: number;
+  readonly entries: readonly RoutingTraceEntry[];
+}
+
 export class AdaptedModel {
+  private readonly traceSubject = new Subject<RoutingTraceEvent>();
+  /**
+   * Routing decisions of every forward (generation steps included) while someone subscribes: plain data,
+   * emitted after each forward. Tracing costs a host read per routed point, so it runs only when observed.
+   */
+  readonly traces$: Observable<RoutingTraceEvent> = this.traceSubject.asObservable();
   private readonly adapterMap = new Map<string, AdapterInstance>();
   private readonly routeMap = new Map<RouteNode, RouteRuntime>();
   /** Routes by their JSON, so a per-call composition can name a spec route by value. */
@@ -205,6 +219,7 @@ export class AdaptedModel {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.traceSubject.complete();
     for (const route of this.routeMap.values()) route.dispose();
     for (const adapter of this.adapterMap.values()) adapter.dispose();
     this.routeMap.clear();
@@ -229,6 +244,9 @@ export class AdaptedModel {
     const routes = routesIn(root).map((r) => this.routeMap.get(r) as RouteRuntime);
     const present = this.presentPoints(root);
     let context: ModuleContext | undefined;
+    /** Where this forward's entries go, and where they start, when traces$ is observed. */
+    let streamed: { readonly sink: RoutingTraceEntry[]; readonly start: number } | undefined;
+    let pastLength = 0;
     const adapt = (layer: number, point: AdapterPoint, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D => {
       if (context === undefined || !present.has(moduleKey(layer, point))) return y;
       const delta = compositionDelta(root, parts, layer, point, x, y, context);
@@ -237,7 +255,11 @@ export class AdaptedModel {
     return {
       begin: (forward: ForwardContext) => {
         context = { training: forward.training, forward };
-        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace: options.trace, strategy: options.strategy };
+        pastLength = forward.pastLength;
+        const sink = options.trace ?? (routes.length > 0 && this.traceSubject.observed ? [] : undefined);
+        streamed = sink !== undefined && this.traceSubject.observed ? { sink, start: sink.length } : undefined;
+        const trace = sink;
+        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace, strategy: options.strategy };
         for (const route of routes) route.begin(call);
       },
       beginLayer: (layer: number, hidden: tf.Tensor2D) => {
@@ -249,6 +271,10 @@ export class AdaptedModel {
       attentionPrefix: (layer: number) => {
         if (context === undefined || !present.has(moduleKey(layer, { kind: 'attention-prefix' }))) return undefined;
         return compositionPrefix(root, parts, layer, context);
+      },
+      end: () => {
+        if (streamed !== undefined) this.traceSubject.next({ pastLength, entries: streamed.sink.slice(streamed.start) });
+        streamed = undefined;
       },
     };
   }
@@ -282,3 +308,4 @@ export class AdaptedModel {
     return { ...node, children: node.children.map((c) => this.bindRoutes(c)) };
   }
 }
+

@@ -39,8 +39,10 @@ describe.skipIf(!hasSharedModels)(`routed models through the CLI on stories260K$
 
     const gen = await run('generate', '--model', stories260kPath, '--tokenizer', tok512Path, '--routed', out, '--max-new-tokens', '6', '--temperature', '0', '--format', 'json', '--trace');
     expect(gen.code).toBe(0);
-    const result = JSON.parse(gen.out) as { ids: number[]; text: string; trace: RoutingTraceEntry[] };
+    const result = JSON.parse(gen.out) as { ids: number[]; text: string; trace: RoutingTraceEntry[]; routing: { layer: number; site: string; tokens: number; droppedRate: number }[] };
     expect(result.ids).toHaveLength(7);
+    expect(result.routing.length).toBeGreaterThan(0);
+    expect(result.routing.every((r) => r.tokens > 0 && r.droppedRate >= 0 && r.droppedRate <= 1)).toBe(true);
     expect(result.trace.length).toBeGreaterThan(0);
     const spec = JSON.parse(await readFile(join(examplesDir, file), 'utf8')) as { composition: { experts: string[]; nullExpert?: boolean; router: { kind: string; k?: number } } };
     const allowed = new Set([...spec.composition.experts, ...(spec.composition.nullExpert === true ? ['null'] : [])]);

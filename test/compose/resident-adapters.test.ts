@@ -8,7 +8,7 @@ import { ConfigError } from '../../src/errors.js';
 import { AdaptedModel } from '../../src/runtime/adapted-model.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 
-const lora = (name: string) => ({ kind: 'lora', name, r: 2, init: 'random', targets: { sites: ['attn.q', 'attn.v'] } });
+const lora = (name: string) => ({ kind: 'lora' as const, name, r: 2, init: 'random' as const, targets: { sites: ['attn.q', 'attn.v'] } });
 
 function logits(model: AdaptedModel, use: Parameters<AdaptedModel['forward']>[0]['use']): Float32Array {
   const out = model.forward({ ids: [[1, 2, 3]], use });

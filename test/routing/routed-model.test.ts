@@ -219,6 +219,24 @@ describe('routed LoRA experts on a tiny llama', () => {
     expect(tf.memory().numTensors).toBe(start);
   });
 
+  test('traces$ streams each forward\'s decisions (generation steps included) as plain data while observed', () => {
+    const model = AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k', k: 1 } } }, { routers });
+    run(model); // not observed: nothing collected
+    const events: { pastLength: number; entries: readonly RoutingTraceEntry[] }[] = [];
+    const subscription = model.traces$.subscribe((event) => events.push(event));
+    const explicit: RoutingTraceEntry[] = [];
+    run(model, { trace: explicit });
+    model.generate([[1, 2, 3]], { maxNewTokens: 3, temperature: 0, eosId: null });
+    subscription.unsubscribe();
+    run(model);
+    expect(events.map((e) => e.pastLength)).toEqual([0, 0, 3, 4]);
+    expect(events[0]?.entries).toEqual(explicit);
+    // A decode step routes exactly one token per routed point: 3 sites × 2 layers.
+    expect(events[2]?.entries).toHaveLength(6);
+    expect(events[2]?.entries.every((e) => e.token === 3)).toBe(true);
+    model.dispose();
+  });
+
   test('specs that cannot work are ConfigErrors naming the fix', () => {
     expect(() => AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k' } } })).toThrow(/builtinRouters/);
     expect(() => AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'nope' } } }, { routers })).toThrow(/Known kinds: top-k/);
