@@ -81,6 +81,7 @@ class ExpertChoiceRouter implements Router {
 
 export const expertChoiceRouterKind: RouterKind<ExpertChoiceRouterConfig> = {
   kind: 'expert-choice',
+  couplesRows: true,
   schema: ExpertChoiceRouterConfig,
   create: (config, shape) => new ExpertChoiceRouter(config, shape),
 };

@@ -70,6 +70,14 @@ class NoisyTopKRouter implements Router {
     this.noiseScale = state.noise;
   }
 
+  getRandomState(): number {
+    return this.nextNoiseSeed;
+  }
+
+  setRandomState(state: number): void {
+    this.nextNoiseSeed = state;
+  }
+
   variables(): readonly tf.Variable[] {
     return [this.gate, this.noiseGate];
   }

@@ -78,6 +78,7 @@ class SwitchRouter implements Router {
 
 export const switchRouterKind: RouterKind<SwitchRouterConfig> = {
   kind: 'switch',
+  couplesRows: true,
   schema: SwitchRouterConfig,
   create: (config, shape) => new SwitchRouter(config, shape),
 };

@@ -50,3 +50,9 @@ export { readJsonlDataset, parseJsonlDataset } from './train/dataset.js';
 export { DatasetError } from './train/dataset-errors.js';
 export { tokenizeExamples, makeBatches, packExamples, splitTrainValidation } from './train/batches.js';
 export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualInformation, expertLoad, baseRetention } from './train/metrics.js';
+
+export { RoutedRuntime, type RoutedRuntimeOptions } from './runtime/runtime.js';
+export * from './runtime/types.js';
+export { saveCheckpoint, loadCheckpoint, readCheckpoint, resumeTrainer, restoreTrainer, type TrainingState } from './train/checkpoint.js';
+export { trainFromDataset } from './train/train-loop.js';
+export { evaluateDataset } from './train/evaluate.js';

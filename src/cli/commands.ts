@@ -9,6 +9,8 @@ import { generateCommand } from './generate-command.js';
 import { infoCommand } from './info-command.js';
 import { initCommand } from './init-command.js';
 import { inspectCommand } from './inspect-command.js';
+import { trainCommand } from './train-command.js';
+import { evalCommand } from './eval-command.js';
 
 /**
  * What the launcher provides beyond arguments and streams. src/ never imports routers/: bin/routed-peft.js
@@ -38,6 +40,8 @@ export const commands: Readonly<Record<string, CliCommand>> = {
   forward: forwardCommand,
   init: initCommand,
   inspect: inspectCommand,
+  train: trainCommand,
+  eval: evalCommand,
 };
 
 export function findCommand(name: string): CliCommand | undefined {

@@ -19,7 +19,7 @@ import { deriveSeed, pointWidths } from '../compose/modules.js';
 import type { RouteNode } from '../compose/spec.js';
 import { RoutedPeftError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
-import { chooseStrategy, decisionGates, routedDelta, type ExecutionStrategy } from './routed-layer.js';
+import { FusedLoraCache, chooseStrategy, decisionGates, routedDelta, type ExecutionStrategy } from './routed-layer.js';
 import type { Router, RouterInput } from './router.js';
 import type { RouterRegistry } from './router-registry.js';
 import { NULL_EXPERT, traceEntries, type RoutingTraceEntry } from './trace.js';
@@ -45,6 +45,8 @@ export class RouteRuntime {
   readonly expertNames: readonly string[];
   readonly choices: number;
   private readonly routers = new Map<string, Router>();
+  /** Fused LoRA matrices per routed point, reused across inference forwards. */
+  private readonly fusedCaches = new Map<string, FusedLoraCache>();
   /** Decisions made during the current forward, by router key. */
   private decisions = new Map<string, Gates>();
   private call: RoutingCall | undefined;
@@ -102,6 +104,7 @@ export class RouteRuntime {
   /** Swaps in a replacement for the expert of the same name (same points, new weights). */
   replaceExpert(instance: AdapterInstance): void {
     this.expertList = this.expertList.map((e) => (e.name === instance.name ? instance : e));
+    for (const cache of this.fusedCaches.values()) cache.dispose();
   }
 
   /** Points of a layer where at least one expert has a module. */
@@ -165,7 +168,13 @@ export class RouteRuntime {
     if (gates === undefined) return undefined;
     const call = this.requireCall();
     const strategy = call.strategy ?? chooseStrategy(this.node.strategy, this.experts.length);
-    return routedDelta(experts, gates, x, y, { training: call.context.training, forward: call.context }, strategy);
+    const cacheKey = this.siteKey(layer, point);
+    let cache = this.fusedCaches.get(cacheKey);
+    if (cache === undefined) {
+      cache = new FusedLoraCache();
+      this.fusedCaches.set(cacheKey, cache);
+    }
+    return routedDelta(experts, gates, x, y, { training: call.context.training, forward: call.context }, strategy, cache);
   }
 
   /** Per-sequence gates [B, E] for prefix experts of a layer (sequence granularity only). */
@@ -181,6 +190,8 @@ export class RouteRuntime {
   dispose(): void {
     for (const router of this.routers.values()) router.dispose();
     this.routers.clear();
+    for (const cache of this.fusedCaches.values()) cache.dispose();
+    this.fusedCaches.clear();
   }
 
   private expertModules(layer: number, point: AdapterPoint): (DeltaModule | undefined)[] {

@@ -49,31 +49,73 @@ function fusableLora(experts: readonly (DeltaModule | undefined)[]): LoraModule[
   return lora.every((e) => e.dropout === lora[0]?.dropout) ? lora : undefined;
 }
 
+/** The experts' LoRA matrices concatenated, and the matrix spreading gates over rank columns. */
+interface FusedLora {
+  readonly aCat: tf.Tensor2D; // [Σr, I]
+  readonly bCat: tf.Tensor2D; // [O, Σr]
+  readonly spread: tf.Tensor2D; // [E, Σr]: expert e's LoRA scale on its rank columns
+}
+
 /**
- * Fused dense LoRA mixture: Δ = ((x·A_catᵀ) ⊙ (g·S)) · B_catᵀ, where S [E, Σr] spreads each expert's gate
- * (times its LoRA scale) over its rank columns.
+ * Keeps one routed point's fused LoRA matrices between forwards. They are rebuilt only when a variable
+ * changed (an optimizer step or a hot swap assigns new data), so inference pays no concatenation per call.
  */
-function fusedLoraDelta(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[], gates: tf.Tensor2D, x: tf.Tensor2D, context: ModuleContext): tf.Tensor2D {
+export class FusedLoraCache {
+  private entry: { readonly key: readonly object[]; readonly fused: FusedLora } | undefined;
+
+  get(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): FusedLora {
+    const key: object[] = experts.map((e) => e ?? FusedLoraCache.absent);
+    for (const e of lora) key.push(e.a.dataId, e.b.dataId);
+    const cached = this.entry;
+    if (cached !== undefined && cached.key.length === key.length && cached.key.every((k, i) => k === key[i])) return cached.fused;
+    const fused = tf.tidy(() => ({ ...buildFusedLora(experts, lora) }));
+    this.dispose();
+    this.entry = { key, fused: { aCat: tf.keep(fused.aCat), bCat: tf.keep(fused.bCat), spread: tf.keep(fused.spread) } };
+    return this.entry.fused;
+  }
+
+  dispose(): void {
+    if (this.entry === undefined) return;
+    tf.dispose([this.entry.fused.aCat, this.entry.fused.bCat, this.entry.fused.spread]);
+    this.entry = undefined;
+  }
+
+  private static readonly absent = {};
+}
+
+function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): FusedLora {
   const totalRank = lora.reduce((s, e) => s + e.rank, 0);
-  const spread = new Float32Array(gates.shape[1] * totalRank);
+  const spread = new Float32Array(experts.length * totalRank);
   let column = 0;
   experts.forEach((expert, e) => {
     if (!(expert instanceof LoraModule)) return;
     for (let j = 0; j < expert.rank; j++) spread[e * totalRank + column + j] = expert.scale;
     column += expert.rank;
   });
+  return {
+    aCat: lora.length === 1 ? tf.clone((lora[0] as LoraModule).a) : tf.concat(lora.map((e) => e.a), 0), // [Σr, I]
+    bCat: lora.length === 1 ? tf.clone((lora[0] as LoraModule).b) : tf.concat(lora.map((e) => e.b), 1), // [O, Σr]
+    spread: tf.tensor2d(spread, [experts.length, totalRank]), // [E, Σr]
+  };
+}
+
+/**
+ * Fused dense LoRA mixture: Δ = ((x·A_catᵀ) ⊙ (g·S)) · B_catᵀ, where S [E, Σr] spreads each expert's gate
+ * (times its LoRA scale) over its rank columns. Training builds the concatenation inside the forward so
+ * gradients flow to each expert's A and B; inference reuses the cached one.
+ */
+function fusedLoraDelta(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[], gates: tf.Tensor2D, x: tf.Tensor2D, context: ModuleContext, cache: FusedLoraCache | undefined): tf.Tensor2D {
+  const { aCat, bCat, spread } = context.training || cache === undefined ? buildFusedLora(experts, lora) : cache.get(experts, lora);
   const dropout = lora[0]?.dropout ?? 0;
   const input = context.training && dropout > 0 ? tf.dropout(x, dropout) : x; // [N, I]
-  const aCat = lora.length === 1 ? (lora[0] as LoraModule).a : tf.concat(lora.map((e) => e.a), 0); // [Σr, I]
-  const bCat = lora.length === 1 ? (lora[0] as LoraModule).b : tf.concat(lora.map((e) => e.b), 1); // [O, Σr]
   const down = tf.matMul(input, aCat, false, true); // [N, Σr]
-  const rankGates = tf.matMul(gates, tf.tensor2d(spread, [gates.shape[1], totalRank])); // [N, Σr]
+  const rankGates = tf.matMul(gates, spread); // [N, Σr]
   return tf.matMul(tf.mul(down, rankGates), bCat, false, true); // [N, O]
 }
 
-function denseDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D | undefined {
+function denseDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext, cache: FusedLoraCache | undefined): tf.Tensor2D | undefined {
   const lora = fusableLora(experts);
-  if (lora !== undefined) return fusedLoraDelta(experts, lora, gates, x, context);
+  if (lora !== undefined) return fusedLoraDelta(experts, lora, gates, x, context, cache);
   let total: tf.Tensor2D | undefined;
   experts.forEach((expert, e) => {
     if (expert === undefined) return;
@@ -129,6 +171,7 @@ export function routedDelta(
   y: tf.Tensor2D,
   context: ModuleContext,
   strategy: ExecutionStrategy,
+  cache?: FusedLoraCache,
 ): tf.Tensor2D | undefined {
-  return strategy === 'dense' ? denseDelta(experts, gates, x, y, context) : groupedDelta(experts, gates, x, y, context);
+  return strategy === 'dense' ? denseDelta(experts, gates, x, y, context, cache) : groupedDelta(experts, gates, x, y, context);
 }

@@ -44,6 +44,9 @@ export interface Router {
   variables(): readonly tf.Variable[];
   /** Schedules set by the trainer (noise scale, softmax temperature); routers ignore what they lack. */
   setAnnealing?(state: { readonly temperature?: number; readonly noise?: number }): void;
+  /** Routers that draw random numbers expose their generator state, so a resumed run continues exactly. */
+  getRandomState?(): number;
+  setRandomState?(state: number): void;
   dispose(): void;
 }
 
@@ -63,5 +66,10 @@ export interface RouterKind<Config extends { readonly kind: string } = { readonl
   readonly needsTaskIds?: boolean;
   /** Reads token ids. */
   readonly needsTokenIds?: boolean;
+  /**
+   * A row's decision depends on the other rows of the forward (a capacity shared by all rows, as in switch
+   * and expert-choice routing): such routes cannot share a forward pass with other requests.
+   */
+  readonly couplesRows?: boolean;
   create(config: Config, shape: RouterShape): Router;
 }

@@ -106,6 +106,15 @@ function emptyPending(): Pending {
   return { grads: new Map(), weight: 0, lossSum: 0, taskSum: 0, auxSum: 0, microBatches: 0 };
 }
 
+/**
+ * The counters a checkpoint restores: the summary plus the current run of consecutive skipped steps. With
+ * the optimizer state (AdamW.getState/setState), they let a resumed Trainer continue the LR and annealing
+ * schedules, step numbers and the non-finite guard exactly where the saved one stopped.
+ */
+export interface TrainerProgress extends TrainSummary {
+  readonly consecutiveBad: number;
+}
+
 export class Trainer {
   readonly config: TrainerConfig;
   /** The classification head (classification objective only). */
@@ -240,6 +249,32 @@ export class Trainer {
       tokens: this.tokensTotal,
       ms: this.msTotal,
     };
+  }
+
+  /** The counters to checkpoint (see TrainerProgress). */
+  progress(): TrainerProgress {
+    return { ...this.summary(), consecutiveBad: this.consecutiveBad };
+  }
+
+  /**
+   * Resumes the counters of a checkpointed run (restore the optimizer with `optimizer.setState` too): the
+   * next step() is optimizer step `progress.steps` of the schedules. Only between optimizer steps.
+   */
+  restoreProgress(progress: TrainerProgress): void {
+    this.checkUsable();
+    if (this.pending.microBatches > 0) throw new TrainingError('restoreProgress() in the middle of an accumulated optimizer step', { hint: 'Restore before the first step() call' });
+    const counts = [progress.steps, progress.appliedSteps, progress.skippedTotal, progress.consecutiveBad];
+    if (counts.some((n) => !Number.isInteger(n) || n < 0) || progress.appliedSteps + progress.skippedTotal !== progress.steps) {
+      throw new TrainingError(`inconsistent trainer progress: ${JSON.stringify(progress)}`, { hint: 'steps must equal appliedSteps + skippedTotal (non-negative integers)' });
+    }
+    this.attempted = progress.steps;
+    this.applied = progress.appliedSteps;
+    this.skippedTotal = progress.skippedTotal;
+    this.consecutiveBad = progress.consecutiveBad;
+    this.firstLoss = progress.firstLoss;
+    this.lastLoss = progress.lastLoss;
+    this.tokensTotal = progress.tokens;
+    this.msTotal = progress.ms;
   }
 
   /** Emits the 'done' event and completes events$. Further step() calls throw. */

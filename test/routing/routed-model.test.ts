@@ -188,6 +188,7 @@ describe('routed LoRA experts on a tiny llama', () => {
   test('sequence routing: KV-cached generation equals recomputation, and prefill decisions are reused', () => {
     const spec = { seed: 9, adapters: [...experts(2), { kind: 'prefix', name: 'p', prefixLength: 3 }], composition: { kind: 'route', experts: ['e0', 'e1', 'p'], router: { kind: 'soft' }, granularity: 'sequence', placement: 'layer' } };
     const model = AdaptedModel.create(base, spec, { routers });
+    run(model); // builds the inference caches of fused LoRA matrices, which live as long as the model
     const start = tf.memory().numTensors;
     const cached = model.generate([[1, 2, 3], [4]], { maxNewTokens: 5, temperature: 0, eosId: null });
     const full = model.generate([[1, 2, 3], [4]], { maxNewTokens: 5, temperature: 0, eosId: null, noCache: true });

@@ -1,0 +1,251 @@
+/**
+ * `routed-peft train`: train a routed model's experts and routers on a JSONL dataset (train/dataset.ts)
+ * with the base frozen. --out is the checkpoint directory: a routed-model directory (usable with
+ * `--routed`) plus the training state, saved every --checkpoint-every steps and at the end; `--resume`
+ * continues it exactly (train/train-loop.ts). --steps is the TOTAL: resumed at 8 with --steps 16, it stops
+ * at 16.
+ *
+ * Output: a progress bar on stderr when stdout is a terminal (and --format text); otherwise one JSON line
+ * per optimizer step on stdout, then a summary line. Lines carry `type`: "step", "checkpoint", "summary".
+ */
+import { Writable } from 'node:stream';
+import { SingleBar } from 'cli-progress';
+import { CheckpointError, UsageError } from '../errors.js';
+import { readJsonFile } from '../io/hf-model-dir.js';
+import { loadRoutedModel } from '../io/routed-model-dir.js';
+import { AdaptedModel } from '../runtime/adapted-model.js';
+import { hasCheckpoint, loadCheckpoint, readTrainingState, type LoadedCheckpoint } from '../train/checkpoint.js';
+import { readJsonlDataset } from '../train/dataset.js';
+import { trainFromDataset, type LoopStepReport } from '../train/train-loop.js';
+import type { TrainerConfigInput } from '../train/trainer.js';
+import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
+import type { CliCommand, CliContext } from './commands.js';
+import type { CliIo } from './io.js';
+import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
+
+const DEFAULT_STEPS = 100;
+const DEFAULT_BATCH_SIZE = 8;
+const DEFAULT_MAX_LENGTH = 128;
+
+const usage = `Usage: routed-peft train --model PATH [--tokenizer PATH] --data FILE.jsonl (--spec SPEC.json | --routed DIR)
+                       --out DIR [--steps N] [--batch-size N] [--seed S] [--lr X] [--router-lr X]
+                       [--max-length N] [--checkpoint-every N] [--resume] [--format text|json]
+
+Train the experts and routers of a routed model on JSONL data; the base model stays frozen.
+Data lines: {"text": ...}, {"prompt": ..., "completion": ...} (loss on the completion only), or
+{"text": ..., "label": ...} (classification head), each with an optional "task" for task routers.
+
+Options:
+${MODEL_USAGE}
+  --data FILE          Training data (JSONL)
+  --spec FILE          Start from a fresh routed model built from this spec (see examples/)
+  --routed DIR         Start from an existing routed-model directory (e.g. made by init)
+  --out DIR            Checkpoint directory: the routed model plus training-state.json, optimizer and
+                       variables; replaced atomically at every save
+  --steps N            TOTAL optimizer steps, counting those before a resume (default ${DEFAULT_STEPS})
+  --batch-size N       Examples per step (default ${DEFAULT_BATCH_SIZE})
+  --seed S             Seeds the data order of every epoch (default 0)
+  --lr X               Peak learning rate of the experts (default 1e-3); cosine decay over --steps
+  --router-lr X        Peak learning rate of the routers (default: --lr)
+  --max-length N       Longest example in tokens, BOS/EOS included (default ${DEFAULT_MAX_LENGTH}, at most the model's)
+  --checkpoint-every N Save a checkpoint every N steps (default 0: only at the end)
+  --resume             Continue the checkpoint in --out (its spec, trainer settings, data order and seed);
+                       --spec/--routed are then not needed
+  --format text|json   Progress bar + text summary on a terminal (text, the default), or JSON lines
+
+Without a terminal (or with --format json) stdout gets one JSON line per step:
+  {"type":"step","step","loss","taskLoss","auxLoss","lr","routerLr","gradNorm","skipped","tokensPerSecond","load"?}
+and a final {"type":"summary",...} line.
+`;
+
+/** A Writable that forwards to io.stderr and claims to be a terminal, for cli-progress. */
+function terminalStream(io: CliIo): NodeJS.WritableStream {
+  const stream = new Writable({
+    write(chunk: Buffer | string, _encoding, callback) {
+      io.stderr(typeof chunk === 'string' ? chunk : chunk.toString('utf8'));
+      callback();
+    },
+  });
+  return Object.assign(stream, { isTTY: true, columns: process.stderr.columns ?? 100 });
+}
+
+const round = (x: number | null, digits = 6): number | null => (x === null ? null : Number(x.toPrecision(digits)));
+
+function stepLine(report: LoopStepReport): string {
+  return JSON.stringify({
+    type: 'step',
+    step: report.step,
+    epoch: report.epoch,
+    loss: report.loss,
+    taskLoss: report.taskLoss,
+    auxLoss: report.auxLoss,
+    lr: report.lr.expert,
+    routerLr: report.lr.router,
+    gradNorm: report.gradNorm,
+    skipped: report.skipped,
+    skippedTotal: report.skippedTotal,
+    tokens: report.tokens,
+    tokensPerSecond: Math.round(report.tokensPerSecond),
+    ...(report.load === undefined
+      ? {}
+      : { load: report.load.map((l) => ({ layer: l.layer, site: l.site, route: l.route, experts: l.experts, fractions: l.fractions.map((f) => round(f, 4)), droppedRate: l.droppedRate })) }),
+  });
+}
+
+/** A flag that must agree with the checkpoint when given with --resume. */
+function agree<T>(flag: string, given: T | undefined, saved: T): T {
+  if (given !== undefined && given !== saved) {
+    throw new UsageError(`--${flag} ${String(given)} differs from the checkpoint's ${String(saved)}; a resumed run keeps its settings (omit --${flag})`);
+  }
+  return saved;
+}
+
+export const trainCommand: CliCommand = {
+  name: 'train',
+  summary: 'Train a routed model (experts + routers) on JSONL data, with checkpoints and exact resume',
+  usage,
+  async run(args: string[], io: CliIo, context: CliContext): Promise<number> {
+    const { values } = parseStrict(args, {
+      ...MODEL_FLAGS,
+      data: { type: 'string' },
+      spec: { type: 'string' },
+      routed: { type: 'string' },
+      out: { type: 'string' },
+      steps: { type: 'string' },
+      'batch-size': { type: 'string' },
+      seed: { type: 'string' },
+      lr: { type: 'string' },
+      'router-lr': { type: 'string' },
+      'max-length': { type: 'string' },
+      'checkpoint-every': { type: 'string', default: '0' },
+      resume: { type: 'boolean', default: false },
+      format: { type: 'string', default: 'text' },
+    });
+    const format = toChoice('format', values.format, ['text', 'json'] as const);
+    const steps = optional(values.steps, (raw) => toInt('steps', raw, { min: 1 }), DEFAULT_STEPS);
+    const batchSizeFlag = optional(values['batch-size'], (raw) => toInt('batch-size', raw, { min: 1 }), undefined);
+    const seedFlag = optional(values.seed, (raw) => toInt('seed', raw), undefined);
+    const lrFlag = optional(values.lr, (raw) => toNumber('lr', raw, { min: 0, minExclusive: true }), undefined);
+    const routerLrFlag = optional(values['router-lr'], (raw) => toNumber('router-lr', raw, { min: 0, minExclusive: true }), undefined);
+    const maxLengthFlag = optional(values['max-length'], (raw) => toInt('max-length', raw, { min: 2 }), undefined);
+    const checkpointEvery = toInt('checkpoint-every', values['checkpoint-every'], { min: 0 });
+    if (values.data === undefined) throw new UsageError('--data is required');
+    if (values.out === undefined) throw new UsageError('--out is required');
+    if (values.model === undefined) throw new UsageError('--model is required');
+    const out = values.out;
+    const resume = values.resume;
+    if (!resume) {
+      if ((values.spec === undefined) === (values.routed === undefined)) throw new UsageError('give exactly one of --spec and --routed (or --resume)');
+      if (hasCheckpoint(out)) throw new UsageError(`--out ${out} already holds a training checkpoint; pass --resume to continue it, or choose another --out`);
+    } else if (!hasCheckpoint(out)) {
+      throw new CheckpointError(`--resume: no checkpoint to resume from in --out ${out}`, { path: out, hint: 'Run once without --resume to start training there' });
+    }
+    const saved = resume ? await readTrainingState(out) : undefined;
+    const savedOptimizer = (saved?.trainer['optimizer'] ?? {}) as { readonly lr?: number; readonly routerLr?: number };
+    const batchSize = saved === undefined ? (batchSizeFlag ?? DEFAULT_BATCH_SIZE) : agree('batch-size', batchSizeFlag, saved.data.batchSize);
+    const seed = saved === undefined ? (seedFlag ?? 0) : agree('seed', seedFlag, saved.data.seed);
+    if (saved !== undefined) {
+      if (savedOptimizer.lr !== undefined) agree('lr', lrFlag, savedOptimizer.lr);
+      agree('router-lr', routerLrFlag, savedOptimizer.routerLr ?? savedOptimizer.lr);
+    }
+    const spec = values.spec === undefined || resume ? undefined : await readJsonFile(values.spec, 'spec');
+    // The data's task and label names keep the ids of the run being resumed.
+    const dataset = await readJsonlDataset(values.data, saved === undefined ? {} : { tasks: saved.data.tasks, labels: saved.data.labels });
+    for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
+
+    const loaded = await loadCliModel(values);
+    let model: AdaptedModel | undefined;
+    let checkpoint: LoadedCheckpoint | undefined;
+    let bar: SingleBar | undefined;
+    try {
+      const tokenizer = loaded.tokenizer;
+      if (tokenizer === undefined) throw new UsageError('training needs a tokenizer: pass --tokenizer PATH');
+      const maxSeqLen = loaded.model.config.maxSeqLen;
+      const maxLength = saved === undefined ? (maxLengthFlag ?? Math.min(DEFAULT_MAX_LENGTH, maxSeqLen)) : agree('max-length', maxLengthFlag, saved.data.maxLength);
+      if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
+      const routers = context.routers === undefined ? {} : { routers: context.routers };
+      if (resume) {
+        checkpoint = await loadCheckpoint(out, loaded.model, routers);
+        for (const w of checkpoint.warnings) io.stderr(`warning: ${w}\n`);
+        model = checkpoint.model;
+      } else if (values.routed !== undefined) {
+        const routed = await loadRoutedModel(values.routed, loaded.model, routers);
+        for (const w of routed.warnings) io.stderr(`warning: ${w}\n`);
+        model = routed.model;
+      } else {
+        model = AdaptedModel.create(loaded.model, spec, routers);
+      }
+      const trainerConfig: TrainerConfigInput = {
+        optimizer: { ...(lrFlag === undefined ? {} : { lr: lrFlag }), ...(routerLrFlag === undefined ? {} : { routerLr: routerLrFlag }) },
+        schedule: { totalSteps: steps },
+        seed,
+        ...(dataset.kind === 'classification' ? { objective: { kind: 'classification', classes: Math.max(2, dataset.labels.length) } } : {}),
+      };
+
+      const startStep = saved?.step ?? 0;
+      const useBar = io.isTTY && format === 'text';
+      if (useBar) {
+        bar = new SingleBar({
+          stream: terminalStream(io),
+          format: 'train |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}',
+          hideCursor: true,
+          clearOnComplete: false,
+          etaBuffer: 20,
+        });
+        bar.start(steps, Math.min(startStep, steps), { loss: '-', tps: '-' });
+      }
+      const result = await trainFromDataset({
+        model,
+        tokenizer,
+        dataset,
+        trainer: trainerConfig,
+        steps,
+        batchSize,
+        seed,
+        maxLength,
+        checkpointDir: out,
+        checkpointEvery,
+        ...(checkpoint === undefined ? {} : { resumeFrom: checkpoint }),
+        basePath: loaded.path,
+        routingLoadEvery: useBar || model.routes.length === 0 ? 0 : 1,
+        onStep: (report) => {
+          if (bar !== undefined) bar.update(report.step, { loss: report.loss === null ? 'nan' : report.loss.toFixed(4), tps: Math.round(report.tokensPerSecond) });
+          else io.stdout(`${stepLine(report)}\n`);
+        },
+        onCheckpoint: ({ dir, step }) => {
+          if (bar === undefined) io.stdout(`${JSON.stringify({ type: 'checkpoint', step, dir })}\n`);
+        },
+      });
+      bar?.stop();
+      bar = undefined;
+      const { summary } = result;
+      const final = {
+        type: 'summary',
+        out,
+        startStep: result.startStep,
+        steps: summary.steps,
+        appliedSteps: summary.appliedSteps,
+        skippedTotal: summary.skippedTotal,
+        firstLoss: result.history.find((h) => h.loss !== null)?.loss ?? null,
+        lastLoss: [...result.history].reverse().find((h) => h.loss !== null)?.loss ?? null,
+        epoch: result.position.epoch,
+        examples: result.position.examples,
+        tokens: summary.tokens,
+        seconds: Number((summary.ms / 1000).toFixed(3)),
+      };
+      if (useBar) {
+        const loss = (x: number | null): string => (x === null ? 'n/a' : x.toFixed(4));
+        io.stdout(
+          `trained ${out}: steps ${final.startStep} → ${final.steps} (${final.skippedTotal} skipped), loss ${loss(final.firstLoss)} → ${loss(final.lastLoss)}, ${final.tokens} tokens in ${final.seconds} s\n`,
+        );
+      } else {
+        io.stdout(`${JSON.stringify(final)}\n`);
+      }
+      return 0;
+    } finally {
+      bar?.stop();
+      model?.dispose();
+      loaded.model.dispose();
+    }
+  },
+};

@@ -1,0 +1,177 @@
+/**
+ * Public types of the routed inference runtime (runtime.ts): what a call selects, its options, and what it
+ * returns. Every result and event is plain data (numbers, typed arrays, copied arrays), never a live tensor
+ * (DESIGN principle 9).
+ *
+ * Shape letters: B rows of a call, T tokens (the call's longest row), V vocabulary, D width, C classes.
+ */
+import { z } from 'zod';
+import type { AdaptedModel } from './adapted-model.js';
+import type { RoutingTraceEntry } from '../routing/trace.js';
+
+/**
+ * What a call runs:
+ *  - `'base'`: the bare base model;
+ *  - `{ adapter }`: one loaded PEFT adapter target;
+ *  - `{ combine, adapters, weights? }`: loaded PEFT adapter targets combined statically (`stack`, `parallel`,
+ *    `average`; `weights` scale each adapter's delta — for `parallel` that makes it a weighted sum, for
+ *    `stack` they are not allowed);
+ *  - `{ routed }`: a loaded routed model (or instance) with its own composition and routers (auto routing).
+ */
+export const Selection = z.union([
+  z.literal('base'),
+  z.object({ adapter: z.string().min(1) }).strict(),
+  z
+    .object({
+      combine: z.enum(['stack', 'parallel', 'average']),
+      adapters: z.array(z.string().min(1)).min(1),
+      weights: z.array(z.number().refine(Number.isFinite, 'must be finite')).optional(),
+    })
+    .strict()
+    .refine((s) => s.weights === undefined || s.weights.length === s.adapters.length, { message: 'weights needs one entry per adapter', path: ['weights'] })
+    .refine((s) => s.weights === undefined || s.combine !== 'stack', { message: 'a stack takes no weights (use parallel or average)', path: ['weights'] })
+    .refine((s) => new Set(s.adapters).size === s.adapters.length, { message: 'each adapter may appear once', path: ['adapters'] }),
+  z.object({ routed: z.string().min(1) }).strict(),
+]);
+export type Selection = z.infer<typeof Selection>;
+
+export interface CallOptions {
+  readonly select: Selection;
+  /** Task id per row (task routers); for generate and score one entry. */
+  readonly taskIds?: readonly number[] | undefined;
+  /** Collect the routing trace of this call (entries' `batch` is the row within this call). */
+  readonly trace?: boolean | undefined;
+}
+
+export interface ForwardResult {
+  /** [B, T, V] row-major. Rows shorter than T are left-padded; their padded positions hold 0. */
+  readonly logits: Float32Array;
+  readonly shape: readonly [number, number, number];
+  readonly trace?: RoutingTraceEntry[];
+}
+
+export interface RuntimeGenerateOptions extends CallOptions {
+  readonly maxNewTokens: number;
+  /** 0: greedy. Default 1. */
+  readonly temperature?: number | undefined;
+  readonly topK?: number | undefined;
+  readonly topP?: number | undefined;
+  readonly seed?: number | undefined;
+  /** Stop at this token (default: the model's EOS); null: never stop early. */
+  readonly eosId?: number | null | undefined;
+  /** Aborting stops the generation at its next step; the stream then ends with reason 'cancelled'. */
+  readonly signal?: AbortSignal | undefined;
+}
+
+export interface TokenEvent {
+  readonly kind: 'token';
+  /** 0 for the first new token. */
+  readonly index: number;
+  readonly token: number;
+  /** The text this token adds (only with a tokenizer). */
+  readonly text?: string;
+}
+
+export type FinishReason = 'eos' | 'length' | 'cancelled';
+
+export interface GenerationSummary {
+  readonly kind: 'end';
+  readonly reason: FinishReason;
+  /** The new tokens (EOS included when it ended the generation). */
+  readonly tokens: number[];
+  readonly promptTokens: number;
+  /** decode(tokens) (only with a tokenizer). */
+  readonly text?: string;
+  readonly trace?: RoutingTraceEntry[];
+}
+
+export type GenerationEvent = TokenEvent | GenerationSummary;
+
+export interface ScoreResult {
+  /** Σ log p(continuation token | everything before it). */
+  readonly logLikelihood: number;
+  /** One natural-log probability per continuation token. */
+  readonly tokenLogProbs: number[];
+  readonly trace?: RoutingTraceEntry[];
+}
+
+export interface ClassifyOptions extends CallOptions {
+  /** Target whose classification head to use; default: the selected target (`{ adapter }` or `{ routed }`). */
+  readonly head?: string | undefined;
+}
+
+export interface Classification {
+  /** [C] head logits of the row's last token. */
+  readonly logits: number[];
+  readonly probabilities: number[];
+  /** argmax. */
+  readonly label: number;
+}
+
+/** A classification head on the final hidden state of the last token: logits = h·W + b. */
+export const HeadSpec = z
+  .object({
+    /** [D][C] */
+    weight: z.array(z.array(z.number().refine(Number.isFinite, 'must be finite')).min(1)).min(1),
+    /** [C], default zeros. */
+    bias: z.array(z.number().refine(Number.isFinite, 'must be finite')).optional(),
+  })
+  .strict();
+export type HeadSpec = z.infer<typeof HeadSpec>;
+
+export interface LoadOptions {
+  readonly head?: HeadSpec | undefined;
+}
+
+/** Where a target's weights come from; evicted targets are reloaded from it. */
+export type TargetSource =
+  | { readonly kind: 'peft'; readonly dir: string }
+  | { readonly kind: 'routed'; readonly dir: string }
+  /**
+   * The runtime takes ownership once the load or swap succeeds (it disposes the model on unload, swap and
+   * dispose; if loading fails the caller keeps it). Never evicted, since it cannot be reloaded.
+   */
+  | { readonly kind: 'instance'; readonly model: AdaptedModel };
+
+export interface TargetInfo {
+  readonly name: string;
+  /** `adapter`: one PEFT LoRA adapter; `routed`: an AdaptedModel with its own composition. */
+  readonly kind: 'adapter' | 'routed';
+  readonly bytes: number;
+  readonly warnings: readonly string[];
+}
+
+export interface TargetStats {
+  readonly name: string;
+  readonly kind: 'adapter' | 'routed';
+  readonly source: TargetSource['kind'];
+  readonly resident: boolean;
+  /** Variables' bytes plus merged weights' bytes (0 when evicted). */
+  readonly bytes: number;
+  /** Requests holding the current version. */
+  readonly inUse: number;
+  readonly merged: boolean;
+}
+
+export interface RuntimeStats {
+  readonly targets: readonly TargetStats[];
+  /** Bytes of every live version: resident targets plus swapped/unloaded versions still used by running requests. */
+  readonly residentBytes: number;
+  readonly budgetBytes: number | undefined;
+  readonly loads: number;
+  readonly swaps: number;
+  readonly evictions: number;
+  readonly reloads: number;
+  /** Old versions kept alive by running requests. */
+  readonly retiredInUse: number;
+}
+
+/** One pass the batcher ran (plain data, for monitoring and tests). */
+export interface BatchEvent {
+  readonly kind: 'logits' | 'hidden' | 'generate';
+  readonly requests: number;
+  readonly rows: number;
+  /** Distinct selections sharing the pass. */
+  readonly groups: number;
+  readonly selections: readonly string[];
+}

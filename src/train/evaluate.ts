@@ -1,0 +1,273 @@
+/**
+ * Evaluation of a routed model on a language-modelling dataset:
+ *
+ *  - loss: mean next-token cross-entropy over the targets the trainer would score (batches.ts convention:
+ *    completions + EOS for prompt/completion lines, every token after the first for text), and perplexity;
+ *  - per task: token-weighted loss, count, and for prompt/completion examples exact-match accuracy of the
+ *    greedy completion (generated from the tokens the model saw before the completion, compared with
+ *    metrics.ts exactMatch, i.e. after trimming);
+ *  - routing, from the traces of the scoring forwards: per-(layer, point) expert load, the dropped rate,
+ *    and how well routing separates tasks: every routed decision of every real token is assigned to its
+ *    sequence's task with its top (largest-weight) expert, and purity and normalised mutual information
+ *    are computed over those assignments (metrics.ts routingPurity);
+ *  - base retention, when base-domain texts are given: their loss with the model against the bare base
+ *    (`use: 'none'`).
+ *
+ * Scoring forwards run with training false (no router noise, no dropout), batch by batch, each in a tidy.
+ * Shape letters: B batch, T tokens, V vocabulary.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { Tokenizer } from '../tokenizers/tokenizer.js';
+import type { AdaptedModel, AdapterSelection } from '../runtime/adapted-model.js';
+import type { RoutingTraceEntry } from '../routing/trace.js';
+import { ConfigError } from '../errors.js';
+import { makeBatches, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
+import { DatasetError } from './dataset-errors.js';
+import type { Dataset, Example } from './dataset.js';
+import { lmTargetWeights } from './losses.js';
+import { baseRetention, exactMatch, expertLoad, perplexity, routingPurity, type BaseRetention, type ExpertLoad, type RoutingAssignment } from './metrics.js';
+
+/** Name under which examples without a task are reported. */
+export const NO_TASK = '(none)';
+
+export interface EvaluateOptions {
+  readonly model: AdaptedModel;
+  readonly tokenizer: Tokenizer;
+  /** A language-modelling dataset (text and/or prompt/completion lines). */
+  readonly dataset: Dataset;
+  readonly batchSize: number;
+  /**
+   * Greedy tokens generated per prompt/completion example for exact match. Default: as many as the expected
+   * completion has (EOS included); 0 skips generation (accuracy null).
+   */
+  readonly maxNewTokens?: number;
+  /** Longest scored row, BOS and EOS included (default: the model's maxSeqLen). */
+  readonly maxLength?: number;
+  /** Adapters applied (default: the spec's composition). */
+  readonly use?: AdapterSelection | undefined;
+  /** Base-domain texts: their loss with the model vs the bare base gives `baseRetention`. */
+  readonly baseText?: readonly string[];
+}
+
+export interface TaskEvaluation {
+  /** Token-weighted mean loss over the task's targets (null without targets). */
+  readonly loss: number | null;
+  /** Exact-match rate over the task's prompt/completion examples (null when none was generated). */
+  readonly accuracy: number | null;
+  /** Examples. */
+  readonly count: number;
+  /** Scored target tokens. */
+  readonly tokens: number;
+}
+
+export interface RoutingEvaluation {
+  /** Share of routed decisions whose top expert is their task's most frequent one (null without tasks). */
+  readonly purity: number | null;
+  /** Normalised mutual information I(task; top expert) / min(H(task), H(expert)) (null without tasks). */
+  readonly mutualInformation: number | null;
+  /** Expert load per (layer, routed point, route). */
+  readonly load: ExpertLoad[];
+  /** Dropped decisions / decisions, over every route and layer. */
+  readonly droppedRate: number;
+  /** Trace entries (routed decisions × real tokens). */
+  readonly decisions: number;
+}
+
+export interface EvaluationResult {
+  /** Mean loss over every scored target token (nats; null when there is none). */
+  readonly loss: number | null;
+  readonly perplexity: number | null;
+  readonly tokens: number;
+  readonly count: number;
+  /** By task name (dataset.tasks), or NO_TASK for examples without one. */
+  readonly tasks: Record<string, TaskEvaluation>;
+  /** null when the applied composition routes nothing. */
+  readonly routing: RoutingEvaluation | null;
+  readonly baseRetention?: BaseRetention;
+}
+
+/** Per-row Σ target NLL and target counts of one forward's logits [B, T, V]. */
+function rowLosses(logits: tf.Tensor, batch: TrainBatch): { sums: Float32Array; counts: number[] } {
+  const weights = lmTargetWeights(batch.mask, batch.lossMask);
+  const counts = weights.map((row) => row.reduce((s, w) => s + w, 0));
+  const [rows, tokens, vocab] = logits.shape as [number, number, number];
+  if (tokens < 2) return { sums: new Float32Array(rows), counts };
+  const sums = tf.tidy(() => {
+    const predicting = tf.slice(logits, [0, 0, 0], [rows, tokens - 1, vocab]); // [B, T−1, V]
+    const logProbs = tf.logSoftmax(predicting); // [B, T−1, V]
+    const targetIds = tf.tensor2d(batch.ids.map((r) => r.slice(1)), [rows, tokens - 1], 'int32'); // [B, T−1]
+    // One-hot built as int32 then cast (tf.oneHot with a float dtype is wrong on wasm; see losses.ts).
+    const targets = vocab === 1 ? tf.onesLike(logProbs) : tf.cast(tf.oneHot(targetIds, vocab), 'float32'); // [B, T−1, V]
+    const nll = tf.neg(tf.sum(tf.mul(targets, logProbs), -1)); // [B, T−1]
+    const w = tf.tensor2d(weights, [rows, tokens - 1], 'float32'); // [B, T−1]
+    return tf.sum(tf.mul(nll, w), 1); // [B]
+  });
+  const values = Float32Array.from(sums.dataSync() as Float32Array);
+  sums.dispose();
+  return { sums: values, counts };
+}
+
+interface Scored {
+  lossSum: number;
+  tokens: number;
+  perExample: { loss: number; tokens: number }[];
+  trace: RoutingTraceEntry[];
+}
+
+/** Scores tokenized examples (in their order) with the selection; traces routing when asked. */
+function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batchSize: number, use: AdapterSelection | undefined, withTrace: boolean): Scored {
+  const perExample = tokenized.map(() => ({ loss: 0, tokens: 0 }));
+  const trace: RoutingTraceEntry[] = [];
+  let lossSum = 0;
+  let tokens = 0;
+  for (const batch of makeBatches(tokenized, { batchSize, shuffle: false })) {
+    const batchTrace: RoutingTraceEntry[] | undefined = withTrace ? [] : undefined;
+    const logits = model.forward({ ids: batch.ids, mask: batch.mask, training: false, taskIds: batch.taskIds, use, trace: batchTrace }); // [B, T, V]
+    try {
+      const { sums, counts } = rowLosses(logits, batch);
+      batch.indices.forEach((index, b) => {
+        const n = counts[b] ?? 0;
+        const sum = sums[b] ?? 0;
+        perExample[index] = { loss: n === 0 ? 0 : sum / n, tokens: n };
+        lossSum += sum;
+        tokens += n;
+      });
+    } finally {
+      logits.dispose();
+    }
+    // Map the trace's batch rows back to example positions.
+    for (const entry of batchTrace ?? []) trace.push({ ...entry, batch: batch.indices[entry.batch] ?? entry.batch });
+  }
+  return { lossSum, tokens, perExample, trace };
+}
+
+/** The tokens before the first target: what the model saw when the completion started. */
+function promptPrefix(example: TokenizedExample): number[] {
+  const first = example.lossMask.indexOf(1);
+  return first < 0 ? [...example.ids] : example.ids.slice(0, first);
+}
+
+/** Greedy exact match of prompt/completion examples (indices into `examples`), batched. */
+function exactMatches(
+  options: EvaluateOptions,
+  examples: readonly Example[],
+  tokenized: readonly TokenizedExample[],
+  indices: readonly number[],
+): Map<number, boolean> {
+  const { model, tokenizer, batchSize } = options;
+  const results = new Map<number, boolean>();
+  const jobs = indices
+    .map((i) => {
+      const t = tokenized[i] as TokenizedExample;
+      const budget = options.maxNewTokens ?? t.lossMask.reduce((s, m) => s + m, 0);
+      return { i, prompt: promptPrefix(t), budget, task: t.task };
+    })
+    .filter((job) => job.prompt.length > 0 && job.budget > 0);
+  for (let start = 0; start < jobs.length; start += batchSize) {
+    const chunk = jobs.slice(start, start + batchSize);
+    const maxNewTokens = Math.max(...chunk.map((j) => j.budget));
+    const taskIds = chunk.every((j) => j.task !== undefined) ? chunk.map((j) => j.task as number) : undefined;
+    const outputs = model.generate(
+      chunk.map((j) => j.prompt),
+      { maxNewTokens, temperature: 0, eosId: tokenizer.eosId ?? null, taskIds, use: options.use },
+    );
+    chunk.forEach((job, b) => {
+      const generated = (outputs[b] ?? []).slice(job.prompt.length, job.prompt.length + job.budget);
+      const eos = tokenizer.eosId === undefined ? -1 : generated.indexOf(tokenizer.eosId);
+      const completionIds = eos < 0 ? generated : generated.slice(0, eos);
+      const before = tokenizer.decode(job.prompt);
+      const whole = tokenizer.decode([...job.prompt, ...completionIds]);
+      const predicted = whole.startsWith(before) ? whole.slice(before.length) : tokenizer.decode(completionIds);
+      const example = examples[job.i];
+      results.set(job.i, example?.kind === 'prompt-completion' && exactMatch(predicted, example.completion));
+    });
+  }
+  return results;
+}
+
+function routingStatistics(model: AdaptedModel, trace: readonly RoutingTraceEntry[], taskOf: (example: number) => number | undefined): RoutingEvaluation {
+  const load: ExpertLoad[] = [];
+  for (const route of model.routes) {
+    const entries = trace.filter((e) => e.route === route.index);
+    if (entries.length > 0) load.push(...expertLoad(entries, { experts: route.expertNames }));
+  }
+  load.sort((a, b) => a.layer - b.layer || a.route - b.route || (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
+  const assignments: RoutingAssignment[] = [];
+  let dropped = 0;
+  let withTasks = true;
+  for (const entry of trace) {
+    if (entry.dropped) dropped++;
+    const task = taskOf(entry.batch);
+    if (task === undefined) withTasks = false;
+    if (entry.dropped || entry.experts.length === 0 || task === undefined) continue;
+    let top = 0;
+    entry.weights.forEach((w, k) => {
+      if (w > (entry.weights[top] ?? -Infinity)) top = k;
+    });
+    assignments.push({ task, expert: entry.experts[top] as string });
+  }
+  const purity = withTasks && trace.length > 0 ? routingPurity(assignments) : undefined;
+  return {
+    purity: purity?.purity ?? null,
+    mutualInformation: purity?.mutualInformation ?? null,
+    load,
+    droppedRate: trace.length === 0 ? 0 : dropped / trace.length,
+    decisions: trace.length,
+  };
+}
+
+/** Evaluates a model on a language-modelling dataset: loss, per-task loss and exact match, routing statistics. */
+export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
+  const { model, tokenizer, dataset, batchSize } = options;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new ConfigError(`batchSize must be an integer ≥ 1, got ${batchSize}`, { path: 'batchSize' });
+  if (options.maxNewTokens !== undefined && (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0)) {
+    throw new ConfigError(`maxNewTokens must be an integer ≥ 0, got ${options.maxNewTokens}`, { path: 'maxNewTokens' });
+  }
+  if (dataset.kind !== 'language-modelling') {
+    throw new DatasetError(`${dataset.source}: evaluation needs language-modelling data (text or prompt/completion lines), not labelled classification lines`, {
+      path: dataset.source,
+      hint: 'Evaluate classification with the trainer’s head instead',
+    });
+  }
+  const maxLength = options.maxLength ?? model.base.config.maxSeqLen;
+  const examples = dataset.examples;
+  const tokenized = tokenizeExamples(examples, tokenizer, { maxLength });
+  const routed = model.resolveSelection(options.use) !== undefined && model.routes.length > 0;
+  const scored = score(model, tokenized, batchSize, options.use, routed);
+
+  const completionIndices = examples.flatMap((e, i) => (e.kind === 'prompt-completion' ? [i] : []));
+  const matches = options.maxNewTokens === 0 ? new Map<number, boolean>() : exactMatches(options, examples, tokenized, completionIndices);
+
+  const nameOf = (task: number | undefined): string => (task === undefined ? NO_TASK : (dataset.tasks[task] ?? String(task)));
+  const groups = new Map<string, { lossSum: number; tokens: number; count: number; right: number; judged: number }>();
+  examples.forEach((example, i) => {
+    const key = nameOf(example.task);
+    const g = groups.get(key) ?? { lossSum: 0, tokens: 0, count: 0, right: 0, judged: 0 };
+    const s = scored.perExample[i] ?? { loss: 0, tokens: 0 };
+    g.lossSum += s.loss * s.tokens;
+    g.tokens += s.tokens;
+    g.count++;
+    const match = matches.get(i);
+    if (match !== undefined) {
+      g.judged++;
+      if (match) g.right++;
+    }
+    groups.set(key, g);
+  });
+  const tasks: Record<string, TaskEvaluation> = {};
+  for (const [name, g] of groups) {
+    tasks[name] = { loss: g.tokens === 0 ? null : g.lossSum / g.tokens, accuracy: g.judged === 0 ? null : g.right / g.judged, count: g.count, tokens: g.tokens };
+  }
+
+  const loss = scored.tokens === 0 ? null : scored.lossSum / scored.tokens;
+  const routing = routed ? routingStatistics(model, scored.trace, (i) => examples[i]?.task) : null;
+  const result: EvaluationResult = { loss, perplexity: loss === null ? null : perplexity(loss), tokens: scored.tokens, count: examples.length, tasks, routing };
+  if (options.baseText === undefined || options.baseText.length === 0) return result;
+
+  const baseExamples: Example[] = options.baseText.map((text, i) => ({ kind: 'text', text, line: i + 1 }));
+  const baseTokenized = tokenizeExamples(baseExamples, tokenizer, { maxLength });
+  const withModel = score(model, baseTokenized, batchSize, options.use, false);
+  const bare = score(model, baseTokenized, batchSize, 'none', false);
+  if (withModel.tokens === 0) return result;
+  return { ...result, baseRetention: baseRetention(withModel.lossSum / withModel.tokens, bare.lossSum / bare.tokens) };
+}

@@ -1,0 +1,267 @@
+/**
+ * The training loop over a dataset: tokenise once, then epochs of seeded-shuffled batches until a TOTAL
+ * number of optimizer steps, with optional validation and checkpoints, and exact resumption.
+ *
+ * Determinism: the batch order of epoch e is makeBatches(…, seed = epochShuffleSeed(seed, e)) — a function of
+ * the run's seed and e only — so the data position is just (epoch, index of the next micro-batch). A
+ * checkpoint stores that position with the model, the optimizer and the trainer's counters
+ * (checkpoint.ts); resuming rebuilds the same epoch order, skips to the position and restores the rest,
+ * so a run stopped at step 8 and resumed to 16 produces the same losses as an uninterrupted 16-step run
+ * (same backend; without adapter dropout, which tfjs cannot seed). Validation forwards run with training
+ * false and consume no router randomness, so evaluating does not change the training trajectory.
+ */
+import type { Tokenizer } from '../tokenizers/tokenizer.js';
+import type { AdaptedModel } from '../runtime/adapted-model.js';
+import type { RoutingTraceEntry } from '../routing/trace.js';
+import { ConfigError } from '../errors.js';
+import { makeBatches, splitTrainValidation, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
+import { readCheckpoint, resumeTrainer, saveCheckpoint, type CheckpointData, type DataPosition, type StepRecord, type ValidationRecord } from './checkpoint.js';
+import { DatasetError } from './dataset-errors.js';
+import type { Dataset, Example } from './dataset.js';
+import { TrainingError } from './errors.js';
+import { evaluateDataset, type EvaluationResult } from './evaluate.js';
+import { expertLoad, type ExpertLoad } from './metrics.js';
+import { Trainer, type StepReport, type TrainerConfigInput, type TrainerOptions, type TrainSummary } from './trainer.js';
+
+export interface ValidationOptions {
+  /** Evaluate every this many optimizer steps (and after the last one). */
+  readonly every: number;
+  /** Hold out this fraction of the dataset (seeded split), unless `examples` are given. */
+  readonly fraction?: number;
+  /** Explicit validation examples (task ids must follow the training dataset's table). */
+  readonly examples?: readonly Example[];
+  /** Exact-match generation budget (default 0: loss only, which is cheap). */
+  readonly maxNewTokens?: number;
+}
+
+/** A completed optimizer step as the loop reports it. */
+export interface LoopStepReport extends StepRecord {
+  readonly tokensPerSecond: number;
+  /** Wall time of the step's micro-batches. */
+  readonly ms: number;
+  readonly skippedTotal: number;
+  /** Expert load per (layer, point) on the step's last micro-batch, when `routingLoadEvery` asks for it. */
+  readonly load?: ExpertLoad[];
+}
+
+export interface TrainFromDatasetOptions {
+  /** The model to train (fresh, or the one loadCheckpoint returned when resuming). */
+  readonly model: AdaptedModel;
+  readonly tokenizer: Tokenizer;
+  readonly dataset: Dataset;
+  /** Trainer config for a fresh run; a resumed run uses the checkpoint's (schedules must not change). */
+  readonly trainer?: TrainerConfigInput;
+  readonly trainerOptions?: TrainerOptions;
+  /** TOTAL optimizer steps: a run resumed at step 8 with steps 16 runs 8 more. */
+  readonly steps: number;
+  readonly batchSize: number;
+  /** Seeds the shuffle of every epoch and the validation split. Default 0. */
+  readonly seed?: number;
+  /** Longest row in tokens (BOS/EOS included). */
+  readonly maxLength: number;
+  /** Where checkpoints go (replaced atomically); the final state is saved there too. */
+  readonly checkpointDir?: string;
+  /** Save every this many optimizer steps (0 or absent: only at the end). */
+  readonly checkpointEvery?: number;
+  /** A checkpoint directory, or its content (readCheckpoint / loadCheckpoint), to continue from. */
+  readonly resumeFrom?: string | CheckpointData;
+  readonly validation?: ValidationOptions;
+  /** Recorded in the checkpoint manifest. */
+  readonly basePath?: string;
+  /**
+   * Measure expert load every this many steps with one extra inference forward (training false) of the
+   * step's last micro-batch (0 or absent: never). The Trainer does not expose its training forward's trace.
+   */
+  readonly routingLoadEvery?: number;
+  readonly onStep?: (report: LoopStepReport) => void;
+  readonly onValidation?: (record: ValidationRecord, result: EvaluationResult) => void;
+  readonly onCheckpoint?: (info: { readonly dir: string; readonly step: number }) => void;
+}
+
+export interface TrainFromDatasetResult {
+  readonly summary: TrainSummary;
+  /** The whole loss history, including the steps before a resume. */
+  readonly history: readonly StepRecord[];
+  readonly validation: readonly ValidationRecord[];
+  readonly position: DataPosition;
+  /** The step the run started from (0, or the checkpoint's). */
+  readonly startStep: number;
+}
+
+/** Seed of epoch e's shuffle: a mix of (seed, epoch) so that nearby seeds do not give shifted epoch orders. */
+export function epochShuffleSeed(seed: number, epoch: number): number {
+  let h = Math.imul(seed ^ 0x5bd1e995, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 13)) | 0;
+}
+
+/** FNV-1a over the tokenized examples (ids, loss masks, tasks, labels), as 8 hex digits. */
+export function datasetFingerprint(tokenized: readonly TokenizedExample[]): string {
+  let h = 0x811c9dc5;
+  const mix = (n: number): void => {
+    h = Math.imul(h ^ (n & 0xffff), 0x01000193);
+    h = Math.imul(h ^ (n >>> 16), 0x01000193);
+  };
+  for (const e of tokenized) {
+    mix(e.ids.length);
+    for (const id of e.ids) mix(id);
+    for (const m of e.lossMask) mix(m);
+    mix((e.task ?? -1) + 1);
+    mix((e.label ?? -1) + 1);
+  }
+  return (h >>> 0).toString(16).padStart(8, '0');
+}
+
+function positiveInt(name: string, value: number, min = 1): void {
+  if (!Number.isInteger(value) || value < min) throw new ConfigError(`${name} must be an integer ≥ ${min}, got ${value}`, { path: name });
+}
+
+const finiteOrNull = (x: number | null): number | null => (x === null || !Number.isFinite(x) ? null : x);
+
+/** Trains on a dataset until `steps` total optimizer steps; see the file header. */
+export async function trainFromDataset(options: TrainFromDatasetOptions): Promise<TrainFromDatasetResult> {
+  const { model, tokenizer, dataset, steps, batchSize, maxLength } = options;
+  const seed = options.seed ?? 0;
+  positiveInt('steps', steps, 0);
+  positiveInt('batchSize', batchSize);
+  positiveInt('maxLength', maxLength, 2);
+  if (!Number.isInteger(seed)) throw new ConfigError(`seed must be an integer, got ${seed}`, { path: 'seed' });
+  const checkpointEvery = options.checkpointEvery ?? 0;
+  positiveInt('checkpointEvery', checkpointEvery, 0);
+  const loadEvery = options.routingLoadEvery ?? 0;
+  positiveInt('routingLoadEvery', loadEvery, 0);
+  if (options.validation !== undefined) positiveInt('validation.every', options.validation.every);
+
+  // Data: optional seeded validation split, then tokenisation (deterministic).
+  const fraction = options.validation?.examples === undefined ? options.validation?.fraction : undefined;
+  const split = fraction !== undefined && fraction > 0 ? splitTrainValidation(dataset.examples, { validationFraction: fraction, seed }) : undefined;
+  const trainExamples = split?.train ?? dataset.examples;
+  const validationExamples = options.validation?.examples ?? split?.validation;
+  const tokenized = tokenizeExamples(trainExamples, tokenizer, { maxLength });
+  if (tokenized.length === 0) throw new DatasetError(`${dataset.source}: no training examples left`, { path: dataset.source, hint: 'Lower the validation fraction or add data' });
+  const fingerprint = datasetFingerprint(tokenized);
+
+  const resume = typeof options.resumeFrom === 'string' ? await readCheckpoint(options.resumeFrom) : options.resumeFrom;
+  if (resume !== undefined) {
+    const saved = resume.state.data;
+    const mismatch = (what: string, was: unknown, now: unknown): never => {
+      throw new TrainingError(`cannot resume: the checkpoint was trained with ${what} ${JSON.stringify(was)}, this run has ${JSON.stringify(now)}`, {
+        path: resume.dir,
+        hint: 'Resume with the same data, seed, batch size and max length (or start a new run in another directory)',
+      });
+    };
+    if (saved.seed !== seed) mismatch('seed', saved.seed, seed);
+    if (saved.batchSize !== batchSize) mismatch('batch size', saved.batchSize, batchSize);
+    if (saved.maxLength !== maxLength) mismatch('max length', saved.maxLength, maxLength);
+    if ((saved.validationFraction ?? 0) !== (split === undefined ? 0 : (fraction ?? 0))) mismatch('validation fraction', saved.validationFraction ?? 0, fraction ?? 0);
+    if (saved.fingerprint !== fingerprint || saved.examples !== tokenized.length) mismatch('data (tokenized fingerprint, examples)', `${saved.fingerprint}, ${saved.examples}`, `${fingerprint}, ${tokenized.length}`);
+  }
+
+  const trainer = resume === undefined ? new Trainer(model, options.trainer ?? {}, options.trainerOptions ?? {}) : resumeTrainer(model, resume, options.trainerOptions ?? {});
+  const startStep = trainer.steps;
+  const history: StepRecord[] = [...(resume?.state.history ?? [])];
+  const validation: ValidationRecord[] = [...(resume?.state.validation ?? [])];
+  let epoch = resume?.state.data.epoch ?? 0;
+  let next = resume?.state.data.batch ?? 0;
+  const epochBatches = (e: number): TrainBatch[] => makeBatches(tokenized, { batchSize, seed: epochShuffleSeed(seed, e) });
+  let batches = epochBatches(epoch);
+
+  const position = (): DataPosition => ({
+    seed,
+    epoch,
+    batch: next,
+    batchSize,
+    maxLength,
+    examples: tokenized.length,
+    fingerprint,
+    tasks: [...dataset.tasks],
+    labels: [...dataset.labels],
+    ...(split === undefined ? {} : { validationFraction: fraction as number }),
+  });
+  let lastSaved = resume === undefined ? -1 : startStep;
+  const save = async (): Promise<void> => {
+    if (options.checkpointDir === undefined) return;
+    await saveCheckpoint(
+      options.checkpointDir,
+      { model, trainer, state: { data: position(), history, validation } },
+      options.basePath === undefined ? {} : { basePath: options.basePath },
+    );
+    lastSaved = trainer.steps;
+    options.onCheckpoint?.({ dir: options.checkpointDir, step: trainer.steps });
+  };
+  const validationSet: Dataset | undefined =
+    validationExamples === undefined || validationExamples.length === 0 ? undefined : { ...dataset, examples: validationExamples, source: `${dataset.source} (validation)` };
+  const validate = (): void => {
+    if (validationSet === undefined) return;
+    const result = evaluateDataset({ model, tokenizer, dataset: validationSet, batchSize, maxLength, maxNewTokens: options.validation?.maxNewTokens ?? 0, use: options.trainerOptions?.use });
+    const tasks: ValidationRecord['tasks'] = {};
+    for (const [name, t] of Object.entries(result.tasks)) tasks[name] = { loss: t.loss, accuracy: t.accuracy, count: t.count };
+    const record: ValidationRecord = { step: trainer.steps, loss: finiteOrNull(result.loss), perplexity: finiteOrNull(result.perplexity), tasks };
+    validation.push(record);
+    options.onValidation?.(record, result);
+  };
+
+  try {
+    let stepTokens = 0;
+    let stepMs = 0;
+    while (trainer.steps < steps) {
+      if (next >= batches.length) {
+        epoch += 1;
+        next = 0;
+        batches = epochBatches(epoch);
+      }
+      const batch = batches[next] as TrainBatch;
+      next += 1;
+      const report: StepReport = trainer.step(batch);
+      stepTokens += report.tokens;
+      stepMs += report.ms;
+      if (!report.applied && !report.skipped) continue;
+
+      const record: StepRecord = {
+        step: report.step,
+        epoch,
+        loss: finiteOrNull(report.loss),
+        taskLoss: finiteOrNull(report.taskLoss),
+        auxLoss: finiteOrNull(report.auxLoss),
+        lr: { ...report.lr },
+        gradNorm: finiteOrNull(report.gradNorm),
+        skipped: report.skipped,
+        tokens: stepTokens,
+      };
+      history.push(record);
+      const load = loadEvery > 0 && report.step % loadEvery === 0 ? routingLoad(model, batch, options.trainerOptions) : undefined;
+      options.onStep?.({
+        ...record,
+        ms: stepMs,
+        tokensPerSecond: stepMs > 0 ? (stepTokens * 1000) / stepMs : 0,
+        skippedTotal: report.skippedTotal,
+        ...(load === undefined ? {} : { load }),
+      });
+      stepTokens = 0;
+      stepMs = 0;
+      const last = trainer.steps >= steps;
+      if (options.validation !== undefined && (report.step % options.validation.every === 0 || last)) validate();
+      if (checkpointEvery > 0 && report.step % checkpointEvery === 0 && !last) await save();
+    }
+    if (lastSaved !== trainer.steps) await save();
+    return { summary: trainer.finish(), history, validation, position: position(), startStep };
+  } finally {
+    trainer.dispose();
+  }
+}
+
+/** Expert load of an inference forward of one batch (undefined when nothing routes). */
+function routingLoad(model: AdaptedModel, batch: TrainBatch, trainerOptions: TrainerOptions | undefined): ExpertLoad[] | undefined {
+  if (model.routes.length === 0) return undefined;
+  const trace: RoutingTraceEntry[] = [];
+  const logits = model.forward({ ids: batch.ids, mask: batch.mask, training: false, taskIds: batch.taskIds, use: trainerOptions?.use, trace });
+  logits.dispose();
+  if (trace.length === 0) return undefined;
+  const load: ExpertLoad[] = [];
+  for (const route of model.routes) {
+    const entries = trace.filter((e) => e.route === route.index);
+    if (entries.length > 0) load.push(...expertLoad(entries, { experts: route.expertNames }));
+  }
+  return load;
+}
