@@ -55,7 +55,7 @@ class NoisyTopKRouter implements Router {
     const { temperature, k } = this.config;
     const clean = tf.matMul(input.features, this.gate); // [R, E]
     const logits = tf.div<tf.Tensor2D>(clean, temperature); // [R, E]
-    if (!input.training || this.noiseScale === 0) return topKDecision(logits, logits, input.mask, k);
+    if (!input.training || this.noiseScale === 0) return topKDecision(logits, logits, input.mask, k, input.training);
     const noiseStd = tf.mul(tf.softplus(tf.matMul(input.features, this.noiseGate)), this.noiseScale); // [R, E]
     const epsilon = tf.randomNormal([rows, this.choices], 0, 1, 'float32', this.nextNoiseSeed++); // [R, E]
     const noisy = tf.div<tf.Tensor2D>(tf.add(clean, tf.mul(epsilon, noiseStd)), temperature); // [R, E]

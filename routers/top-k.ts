@@ -127,9 +127,23 @@ export function allChoiceIds(rows: number, choices: number): tf.Tensor2D {
 /**
  * The top-k decision from `scores` (the logits the decision uses, noisy or not): ids of the k largest,
  * weights = softmax over the chosen scores, zero on padding; `logits` is reported as given (before noise).
+ *
+ * Training takes the differentiable path (masked softmax read back through one-hot products, since TopK
+ * has no gradient in tfjs). Inference softmaxes TopK's values directly: the same weights (up to float
+ * rounding) in a handful of kernels instead of ~20 — routing cost per site is dominated by kernel count.
  */
-export function topKDecision(logits: tf.Tensor2D, scores: tf.Tensor2D, mask: tf.Tensor1D, k: number): RoutingDecision {
+export function topKDecision(logits: tf.Tensor2D, scores: tf.Tensor2D, mask: tf.Tensor1D, k: number, training = true): RoutingDecision {
   const [rows, choices] = scores.shape;
+  if (!training) {
+    const top = tf.topk(scores, k); // values, indices [R, K]
+    return {
+      expertIds: top.indices, // [R, K] int32
+      weights: maskRows(tf.softmax(top.values), mask), // [R, K]
+      dropped: tf.zeros([rows]), // [R]
+      logits,
+      probabilities: tf.softmax(scores), // [R, E]
+    };
+  }
   const expertIds = topKIds(scores, k); // [R, K] int32
   const kept = chosenMask(expertIds, choices); // [R, E]
   const gates = renormalisedSoftmax(scores, kept); // [R, E]
@@ -194,7 +208,7 @@ class TopKRouter implements Router {
   route(input: RouterInput): RoutingDecision {
     checkRouterInput(input, this.shape, this.kind);
     const logits = gateLogits(input.features, this.gate, this.config.temperature); // [R, E]
-    return topKDecision(logits, logits, input.mask, this.config.k);
+    return topKDecision(logits, logits, input.mask, this.config.k, input.training);
   }
 
   variables(): readonly tf.Variable[] {

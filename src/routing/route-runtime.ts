@@ -42,6 +42,8 @@ type Gates = tf.Tensor2D;
 
 export class RouteRuntime {
   private expertList: AdapterInstance[];
+  private readonly needsTokenIds: boolean;
+  private readonly needsTaskIds: boolean;
   readonly expertNames: readonly string[];
   readonly choices: number;
   private readonly routers = new Map<string, Router>();
@@ -63,6 +65,8 @@ export class RouteRuntime {
     this.expertNames = [...node.experts, ...(node.nullExpert ? [NULL_EXPERT] : [])];
     this.choices = this.expertNames.length;
     const kind = registry.get(node.router.kind, `composition.route[${index}].router.kind`);
+    this.needsTokenIds = kind.needsTokenIds === true;
+    this.needsTaskIds = kind.needsTaskIds === true;
     if (node.granularity === 'sequence' && kind.needsTokenIds === true) {
       throw new RoutedPeftError(`router '${kind.kind}' routes by token id and cannot route whole sequences`, {
         path: `composition.route[${index}].granularity`,
@@ -252,11 +256,11 @@ export class RouteRuntime {
 
   private tokenInput(features: tf.Tensor2D, mask: tf.Tensor1D, call: RoutingCall): RouterInput {
     const { ids, tokens } = call.context;
-    const taskIds = call.taskIds;
+    const taskIds = this.needsTaskIds ? call.taskIds : undefined;
     return {
       features, // [N, D]
       mask, // [N]
-      tokenIds: tf.tensor1d(ids.flat(), 'int32'), // [N]
+      ...(this.needsTokenIds ? { tokenIds: tf.tensor1d(ids.flat(), 'int32') } : {}), // [N]
       ...(taskIds === undefined ? {} : { taskIds: tf.tensor1d(taskIds.flatMap((t) => Array.from({ length: tokens }, () => t)), 'int32') }), // [N]
       training: call.context.training,
     };
@@ -271,7 +275,7 @@ export class RouteRuntime {
     const summed = tf.sum(tf.mul(perSequence, tf.expandDims(mask, 2)), 1); // [B, D]
     const pooled = tf.div(summed, tf.maximum(counts, 1)) as tf.Tensor2D; // [B, D]
     const rowMask = tf.cast(tf.greater(tf.reshape(counts, [batch]), 0), 'float32') as tf.Tensor1D; // [B]
-    const taskIds = call.taskIds;
+    const taskIds = this.needsTaskIds ? call.taskIds : undefined;
     return {
       features: pooled,
       mask: rowMask,

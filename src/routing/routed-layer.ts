@@ -24,16 +24,14 @@ export const GROUPED_MIN_EXPERTS = 16;
 
 /**
  * Dense gates [R, E] from a decision: slot weights scattered onto their choices (a one-hot product, so the
- * gradient reaches the weights on every backend); dropped rows get all-zero gates.
+ * gradient reaches the weights on every backend). Dropped and padding rows already carry zero weights (the
+ * router contract; property-tested for every router), so they get all-zero gates.
  */
 export function decisionGates(decision: RoutingDecision, choices: number): tf.Tensor2D {
   // tf.oneHot needs depth ≥ 2; with a single choice every slot is choice 0.
-  const scattered =
-    choices === 1
-      ? tf.sum(decision.weights, 1, true) // [R, 1]
-      : tf.sum(tf.mul(tf.cast(tf.oneHot(decision.expertIds, choices), 'float32'), tf.expandDims(decision.weights, 2)), 1); // [R, K, E] → [R, E]
-  const kept = tf.sub(1, decision.dropped); // [R]
-  return tf.mul(scattered, tf.expandDims(kept, 1)); // [R, E]
+  if (choices === 1) return tf.sum(decision.weights, 1, true); // [R, 1]
+  const oneHot = tf.cast(tf.oneHot(decision.expertIds, choices), 'float32'); // [R, K, E]
+  return tf.sum(tf.mul(oneHot, tf.expandDims(decision.weights, 2)), 1); // [R, E]
 }
 
 export function chooseStrategy(requested: 'auto' | ExecutionStrategy, experts: number): ExecutionStrategy {

@@ -39,7 +39,10 @@ export interface Router {
   readonly kind: string;
   /** E: choices including the null expert. */
   readonly choices: number;
-  /** Runs inside the forward's tidy. */
+  /**
+   * Runs inside the forward's tidy. With `input.training` the weights must be differentiable with respect
+   * to the router's variables; without it a router may take a faster, non-differentiable path.
+   */
   route(input: RouterInput): RoutingDecision;
   variables(): readonly tf.Variable[];
   /** Schedules set by the trainer (noise scale, softmax temperature); routers ignore what they lack. */
