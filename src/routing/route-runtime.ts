@@ -57,7 +57,7 @@ export class RouteRuntime {
     readonly node: RouteNode,
     readonly index: number,
     adapters: ReadonlyMap<string, AdapterInstance>,
-    private readonly config: ModelConfig,
+    config: ModelConfig,
     registry: RouterRegistry,
     seed: number,
   ) {

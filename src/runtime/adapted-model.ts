@@ -10,17 +10,15 @@
 import * as tf from '@tensorflow/tfjs';
 import { Subject, type Observable } from 'rxjs';
 import type { z } from 'zod';
-import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
 import { AdapterSpec } from '../adapters/registry.js';
 import { generate, generateSteps, type GenerateOptions } from '../base/generate.js';
 import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
-import type { BlockName, SiteName } from '../base/sites.js';
 import type { ForwardOptions, Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError } from '../errors.js';
-import { compositionDelta, compositionPrefix, type CompositionParts } from '../compose/evaluate.js';
+import { compositionHooks } from '../compose/composition-hooks.js';
 import { checkComposition, effectiveComposition, parseAdaptedModelSpec, type AdaptedModelSpec } from '../compose/model-spec.js';
-import { AdapterInstance, createAdapter, moduleKey } from '../compose/modules.js';
+import { AdapterInstance, createAdapter } from '../compose/modules.js';
 import { CompositionNode, routesIn, type CompositionInput, type RouteNode } from '../compose/spec.js';
 import { RouteRuntime, type RoutingCall } from '../routing/route-runtime.js';
 import type { ExecutionStrategy } from '../routing/routed-layer.js';
@@ -96,14 +94,13 @@ export class AdaptedModel {
     readonly base: Transformer,
     readonly spec: AdaptedModelSpec,
     readonly composition: CompositionNode,
-    private readonly routers: RouterRegistry | undefined,
   ) {}
 
   /** Validates a spec (plain object) and builds every module and router. */
   static create(base: Transformer, spec: unknown, options: AdaptedModelOptions = {}): AdaptedModel {
     const parsed = parseAdaptedModelSpec(spec);
     const composition = effectiveComposition(parsed);
-    const model = new AdaptedModel(base, parsed, composition, options.routers);
+    const model = new AdaptedModel(base, parsed, composition);
     try {
       parsed.adapters.forEach((adapter, i) => model.adapterMap.set(adapter.name, createAdapter(adapter, base.config, parsed.seed, `spec.adapters[${i}]`)));
       const routes = routesIn(composition);
@@ -240,56 +237,26 @@ export class AdaptedModel {
     if (this.disposed) throw new Error('AdaptedModel used after dispose()');
     const root = this.resolveSelection(options.use);
     if (root === undefined) return undefined;
-    const parts: CompositionParts = { adapters: this.adapterMap, routes: this.routeMap };
     const routes = routesIn(root).map((r) => this.routeMap.get(r) as RouteRuntime);
-    const present = this.presentPoints(root);
-    let context: ModuleContext | undefined;
     /** Where this forward's entries go, and where they start, when traces$ is observed. */
     let streamed: { readonly sink: RoutingTraceEntry[]; readonly start: number } | undefined;
     let pastLength = 0;
-    const adapt = (layer: number, point: AdapterPoint, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D => {
-      if (context === undefined || !present.has(moduleKey(layer, point))) return y;
-      const delta = compositionDelta(root, parts, layer, point, x, y, context);
-      return delta === undefined ? y : tf.add(y, delta); // [N, O]
-    };
-    return {
+    return compositionHooks(root, this.adapterMap, this.routeMap, {
       begin: (forward: ForwardContext) => {
-        context = { training: forward.training, forward };
         pastLength = forward.pastLength;
         const sink = options.trace ?? (routes.length > 0 && this.traceSubject.observed ? [] : undefined);
         streamed = sink !== undefined && this.traceSubject.observed ? { sink, start: sink.length } : undefined;
-        const trace = sink;
-        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace, strategy: options.strategy };
+        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace: sink, strategy: options.strategy };
         for (const route of routes) route.begin(call);
       },
       beginLayer: (layer: number, hidden: tf.Tensor2D) => {
         for (const route of routes) route.beginLayer(layer, hidden);
       },
-      siteInput: (layer: number, site: SiteName, x: tf.Tensor2D) => adapt(layer, { kind: 'site-input', site }, x, x),
-      siteOutput: (layer: number, site: SiteName, x: tf.Tensor2D, y: tf.Tensor2D) => adapt(layer, { kind: 'site-output', site }, x, y),
-      blockOutput: (layer: number, block: BlockName, h: tf.Tensor2D) => adapt(layer, { kind: 'block-output', block }, h, h),
-      attentionPrefix: (layer: number) => {
-        if (context === undefined || !present.has(moduleKey(layer, { kind: 'attention-prefix' }))) return undefined;
-        return compositionPrefix(root, parts, layer, context);
-      },
       end: () => {
         if (streamed !== undefined) this.traceSubject.next({ pastLength, entries: streamed.sink.slice(streamed.start) });
         streamed = undefined;
       },
-    };
-  }
-
-  /** Keys of the (layer, point)s where the composition has at least one module. */
-  private presentPoints(root: CompositionNode): Set<string> {
-    const names = new Set(routesIn(root).flatMap((r) => r.experts));
-    const collect = (node: CompositionNode): void => {
-      if (node.kind === 'adapter') names.add(node.adapter);
-      else if (node.kind !== 'route') node.children.forEach(collect);
-    };
-    collect(root);
-    const keys = new Set<string>();
-    for (const name of names) for (const key of this.adapterMap.get(name)?.modules.keys() ?? []) keys.add(key);
-    return keys;
+    });
   }
 
   /** Replaces route nodes of a per-call composition by the spec's equal route nodes (which own the routers). */

@@ -36,7 +36,7 @@ import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from './adapted-model.js';
 import { toAsyncIterable } from './async-iterable.js';
 import { Batcher, type ExecutionPlan, type GenerateRequest, type GenerationEnd, type Isolation, type PassOutput } from './batcher.js';
-import { compositionHasPrefix, compositionHooks } from './composition-hooks.js';
+import { compositionHasPrefix, compositionHooks } from '../compose/composition-hooks.js';
 import { TargetRegistry, type ClassificationHead, type Lease } from './registry.js';
 import {
   HeadSpec,
