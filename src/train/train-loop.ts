@@ -69,8 +69,8 @@ export interface TrainFromDatasetOptions {
   /** Recorded in the checkpoint manifest. */
   readonly basePath?: string;
   /**
-   * Measure expert load every this many steps with one extra inference forward (training false) of the
-   * step's last micro-batch (0 or absent: never). The Trainer does not expose its training forward's trace.
+   * Report expert load every this many steps (0 or absent: never), read from the routing trace of the
+   * step's last training micro-batch through model.traces$ (no extra forward).
    */
   readonly routingLoadEvery?: number;
   readonly onStep?: (report: LoopStepReport) => void;
@@ -213,7 +213,16 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       }
       const batch = batches[next] as TrainBatch;
       next += 1;
-      const report: StepReport = trainer.step(batch);
+      // The training forward's own routing decisions, read from the trace stream (no extra forward).
+      const wantLoad = loadEvery > 0 && model.routes.length > 0 && (trainer.steps + 1) % loadEvery === 0;
+      let trained: readonly RoutingTraceEntry[] = [];
+      const tracing = wantLoad ? model.traces$.subscribe((event) => (trained = event.entries)) : undefined;
+      let report: StepReport;
+      try {
+        report = trainer.step(batch);
+      } finally {
+        tracing?.unsubscribe();
+      }
       stepTokens += report.tokens;
       stepMs += report.ms;
       if (!report.applied && !report.skipped) continue;
@@ -230,7 +239,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
         tokens: stepTokens,
       };
       history.push(record);
-      const load = loadEvery > 0 && report.step % loadEvery === 0 ? routingLoad(model, batch, options.trainerOptions) : undefined;
+      const load = wantLoad && report.step % loadEvery === 0 ? routingLoad(model, trained) : undefined;
       options.onStep?.({
         ...record,
         ms: stepMs,
@@ -251,12 +260,8 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   }
 }
 
-/** Expert load of an inference forward of one batch (undefined when nothing routes). */
-function routingLoad(model: AdaptedModel, batch: TrainBatch, trainerOptions: TrainerOptions | undefined): ExpertLoad[] | undefined {
-  if (model.routes.length === 0) return undefined;
-  const trace: RoutingTraceEntry[] = [];
-  const logits = model.forward({ ids: batch.ids, mask: batch.mask, training: false, taskIds: batch.taskIds, use: trainerOptions?.use, trace });
-  logits.dispose();
+/** Expert load per route from a training forward's trace (undefined when nothing routed). */
+function routingLoad(model: AdaptedModel, trace: readonly RoutingTraceEntry[]): ExpertLoad[] | undefined {
   if (trace.length === 0) return undefined;
   const load: ExpertLoad[] = [];
   for (const route of model.routes) {
