@@ -54,7 +54,7 @@ export class Transformer {
   /**
    * A view of this model with some site weights replaced (e.g. LoRA merged into a copy of W). The view
    * shares every other tensor with this model and, on dispose(), frees only the replacements it was given.
-   * Keys are `${layer}|${site}`; replacement weights are [O, I] like the originals.
+   * Keys are `${layer}|${site}`; replacement weights are [I, O] like the originals.
    */
   withSiteWeights(replacements: ReadonlyMap<string, tf.Tensor2D>): Transformer {
     const layers = this.weights.layers.map((layer, index) => {
@@ -114,9 +114,9 @@ export class Transformer {
       if (output === 'hidden') return tf.reshape(final, [batch, tokens, this.config.dim]); // [B, T, D]
       if (output === 'last-logits') {
         const last = tf.slice(tf.reshape(final, [batch, tokens, this.config.dim]), [0, tokens - 1, 0], [batch, 1, this.config.dim]); // [B, 1, D]
-        return tf.matMul(tf.reshape(last, [batch, this.config.dim]), this.weights.head, false, true); // [B, V]
+        return tf.matMul(tf.reshape(last, [batch, this.config.dim]), this.weights.head); // [B, V]
       }
-      const logits = tf.matMul(final, this.weights.head, false, true); // [N, V]
+      const logits = tf.matMul(final, this.weights.head); // [N, V]
       return tf.reshape(logits, [batch, tokens, this.config.vocabSize]); // [B, T, V]
     });
     try {
@@ -132,7 +132,7 @@ export class Transformer {
     const linear = this.layer(layer).sites[site];
     if (linear === undefined) throw new Error(`layer ${layer} has no site ${site}`);
     const input = hooks?.siteInput ? hooks.siteInput(layer, site, x) : x; // [N, I]
-    const projected: tf.Tensor2D = tf.matMul(input, linear.weight, false, true); // [N, O]
+    const projected: tf.Tensor2D = tf.matMul(input, linear.weight); // [N, I]·[I, O] → [N, O]
     const base = linear.bias === undefined ? projected : tf.add<tf.Tensor2D>(projected, linear.bias); // [N, O]
     return hooks?.siteOutput ? hooks.siteOutput(layer, site, input, base) : base; // [N, O]
   }

@@ -3,14 +3,16 @@
  * can reach them: "wrap the frozen model; never change it".
  *
  * Shape letters: V vocab, D model width, F FFN width, P learned positions, O/I a linear map's out/in widths.
- * Linear weights are stored [O, I] like Hugging Face linear layers (gpt2's [I, O] Conv1D weights are
- * transposed at load), so y = x · Wᵀ + b and a LoRA delta B·A has the same layout.
+ * Linear weights are stored [I, O] (Hugging Face linear weights are transposed at load; gpt2's Conv1D
+ * weights already are [I, O]), so y = x · W + b is a plain matmul: tfjs-wasm runs matmuls with a
+ * transposed operand on a much slower path (measured 8–9× on prefill; benchmarks/results/ANALYSIS.md).
+ * A LoRA delta B·A [O, I] is therefore added transposed.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { SiteName } from './sites.js';
 
 export interface LinearWeights {
-  readonly weight: tf.Tensor2D; // [O, I]
+  readonly weight: tf.Tensor2D; // [I, O]
   readonly bias?: tf.Tensor1D; // [O]
 }
 
@@ -30,11 +32,13 @@ export interface TransformerWeights {
   readonly positionEmbedding?: tf.Tensor2D; // [P, D] (gpt2)
   readonly layers: readonly LayerWeights[];
   readonly finalNorm: NormWeights;
-  /** [V, D]; the same tensor as tokenEmbedding when the embeddings are tied. */
+  /** The output projection, stored [D, V] (for tied embeddings: a transposed copy of tokenEmbedding). */
   readonly head: tf.Tensor2D;
+  /** The head is a copy of the token embedding, not a parameter of its own (not counted twice). */
+  readonly tiedHead: boolean;
 }
 
-/** Every distinct tensor of the weights, each once (a tied head is not counted twice). */
+/** Every tensor of the weights, each once (a tied head's transposed copy included: it must be freed too). */
 export function listWeightTensors(weights: TransformerWeights): tf.Tensor[] {
   const seen = new Set<tf.Tensor>();
   const add = (t: tf.Tensor | undefined): void => {
@@ -58,8 +62,10 @@ export function listWeightTensors(weights: TransformerWeights): tf.Tensor[] {
   return [...seen];
 }
 
+/** The model's parameters: a tied head is the embedding again, so it is not counted. */
 export function countParameters(weights: TransformerWeights): number {
-  return listWeightTensors(weights).reduce((sum, t) => sum + t.size, 0);
+  const total = listWeightTensors(weights).reduce((sum, t) => sum + t.size, 0);
+  return weights.tiedHead ? total - weights.head.size : total;
 }
 
 export function disposeWeights(weights: TransformerWeights): void {

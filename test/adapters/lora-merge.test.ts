@@ -189,7 +189,8 @@ describe('rsLoRA, rank patterns and model mismatches (tiny llama)', () => {
     // Host ΔW[o][i] = 4 · Σ_k B[o][k]·A[k][i]
     const deltaW = Array.from({ length: out }, (_, o) => Array.from({ length: inp }, (_, i) => 4 * a.reduce((s, row, k) => s + (b[o]?.[k] as number) * (row[i] as number), 0)));
     const view = mergeLora(base, [{ instance: adapter(model, 'rs') }]);
-    const mergedDelta = tf.tidy(() => tf.sub(siteWeight(view, 1, 'attn.v'), siteWeight(base, 1, 'attn.v')).arraySync() as number[][]);
+    // Sites store W transposed ([I, O]), so the merged difference is (4·B·A)ᵀ.
+    const mergedDelta = tf.tidy(() => tf.transpose(tf.sub(siteWeight(view, 1, 'attn.v'), siteWeight(base, 1, 'attn.v'))).arraySync() as number[][]);
     expectClose(mergedDelta.flat(), deltaW.flat(), { rtol: 1e-5, atol: 1e-6, label: 'W_merged − W vs 4·B·A' });
     view.dispose();
     // Δy = 4·B·A·x for rows x [N, I], from the module itself.
@@ -206,7 +207,7 @@ describe('rsLoRA, rank patterns and model mismatches (tiny llama)', () => {
     model.dispose();
   });
 
-  test('rankPattern / alphaPattern give each site its own rank (A [r, I], B [O, r]) and scale; the merge keeps [O, I]', () => {
+  test('rankPattern / alphaPattern give each site its own rank (A [r, I], B [O, r]) and scale; the merge keeps the base weight shape', () => {
     const spec = lora('ranked', {
       r: 2,
       alpha: 8,

@@ -66,7 +66,7 @@ describe('tiny Hugging Face directories', () => {
     await writeTinyLlamaDir(dir);
     const model = await load(dir);
     expect(model.config).toMatchObject({ family: 'llama', dim: 16, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 32, maxSeqLen: 64, hiddenDim: 40, tiedEmbeddings: false, normEps: 1e-5 });
-    expect(model.weights.head).not.toBe(model.weights.tokenEmbedding);
+    expect(model.weights.tiedHead).toBe(false);
     const fromDir = logitsOf(model, SEQUENCES);
     expect(fromDir.every(Number.isFinite)).toBe(true);
     expect(new Set(fromDir).size).toBeGreaterThan(100); // not degenerate
@@ -81,7 +81,8 @@ describe('tiny Hugging Face directories', () => {
     await writeTinyGpt2Dir(dir);
     const model = await load(dir);
     expect(model.config).toMatchObject({ family: 'gpt2', dim: 16, nLayers: 2, nHeads: 4, nKvHeads: 4, vocabSize: 32, maxSeqLen: 64, hiddenDim: 64, tiedEmbeddings: true });
-    expect(model.weights.head).toBe(model.weights.tokenEmbedding);
+    expect(model.weights.tiedHead).toBe(true);
+    expect(model.weights.head.arraySync()).toEqual(model.weights.tokenEmbedding.transpose().arraySync()); // [D, V] copy
     const fromDir = logitsOf(model, SEQUENCES);
     expect(fromDir.every(Number.isFinite)).toBe(true);
     expect(new Set(fromDir).size).toBeGreaterThan(100);
@@ -91,12 +92,12 @@ describe('tiny Hugging Face directories', () => {
     inMemory.dispose();
   });
 
-  test('gpt2 splits c_attn into q, k, v and transposes Conv1D weights to [out, in]', () => {
+  test('gpt2 splits c_attn into q, k, v and keeps Conv1D weights [in, out], the layout sites store', () => {
     const model = tinyGpt2();
     const layer = model.weights.layers[0];
     expect(layer?.sites['attn.q']?.weight.shape).toEqual([16, 16]);
-    expect(layer?.sites['mlp.up']?.weight.shape).toEqual([64, 16]);
-    expect(layer?.sites['mlp.down']?.weight.shape).toEqual([16, 64]);
+    expect(layer?.sites['mlp.up']?.weight.shape).toEqual([16, 64]);
+    expect(layer?.sites['mlp.down']?.weight.shape).toEqual([64, 16]);
     model.dispose();
   });
 
@@ -113,7 +114,8 @@ describe('tiny Hugging Face directories', () => {
     const tiedWritten = await writeTinyLlamaDir(tied, { seed: 7, tieWordEmbeddings: true, shards: 2 });
     expect(tiedWritten.tensors.has('lm_head.weight')).toBe(false);
     const model = await load(tied);
-    expect(model.weights.head).toBe(model.weights.tokenEmbedding);
+    expect(model.weights.tiedHead).toBe(true);
+    expect(model.weights.head.arraySync()).toEqual(model.weights.tokenEmbedding.transpose().arraySync()); // [D, V] copy
     expect(logitsOf(model, SEQUENCES).every(Number.isFinite)).toBe(true);
     model.dispose();
   });
@@ -412,9 +414,10 @@ test('loading and disposing a model returns numTensors to where it was', async (
   await expectNoLeak(async () => {
     const before = tf.memory().numTensors;
     const model = await load(dir);
-    // Exactly the weights stay alive: 16 per gpt2 layer, wte, wpe, ln_f weight and bias (tied head, no RoPE).
-    expect(listWeightTensors(model.weights)).toHaveLength(2 * 16 + 4);
-    expect(tf.memory().numTensors - before).toBe(2 * 16 + 4);
+    // Exactly the weights stay alive: 16 per gpt2 layer, wte, wpe, ln_f weight and bias, and the tied
+    // head's transposed copy (no RoPE).
+    expect(listWeightTensors(model.weights)).toHaveLength(2 * 16 + 5);
+    expect(tf.memory().numTensors - before).toBe(2 * 16 + 5);
     model.dispose();
   });
 });

@@ -3,7 +3,7 @@
  * and store W = W₀ + BA and perform inference as usual", so a merged adapter adds no latency).
  *
  * At every site any of the adapters targets, the merged weight is
- *   W' = W + Σ_a w_a · s_a · B_a·A_a                      [O, I]
+ *   W' = W + Σ_a w_a · s_a · (B_a·A_a)ᵀ                   [I, O] (sites store W transposed; see base/weights.ts)
  * with s_a = alpha / r (or alpha / √r with rsLoRA) and w_a the adapter's weight (default 1). W' is a NEW
  * tensor held by a view of the base (Transformer.withSiteWeights); the base's W is never written. So
  * "unmerge" is disposing the view: it frees only the merged weights, and the base — which never changed —
@@ -32,7 +32,7 @@ interface SiteTerm {
 }
 
 interface SiteMerge {
-  /** The base weight W [O, I] (read, never written). */
+  /** The base weight W, stored [I, O] (read, never written). */
   readonly base: tf.Tensor2D;
   readonly terms: SiteTerm[];
 }
@@ -68,7 +68,7 @@ export function mergeLora(base: Transformer, adapters: readonly LoraMergeEntry[]
           hint: 'Merge an adapter into the model it was created for',
         });
       }
-      const expected = [linear.weight.shape[0], linear.weight.shape[1]];
+      const expected = [linear.weight.shape[1], linear.weight.shape[0]]; // W is stored [I, O]; ΔW is [O, I]
       const actual = [module.b.shape[0], module.a.shape[1]];
       if (actual[0] !== expected[0] || actual[1] !== expected[1]) {
         throw new ShapeError(`adapter ${JSON.stringify(instance.name)} at layer ${module.layer} site ${module.site} has ΔW ${formatShape(actual)} but the base weight is ${formatShape(expected)}`, {
@@ -85,9 +85,9 @@ export function mergeLora(base: Transformer, adapters: readonly LoraMergeEntry[]
   const sites = [...bySite];
   const merged = tf.tidy(() =>
     sites.map(([, { base: weight, terms }]) => {
-      const deltas = terms.map((t) => tf.mul<tf.Tensor2D>(tf.matMul(t.module.b, t.module.a), t.module.scale * t.weight)); // each [O, I]  w·s·B·A
-      const delta = deltas.length === 1 ? (deltas[0] as tf.Tensor2D) : tf.addN<tf.Tensor2D>(deltas); // [O, I]
-      return tf.add<tf.Tensor2D>(weight, delta); // [O, I]  a new tensor; W itself is untouched
+      const deltas = terms.map((t) => tf.mul<tf.Tensor2D>(tf.matMul(t.module.a, t.module.b, true, true), t.module.scale * t.weight)); // each [I, O]  w·s·(B·A)ᵀ = w·s·Aᵀ·Bᵀ
+      const delta = deltas.length === 1 ? (deltas[0] as tf.Tensor2D) : tf.addN<tf.Tensor2D>(deltas); // [I, O]
+      return tf.add<tf.Tensor2D>(weight, delta); // [I, O]  a new tensor; W itself is untouched
     }),
   );
   return base.withSiteWeights(new Map(sites.map(([key], i) => [key, merged[i] as tf.Tensor2D])));

@@ -2,12 +2,12 @@
  * The gpt2 family: Hugging Face config and weight names → ModelConfig and frozen tensors.
  * Names (REFERENCE.md): wte.weight [V, D], wpe.weight [P, D], h.{i}.ln_1, h.{i}.attn.c_attn ([D, 3D] Conv1D,
  * q|k|v along the output), h.{i}.attn.c_proj, h.{i}.ln_2, h.{i}.mlp.c_fc, h.{i}.mlp.c_proj, ln_f; optionally
- * prefixed by `transformer.`. Conv1D weights are [in, out] and are transposed to [out, in] here; c_attn
- * is split into the q, k and v sites.
+ * prefixed by `transformer.`. Conv1D weights are [in, out], the layout sites store (weights.ts); c_attn
+ * is split by columns into the q, k and v sites.
  */
 import * as tf from '@tensorflow/tfjs';
 import { parseConfig } from '../../config/parse.js';
-import { takeTensor, transpose2d, type TensorSource } from '../../io/host-tensors.js';
+import { takeTensor, type TensorSource } from '../../io/host-tensors.js';
 import { ModelConfig } from '../config.js';
 import type { LayerWeights, NormWeights, TransformerWeights } from '../weights.js';
 
@@ -44,9 +44,9 @@ export function buildGpt2Weights(config: ModelConfig, source: TensorSource): Tra
   const p = gpt2NamePrefix(source);
   const vector = (name: string, size: number): tf.Tensor1D => tf.tensor1d(takeTensor(source, name, [size]).values);
   const norm = (name: string): NormWeights => ({ weight: vector(`${name}.weight`, dim), bias: vector(`${name}.bias`, dim) });
-  /** Reads a Conv1D [in, out] weight and returns it as [out, in]. */
-  const conv1d = (name: string, inputs: number, outputs: number): Float32Array =>
-    transpose2d(takeTensor(source, name, [inputs, outputs]).values, inputs, outputs);
+  /** A Conv1D weight [in, out], as sites store it. */
+  const conv1d = (name: string, inputs: number, outputs: number): tf.Tensor2D =>
+    tf.tensor2d(takeTensor(source, name, [inputs, outputs]).values, [inputs, outputs]);
 
   const tokenEmbedding = tf.tensor2d(takeTensor(source, `${p}wte.weight`, [vocabSize, dim]).values, [vocabSize, dim]);
   const positionEmbedding = tf.tensor2d(
@@ -56,10 +56,10 @@ export function buildGpt2Weights(config: ModelConfig, source: TensorSource): Tra
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.nLayers; i++) {
     const h = `${p}h.${i}.`;
-    const qkv = conv1d(`${h}attn.c_attn.weight`, dim, 3 * dim); // [3D, D] rows: q rows, then k, then v
+    const qkv = conv1d(`${h}attn.c_attn.weight`, dim, 3 * dim); // [D, 3D] columns: q, then k, then v
     const qkvBias = takeTensor(source, `${h}attn.c_attn.bias`, [3 * dim]).values;
     const part = (index: number): { weight: tf.Tensor2D; bias: tf.Tensor1D } => ({
-      weight: tf.tensor2d(qkv.subarray(index * dim * dim, (index + 1) * dim * dim), [dim, dim]),
+      weight: tf.slice(qkv, [0, index * dim], [dim, dim]), // [D, D]
       bias: tf.tensor1d(qkvBias.subarray(index * dim, (index + 1) * dim)),
     });
     layers.push({
@@ -69,17 +69,17 @@ export function buildGpt2Weights(config: ModelConfig, source: TensorSource): Tra
         'attn.q': part(0),
         'attn.k': part(1),
         'attn.v': part(2),
-        'attn.o': { weight: tf.tensor2d(conv1d(`${h}attn.c_proj.weight`, dim, dim), [dim, dim]), bias: vector(`${h}attn.c_proj.bias`, dim) },
+        'attn.o': { weight: conv1d(`${h}attn.c_proj.weight`, dim, dim), bias: vector(`${h}attn.c_proj.bias`, dim) },
         'mlp.up': {
-          weight: tf.tensor2d(conv1d(`${h}mlp.c_fc.weight`, dim, hiddenDim), [hiddenDim, dim]),
+          weight: conv1d(`${h}mlp.c_fc.weight`, dim, hiddenDim),
           bias: vector(`${h}mlp.c_fc.bias`, hiddenDim),
         },
         'mlp.down': {
-          weight: tf.tensor2d(conv1d(`${h}mlp.c_proj.weight`, hiddenDim, dim), [dim, hiddenDim]),
+          weight: conv1d(`${h}mlp.c_proj.weight`, hiddenDim, dim),
           bias: vector(`${h}mlp.c_proj.bias`, dim),
         },
       },
     });
   }
-  return { tokenEmbedding, positionEmbedding, layers, finalNorm: norm(`${p}ln_f`), head: tokenEmbedding };
+  return { tokenEmbedding, positionEmbedding, layers, finalNorm: norm(`${p}ln_f`), head: tf.transpose(tokenEmbedding), tiedHead: true }; // head [D, V]
 }

@@ -50,6 +50,8 @@ export function buildLlamaWeights(config: ModelConfig, source: TensorSource): Tr
   const { dim, vocabSize } = config;
   const matrix = (name: string, shape: [number, number]): tf.Tensor2D =>
     tf.tensor2d(takeTensor(source, name, shape).values, shape);
+  /** A Hugging Face linear weight [O, I], stored [I, O] (see weights.ts). */
+  const linear = (name: string, shape: [number, number]): tf.Tensor2D => tf.transpose(matrix(name, shape));
   const vector = (name: string): tf.Tensor1D => tf.tensor1d(takeTensor(source, name, [dim]).values);
 
   const tokenEmbedding = matrix('model.embed_tokens.weight', [vocabSize, dim]);
@@ -58,7 +60,7 @@ export function buildLlamaWeights(config: ModelConfig, source: TensorSource): Tr
     const prefix = `model.layers.${i}.`;
     const sites: Partial<Record<SiteName, LinearWeights>> = {};
     for (const [site, module] of Object.entries(LLAMA_SITE_MODULES) as [SiteName, string][]) {
-      sites[site] = { weight: matrix(`${prefix}${module}.weight`, siteShape(config, site)) };
+      sites[site] = { weight: linear(`${prefix}${module}.weight`, siteShape(config, site)) };
     }
     layers.push({
       attnNorm: { weight: vector(`${prefix}input_layernorm.weight`) },
@@ -67,7 +69,7 @@ export function buildLlamaWeights(config: ModelConfig, source: TensorSource): Tr
     });
   }
   const finalNorm = { weight: vector('model.norm.weight') };
-  const head =
-    config.tiedEmbeddings && !source.has('lm_head.weight') ? tokenEmbedding : matrix('lm_head.weight', [vocabSize, dim]);
-  return { tokenEmbedding, layers, finalNorm, head };
+  const tiedHead = config.tiedEmbeddings && !source.has('lm_head.weight');
+  const head = tiedHead ? tf.transpose(tokenEmbedding) : linear('lm_head.weight', [vocabSize, dim]); // [D, V]
+  return { tokenEmbedding, layers, finalNorm, head, tiedHead };
 }
