@@ -47,10 +47,13 @@ function fusableLora(experts: readonly (DeltaModule | undefined)[]): LoraModule[
   return lora.every((e) => e.dropout === lora[0]?.dropout) ? lora : undefined;
 }
 
-/** The experts' LoRA matrices concatenated, and the matrix spreading gates over rank columns. */
+/**
+ * The experts' LoRA matrices concatenated and transposed (so every matmul is a plain one: tfjs-wasm's
+ * transposed-operand matmul is much slower), and the matrix spreading gates over rank columns.
+ */
 interface FusedLora {
-  readonly aCat: tf.Tensor2D; // [Σr, I]
-  readonly bCat: tf.Tensor2D; // [O, Σr]
+  readonly aT: tf.Tensor2D; // [I, Σr]
+  readonly bT: tf.Tensor2D; // [Σr, O]
   readonly spread: tf.Tensor2D; // [E, Σr]: expert e's LoRA scale on its rank columns
 }
 
@@ -68,13 +71,13 @@ export class FusedLoraCache {
     if (cached !== undefined && cached.key.length === key.length && cached.key.every((k, i) => k === key[i])) return cached.fused;
     const fused = tf.tidy(() => ({ ...buildFusedLora(experts, lora) }));
     this.dispose();
-    this.entry = { key, fused: { aCat: tf.keep(fused.aCat), bCat: tf.keep(fused.bCat), spread: tf.keep(fused.spread) } };
+    this.entry = { key, fused: { aT: tf.keep(fused.aT), bT: tf.keep(fused.bT), spread: tf.keep(fused.spread) } };
     return this.entry.fused;
   }
 
   dispose(): void {
     if (this.entry === undefined) return;
-    tf.dispose([this.entry.fused.aCat, this.entry.fused.bCat, this.entry.fused.spread]);
+    tf.dispose([this.entry.fused.aT, this.entry.fused.bT, this.entry.fused.spread]);
     this.entry = undefined;
   }
 
@@ -90,9 +93,11 @@ function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lora: rea
     for (let j = 0; j < expert.rank; j++) spread[e * totalRank + column + j] = expert.scale;
     column += expert.rank;
   });
+  const aCat = lora.length === 1 ? (lora[0] as LoraModule).a : tf.concat(lora.map((e) => e.a), 0); // [Σr, I]
+  const bCat = lora.length === 1 ? (lora[0] as LoraModule).b : tf.concat(lora.map((e) => e.b), 1); // [O, Σr]
   return {
-    aCat: lora.length === 1 ? tf.clone((lora[0] as LoraModule).a) : tf.concat(lora.map((e) => e.a), 0), // [Σr, I]
-    bCat: lora.length === 1 ? tf.clone((lora[0] as LoraModule).b) : tf.concat(lora.map((e) => e.b), 1), // [O, Σr]
+    aT: tf.transpose(aCat), // [I, Σr]
+    bT: tf.transpose(bCat), // [Σr, O]
     spread: tf.tensor2d(spread, [experts.length, totalRank]), // [E, Σr]
   };
 }
@@ -103,12 +108,12 @@ function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lora: rea
  * gradients flow to each expert's A and B; inference reuses the cached one.
  */
 function fusedLoraDelta(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[], gates: tf.Tensor2D, x: tf.Tensor2D, context: ModuleContext, cache: FusedLoraCache | undefined): tf.Tensor2D {
-  const { aCat, bCat, spread } = context.training || cache === undefined ? buildFusedLora(experts, lora) : cache.get(experts, lora);
+  const { aT, bT, spread } = context.training || cache === undefined ? buildFusedLora(experts, lora) : cache.get(experts, lora);
   const dropout = lora[0]?.dropout ?? 0;
   const input = context.training && dropout > 0 ? tf.dropout(x, dropout) : x; // [N, I]
-  const down = tf.matMul(input, aCat, false, true); // [N, Σr]
+  const down = tf.matMul(input, aT); // [N, Σr]
   const rankGates = tf.matMul(gates, spread); // [N, Σr]
-  return tf.matMul(tf.mul(down, rankGates), bCat, false, true); // [N, O]
+  return tf.matMul(tf.mul(down, rankGates), bT); // [N, O]
 }
 
 function denseDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext, cache: FusedLoraCache | undefined): tf.Tensor2D | undefined {

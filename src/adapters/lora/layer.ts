@@ -54,8 +54,9 @@ export class LoraModule implements DeltaModule {
 
   delta(x: tf.Tensor2D, _y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D {
     const input = context.training && this.dropout > 0 ? tf.dropout(x, this.dropout) : x; // [N, I]
-    const down = tf.matMul(input, this.a, false, true); // [N, r]
-    const up: tf.Tensor2D = tf.matMul(down, this.b, false, true); // [N, O]
+    // Transposing the small matrices first keeps both matmuls on tfjs-wasm's fast (untransposed) path.
+    const down = tf.matMul(input, tf.transpose(this.a)); // [N, I]·[I, r] → [N, r]
+    const up: tf.Tensor2D = tf.matMul(down, tf.transpose(this.b)); // [N, r]·[r, O] → [N, O]
     return tf.mul(up, this.scale); // [N, O]
   }
 
