@@ -62,7 +62,7 @@ function countKernels(kernels: readonly { name: string }[]): KernelCount {
 function siteWidths(base: Transformer, site: SiteName): { inFeatures: number; outFeatures: number } {
   const w = base.weights.layers[0]?.sites[site]?.weight;
   if (w === undefined) throw new Error(`no site ${site}`);
-  return { inFeatures: w.shape[1], outFeatures: w.shape[0] };
+  return { inFeatures: w.shape[0], outFeatures: w.shape[1] }; // sites store W as [I, O]
 }
 
 /** Kernels of the first (router + combine) and second (combine only) siteOutput call at one site. */

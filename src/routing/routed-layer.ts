@@ -7,7 +7,8 @@
  *    LoRA experts it is fused: all experts' A matrices concatenated into one matmul, the rank columns
  *    weighted by the gates, then one matmul by the concatenated B (2 matmuls whatever E is).
  *  - grouped: rows are gathered per expert, run through that expert only, weighted, and gathered back
- *    into place (one host read of the gates; only gather/concat, which every backend has).
+ *    into place (one host read of the gates; only gather/concat, which every backend has); it pays off
+ *    only for very many experts.
  *
  * Shape letters: N rows, I/O in/out width, E choices (experts, then the null expert if any), r rank,
  * Σr total rank, M rows routed to one expert, K most experts any row uses.
@@ -19,8 +20,12 @@ import type { RoutingDecision } from './router.js';
 
 export type ExecutionStrategy = 'dense' | 'grouped';
 
-/** Experts at or above which `auto` picks the grouped strategy (dense does E× the expert work). */
-export const GROUPED_MIN_EXPERTS = 16;
+/**
+ * Experts at or above which `auto` picks the grouped strategy. Dense does E× the LoRA work, but in a few
+ * large matmuls; grouped gathers rows per expert, and wasm's gather is slow: at E = 32 and 64 (d = 512,
+ * 4×128 tokens) dense took 0.33–0.36× grouped's time (benchmarks/results, prefill-overhead).
+ */
+export const GROUPED_MIN_EXPERTS = 128;
 
 /**
  * Dense gates [R, E] from a decision: slot weights scattered onto their choices (a one-hot product, so the
