@@ -6,6 +6,9 @@
  *   KV cache) hits every case alike. Ratios are the MEDIAN over rounds of the per-round ratio a_i / b_i.
  * - Every timed call is synchronous on wasm/cpu/tensorflow; a case returns its output tensor, which is read
  *   back (dataSync) inside the timed region and disposed, so the time covers the whole computation.
+ *   `compareAsync` does the same for promise-returning calls (RoutedRuntime requests, which go through the
+ *   batcher's event-loop window): the timed region ends when the promise settles.
+ * - A target is an upper bound on a time ratio, or (`higherIsBetter`, e.g. a throughput ratio) a lower bound.
  * - `writeResult` writes benchmarks/results/<name>.json; run-all.ts turns those into results/README.md.
  */
 import { availableParallelism, cpus, loadavg, platform, arch } from 'node:os';
@@ -146,8 +149,22 @@ function timeOnce(fn: () => tf.Tensor | void): { wall: number; cpu: number } {
   return { wall, cpu: (cpu.user + cpu.system) / 1000 };
 }
 
-/** Runs every case `warmup` times, then `rounds` interleaved rounds (order reversed every other round). */
-export async function compare(cases: readonly Case[], options: CompareOptions): Promise<Timings> {
+/** An asynchronous call timed until its promise settles (wall and process CPU time). */
+async function timeOnceAsync(fn: () => Promise<void>): Promise<{ wall: number; cpu: number }> {
+  const cpu0 = process.cpuUsage();
+  const start = performance.now();
+  await fn();
+  const wall = performance.now() - start;
+  const cpu = process.cpuUsage(cpu0);
+  return { wall, cpu: (cpu.user + cpu.system) / 1000 };
+}
+
+/** The warm-up and interleaved rounds shared by compare and compareAsync. */
+async function interleave<C extends { readonly name: string; readonly before?: () => Promise<void> }>(
+  cases: readonly C[],
+  options: CompareOptions,
+  time: (c: C, warm: boolean) => Promise<{ wall: number; cpu: number }>,
+): Promise<Timings> {
   const samples: Record<string, number[]> = Object.fromEntries(cases.map((c) => [c.name, []]));
   const cpuSamples: Record<string, number[]> = Object.fromEntries(cases.map((c) => [c.name, []]));
   const warmStart = performance.now();
@@ -158,19 +175,42 @@ export async function compare(cases: readonly Case[], options: CompareOptions): 
     warmupRounds += 1;
     for (const c of cases) {
       await c.before?.();
-      timeOnce(c.warm ?? c.run);
+      await time(c, true);
     }
   }
   for (let r = 0; r < options.rounds; r++) {
     const order = r % 2 === 0 ? cases : [...cases].reverse();
     for (const c of order) {
       await c.before?.();
-      const t = timeOnce(c.run);
+      const t = await time(c, false);
       samples[c.name]?.push(round(t.wall, 3));
       cpuSamples[c.name]?.push(round(t.cpu, 3));
     }
   }
   return { samples, cpuSamples, rounds: options.rounds, warmup: warmupRounds };
+}
+
+/** Runs every case `warmup` times, then `rounds` interleaved rounds (order reversed every other round). */
+export async function compare(cases: readonly Case[], options: CompareOptions): Promise<Timings> {
+  return interleave(cases, options, (c, warm) => Promise.resolve(timeOnce(warm ? (c.warm ?? c.run) : c.run)));
+}
+
+/** A case whose call is asynchronous (e.g. a burst of RoutedRuntime requests): timed until its promise settles. */
+export interface AsyncCase {
+  readonly name: string;
+  readonly run: () => Promise<void>;
+  /** Warm-up call (default `run`). */
+  readonly warm?: () => Promise<void>;
+  /** Untimed preparation before each call. */
+  readonly before?: () => Promise<void>;
+}
+
+/**
+ * compare() for asynchronous calls: the same warm-up and interleaved ABBA rounds. The timed region runs from
+ * the call until its promise settles, so it includes event-loop turns (timers, setImmediate) the call awaits.
+ */
+export async function compareAsync(cases: readonly AsyncCase[], options: CompareOptions): Promise<Timings> {
+  return interleave(cases, options, (c, warm) => timeOnceAsync(warm ? (c.warm ?? c.run) : c.run));
 }
 
 /** Median over rounds of samples[a][i] / samples[b][i]. */
@@ -198,12 +238,39 @@ export interface RatioResult {
   readonly cpuRatio?: number;
   /** min wall(a) / min wall(b): each side's least-disturbed round. */
   readonly minRatio?: number;
-  /** Target the ratio must not exceed (when the issue sets one). */
+  /** Target the ratio must not exceed (when the issue sets one) — or reach, when `higherIsBetter`. */
   readonly target?: number;
+  /** The ratio is a throughput-like figure: the target is a lower bound (ratio ≥ target). */
+  readonly higherIsBetter?: boolean;
   readonly note?: string;
 }
 
-export function ratioResult(timings: Timings, id: string, label: string, numerator: string, denominator: string, extra: { target?: number; note?: string } = {}): RatioResult {
+/** A target as the issue states it: a time ratio must not exceed `max`, a throughput ratio must reach `min`. */
+export type Target = { readonly max: number } | { readonly min: number };
+
+/** The target a result carries itself (undefined when it carries none). */
+export function targetOf(r: RatioResult): Target | undefined {
+  if (r.target === undefined) return undefined;
+  return r.higherIsBetter === true ? { min: r.target } : { max: r.target };
+}
+
+export function targetMet(ratio: number, target: Target): boolean {
+  return 'min' in target ? ratio >= target.min : ratio <= target.max;
+}
+
+/** "≤ 1.2" or "≥ 0.95". */
+export function formatTarget(target: Target): string {
+  return 'min' in target ? `≥ ${target.min}` : `≤ ${target.max}`;
+}
+
+export function ratioResult(
+  timings: Timings,
+  id: string,
+  label: string,
+  numerator: string,
+  denominator: string,
+  extra: { target?: number; higherIsBetter?: boolean; note?: string } = {},
+): RatioResult {
   const min = (name: string): number => Math.min(...(timings.samples[name] ?? [Number.NaN]));
   return {
     id,
@@ -247,7 +314,8 @@ export function writeResult(result: BenchResult): string {
 
 /** Prints ratios as they are measured (stdout: one line each). */
 export function logRatio(r: RatioResult): void {
-  const target = r.target === undefined ? '' : `  (target ≤ ${r.target}: ${r.ratio <= r.target ? 'met' : 'MISSED'})`;
+  const t = targetOf(r);
+  const target = t === undefined ? '' : `  (target ${formatTarget(t)}: ${targetMet(r.ratio, t) ? 'met' : 'MISSED'})`;
   const cpu = r.cpuRatio === undefined ? '' : `, cpu ${r.cpuRatio.toFixed(3)}×, min ${(r.minRatio ?? Number.NaN).toFixed(3)}×`;
   console.log(`  ${r.label}: ${r.ratio.toFixed(3)}×  [${r.numeratorMs.toFixed(2)} ms / ${r.denominatorMs.toFixed(2)} ms${cpu}]${target}`);
 }
