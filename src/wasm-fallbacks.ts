@@ -1,7 +1,12 @@
 /**
- * Kernels the wasm backend lacks, registered as plain-JS fallbacks so every op this library uses — and
- * the gradients tfjs derives from them — runs on wasm. Today that is UnsortedSegmentSum, which the
- * gradient of tf.gather needs (routing by gathered rows, trainable embeddings).
+ * Kernels the wasm backend lacks or runs slowly, registered once when wasm is selected:
+ *
+ * - UnsortedSegmentSum (missing): a plain-JS fallback; the gradient of tf.gather needs it (routing by
+ *   gathered rows, trainable embeddings).
+ * - BatchMatMul with a transposed operand (slow): tfjs-wasm multiplies a transposed operand on a much slower
+ *   path than a plain one, and every backward pass of a linear map has one (dW = xᵀ·dy, dx = dy·Wᵀ). The
+ *   wrapper materialises the transpose with the Transpose kernel and then multiplies plainly — the same
+ *   products, about 3× faster for the backward passes of training here.
  */
 import * as tf from '@tensorflow/tfjs';
 
@@ -13,10 +18,11 @@ interface WasmBackendLike {
 
 let registered = false;
 
-/** Registers missing wasm kernels once; harmless when called again or when wasm is not in use. */
+/** Registers the wasm kernels above once; harmless when called again or when wasm is not in use. */
 export function registerWasmFallbacks(): void {
   if (registered) return;
   registered = true;
+  registerPlainTransposedMatMul();
   if (tf.getKernel('UnsortedSegmentSum', 'wasm') === undefined) {
     tf.registerKernel({
       kernelName: 'UnsortedSegmentSum',
@@ -41,4 +47,34 @@ export function registerWasmFallbacks(): void {
       },
     });
   }
+}
+
+/** Wraps wasm's BatchMatMul so a transposed operand is transposed first, then multiplied plainly. */
+function registerPlainTransposedMatMul(): void {
+  const matMul = tf.getKernel('BatchMatMul', 'wasm');
+  const transpose = tf.getKernel('Transpose', 'wasm');
+  if (matMul === undefined || transpose === undefined) return;
+  const plainMatMul = matMul.kernelFunc;
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    if (!transposeA && !transposeB) return plainMatMul(args);
+    const temporaries: tf.TensorInfo[] = [];
+    const swapLastTwo = (x: tf.TensorInfo): tf.TensorInfo => {
+      const rank = x.shape.length;
+      const perm = [...Array.from({ length: rank - 2 }, (_, i) => i), rank - 1, rank - 2];
+      const swapped = transpose.kernelFunc({ inputs: { x }, attrs: { perm }, backend: args.backend }) as tf.TensorInfo; // [..., N, M]
+      temporaries.push(swapped);
+      return swapped;
+    };
+    try {
+      const inputs = { a: transposeA ? swapLastTwo(a) : a, b: transposeB ? swapLastTwo(b) : b };
+      return plainMatMul({ ...args, inputs, attrs: { ...args.attrs, transposeA: false, transposeB: false } });
+    } finally {
+      const backend = args.backend as unknown as { disposeData(dataId: object): void };
+      for (const t of temporaries) backend.disposeData(t.dataId);
+    }
+  };
+  tf.unregisterKernel('BatchMatMul', 'wasm');
+  tf.registerKernel({ ...matMul, kernelFunc });
 }
