@@ -4,6 +4,7 @@
  */
 import type { RouterRegistry } from '../routing/router-registry.js';
 import type { CliIo } from './io.js';
+import { demoCommand } from './demo-command.js';
 import { forwardCommand } from './forward-command.js';
 import { generateCommand } from './generate-command.js';
 import { infoCommand } from './info-command.js';
@@ -42,6 +43,7 @@ export const commands: Readonly<Record<string, CliCommand>> = {
   inspect: inspectCommand,
   train: trainCommand,
   eval: evalCommand,
+  demo: demoCommand,
 };
 
 export function findCommand(name: string): CliCommand | undefined {
