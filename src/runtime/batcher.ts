@@ -32,6 +32,7 @@ import { sampleToken, type SamplingOptions } from '../base/sampling.js';
 import type { Transformer } from '../base/transformer.js';
 import { RoutedPeftError } from '../errors.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
+import type { LoraTerms } from './batched-lora.js';
 import { passHooks, type HookGroup } from './mixed-hooks.js';
 import type { BatchEvent, FinishReason } from './types.js';
 
@@ -48,6 +49,10 @@ export interface ExecutionPlan {
   readonly isolation: Isolation;
   /** Hooks for one group of rows in one pass (called once per pass; undefined: the bare base). */
   hooks(options: { readonly taskIds: readonly number[] | undefined; readonly trace: RoutingTraceEntry[] | undefined }): ForwardHooks | undefined;
+  /** moduleKeys of the points where the hooks may change a value (undefined: any): mixed passes skip the rest. */
+  readonly points?: ReadonlySet<string> | undefined;
+  /** The selection as LoRA terms, when it is exactly that: mixed passes batch such groups (batched-lora.ts). */
+  readonly lora?: LoraTerms | undefined;
   /** Releases the leases (idempotent). */
   release(): void;
 }
@@ -193,7 +198,7 @@ function buildHooks(requests: readonly BatchRequest[], batch: number, nLayers: n
   const ranges = rowRanges(requests);
   const byKey = new Map<string, number[]>(); // group key → request indices
   requests.forEach((r, i) => byKey.set(groupKey(r), [...(byKey.get(groupKey(r)) ?? []), i]));
-  const groups: { rows: number[]; hooks: ForwardHooks | undefined; trace: RoutingTraceEntry[] | undefined; owners: [number, number][] }[] = [];
+  const groups: (HookGroup & { trace: RoutingTraceEntry[] | undefined; owners: [number, number][] })[] = [];
   for (const members of byKey.values()) {
     const first = requests[members[0] as number] as BatchRequest;
     const rows: number[] = [];
@@ -208,9 +213,9 @@ function buildHooks(requests: readonly BatchRequest[], batch: number, nLayers: n
     }
     const taskIds = first.taskIds === undefined ? undefined : members.flatMap((i) => [...((requests[i] as BatchRequest).taskIds ?? [])]);
     const trace = members.some((i) => (requests[i] as BatchRequest).trace) ? [] : undefined;
-    groups.push({ rows, hooks: first.plan.hooks({ taskIds, trace }), trace, owners });
+    groups.push({ rows, hooks: first.plan.hooks({ taskIds, trace }), points: first.plan.points, lora: first.plan.lora, trace, owners });
   }
-  const built = passHooks(groups.map((g): HookGroup => ({ rows: g.rows, hooks: g.hooks })), batch, nLayers);
+  const built = passHooks(groups, batch, nLayers);
   return {
     hooks: built.hooks,
     drainTraces: (into) => {

@@ -1,12 +1,21 @@
 /**
  * Hooks for one forward pass whose rows belong to different selections (adapters, combinations, routed
- * models, the bare base). Each group of rows gets its own hooks and sees only its own rows, as if it ran
- * alone: at every point the group's rows are gathered, its hooks adapt them, and all groups' outputs are put
- * back into row order with one gather over a concatenation (as the routed layer's grouped strategy does).
- * Rows of no group (the bare base) keep the base value.
+ * models, the bare base). Every row gets exactly what its selection gives it alone. Two ways, per group:
  *
- * Each group gets its own ForwardContext (batch = its row count; its ids and mask rows) and, when the pass
- * decodes with a KV cache, its own small "shadow" KVCache: it holds no keys or values, only the group's
+ *  - Batched LoRA (batched-lora.ts): groups whose selection is a static composition of LoRA adapters (the
+ *    multi-tenant serving case) are not run through their own hooks. At each site one of them adapts, one
+ *    batched product computes every row's own delta (a few kernels whatever the number of groups, no row
+ *    copies). Inference only: a training forward runs these groups the general way.
+ *  - General (row copies): any other group (routed models, other adapter kinds) gets its own hooks and sees
+ *    only its own rows, as if it ran alone: at a point the group's rows are gathered, its hooks adapt them,
+ *    and the groups' outputs are put back into row order with one gather over a concatenation (as the
+ *    routed layer's grouped strategy does). A group that says where it acts (`points`) is left out at the
+ *    other points, so points where no group changes anything cost nothing.
+ *
+ * Rows of no group (the bare base), and rows whose group does not act at a point, keep the base value.
+ *
+ * Each general group gets its own ForwardContext (batch = its row count; its ids and mask rows) and, when the
+ * pass decodes with a KV cache, its own small "shadow" KVCache: it holds no keys or values, only the group's
  * slot mask (kept in step with the real cache, so positions and `pastLength` agree) and its routing memory
  * (sequence-level decisions made at prefill), which must not mix with other groups' memory.
  *
@@ -16,29 +25,40 @@
  * Shape letters: B rows of the pass, T tokens per row, N = B·T token rows, n a group's rows, I/O widths.
  */
 import * as tf from '@tensorflow/tfjs';
+import type { AdapterPoint } from '../adapters/adapter.js';
 import type { AttentionPrefix, ForwardContext, ForwardHooks } from '../base/hooks.js';
 import { KVCache } from '../base/kv-cache.js';
 import type { BlockName, SiteName } from '../base/sites.js';
+import { moduleKey } from '../compose/modules.js';
 import { RoutedPeftError } from '../errors.js';
+import { BatchedLora, type LoraTerms } from './batched-lora.js';
 
 export interface HookGroup {
   /** Batch rows of the group, ascending. */
   readonly rows: readonly number[];
   /** The group's hooks; undefined runs its rows on the bare base. */
   readonly hooks: ForwardHooks | undefined;
+  /** moduleKeys of the points where `hooks` may change a value (undefined: any point). */
+  readonly points?: ReadonlySet<string> | undefined;
+  /** The same selection as LoRA terms, when it is exactly that (staticLoraTerms): lets the pass batch it. */
+  readonly lora?: LoraTerms | undefined;
 }
 
 export interface PassHooks {
   /** What to pass to Transformer.forward (undefined: the bare base for every row). */
   readonly hooks: ForwardHooks | undefined;
-  /** Frees per-group state (shadow caches' routing memory). Call once the pass is over. */
+  /** Frees per-pass state (batched LoRA operands, shadow caches' routing memory). Call once the pass is over. */
   dispose(): void;
 }
 
 interface ActiveGroup {
   readonly rows: readonly number[];
   readonly hooks: ForwardHooks;
-  /** Token rows of the group in the current forward: [n·T] int32 (lives in the forward's tidy). */
+  readonly points: ReadonlySet<string> | undefined;
+  readonly lora: LoraTerms | undefined;
+  /** Token rows of the group in the current forward, host copy. */
+  tokenRows: number[];
+  /** The same as a tensor: [n·T] int32 (lives in the forward's tidy). */
   index: tf.Tensor1D | undefined;
   shadow: KVCache | undefined;
 }
@@ -62,27 +82,41 @@ export function passHooks(groups: readonly HookGroup[], batch: number, nLayers: 
 
 export class MixedHooks implements ForwardHooks {
   private readonly groups: ActiveGroup[];
-  /** Where each token row's adapted value sits in concat(group outputs..., unchanged value): [N] int32. */
-  private combineIndex: tf.Tensor1D | undefined;
+  /** The groups given as LoRA terms, batched; undefined when there are none. */
+  private readonly lora: BatchedLora | undefined;
+  /** Whether the current forward uses `lora` (not in training). */
+  private batched = false;
+  /** Groups run through their own hooks in the current forward. */
+  private general: ActiveGroup[] = [];
+  /** Token rows of the current forward (N). */
+  private tokenCount = 0;
+  /** By the general groups acting at a point: where each token row's value sits in concat(their outputs..., y). */
+  private readonly combineIndices = new Map<string, tf.Tensor1D>();
 
-  constructor(
-    groups: readonly { readonly rows: readonly number[]; readonly hooks: ForwardHooks }[],
-    private readonly nLayers: number,
-  ) {
-    this.groups = groups.map((g) => ({ rows: [...g.rows].sort((a, b) => a - b), hooks: g.hooks, index: undefined, shadow: undefined }));
+  constructor(groups: readonly (HookGroup & { readonly hooks: ForwardHooks })[], private readonly nLayers: number) {
+    this.groups = groups.map((g) => ({
+      rows: [...g.rows].sort((a, b) => a - b),
+      hooks: g.hooks,
+      points: g.points,
+      lora: g.lora,
+      tokenRows: [],
+      index: undefined,
+      shadow: undefined,
+    }));
+    const loraGroups = this.groups.flatMap((g) => (g.lora === undefined ? [] : [{ rows: g.rows, terms: g.lora }]));
+    this.lora = loraGroups.length === 0 ? undefined : new BatchedLora(loraGroups);
   }
 
   begin(context: ForwardContext): void {
     const { batch, tokens } = context;
-    const slot = new Int32Array(batch * tokens).fill(-1);
-    let offset = 0;
-    for (const group of this.groups) {
-      const tokenRows = group.rows.flatMap((b) => Array.from({ length: tokens }, (_, t) => b * tokens + t));
-      group.index = tf.tensor1d(tokenRows, 'int32'); // [n·T]
-      tokenRows.forEach((n, i) => {
-        slot[n] = offset + i;
-      });
-      offset += tokenRows.length;
+    this.tokenCount = batch * tokens;
+    this.combineIndices.clear();
+    this.batched = this.lora !== undefined && !context.training;
+    if (this.batched) this.lora?.begin(batch, tokens);
+    this.general = this.batched ? this.groups.filter((g) => g.lora === undefined) : this.groups;
+    for (const group of this.general) {
+      group.tokenRows = group.rows.flatMap((b) => Array.from({ length: tokens }, (_, t) => b * tokens + t));
+      group.index = tf.tensor1d(group.tokenRows, 'int32'); // [n·T]
       const rowIndex = tf.tensor1d([...group.rows], 'int32'); // [n]
       const sub: ForwardContext = {
         batch: group.rows.length,
@@ -95,28 +129,29 @@ export class MixedHooks implements ForwardHooks {
       };
       group.hooks.begin?.(sub);
     }
-    // Rows of no group read the unchanged value, appended after the groups' outputs.
-    this.combineIndex = tf.tensor1d(Array.from(slot, (s, n) => (s >= 0 ? s : offset + n)), 'int32'); // [N]
   }
 
   beginLayer(layer: number, hidden: tf.Tensor2D): void {
-    for (const group of this.groups) group.hooks.beginLayer?.(layer, tf.gather(hidden, this.indexOf(group))); // [n·T, D]
+    for (const group of this.general) group.hooks.beginLayer?.(layer, tf.gather(hidden, this.indexOf(group))); // [n·T, D]
   }
 
   siteInput(layer: number, site: SiteName, x: tf.Tensor2D): tf.Tensor2D {
-    return this.mix(x, x, (hooks, xg) => hooks.siteInput?.(layer, site, xg));
+    return this.mix({ kind: 'site-input', site }, layer, x, x, (hooks, xg) => hooks.siteInput?.(layer, site, xg)); // [N, I]
   }
 
   siteOutput(layer: number, site: SiteName, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
-    return this.mix(x, y, (hooks, xg, yg) => hooks.siteOutput?.(layer, site, xg, yg));
+    const point: AdapterPoint = { kind: 'site-output', site };
+    const mixed = this.mix(point, layer, x, y, (hooks, xg, yg) => hooks.siteOutput?.(layer, site, xg, yg)); // [N, O]
+    const delta = this.batched ? this.lora?.delta(moduleKey(layer, point), x) : undefined; // [N, O]
+    return delta === undefined ? mixed : tf.add(mixed, delta); // [N, O]
   }
 
   blockOutput(layer: number, block: BlockName, h: tf.Tensor2D): tf.Tensor2D {
-    return this.mix(h, h, (hooks, hg) => hooks.blockOutput?.(layer, block, hg));
+    return this.mix({ kind: 'block-output', block }, layer, h, h, (hooks, hg) => hooks.blockOutput?.(layer, block, hg)); // [N, D]
   }
 
   attentionPrefix(layer: number): AttentionPrefix | undefined {
-    for (const group of this.groups) {
+    for (const group of this.general) {
       if (group.hooks.attentionPrefix?.(layer) !== undefined) {
         throw new RoutedPeftError('a selection with prefix adapters cannot share a forward pass with other selections', {
           hint: 'Run prefix selections in passes of their own (RoutedRuntime does this)',
@@ -126,18 +161,35 @@ export class MixedHooks implements ForwardHooks {
     return undefined;
   }
 
+  end(): void {
+    for (const group of this.general) group.hooks.end?.();
+  }
+
   dispose(): void {
+    this.lora?.dispose();
     for (const group of this.groups) {
       group.shadow?.dispose();
       group.shadow = undefined;
     }
   }
 
-  /** x [N, I], y [N, O] → [N, O]: each group's hooks on its own rows, the rest unchanged. */
-  private mix(x: tf.Tensor2D, y: tf.Tensor2D, apply: (hooks: ForwardHooks, xg: tf.Tensor2D, yg: tf.Tensor2D) => tf.Tensor2D | undefined): tf.Tensor2D {
+  /**
+   * x [N, I], y [N, O] → [N, O]: the hooks of each general group acting at the point, on its own rows; every
+   * other row unchanged. Returns y itself when nothing changed.
+   */
+  private mix(
+    point: AdapterPoint,
+    layer: number,
+    x: tf.Tensor2D,
+    y: tf.Tensor2D,
+    apply: (hooks: ForwardHooks, xg: tf.Tensor2D, yg: tf.Tensor2D) => tf.Tensor2D | undefined,
+  ): tf.Tensor2D {
+    const key = moduleKey(layer, point);
+    const acting = this.general.filter((g) => g.points?.has(key) ?? true);
+    if (acting.length === 0) return y;
     const outputs: tf.Tensor2D[] = [];
     let changed = false;
-    for (const group of this.groups) {
+    for (const group of acting) {
       const index = this.indexOf(group);
       const xg: tf.Tensor2D = tf.gather(x, index); // [n·T, I]
       const yg: tf.Tensor2D = y === x ? xg : tf.gather(y, index); // [n·T, O]
@@ -147,7 +199,27 @@ export class MixedHooks implements ForwardHooks {
     }
     if (!changed) return y;
     const stacked = tf.concat<tf.Tensor2D>([...outputs, y], 0); // [Σn·T + N, O]
-    return tf.gather(stacked, this.combineIndex as tf.Tensor1D); // [N, O]
+    return tf.gather(stacked, this.combineIndex(acting)); // [N, O]
+  }
+
+  /** For concat(outputs of `acting`..., y): each token row's own group output, or its row of y. [N] int32 */
+  private combineIndex(acting: readonly ActiveGroup[]): tf.Tensor1D {
+    const key = acting.map((g) => this.groups.indexOf(g)).join(',');
+    let index = this.combineIndices.get(key);
+    if (index === undefined) {
+      const slot = new Int32Array(this.tokenCount).fill(-1);
+      let offset = 0;
+      for (const group of acting) {
+        group.tokenRows.forEach((n, i) => {
+          slot[n] = offset + i;
+        });
+        offset += group.tokenRows.length;
+      }
+      // Rows of no acting group read the unchanged value, appended after the groups' outputs.
+      index = tf.tensor1d(Array.from(slot, (s, n) => (s >= 0 ? s : offset + n)), 'int32'); // [N]
+      this.combineIndices.set(key, index);
+    }
+    return index;
   }
 
   private indexOf(group: ActiveGroup): tf.Tensor1D {

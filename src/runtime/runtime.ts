@@ -36,7 +36,8 @@ import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from './adapted-model.js';
 import { toAsyncIterable } from './async-iterable.js';
 import { Batcher, type ExecutionPlan, type GenerateRequest, type GenerationEnd, type Isolation, type PassOutput } from './batcher.js';
-import { compositionHasPrefix, compositionHooks } from '../compose/composition-hooks.js';
+import { compositionHasPrefix, compositionHooks, presentPoints } from '../compose/composition-hooks.js';
+import { staticLoraTerms } from './batched-lora.js';
 import { TargetRegistry, type ClassificationHead, type Lease } from './registry.js';
 import {
   HeadSpec,
@@ -409,6 +410,7 @@ export class RoutedRuntime {
         model: this.base,
         ...traits,
         hooks: ({ taskIds, trace }) => model.hooks({ use: 'default', taskIds, trace }),
+        points: presentPoints(model.composition, model.adapters),
         release,
       };
     }
@@ -442,7 +444,17 @@ export class RoutedRuntime {
           ? { kind: select.combine, children: select.adapters.map((adapter) => ({ kind: 'adapter' as const, adapter })) }
           : { kind: 'average', children: select.adapters.map((adapter) => ({ kind: 'adapter' as const, adapter })), weights: select.weights };
     const isolation: Isolation = compositionHasPrefix(root, adapters) ? 'selection' : 'shared';
-    return { key: `${label}@${versions}`, label, model: this.base, isolation, needsTaskIds: false, hooks: () => compositionHooks(root, adapters), release };
+    return {
+      key: `${label}@${versions}`,
+      label,
+      model: this.base,
+      isolation,
+      needsTaskIds: false,
+      hooks: () => compositionHooks(root, adapters),
+      points: presentPoints(root, adapters),
+      lora: staticLoraTerms(root, adapters),
+      release,
+    };
   }
 
   private routedTraits(model: AdaptedModel): { readonly isolation: Isolation; readonly needsTaskIds: boolean } {
