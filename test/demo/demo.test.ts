@@ -97,7 +97,7 @@ describe('demo task generators', () => {
     const random = seededRandom(5);
     for (const kind of PRETRAINING_KINDS) expect(pretrainingDocument(random, kind).length).toBeGreaterThan(0);
     const documents = pretrainingDocuments(500, 9);
-    expect(documents.every((d) => /^[a-z0-9 |>=]+$/.test(d))).toBe(true);
+    expect(documents.every((d) => /^[a-z0-9 |><=?]+$/.test(d))).toBe(true);
     expect(documents.some((d) => /^[rsdo]:/.test(d))).toBe(false);
   });
 });
@@ -221,6 +221,10 @@ describe('routed-peft demo --quick through main()', () => {
     expect(Number.isFinite(retention.routedLoss) && Number.isFinite(retention.baseLoss)).toBe(true);
     expect(retention.delta).toBeCloseTo(retention.routedLoss - retention.baseLoss, 10);
     expect(summary['seconds']).toBeGreaterThan(0);
+    // --quick is one run; its margin is the routed − shared difference of mean accuracy.
+    const runs = summary['runs'] as { seed: number; margin: number }[];
+    expect(runs.map((r) => r.seed)).toEqual([0]);
+    expect(summary['margin']).toBeCloseTo((setups['routed']?.accuracy['mean'] ?? 0) - (setups['shared']?.accuracy['mean'] ?? 0), 10);
   });
 
   test('the three setups have equal trainable budgets (within 2%)', () => {
