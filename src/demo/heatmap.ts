@@ -31,6 +31,8 @@ const HEADER_H = 24;
 const GROUP_GAP = 8;
 const LEGEND_H = 40;
 const MARGIN = 12;
+/** Average advance of a 13 px bold sans-serif character: sizes the picture so the title is not clipped. */
+const TITLE_CHAR_W = 7.5;
 
 export function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -48,7 +50,7 @@ export function renderHeatmap(input: HeatmapInput): string {
   const columns = input.columns.length;
   const rows = input.groups.reduce((s, g) => s + g.rows.length, 0);
   const gridX = MARGIN + GROUP_W + LABEL_W;
-  const width = gridX + Math.max(1, columns) * CELL_W + MARGIN;
+  const width = Math.max(gridX + Math.max(1, columns) * CELL_W + MARGIN, Math.ceil(2 * MARGIN + input.title.length * TITLE_CHAR_W));
   const gridY = MARGIN + TITLE_H + HEADER_H;
   const height = gridY + rows * CELL_H + Math.max(0, input.groups.length - 1) * GROUP_GAP + LEGEND_H + MARGIN;
   const parts: string[] = [
