@@ -17,7 +17,7 @@ import type { KVCache } from '../base/kv-cache.js';
 import type { AdapterInstance } from '../compose/modules.js';
 import { deriveSeed, pointWidths } from '../compose/modules.js';
 import type { RouteNode } from '../compose/spec.js';
-import { RoutedPeftError } from '../errors.js';
+import { RoutedPeftError, ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
 import { FusedLoraCache, chooseStrategy, decisionGates, routedDelta, type ExecutionStrategy } from './routed-layer.js';
 import type { Router, RouterInput } from './router.js';
@@ -35,6 +35,8 @@ export interface RoutingCall {
   readonly trace: RoutingTraceEntry[] | undefined;
   /** Strategy forced for every route (benchmarks, equivalence tests). */
   readonly strategy: ExecutionStrategy | undefined;
+  /** [B, T] tokens sequence-level routers pool (AdaptedCallOptions.routingMask); undefined: every real token. */
+  readonly routingMask?: readonly (readonly number[])[] | undefined;
 }
 
 /** Token-level gates of one decision: [N, E]. */
@@ -266,9 +268,10 @@ export class RouteRuntime {
     };
   }
 
-  /** Mean-pools token features over each sequence's real tokens: [N, D] → [B, D]. */
+  /** Mean-pools token features over each sequence's real tokens (those of the routing mask when given): [N, D] → [B, D]. */
   private sequenceInput(features: tf.Tensor2D, call: RoutingCall): RouterInput {
-    const { batch, tokens, mask } = call.context;
+    const { batch, tokens } = call.context;
+    const mask = this.poolingMask(call); // [B, T]
     const width = features.shape[1];
     const perSequence = tf.reshape(features, [batch, tokens, width]); // [B, T, D]
     const counts = tf.sum(mask, 1, true); // [B, 1]
@@ -282,6 +285,21 @@ export class RouteRuntime {
       ...(taskIds === undefined ? {} : { taskIds: tf.tensor1d([...taskIds], 'int32') }), // [B]
       training: call.context.training,
     };
+  }
+
+  /** The context's mask of real tokens, times the call's routing mask when there is one: [B, T]. */
+  private poolingMask(call: RoutingCall): tf.Tensor2D {
+    const { batch, tokens, mask } = call.context;
+    const routing = call.routingMask;
+    if (routing === undefined) return mask; // [B, T]
+    if (routing.length !== batch || routing.some((row) => row.length !== tokens)) {
+      const rows = routing.map((row) => row.length);
+      throw new ShapeError(`routingMask must be [${batch}, ${tokens}] like the ids, got ${routing.length} rows of lengths ${[...new Set(rows)].join('/')}`, {
+        path: 'routingMask',
+        hint: 'Give one 0/1 entry per token of every row (padding included), 1 on the tokens routers should read',
+      });
+    }
+    return tf.mul(mask, tf.tensor2d(routing.map((row) => [...row]), [batch, tokens], 'float32')); // [B, T]
   }
 
   private trace(layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>, call: RoutingCall): RoutingTraceEntry[] {

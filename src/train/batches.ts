@@ -39,6 +39,8 @@ export interface TokenizedExample {
   readonly line?: number;
   /** Present when the example was cut to fit maxLength. */
   readonly truncated?: Truncation;
+  /** Prompt/completion examples: how many leading ids (BOS and prompt) are the prompt, what routers may read. */
+  readonly promptLength?: number;
 }
 
 export const TokenizeOptions = z
@@ -121,7 +123,14 @@ export function tokenizeExamples(examples: readonly Example[], tokenizer: Tokeni
     const scored = example.kind === 'labelled' ? 0 : 1;
     const lossMask = [...bos.map(() => 0), ...prefix.map(() => 0), ...target.map(() => scored)];
     if (lossMask.length > 0) lossMask[0] = 0;
-    return { ids, lossMask, ...meta, ...(excess > 0 ? { truncated: { fromStart, fromEnd } } : {}) };
+    const promptLength = example.kind === 'prompt-completion' ? bos.length + prefix.length : undefined;
+    return {
+      ids,
+      lossMask,
+      ...meta,
+      ...(promptLength === undefined ? {} : { promptLength }),
+      ...(excess > 0 ? { truncated: { fromStart, fromEnd } } : {}),
+    };
   });
 }
 
@@ -141,6 +150,11 @@ export interface TrainBatch {
   readonly taskIds?: number[];
   /** [B] class ids, for labelled examples. */
   readonly labels?: number[];
+  /**
+   * [B, T] what sequence-level routers pool, when a row is a prompt/completion pair: 1 on its prompt
+   * (BOS included), so training routes from what serving will see; other rows: 1 on every real token.
+   */
+  readonly routingMask?: number[][];
 }
 
 export const BatchOptions = z
@@ -219,6 +233,9 @@ export function makeBatches(tokenized: readonly TokenizedExample[], options: Bat
       ids: rows.map((r) => pad(r.ids, opts.padId)),
       mask: rows.map((r) => pad(r.ids.map(() => 1), 0)),
       lossMask: rows.map((r) => pad(r.lossMask, 0)),
+      ...(rows.some((r) => r.promptLength !== undefined)
+        ? { routingMask: rows.map((r) => pad(r.ids.map((_, t) => (t < (r.promptLength ?? r.ids.length) ? 1 : 0)), 0)) }
+        : {}),
       indices,
       ...(withTasks ? { taskIds: rows.map((r) => r.task as number) } : {}),
       ...(withLabels ? { labels: rows.map((r) => r.label as number) } : {}),

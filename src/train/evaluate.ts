@@ -122,7 +122,7 @@ function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batc
   let tokens = 0;
   for (const batch of makeBatches(tokenized, { batchSize, shuffle: false })) {
     const batchTrace: RoutingTraceEntry[] | undefined = withTrace ? [] : undefined;
-    const logits = model.forward({ ids: batch.ids, mask: batch.mask, training: false, taskIds: batch.taskIds, use, trace: batchTrace }); // [B, T, V]
+    const logits = model.forward({ ids: batch.ids, mask: batch.mask, routingMask: batch.routingMask, training: false, taskIds: batch.taskIds, use, trace: batchTrace }); // [B, T, V]
     try {
       const { sums, counts } = rowLosses(logits, batch);
       batch.indices.forEach((index, b) => {

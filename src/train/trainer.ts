@@ -78,6 +78,8 @@ export interface TrainBatch {
   readonly taskIds?: readonly number[];
   /** Class per row (classification objective). */
   readonly labels?: readonly number[];
+  /** [B, T] tokens sequence-level routers pool (makeBatches: the prompt of prompt/completion rows); see AdaptedCallOptions. */
+  readonly routingMask?: readonly (readonly number[])[];
 }
 
 /** Programmatic options that are not configuration data. */
@@ -322,6 +324,7 @@ export class Trainer {
           training: true,
           auxLosses: sink,
           taskIds: batch.taskIds,
+          routingMask: batch.routingMask,
           use: this.options.use,
           output: head === undefined ? 'logits' : 'hidden',
         }); // [B, T, V] or [B, T, D]
