@@ -26,13 +26,10 @@ import type { RoutingTraceEntry } from '../routing/trace.js';
 import { AdaptedModel, type AdapterSelection } from '../runtime/adapted-model.js';
 import { loadTokenizer } from '../tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
-import { AdamW } from '../train/adamw.js';
 import { makeBatches, seededShuffle, tokenizeExamples } from '../train/batches.js';
-import { clipByGlobalNorm } from '../train/clip.js';
 import { causalLmLoss } from '../train/losses.js';
 import { baseRetention, exactMatch, routingPurity, type BaseRetention } from '../train/metrics.js';
-import { assignGroups } from '../train/param-groups.js';
-import { lrSchedule } from '../train/schedule.js';
+import { Trainer } from '../train/trainer.js';
 import { renderHeatmap } from './heatmap.js';
 import { SETUP_NAMES, buildSetups, expertNames, type DemoSetup, type SetupName } from './setups.js';
 import { DEMO_TASKS, heldOutExamples, pretrainingDocuments, taskExamples, type DemoExample } from './tasks.js';
@@ -239,6 +236,8 @@ export interface DemoBatch {
   readonly ids: number[][];
   readonly mask: number[][];
   readonly lossMask: number[][];
+  /** The prompt tokens: what a sequence router may read (it decides from the prompt alone when serving). */
+  readonly routingMask: number[][];
   readonly taskIds: number[];
 }
 
@@ -269,6 +268,7 @@ export function demoBatch(examples: readonly DemoExample[], tokenizer: Tokenizer
     ids: prompt.map((r, b) => [...r, ...(completion[b] as number[])]),
     mask: promptMask.map((r, b) => [...r, ...(completionMask[b] as number[])]),
     lossMask: promptMask.map((r, b) => [...fill(r.length, 0), ...(completionMask[b] as number[])]),
+    routingMask: promptMask.map((r) => [...r, ...fill(c, 0)]),
     taskIds: examples.map((e) => e.task),
   };
 }
@@ -286,45 +286,18 @@ export function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): P
   return { train, evalSet, prompts };
 }
 
-/** Whether a setup decides routes per sequence from a learned router (then the prompt alone must decide). */
-function routesFromPrompt(setup: DemoSetup): boolean {
-  const composition = setup.spec['composition'] as { granularity?: string; router?: { kind?: string } } | undefined;
-  return composition?.granularity === 'sequence' && composition.router?.kind !== 'task';
-}
-
 /**
- * Logits [B, P + C, V] of a training batch. A model that routes whole sequences runs the prompts first and
- * then the completions on the same KV cache, exactly as generation does: its routers decide from the prompt
- * alone (a one-pass forward would pool the completions — the answers — into the routing decision, and
- * serving would then route differently from training). For every other model the two are identical, so it
- * runs in one pass.
- */
-function trainingLogits(model: AdaptedModel, batch: DemoBatch, taskIds: readonly number[] | undefined, auxLosses: tf.Scalar[], twoPass: boolean): tf.Tensor {
-  const common = { training: true, auxLosses, taskIds } as const;
-  if (!twoPass) return model.forward({ ids: batch.ids, mask: batch.mask, ...common }); // [B, P+C, V]
-  const cache = model.base.newCache(batch.prompt.length);
-  try {
-    const prompt = model.forward({ ids: batch.prompt, mask: batch.promptMask, cache, ...common }); // [B, P, V]
-    const completion = model.forward({ ids: batch.completion, mask: batch.completionMask, cache, ...common }); // [B, C, V]
-    return tf.concat([prompt, completion], 1); // [B, P+C, V]
-  } finally {
-    cache.dispose();
-  }
-}
-
-/**
- * Trains one setup with AdamW (the library's, with its router / expert parameter groups), linear warmup and
- * cosine decay, and global-norm clipping at 1 — the Trainer's recipe, written out because the Trainer runs
- * one forward per batch (see trainingLogits). Every setup goes through this same loop.
+ * Trains one setup with the library's Trainer: AdamW with the router / expert parameter groups, linear
+ * warmup then cosine decay, global-norm clipping at 1, the non-finite guard. Every setup goes through it on
+ * the same batches. Routers pool the prompt only (routingMask), so they decide in training exactly as they
+ * will when serving, where the prompt is all they see.
  */
 export function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, sizes: DemoSizes, log: (line: string) => void): { firstLoss: number | null; finalLoss: number | null } {
-  const named = model.namedVariables();
-  const variables = [...named.values()];
-  const stableName = new Map([...named].map(([name, v]) => [v.name, name]));
-  const groups = assignGroups(named.keys(), model.base.config.nLayers, { lr: sizes.lr, routerLr: sizes.routerLr, weightDecay: 0, routerWeightDecay: 0, layerDecay: 1 });
-  const schedule = lrSchedule({ warmupSteps: sizes.warmupSteps, totalSteps: sizes.steps, minLrRatio: sizes.minLrRatio });
-  const optimizer = new AdamW(named, 0);
-  const twoPass = routesFromPrompt(setup);
+  const trainer = new Trainer(model, {
+    optimizer: { lr: sizes.lr, routerLr: sizes.routerLr },
+    schedule: { warmupSteps: sizes.warmupSteps, totalSteps: sizes.steps, minLrRatio: sizes.minLrRatio },
+    maxGradNorm: 1,
+  });
   let firstLoss: number | null = null;
   let finalLoss: number | null = null;
   try {
@@ -332,30 +305,14 @@ export function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prep
     let count = 0;
     const every = Math.max(1, Math.round(sizes.steps / 5));
     prepared.train.forEach((batch, step) => {
-      const auxLosses: tf.Scalar[] = [];
-      const taskIds = setup.usesTaskIds ? batch.taskIds : undefined; // only the oracle is told the task
-      let taskLoss = Number.NaN;
-      const { value, grads } = tf.variableGrads(() => {
-        const task = causalLmLoss(trainingLogits(model, batch, taskIds, auxLosses, twoPass), batch); // []
-        taskLoss = task.dataSync()[0] as number;
-        return auxLosses.length === 0 ? task : tf.add(task, tf.addN(auxLosses)); // []
-      }, variables);
-      const loss = value.dataSync()[0] as number;
-      const named = new Map<string, tf.Tensor>();
-      for (const [tfName, g] of Object.entries(grads)) if (g !== null) named.set(stableName.get(tfName) as string, g);
-      const clipped = clipByGlobalNorm(named, 1);
-      try {
-        // A non-finite step leaves the weights alone (the Trainer's guard).
-        if (Number.isFinite(loss) && Number.isFinite(clipped.norm)) {
-          const multiplier = schedule.lrAt(step);
-          optimizer.applyGradients(clipped.grads, new Map([...clipped.grads.keys()].map((name) => [name, (groups.get(name)?.lr ?? 0) * multiplier])));
-          firstLoss ??= taskLoss;
-          finalLoss = taskLoss;
-        }
-      } finally {
-        tf.dispose([value, ...auxLosses, ...named.values(), ...clipped.grads.values()]);
+      const { ids, mask, lossMask, routingMask } = batch;
+      // Only the oracle is told the task.
+      const report = trainer.step(setup.usesTaskIds ? { ids, mask, lossMask, routingMask, taskIds: batch.taskIds } : { ids, mask, lossMask, routingMask });
+      if (!report.skipped) {
+        firstLoss ??= report.taskLoss;
+        finalLoss = report.taskLoss;
       }
-      window += taskLoss;
+      window += report.taskLoss;
       count++;
       if ((step + 1) % every === 0 || step === prepared.train.length - 1) {
         log(`  ${setup.name.padEnd(6)} step ${String(step + 1).padStart(4)}/${sizes.steps}  loss ${(window / count).toFixed(3)}`);
@@ -365,7 +322,7 @@ export function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prep
     });
     return { firstLoss, finalLoss };
   } finally {
-    optimizer.dispose();
+    trainer.dispose();
   }
 }
 

@@ -142,6 +142,8 @@ describe('the shipped demo base model', () => {
       // Targets: exactly the completion tokens (EOS included).
       expect(batch.lossMask[b]?.slice(0, width).every((m) => m === 0)).toBe(true);
       expect(batch.lossMask[b]?.slice(width)).toEqual(batch.completionMask[b]);
+      // Routers read the prompt only, as when serving.
+      expect(batch.routingMask[b]).toEqual([...(batch.promptMask[b] ?? []), ...(batch.completion[b] ?? []).map(() => 0)]);
     });
     expect(batch.taskIds).toEqual(examples.map((e) => e.task));
   });
