@@ -38,6 +38,8 @@ export interface AdaptedCallOptions {
   readonly auxLosses?: tf.Scalar[] | undefined;
   /** Forces an execution strategy on every route. */
   readonly strategy?: ExecutionStrategy | undefined;
+  /** Shared-input fusion of per-site top-k routes at inference (default on); false takes the per-site path. */
+  readonly fusion?: boolean | undefined;
 }
 
 /** An adapter spec as users write it (defaults may be omitted). */
@@ -131,22 +133,22 @@ export class AdaptedModel {
 
   /** Runs the model with the selected adapters. The returned tensor belongs to the caller. */
   forward(options: AdaptedForwardOptions): tf.Tensor {
-    const { use, taskIds, trace, auxLosses, strategy, ...forward } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy });
+    const { use, taskIds, trace, auxLosses, strategy, fusion, ...forward } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, fusion });
     return this.base.forward(hooks === undefined ? forward : { ...forward, hooks });
   }
 
   /** Generates with the selected adapters (see base/generate.ts). */
   generate(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): number[][] {
-    const { use, taskIds, trace, auxLosses, strategy, ...rest } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy });
+    const { use, taskIds, trace, auxLosses, strategy, fusion, ...rest } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, fusion });
     return generate(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
   /** Step-by-step generation (each yield: one new token per row, −1 once a row stopped). */
   generateSteps(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Generator<number[], void, undefined> {
-    const { use, taskIds, trace, auxLosses, strategy, ...rest } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy });
+    const { use, taskIds, trace, auxLosses, strategy, fusion, ...rest } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, fusion });
     return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
@@ -246,7 +248,7 @@ export class AdaptedModel {
         pastLength = forward.pastLength;
         const sink = options.trace ?? (routes.length > 0 && this.traceSubject.observed ? [] : undefined);
         streamed = sink !== undefined && this.traceSubject.observed ? { sink, start: sink.length } : undefined;
-        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace: sink, strategy: options.strategy };
+        const call: RoutingCall = { context: forward, cache: forward.cache, taskIds: options.taskIds, auxLosses: options.auxLosses, trace: sink, strategy: options.strategy, fusion: options.fusion };
         for (const route of routes) route.begin(call);
       },
       beginLayer: (layer: number, hidden: tf.Tensor2D) => {
