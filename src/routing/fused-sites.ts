@@ -18,8 +18,9 @@
  *
  * For many rows (prefill) the spread gather would copy N·G·K·Σr floats (wasm's gather is slow), so the
  * slots are scattered onto dense gates first (a gather from the identity, N·G·K·E floats) and spread by one
- * matmul against the block-diagonal spread; for few rows (decode) each site's B is multiplied padded with
- * zero rows to the group's width, which saves the column slice.
+ * matmul against the block-diagonal spread. Each site slices its own rank columns before its B matmul rather
+ * than multiplying a B padded with zero rows to the group's width: at decode the matmuls are memory-bound,
+ * and the padded B's would read ~2.4× the LoRA bytes per step for one kernel launch saved per site.
  *
  * Shape letters: N rows, I input width (shared by the group), O a site's output width, G sites in the group,
  * E choices, K slots per row, Σr the experts' total rank at one site.
@@ -41,8 +42,12 @@ export function groupIndexOf(site: SiteName): number {
 
 /** At most this many rows gather the spread per slot directly; more rows go through dense gates. */
 export const GATHER_SPREAD_MAX_ROWS = 64;
-/** At most this many rows multiply each site's B padded to the group's width instead of slicing. */
-export const PADDED_B_MAX_ROWS = 8;
+/**
+ * At most this many rows decide on the host when tensors live in host memory (wasm, cpu): reading the
+ * N·G·E logits back is a copy of a few floats there, and replaces ~7 kernel launches per group.
+ */
+export const HOST_ROUTING_MAX_ROWS = 64;
+const HOST_MEMORY_BACKENDS: ReadonlySet<string> = new Set(['wasm', 'cpu']);
 
 /** One group member as the route runtime found it: the site's router gate and its experts. */
 export interface FusedMember {
@@ -65,7 +70,12 @@ interface GroupWeights {
   readonly blockSpread: tf.Tensor2D; // [G·E, G·Σr]
   readonly eye: tf.Tensor2D; // [E, E]
   readonly bT: readonly tf.Tensor2D[]; // per site [Σr, O]
-  readonly bPadded: readonly tf.Tensor2D[]; // per site [G·Σr, O]: B_gᵀ on rows g·Σr.., zeros elsewhere
+  /** Host routing: [W_1 | … | W_G | A_1ᵀ | … | A_Gᵀ], logits and rank activations in one matmul. */
+  readonly joint: tf.Tensor2D; // [I, G·E + G·Σr]
+  /** Host routing, a single site: Bᵀ below E zero rows, so it multiplies the joint width unsliced. */
+  readonly bJoint: readonly tf.Tensor2D[]; // [E + Σr, O] when G = 1, else none
+  /** Per choice, its rank columns [start, end) in one site's Σr and its LoRA scale (end = start: no module). */
+  readonly columns: readonly { readonly start: number; readonly end: number; readonly scale: number }[];
 }
 
 /** The group's rank activations for one input, computed at the first member's call of a layer. */
@@ -75,6 +85,8 @@ export interface GroupActivations {
   /** Dense gates on the host, [N, G, E] row-major, when a trace was asked for. */
   readonly traceGates: Float32Array | undefined;
   readonly weights: GroupWeights;
+  /** True when mixed spans the joint width [N, G·E + G·Σr] (host routing), false for [N, G·Σr]. */
+  readonly joint: boolean;
 }
 
 function sameValues(a: Float32Array, b: Float32Array): boolean {
@@ -106,7 +118,7 @@ export class FusedGroupCache {
     const weights = this.entry?.weights;
     this.entry = undefined;
     if (weights === undefined) return;
-    tf.dispose([weights.gates, weights.aCat, weights.spread, weights.blockSpread, weights.eye, ...weights.bT, ...weights.bPadded]);
+    tf.dispose([weights.gates, weights.aCat, weights.spread, weights.blockSpread, weights.eye, weights.joint, ...weights.bT, ...weights.bJoint]);
   }
 
   private static readonly absent = {};
@@ -130,34 +142,48 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
       for (let c = 0; c < totalRank; c++) block[(g * choices + e) * count * totalRank + g * totalRank + c] = spread.values[e * totalRank + c] ?? 0;
     }
   }
+  const logitWidth = count * choices; // G·E
   const built = tf.tidy(() => {
     const fused = members.map((m) => buildFusedLora(m.experts, m.lora)); // per site aT [I, Σr], bT [Σr, O]
+    const gates = count === 1 ? tf.clone(first.gate.gate) : tf.concat(members.map((m) => m.gate.gate), 1); // [I, G·E]
+    const aCat = count === 1 ? (fused[0] as FusedLora).aT : tf.concat(fused.map((f) => f.aT), 1); // [I, G·Σr]
     return {
-      gates: count === 1 ? tf.clone(first.gate.gate) : tf.concat(members.map((m) => m.gate.gate), 1), // [I, G·E]
-      aCat: count === 1 ? (fused[0] as FusedLora).aT : tf.concat(fused.map((f) => f.aT), 1), // [I, G·Σr]
+      gates,
+      aCat,
       spread: tf.tensor2d(spread.values, [choices, totalRank]), // [E, Σr]
       blockSpread: tf.tensor2d(block, [count * choices, count * totalRank]), // [G·E, G·Σr]
       eye: tf.eye(choices) as tf.Tensor2D, // [E, E]
       bT: fused.map((f) => f.bT), // per site [Σr, O]
-      bPadded: count === 1 ? [] : fused.map((f, g) => tf.pad(f.bT, [[g * totalRank, (count - 1 - g) * totalRank], [0, 0]])), // per site [G·Σr, O]
+      joint: tf.concat([gates, aCat], 1), // [I, G·E + G·Σr]
+      bJoint: count === 1 ? fused.map((f) => tf.pad(f.bT, [[logitWidth, 0], [0, 0]])) : [], // [E + Σr, O]
     };
   });
-  for (const t of [built.gates, built.aCat, built.spread, built.blockSpread, built.eye, ...built.bT, ...built.bPadded]) tf.keep(t);
-  return { sites: members.map((m) => m.site), choices, k, temperature, totalRank, ...built };
+  for (const t of [built.gates, built.aCat, built.spread, built.blockSpread, built.eye, built.joint, ...built.bT, ...built.bJoint]) tf.keep(t);
+  const columns = Array.from({ length: choices }, (_, e) => {
+    let start = 0;
+    while (start < totalRank && spread.values[e * totalRank + start] === 0) start++;
+    let end = start;
+    while (end < totalRank && spread.values[e * totalRank + end] !== 0) end++;
+    return { start, end, scale: spread.values[e * totalRank + start] ?? 0 };
+  });
+  return { sites: members.map((m) => m.site), choices, k, temperature, totalRank, columns, ...built };
 }
 
 /**
- * Routes and projects the whole group for x [N, I]. rowMask [N·G, 1] zeroes padding rows (undefined when
- * the forward has none). Runs inside the forward's tidy.
+ * Routes and projects the whole group for x [N, I]. The masks zero padding rows: deviceMask [N·G, 1] on the
+ * device path, hostMask [N] on the host path (undefined when the forward has no padding). Runs inside the
+ * forward's tidy.
  */
-export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, rowMask: tf.Tensor2D | undefined, trace: boolean): GroupActivations {
+export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, deviceMask: () => tf.Tensor2D | undefined, hostMask: () => ArrayLike<number> | undefined, trace: boolean): GroupActivations {
   const rows = x.shape[0]; // N
+  if (rows <= HOST_ROUTING_MAX_ROWS && HOST_MEMORY_BACKENDS.has(tf.getBackend())) return hostActivations(weights, x, hostMask(), trace);
   const count = weights.sites.length; // G
   const { choices, k, totalRank } = weights;
   const scores = tf.matMul(x, weights.gates); // [N, G·E]
   const logits = weights.temperature === 1 ? scores : tf.div<tf.Tensor2D>(scores, weights.temperature); // [N, G·E]
   const top = tf.topk(count === 1 ? logits : tf.reshape<tf.Rank.R2>(logits, [rows * count, choices]), k); // values, indices [N·G, K]
   const softmaxed = tf.softmax(top.values); // [N·G, K]
+  const rowMask = deviceMask(); // [N·G, 1]
   const slotWeights = tf.reshape<tf.Rank.R3>(rowMask === undefined ? softmaxed : tf.mul(softmaxed, rowMask), [rows * count, 1, k]); // [N·G, 1, K]
   const dense = (): tf.Tensor2D => tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, tf.gather(weights.eye, top.indices)), [rows, count * choices]); // [N·G, 1, E] → [N, G·E]
   let gates: tf.Tensor2D; // [N, G·Σr]
@@ -170,18 +196,87 @@ export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, rowMask:
     gates = tf.matMul(dg, weights.blockSpread); // [N, G·Σr]
   }
   const mixed = tf.mul<tf.Tensor2D>(tf.matMul(x, weights.aCat), gates); // [N, G·Σr]
-  return { x, mixed, traceGates, weights };
+  return { x, mixed, traceGates, weights, joint: false };
+}
+
+/** softmax in float32 steps' order: exp(v − max) / Σ exp(v − max). */
+function softmaxInto(values: readonly number[], out: number[]): void {
+  let max = -Infinity;
+  for (const v of values) if (v > max) max = v;
+  let sum = 0;
+  values.forEach((v, i) => {
+    out[i] = Math.exp(v - max);
+    sum += out[i] as number;
+  });
+  for (let i = 0; i < values.length; i++) out[i] = Math.fround((out[i] as number) / sum);
+}
+
+/**
+ * Host routing: one matmul gives every router's logits and every expert's rank activations, the logits are
+ * read back, top-k and the softmax over the chosen run on the host, and the gates come back as one tensor
+ * over the joint width (zero on the logit columns), so the group costs 2 kernels plus 2 per site.
+ */
+function hostActivations(weights: GroupWeights, x: tf.Tensor2D, mask: ArrayLike<number> | undefined, trace: boolean): GroupActivations {
+  const rows = x.shape[0]; // N
+  const count = weights.sites.length; // G
+  const { choices, k, totalRank, temperature, columns } = weights;
+  const logitWidth = count * choices; // G·E
+  const width = logitWidth + count * totalRank; // G·E + G·Σr
+  const joint = tf.matMul(x, weights.joint); // [N, G·E + G·Σr]
+  const values = joint.dataSync(); // the host read: N·(G·E + G·Σr) floats
+  const gates = new Float32Array(rows * width); // [N, G·E + G·Σr], zero on the logit columns
+  const traceGates = trace ? new Float32Array(rows * logitWidth) : undefined; // [N, G, E]
+  const logits: number[] = new Array<number>(choices);
+  const chosen: number[] = new Array<number>(k);
+  const chosenValues: number[] = new Array<number>(k);
+  const slotWeights: number[] = new Array<number>(k);
+  for (let n = 0; n < rows; n++) {
+    if (mask !== undefined && mask[n] !== 1) continue; // padding: all-zero gates
+    for (let g = 0; g < count; g++) {
+      for (let e = 0; e < choices; e++) {
+        const v = values[n * width + g * choices + e] as number;
+        logits[e] = temperature === 1 ? v : Math.fround(v / temperature);
+      }
+      // The k largest, descending; ties keep the lower index first (as TopK).
+      for (let slot = 0; slot < k; slot++) {
+        let best = -1;
+        for (let e = 0; e < choices; e++) {
+          if (chosen.indexOf(e) !== -1 && chosen.indexOf(e) < slot) continue;
+          if (best === -1 || (logits[e] as number) > (logits[best] as number)) best = e;
+        }
+        chosen[slot] = best;
+        chosenValues[slot] = logits[best] as number;
+      }
+      softmaxInto(chosenValues, slotWeights);
+      for (let slot = 0; slot < k; slot++) {
+        const e = chosen[slot] as number;
+        const w = slotWeights[slot] as number;
+        if (traceGates !== undefined) traceGates[(n * count + g) * choices + e] = w;
+        const { start, end, scale } = columns[e] as { start: number; end: number; scale: number };
+        const offset = n * width + logitWidth + g * totalRank;
+        for (let c = start; c < end; c++) gates[offset + c] = Math.fround(w * scale);
+      }
+      chosen.fill(-1);
+    }
+  }
+  const mixed = tf.mul<tf.Tensor2D>(joint, tf.tensor2d(gates, [rows, width])); // [N, G·E + G·Σr]
+  return { x, mixed, traceGates, weights, joint: true };
 }
 
 /** Site g's delta from the group's activations: [N, O]. */
 export function groupSiteDelta(activations: GroupActivations, g: number): tf.Tensor2D {
-  const { mixed, weights } = activations;
+  const { mixed, weights, joint } = activations;
   const rows = mixed.shape[0]; // N
   const count = weights.sites.length; // G
-  if (count === 1) return tf.matMul(mixed, weights.bT[0] as tf.Tensor2D); // [N, Σr]·[Σr, O] → [N, O]
-  if (rows <= PADDED_B_MAX_ROWS) return tf.matMul(mixed, weights.bPadded[g] as tf.Tensor2D); // [N, G·Σr]·[G·Σr, O] → [N, O]
+  const bT = weights.bT[g] as tf.Tensor2D; // [Σr, O]
+  if (joint) {
+    if (count === 1) return tf.matMul(mixed, weights.bJoint[0] as tf.Tensor2D); // [N, E + Σr]·[E + Σr, O] → [N, O]
+    const mine = tf.slice(mixed, [0, count * weights.choices + g * weights.totalRank], [rows, weights.totalRank]); // [N, Σr]
+    return tf.matMul(mine, bT); // [N, O]
+  }
+  if (count === 1) return tf.matMul(mixed, bT); // [N, Σr]·[Σr, O] → [N, O]
   const mine = tf.slice(mixed, [0, g * weights.totalRank], [rows, weights.totalRank]); // [N, Σr]
-  return tf.matMul(mine, weights.bT[g] as tf.Tensor2D); // [N, O]
+  return tf.matMul(mine, bT); // [N, O]
 }
 
 /** One site's dense gates [N, E] from the group's host gates [N, G, E]. */

@@ -62,6 +62,8 @@ export class RouteRuntime {
   private groupActs = new Map<string, GroupActivations | null>();
   /** The current forward's row masks repeated per group member, by group size: [N·G, 1]. */
   private groupMasks = new Map<number, tf.Tensor2D>();
+  /** The current forward's token mask on the host, when read. */
+  private maskValues: ArrayLike<number> | undefined;
   /** Decisions made during the current forward, by router key. */
   private decisions = new Map<string, Gates>();
   private call: RoutingCall | undefined;
@@ -158,6 +160,7 @@ export class RouteRuntime {
     this.decisions = new Map();
     this.groupActs = new Map();
     this.groupMasks = new Map();
+    this.maskValues = undefined;
   }
 
   end(): void {
@@ -165,6 +168,7 @@ export class RouteRuntime {
     this.decisions = new Map();
     this.groupActs = new Map();
     this.groupMasks = new Map();
+    this.maskValues = undefined;
   }
 
   /** Layer-level routers decide from the residual stream entering the layer. hidden [N, D] */
@@ -275,7 +279,15 @@ export class RouteRuntime {
     }
     const weights = cache.get(members);
     if (weights === undefined) return undefined;
-    return groupActivations(weights, x, this.groupMask(members.length, call), call.trace !== undefined);
+    const rows = x.shape[0];
+    return groupActivations(weights, x, () => this.groupMask(members.length, call), () => this.hostMask(call), call.trace !== undefined && rows > 0);
+  }
+
+  /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
+  private hostMask(call: RoutingCall): ArrayLike<number> | undefined {
+    if (call.context.padded === false) return undefined;
+    this.maskValues ??= call.context.mask.dataSync();
+    return this.maskValues;
   }
 
   /** The forward's token mask repeated for each of G group members: [N·G, 1]; undefined without padding. */

@@ -71,7 +71,7 @@ const mask = [
   [1, 1, 1, 1, 1, 1],
   [0, 0, 1, 1, 1, 1],
 ];
-/** More rows than GATHER_SPREAD_MAX_ROWS (64), so prefill takes the dense-gates branch. */
+/** More rows than HOST_ROUTING_MAX_ROWS and GATHER_SPREAD_MAX_ROWS (64): routed on the device, through dense gates. */
 const longIds = [Array.from({ length: 40 }, (_, t) => (t * 7) % 32), Array.from({ length: 40 }, (_, t) => (t * 5 + 3) % 32)];
 
 const configs: fc.Arbitrary<Config> = fc
@@ -100,14 +100,18 @@ describe('shared-input fused inference path', () => {
       fc.property(configs, (c) => {
         const model = AdaptedModel.create(base, spec(c), { routers });
         try {
-          // Few rows with padding: gathered spread (no trace) and dense gates (trace).
+          // Few rows with padding: routed on the host (wasm, cpu), with and without a trace.
           expectClose(logitsOnly(model, ids, mask, true), logitsOnly(model, ids, mask, false), { rtol: 1e-4, atol: 1e-5 });
           const fused = forward(model, ids, mask, true);
           const perSite = forward(model, ids, mask, false);
           expectClose(fused.logits, perSite.logits, { rtol: 1e-4, atol: 1e-5 });
           expectSameTraces(fused.trace, perSite.trace);
-          // Many rows, no padding.
+          // Many rows, no padding: routed on the device (gathered identity, then the block-diagonal spread).
           expectClose(logitsOnly(model, longIds, undefined, true), logitsOnly(model, longIds, undefined, false), { rtol: 1e-4, atol: 1e-5 });
+          const longFused = forward(model, longIds, undefined, true);
+          const longPerSite = forward(model, longIds, undefined, false);
+          expectClose(longFused.logits, longPerSite.logits, { rtol: 1e-4, atol: 1e-5 });
+          expectSameTraces(longFused.trace, longPerSite.trace);
           // KV-cached decoding (one and two rows per step), with traces.
           for (const prompts of [[[1, 2, 3]], [[1, 2, 3], [4, 5]]]) {
             const traceFused: RoutingTraceEntry[] = [];
