@@ -37,8 +37,10 @@ export const SHARED_INPUT_GROUPS: readonly (readonly SiteName[])[] = [['attn.q',
 
 /** The shared-input group a site belongs to (every site is in exactly one). */
 export function groupIndexOf(site: SiteName): number {
-  return SHARED_INPUT_GROUPS.findIndex((group) => group.includes(site));
+  return GROUP_OF.get(site) ?? -1;
 }
+
+const GROUP_OF: ReadonlyMap<SiteName, number> = new Map(SHARED_INPUT_GROUPS.flatMap((group, index) => group.map((site) => [site, index] as const)));
 
 /** At most this many rows gather the spread per slot directly; more rows go through dense gates. */
 export const GATHER_SPREAD_MAX_ROWS = 64;
@@ -72,8 +74,6 @@ interface GroupWeights {
   readonly bT: readonly tf.Tensor2D[]; // per site [Σr, O]
   /** Host routing: [W_1 | … | W_G | A_1ᵀ | … | A_Gᵀ], logits and rank activations in one matmul. */
   readonly joint: tf.Tensor2D; // [I, G·E + G·Σr]
-  /** Host routing, a single site: Bᵀ below E zero rows, so it multiplies the joint width unsliced. */
-  readonly bJoint: readonly tf.Tensor2D[]; // [E + Σr, O] when G = 1, else none
   /** Per choice, its rank columns [start, end) in one site's Σr and its LoRA scale (end = start: no module). */
   readonly columns: readonly { readonly start: number; readonly end: number; readonly scale: number }[];
 }
@@ -85,8 +85,8 @@ export interface GroupActivations {
   /** Dense gates on the host, [N, G, E] row-major, when a trace was asked for. */
   readonly traceGates: Float32Array | undefined;
   readonly weights: GroupWeights;
-  /** True when mixed spans the joint width [N, G·E + G·Σr] (host routing), false for [N, G·Σr]. */
-  readonly joint: boolean;
+  /** Host routing: each site's gated rank activations [N, Σr], built on the host (mixed is then unused). */
+  readonly perSite: readonly tf.Tensor2D[] | undefined;
 }
 
 function sameValues(a: Float32Array, b: Float32Array): boolean {
@@ -98,27 +98,38 @@ function sameValues(a: Float32Array, b: Float32Array): boolean {
  * fused (routers with different k or τ, or experts whose rank layout differs between the sites).
  */
 export class FusedGroupCache {
-  private entry: { readonly key: readonly object[]; readonly weights: GroupWeights | undefined } | undefined;
+  private entry: { readonly key: readonly (object | number)[]; readonly weights: GroupWeights | undefined } | undefined;
 
   get(members: readonly FusedMember[]): GroupWeights | undefined {
-    const key: object[] = [];
+    const cached = this.entry;
+    if (cached !== undefined && FusedGroupCache.matches(cached.key, members)) return cached.weights;
+    const key: (object | number)[] = [];
     for (const m of members) {
-      key.push(m.gate.gate.dataId);
+      key.push(m.gate.gate.dataId, m.gate.k, m.gate.temperature);
       for (const e of m.experts) key.push(e ?? FusedGroupCache.absent);
       for (const e of m.lora) key.push(e.a.dataId, e.b.dataId);
     }
-    const cached = this.entry;
-    if (cached !== undefined && cached.key.length === key.length && cached.key.every((k, i) => k === key[i])) return cached.weights;
     this.dispose();
     this.entry = { key, weights: buildGroup(members) };
     return this.entry.weights;
+  }
+
+  /** True when members are what the key was built from (same modules, same variable data): no allocation. */
+  private static matches(key: readonly (object | number)[], members: readonly FusedMember[]): boolean {
+    let i = 0;
+    for (const m of members) {
+      if (key[i++] !== m.gate.gate.dataId || key[i++] !== m.gate.k || key[i++] !== m.gate.temperature) return false;
+      for (const e of m.experts) if (key[i++] !== (e ?? FusedGroupCache.absent)) return false;
+      for (const e of m.lora) if (key[i++] !== e.a.dataId || key[i++] !== e.b.dataId) return false;
+    }
+    return i === key.length;
   }
 
   dispose(): void {
     const weights = this.entry?.weights;
     this.entry = undefined;
     if (weights === undefined) return;
-    tf.dispose([weights.gates, weights.aCat, weights.spread, weights.blockSpread, weights.eye, weights.joint, ...weights.bT, ...weights.bJoint]);
+    tf.dispose([weights.gates, weights.aCat, weights.spread, weights.blockSpread, weights.eye, weights.joint, ...weights.bT]);
   }
 
   private static readonly absent = {};
@@ -142,7 +153,6 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
       for (let c = 0; c < totalRank; c++) block[(g * choices + e) * count * totalRank + g * totalRank + c] = spread.values[e * totalRank + c] ?? 0;
     }
   }
-  const logitWidth = count * choices; // G·E
   const built = tf.tidy(() => {
     const fused = members.map((m) => buildFusedLora(m.experts, m.lora)); // per site aT [I, Σr], bT [Σr, O]
     const gates = count === 1 ? tf.clone(first.gate.gate) : tf.concat(members.map((m) => m.gate.gate), 1); // [I, G·E]
@@ -155,10 +165,9 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
       eye: tf.eye(choices) as tf.Tensor2D, // [E, E]
       bT: fused.map((f) => f.bT), // per site [Σr, O]
       joint: tf.concat([gates, aCat], 1), // [I, G·E + G·Σr]
-      bJoint: count === 1 ? fused.map((f) => tf.pad(f.bT, [[logitWidth, 0], [0, 0]])) : [], // [E + Σr, O]
     };
   });
-  for (const t of [built.gates, built.aCat, built.spread, built.blockSpread, built.eye, built.joint, ...built.bT, ...built.bJoint]) tf.keep(t);
+  for (const t of [built.gates, built.aCat, built.spread, built.blockSpread, built.eye, built.joint, ...built.bT]) tf.keep(t);
   const columns = Array.from({ length: choices }, (_, e) => {
     let start = 0;
     while (start < totalRank && spread.values[e * totalRank + start] === 0) start++;
@@ -174,9 +183,9 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
  * device path, hostMask [N] on the host path (undefined when the forward has no padding). Runs inside the
  * forward's tidy.
  */
-export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, deviceMask: () => tf.Tensor2D | undefined, hostMask: () => ArrayLike<number> | undefined, trace: boolean): GroupActivations {
+export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, deviceMask: () => tf.Tensor2D | undefined, hostMask: () => ArrayLike<number> | undefined, trace: boolean, hostRouting = true): GroupActivations {
   const rows = x.shape[0]; // N
-  if (rows <= HOST_ROUTING_MAX_ROWS && HOST_MEMORY_BACKENDS.has(tf.getBackend())) return hostActivations(weights, x, hostMask(), trace);
+  if (hostRouting && rows <= HOST_ROUTING_MAX_ROWS && HOST_MEMORY_BACKENDS.has(tf.getBackend())) return hostActivations(weights, x, hostMask(), trace);
   const count = weights.sites.length; // G
   const { choices, k, totalRank } = weights;
   const scores = tf.matMul(x, weights.gates); // [N, G·E]
@@ -196,7 +205,7 @@ export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, deviceMa
     gates = tf.matMul(dg, weights.blockSpread); // [N, G·Σr]
   }
   const mixed = tf.mul<tf.Tensor2D>(tf.matMul(x, weights.aCat), gates); // [N, G·Σr]
-  return { x, mixed, traceGates, weights, joint: false };
+  return { x, mixed, traceGates, weights, perSite: undefined };
 }
 
 /** softmax in float32 steps' order: exp(v − max) / Σ exp(v − max). */
@@ -212,9 +221,11 @@ function softmaxInto(values: readonly number[], out: number[]): void {
 }
 
 /**
- * Host routing: one matmul gives every router's logits and every expert's rank activations, the logits are
- * read back, top-k and the softmax over the chosen run on the host, and the gates come back as one tensor
- * over the joint width (zero on the logit columns), so the group costs 2 kernels plus 2 per site.
+ * Host routing: one matmul gives every router's logits and every expert's rank activations x·Aᵀ, the result
+ * is read back (a copy on host-memory backends), top-k, the softmax over the chosen and the gating run on
+ * the host, and each site's gated rank activations come back as one small tensor: the group costs one
+ * kernel, plus a B matmul and the add per site. Every value is the float32 result the per-site path computes
+ * (products rounded once with Math.fround), except the softmax, which rounds once instead of per step.
  */
 function hostActivations(weights: GroupWeights, x: tf.Tensor2D, mask: ArrayLike<number> | undefined, trace: boolean): GroupActivations {
   const rows = x.shape[0]; // N
@@ -222,16 +233,16 @@ function hostActivations(weights: GroupWeights, x: tf.Tensor2D, mask: ArrayLike<
   const { choices, k, totalRank, temperature, columns } = weights;
   const logitWidth = count * choices; // G·E
   const width = logitWidth + count * totalRank; // G·E + G·Σr
-  const joint = tf.matMul(x, weights.joint); // [N, G·E + G·Σr]
+  const joint: tf.Tensor2D = tf.matMul(x, weights.joint); // [N, G·E + G·Σr]
   const values = joint.dataSync(); // the host read: N·(G·E + G·Σr) floats
-  const gates = new Float32Array(rows * width); // [N, G·E + G·Σr], zero on the logit columns
+  const perSite = Array.from({ length: count }, () => new Float32Array(rows * totalRank)); // G × [N, Σr], zero where not chosen
   const traceGates = trace ? new Float32Array(rows * logitWidth) : undefined; // [N, G, E]
   const logits: number[] = new Array<number>(choices);
-  const chosen: number[] = new Array<number>(k);
+  const chosen: number[] = new Array<number>(k).fill(-1);
   const chosenValues: number[] = new Array<number>(k);
   const slotWeights: number[] = new Array<number>(k);
   for (let n = 0; n < rows; n++) {
-    if (mask !== undefined && mask[n] !== 1) continue; // padding: all-zero gates
+    if (mask !== undefined && mask[n] !== 1) continue; // padding: no expert contributes
     for (let g = 0; g < count; g++) {
       for (let e = 0; e < choices; e++) {
         const v = values[n * width + g * choices + e] as number;
@@ -241,40 +252,36 @@ function hostActivations(weights: GroupWeights, x: tf.Tensor2D, mask: ArrayLike<
       for (let slot = 0; slot < k; slot++) {
         let best = -1;
         for (let e = 0; e < choices; e++) {
-          if (chosen.indexOf(e) !== -1 && chosen.indexOf(e) < slot) continue;
+          if (chosen.indexOf(e) !== -1) continue;
           if (best === -1 || (logits[e] as number) > (logits[best] as number)) best = e;
         }
         chosen[slot] = best;
         chosenValues[slot] = logits[best] as number;
       }
       softmaxInto(chosenValues, slotWeights);
+      const out = perSite[g] as Float32Array;
+      const down = n * width + logitWidth + g * totalRank; // this row's rank activations x·A_gᵀ
       for (let slot = 0; slot < k; slot++) {
         const e = chosen[slot] as number;
         const w = slotWeights[slot] as number;
         if (traceGates !== undefined) traceGates[(n * count + g) * choices + e] = w;
         const { start, end, scale } = columns[e] as { start: number; end: number; scale: number };
-        const offset = n * width + logitWidth + g * totalRank;
-        for (let c = start; c < end; c++) gates[offset + c] = Math.fround(w * scale);
+        const gate = Math.fround(w * scale); // float32 product, as the per-site path's gates · spread
+        for (let c = start; c < end; c++) out[n * totalRank + c] = Math.fround((values[down + c] as number) * gate);
       }
       chosen.fill(-1);
     }
   }
-  const mixed = tf.mul<tf.Tensor2D>(joint, tf.tensor2d(gates, [rows, width])); // [N, G·E + G·Σr]
-  return { x, mixed, traceGates, weights, joint: true };
+  return { x, mixed: joint, traceGates, weights, perSite: perSite.map((m) => tf.tensor2d(m, [rows, totalRank])) }; // each [N, Σr]
 }
 
 /** Site g's delta from the group's activations: [N, O]. */
 export function groupSiteDelta(activations: GroupActivations, g: number): tf.Tensor2D {
-  const { mixed, weights, joint } = activations;
-  const rows = mixed.shape[0]; // N
-  const count = weights.sites.length; // G
+  const { mixed, weights, perSite } = activations;
   const bT = weights.bT[g] as tf.Tensor2D; // [Σr, O]
-  if (joint) {
-    if (count === 1) return tf.matMul(mixed, weights.bJoint[0] as tf.Tensor2D); // [N, E + Σr]·[E + Σr, O] → [N, O]
-    const mine = tf.slice(mixed, [0, count * weights.choices + g * weights.totalRank], [rows, weights.totalRank]); // [N, Σr]
-    return tf.matMul(mine, bT); // [N, O]
-  }
-  if (count === 1) return tf.matMul(mixed, bT); // [N, Σr]·[Σr, O] → [N, O]
+  if (perSite !== undefined) return tf.matMul(perSite[g] as tf.Tensor2D, bT); // [N, Σr]·[Σr, O] → [N, O]
+  if (weights.sites.length === 1) return tf.matMul(mixed, bT); // [N, Σr]·[Σr, O] → [N, O]
+  const rows = mixed.shape[0]; // N
   const mine = tf.slice(mixed, [0, g * weights.totalRank], [rows, weights.totalRank]); // [N, Σr]
   return tf.matMul(mine, bT); // [N, O]
 }

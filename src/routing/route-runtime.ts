@@ -10,6 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { AdapterPoint, DeltaModule } from '../adapters/adapter.js';
+import type { LoraModule } from '../adapters/lora/layer.js';
 import { pointKey } from '../adapters/adapter.js';
 import type { ModelConfig } from '../base/config.js';
 import type { SiteName } from '../base/sites.js';
@@ -38,10 +39,10 @@ export interface RoutingCall {
   /** Strategy forced for every route (benchmarks, equivalence tests). */
   readonly strategy: ExecutionStrategy | undefined;
   /**
-   * Shared-input fusion at inference (fused-sites.ts): on unless false. Tests turn it off to compare the
-   * fused path against the per-site one.
+   * Shared-input fusion at inference (fused-sites.ts): on unless false; 'device' also keeps the decision on
+   * the device where it would run on the host. Tests compare every variant against the per-site path.
    */
-  readonly fusion?: boolean | undefined;
+  readonly fusion?: boolean | 'device' | undefined;
 }
 
 /** Token-level gates of one decision: [N, E]. */
@@ -58,6 +59,8 @@ export class RouteRuntime {
   private readonly fusedCaches = new Map<string, FusedLoraCache>();
   /** Fused operands per shared-input group (`${layer}|${group index}`), reused across inference forwards. */
   private readonly groupCaches = new Map<string, FusedGroupCache>();
+  /** Per group key: its fusable sites for the expert list they were resolved against (undefined: not fusable). */
+  private readonly groupStructures = new Map<string, { readonly experts: readonly AdapterInstance[]; readonly sites: readonly { site: SiteName; router: Router; experts: (DeltaModule | undefined)[]; lora: LoraModule[] }[] | undefined }>();
   /** The current forward's group activations, by group key (valid only for the same input tensor). */
   private groupActs = new Map<string, GroupActivations | null>();
   /** The current forward's row masks repeated per group member, by group size: [N·G, 1]. */
@@ -258,20 +261,9 @@ export class RouteRuntime {
 
   private computeGroup(layer: number, groupIndex: number, key: string, x: tf.Tensor2D): GroupActivations | undefined {
     const call = this.requireCall();
-    const members: FusedMember[] = [];
-    for (const site of SHARED_INPUT_GROUPS[groupIndex] ?? []) {
-      const point: AdapterPoint = { kind: 'site-output', site };
-      const router = this.routers.get(this.siteKey(layer, point));
-      if (router === undefined) continue;
-      const gate = router.linearTopK?.();
-      const experts = this.expertModules(layer, point);
-      if (gate === undefined || experts.every((e) => e === undefined)) return undefined;
-      if ((call.strategy ?? chooseStrategy(this.node.strategy, this.experts.length)) !== 'dense') return undefined;
-      const lora = fusableLora(experts);
-      if (lora === undefined) return undefined;
-      members.push({ site, gate, experts, lora });
-    }
-    if (members.length === 0) return undefined;
+    if ((call.strategy ?? chooseStrategy(this.node.strategy, this.experts.length)) !== 'dense') return undefined;
+    const members = this.groupMembers(layer, groupIndex, key);
+    if (members === undefined) return undefined;
     let cache = this.groupCaches.get(key);
     if (cache === undefined) {
       cache = new FusedGroupCache();
@@ -280,7 +272,39 @@ export class RouteRuntime {
     const weights = cache.get(members);
     if (weights === undefined) return undefined;
     const rows = x.shape[0];
-    return groupActivations(weights, x, () => this.groupMask(members.length, call), () => this.hostMask(call), call.trace !== undefined && rows > 0);
+    return groupActivations(weights, x, () => this.groupMask(members.length, call), () => this.hostMask(call), call.trace !== undefined && rows > 0, call.fusion !== 'device');
+  }
+
+  /**
+   * The group's members at a layer (sites with a router here, their routers' linear gates and LoRA experts),
+   * or undefined when the group cannot be fused. Kept across forwards until the expert list changes; the
+   * gates are re-read every forward (the descriptor is cheap and names the router's current variable).
+   */
+  private groupMembers(layer: number, groupIndex: number, key: string): FusedMember[] | undefined {
+    let structure = this.groupStructures.get(key);
+    if (structure === undefined || structure.experts !== this.expertList) {
+      const sites: { site: SiteName; router: Router; experts: (DeltaModule | undefined)[]; lora: LoraModule[] }[] = [];
+      let fusable = true;
+      for (const site of SHARED_INPUT_GROUPS[groupIndex] ?? []) {
+        const point: AdapterPoint = { kind: 'site-output', site };
+        const router = this.routers.get(this.siteKey(layer, point));
+        if (router === undefined) continue;
+        const experts = this.expertModules(layer, point);
+        const lora = experts.every((e) => e === undefined) ? undefined : fusableLora(experts);
+        if (lora === undefined) fusable = false;
+        else sites.push({ site, router, experts, lora });
+      }
+      structure = { experts: this.expertList, sites: fusable && sites.length > 0 ? sites : undefined };
+      this.groupStructures.set(key, structure);
+    }
+    if (structure.sites === undefined) return undefined;
+    const members: FusedMember[] = [];
+    for (const { site, router, experts, lora } of structure.sites) {
+      const gate = router.linearTopK?.();
+      if (gate === undefined) return undefined;
+      members.push({ site, gate, experts, lora });
+    }
+    return members;
   }
 
   /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */

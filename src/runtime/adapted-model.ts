@@ -39,7 +39,7 @@ export interface AdaptedCallOptions {
   /** Forces an execution strategy on every route. */
   readonly strategy?: ExecutionStrategy | undefined;
   /** Shared-input fusion of per-site top-k routes at inference (default on); false takes the per-site path. */
-  readonly fusion?: boolean | undefined;
+  readonly fusion?: boolean | 'device' | undefined;
 }
 
 /** An adapter spec as users write it (defaults may be omitted). */

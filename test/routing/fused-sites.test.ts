@@ -39,7 +39,9 @@ function spec(c: Config): Record<string, unknown> {
 }
 
 /** Logits on the host and the trace of one forward. */
-function forward(model: AdaptedModel, ids: number[][], mask: number[][] | undefined, fusion: boolean): { logits: Float32Array; trace: RoutingTraceEntry[] } {
+type Fusion = boolean | 'device';
+
+function forward(model: AdaptedModel, ids: number[][], mask: number[][] | undefined, fusion: Fusion): { logits: Float32Array; trace: RoutingTraceEntry[] } {
   const trace: RoutingTraceEntry[] = [];
   const out = model.forward({ ids, ...(mask === undefined ? {} : { mask }), fusion, trace });
   const logits = out.dataSync() as Float32Array;
@@ -47,7 +49,7 @@ function forward(model: AdaptedModel, ids: number[][], mask: number[][] | undefi
   return { logits, trace };
 }
 
-function logitsOnly(model: AdaptedModel, ids: number[][], mask: number[][] | undefined, fusion: boolean): Float32Array {
+function logitsOnly(model: AdaptedModel, ids: number[][], mask: number[][] | undefined, fusion: Fusion): Float32Array {
   const out = model.forward({ ids, ...(mask === undefined ? {} : { mask }), fusion });
   const logits = out.dataSync() as Float32Array;
   out.dispose();
@@ -102,10 +104,14 @@ describe('shared-input fused inference path', () => {
         try {
           // Few rows with padding: routed on the host (wasm, cpu), with and without a trace.
           expectClose(logitsOnly(model, ids, mask, true), logitsOnly(model, ids, mask, false), { rtol: 1e-4, atol: 1e-5 });
-          const fused = forward(model, ids, mask, true);
           const perSite = forward(model, ids, mask, false);
-          expectClose(fused.logits, perSite.logits, { rtol: 1e-4, atol: 1e-5 });
-          expectSameTraces(fused.trace, perSite.trace);
+          for (const fusion of [true, 'device'] as const) {
+            const fused = forward(model, ids, mask, fusion);
+            expectClose(fused.logits, perSite.logits, { rtol: 1e-4, atol: 1e-5 });
+            expectSameTraces(fused.trace, perSite.trace);
+          }
+          // Few rows routed on the device: the spread gathered per slot.
+          expectClose(logitsOnly(model, ids, mask, 'device'), perSite.logits, { rtol: 1e-4, atol: 1e-5 });
           // Many rows, no padding: routed on the device (gathered identity, then the block-diagonal spread).
           expectClose(logitsOnly(model, longIds, undefined, true), logitsOnly(model, longIds, undefined, false), { rtol: 1e-4, atol: 1e-5 });
           const longFused = forward(model, longIds, undefined, true);
@@ -120,6 +126,7 @@ describe('shared-input fused inference path', () => {
             const b = model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, fusion: false, trace: tracePerSite });
             expect(a).toEqual(b);
             expectSameTraces(traceFused, tracePerSite);
+            expect(model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, fusion: 'device' })).toEqual(b);
             expect(model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null })).toEqual(b);
           }
         } finally {
@@ -141,6 +148,7 @@ describe('shared-input fused inference path', () => {
       logitsOnly(model, ids, mask, true);
       logitsOnly(model, longIds, undefined, true);
       forward(model, ids, mask, true);
+      forward(model, ids, mask, 'device');
       model.generate([[1, 2, 3], [4]], { maxNewTokens: 3, temperature: 0, eosId: null, trace: [] });
       expect(tf.memory().numTensors).toBe(built);
     }
