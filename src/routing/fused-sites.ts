@@ -17,8 +17,8 @@
  * matmuls. It replaces 17 kernels per site (12 router, 5 combine) by ~10 per group plus 2 per site.
  *
  * For many rows (prefill) the spread gather would copy N·G·K·Σr floats (wasm's gather is slow), so the
- * slots are scattered onto dense gates first (a gather from the identity, N·G·K·E floats) and spread by one
- * matmul against the block-diagonal spread. Each site slices its own rank columns before its B matmul rather
+ * slots are scattered onto dense gates first (one-hot rows of the chosen experts, N·G·K·E floats) and each
+ * site runs its own A and spread matmuls on its slice of them. Each site slices its own rank columns before its B matmul rather
  * than multiplying a B padded with zero rows to the group's width: at decode the matmuls are memory-bound,
  * and the padded B's would read ~2.4× the LoRA bytes per step for one kernel launch saved per site.
  *
@@ -69,7 +69,7 @@ interface GroupWeights {
   readonly gates: tf.Tensor2D; // [I, G·E]
   readonly aCat: tf.Tensor2D; // [I, G·Σr]
   readonly spread: tf.Tensor2D; // [E, Σr], the same at every site of the group
-  readonly blockSpread: tf.Tensor2D; // [G·E, G·Σr]
+  readonly aT: readonly tf.Tensor2D[]; // per site [I, Σr]
   readonly eye: tf.Tensor2D; // [E, E]
   readonly bT: readonly tf.Tensor2D[]; // per site [Σr, O]
   /** Host routing: [W_1 | … | W_G | A_1ᵀ | … | A_Gᵀ], logits and rank activations in one matmul. */
@@ -85,7 +85,7 @@ export interface GroupActivations {
   /** Dense gates on the host, [N, G, E] row-major, when a trace was asked for. */
   readonly traceGates: Float32Array | undefined;
   readonly weights: GroupWeights;
-  /** Host routing: each site's gated rank activations [N, Σr], built on the host (mixed is then unused). */
+  /** Each site's gated rank activations [N, Σr] (host routing, or many rows on the device); mixed is then unused. */
   readonly perSite: readonly tf.Tensor2D[] | undefined;
 }
 
@@ -129,7 +129,7 @@ export class FusedGroupCache {
     const weights = this.entry?.weights;
     this.entry = undefined;
     if (weights === undefined) return;
-    tf.dispose([weights.gates, weights.aCat, weights.spread, weights.blockSpread, weights.eye, weights.joint, ...weights.bT]);
+    tf.dispose([weights.gates, weights.aCat, weights.spread, weights.eye, weights.joint, ...weights.aT, ...weights.bT]);
   }
 
   private static readonly absent = {};
@@ -147,27 +147,21 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
   }
   const count = members.length; // G
   const totalRank = spread.totalRank; // Σr
-  const block = new Float32Array(count * choices * count * totalRank);
-  for (let g = 0; g < count; g++) {
-    for (let e = 0; e < choices; e++) {
-      for (let c = 0; c < totalRank; c++) block[(g * choices + e) * count * totalRank + g * totalRank + c] = spread.values[e * totalRank + c] ?? 0;
-    }
-  }
   const built = tf.tidy(() => {
     const fused = members.map((m) => buildFusedLora(m.experts, m.lora)); // per site aT [I, Σr], bT [Σr, O]
     const gates = count === 1 ? tf.clone(first.gate.gate) : tf.concat(members.map((m) => m.gate.gate), 1); // [I, G·E]
-    const aCat = count === 1 ? (fused[0] as FusedLora).aT : tf.concat(fused.map((f) => f.aT), 1); // [I, G·Σr]
+    const aCat = count === 1 ? tf.clone((fused[0] as FusedLora).aT) : tf.concat(fused.map((f) => f.aT), 1); // [I, G·Σr]
     return {
       gates,
       aCat,
       spread: tf.tensor2d(spread.values, [choices, totalRank]), // [E, Σr]
-      blockSpread: tf.tensor2d(block, [count * choices, count * totalRank]), // [G·E, G·Σr]
+      aT: fused.map((f) => f.aT), // per site [I, Σr]
       eye: tf.eye(choices) as tf.Tensor2D, // [E, E]
       bT: fused.map((f) => f.bT), // per site [Σr, O]
       joint: tf.concat([gates, aCat], 1), // [I, G·E + G·Σr]
     };
   });
-  for (const t of [built.gates, built.aCat, built.spread, built.blockSpread, built.eye, built.joint, ...built.bT]) tf.keep(t);
+  for (const t of [built.gates, built.aCat, built.spread, built.eye, built.joint, ...built.aT, ...built.bT]) tf.keep(t);
   const columns = Array.from({ length: choices }, (_, e) => {
     let start = 0;
     while (start < totalRank && spread.values[e * totalRank + start] === 0) start++;
@@ -194,18 +188,24 @@ export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, deviceMa
   const softmaxed = tf.softmax(top.values); // [N·G, K]
   const rowMask = deviceMask(); // [N·G, 1]
   const slotWeights = tf.reshape<tf.Rank.R3>(rowMask === undefined ? softmaxed : tf.mul(softmaxed, rowMask), [rows * count, 1, k]); // [N·G, 1, K]
-  const dense = (): tf.Tensor2D => tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, tf.gather(weights.eye, top.indices)), [rows, count * choices]); // [N·G, 1, E] → [N, G·E]
-  let gates: tf.Tensor2D; // [N, G·Σr]
-  let traceGates: Float32Array | undefined;
+  // One-hot rows of the chosen experts: OneHot + Cast (wasm's OneHot writes int32 bits, hence the cast; its
+  // GatherV2 is slow per element, 28–120 ns, so no gather from the identity); tf.oneHot needs depth ≥ 2.
+  const slots = (): tf.Tensor3D => (choices === 1 ? tf.gather(weights.eye, top.indices) : tf.cast(tf.oneHot(top.indices, choices), 'float32')) as tf.Tensor3D; // [N·G, K, E]
+  const dense = (): tf.Tensor2D => tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, slots()), [rows, count * choices]); // [N·G, 1, E] → [N, G·E]
   if (rows <= GATHER_SPREAD_MAX_ROWS && !trace) {
-    gates = tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, tf.gather(weights.spread, top.indices)), [rows, count * totalRank]); // [N·G, 1, Σr] → [N, G·Σr]
-  } else {
-    const dg = dense(); // [N, G·E]
-    if (trace) traceGates = dg.dataSync() as Float32Array;
-    gates = tf.matMul(dg, weights.blockSpread); // [N, G·Σr]
+    const gates = tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, tf.gather(weights.spread, top.indices)), [rows, count * totalRank]); // [N·G, 1, Σr] → [N, G·Σr]
+    const mixed = tf.mul<tf.Tensor2D>(tf.matMul(x, weights.aCat), gates); // [N, G·Σr]
+    return { x, mixed, traceGates: undefined, weights, perSite: undefined };
   }
-  const mixed = tf.mul<tf.Tensor2D>(tf.matMul(x, weights.aCat), gates); // [N, G·Σr]
-  return { x, mixed, traceGates, weights, perSite: undefined };
+  // Many rows: each site's own A and spread matmuls (no column slices of wide activations, which wasm copies
+  // through JS, and no block-diagonal spread, which would do G× the spread work).
+  const dg = dense(); // [N, G·E]
+  const traceGates = trace ? (dg.dataSync() as Float32Array) : undefined;
+  const perSite = weights.aT.map((aT, g) => {
+    const siteGates = count === 1 ? dg : tf.slice(dg, [0, g * choices], [rows, choices]); // [N, E]
+    return tf.mul<tf.Tensor2D>(tf.matMul(x, aT), tf.matMul(siteGates, weights.spread)); // [N, Σr]
+  });
+  return { x, mixed: dg, traceGates, weights, perSite };
 }
 
 /** softmax in float32 steps' order: exp(v − max) / Σ exp(v − max). */
