@@ -16,7 +16,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
-import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import type { LinearTopK, Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
 import { checkK, checkRouterInput, createGateWeight, routerScope, topKDecision } from './top-k.js';
 
 export const NoisyTopKRouterConfig = z
@@ -60,6 +60,11 @@ class NoisyTopKRouter implements Router {
     const epsilon = tf.randomNormal([rows, this.choices], 0, 1, 'float32', this.nextNoiseSeed++); // [R, E]
     const noisy = tf.div<tf.Tensor2D>(tf.add(clean, tf.mul(epsilon, noiseStd)), temperature); // [R, E]
     return topKDecision(logits, noisy, input.mask, k);
+  }
+
+  /** At inference the noise is off: the decision is the clean linear top-k gate. */
+  linearTopK(): LinearTopK {
+    return { gate: this.gate, temperature: this.config.temperature, k: this.config.k };
   }
 
   setAnnealing(state: { readonly temperature?: number; readonly noise?: number }): void {

@@ -11,7 +11,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError, ShapeError, formatShape } from '../src/errors.js';
-import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import type { LinearTopK, Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Shared gating helpers
@@ -209,6 +209,10 @@ class TopKRouter implements Router {
     checkRouterInput(input, this.shape, this.kind);
     const logits = gateLogits(input.features, this.gate, this.config.temperature); // [R, E]
     return topKDecision(logits, logits, input.mask, this.config.k, input.training);
+  }
+
+  linearTopK(): LinearTopK {
+    return { gate: this.gate, temperature: this.config.temperature, k: this.config.k };
   }
 
   variables(): readonly tf.Variable[] {

@@ -19,6 +19,11 @@ export interface ForwardContext {
   readonly ids: readonly (readonly number[])[];
   /** 1 for real tokens, 0 for padding, over this call's tokens: [B, T] float32. */
   readonly mask: tf.Tensor2D;
+  /**
+   * False when the caller knows every token of this call is real (no padding), so per-row masking can be
+   * skipped; absent or true when there may be padding.
+   */
+  readonly padded?: boolean;
   /** Tokens already in the KV cache before this call. */
   readonly pastLength: number;
   /** The KV cache this call extends, if any: per-generation state (e.g. routing decisions) may live in it. */

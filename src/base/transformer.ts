@@ -90,7 +90,8 @@ export class Transformer {
 
     const run = (): tf.Tensor => tf.tidy(() => {
       const maskTensor = tf.tensor2d(mask.map((r) => [...r]), [batch, tokens], 'float32'); // [B, T]
-      const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, pastLength: past, cache, training: options.training ?? false };
+      const padded = mask.some((row) => row.some((m) => m !== 1));
+      const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, padded, pastLength: past, cache, training: options.training ?? false };
       hooks?.begin?.(context);
       const keyMask = cache === undefined ? mask : cache.mask.map((row, b) => [...row, ...(mask[b] ?? [])]);
       const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]

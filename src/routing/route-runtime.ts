@@ -10,8 +10,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { AdapterPoint, DeltaModule } from '../adapters/adapter.js';
+import type { LoraModule } from '../adapters/lora/layer.js';
 import { pointKey } from '../adapters/adapter.js';
 import type { ModelConfig } from '../base/config.js';
+import type { SiteName } from '../base/sites.js';
 import type { ForwardContext } from '../base/hooks.js';
 import type { KVCache } from '../base/kv-cache.js';
 import type { AdapterInstance } from '../compose/modules.js';
@@ -19,7 +21,8 @@ import { deriveSeed, pointWidths } from '../compose/modules.js';
 import type { RouteNode } from '../compose/spec.js';
 import { RoutedPeftError, ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
-import { FusedLoraCache, chooseStrategy, decisionGates, routedDelta, type ExecutionStrategy } from './routed-layer.js';
+import { FusedGroupCache, SHARED_INPUT_GROUPS, groupActivations, groupIndexOf, groupSiteDelta, siteTraceGates, type FusedMember, type GroupActivations } from './fused-sites.js';
+import { FusedLoraCache, chooseStrategy, decisionGates, fusableLora, routedDelta, type ExecutionStrategy } from './routed-layer.js';
 import type { Router, RouterInput } from './router.js';
 import type { RouterRegistry } from './router-registry.js';
 import { NULL_EXPERT, traceEntries, type RoutingTraceEntry } from './trace.js';
@@ -37,6 +40,11 @@ export interface RoutingCall {
   readonly strategy: ExecutionStrategy | undefined;
   /** [B, T] tokens sequence-level routers pool (AdaptedCallOptions.routingMask); undefined: every real token. */
   readonly routingMask?: readonly (readonly number[])[] | undefined;
+  /**
+   * Shared-input fusion at inference (fused-sites.ts): on unless false; 'device' also keeps the decision on
+   * the device where it would run on the host. Tests compare every variant against the per-site path.
+   */
+  readonly fusion?: boolean | 'device' | undefined;
 }
 
 /** Token-level gates of one decision: [N, E]. */
@@ -51,6 +59,16 @@ export class RouteRuntime {
   private readonly routers = new Map<string, Router>();
   /** Fused LoRA matrices per routed point, reused across inference forwards. */
   private readonly fusedCaches = new Map<string, FusedLoraCache>();
+  /** Fused operands per shared-input group (`${layer}|${group index}`), reused across inference forwards. */
+  private readonly groupCaches = new Map<string, FusedGroupCache>();
+  /** Per group key: its fusable sites for the expert list they were resolved against (undefined: not fusable). */
+  private readonly groupStructures = new Map<string, { readonly experts: readonly AdapterInstance[]; readonly sites: readonly { site: SiteName; router: Router; experts: (DeltaModule | undefined)[]; lora: LoraModule[] }[] | undefined }>();
+  /** The current forward's group activations, by group key (valid only for the same input tensor). */
+  private groupActs = new Map<string, GroupActivations | null>();
+  /** The current forward's row masks repeated per group member, by group size: [N·G, 1]. */
+  private groupMasks = new Map<number, tf.Tensor2D>();
+  /** The current forward's token mask on the host, when read. */
+  private maskValues: ArrayLike<number> | undefined;
   /** Decisions made during the current forward, by router key. */
   private decisions = new Map<string, Gates>();
   private call: RoutingCall | undefined;
@@ -111,6 +129,7 @@ export class RouteRuntime {
   replaceExpert(instance: AdapterInstance): void {
     this.expertList = this.expertList.map((e) => (e.name === instance.name ? instance : e));
     for (const cache of this.fusedCaches.values()) cache.dispose();
+    for (const cache of this.groupCaches.values()) cache.dispose();
   }
 
   /** Points of a layer where at least one expert has a module. */
@@ -144,11 +163,17 @@ export class RouteRuntime {
   begin(call: RoutingCall): void {
     this.call = call;
     this.decisions = new Map();
+    this.groupActs = new Map();
+    this.groupMasks = new Map();
+    this.maskValues = undefined;
   }
 
   end(): void {
     this.call = undefined;
     this.decisions = new Map();
+    this.groupActs = new Map();
+    this.groupMasks = new Map();
+    this.maskValues = undefined;
   }
 
   /** Layer-level routers decide from the residual stream entering the layer. hidden [N, D] */
@@ -168,6 +193,10 @@ export class RouteRuntime {
 
   /** The routed delta at a delta point: x [N, I], y [N, O] → [N, O], or undefined when nothing applies. */
   delta(layer: number, point: AdapterPoint, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D | undefined {
+    if (point.kind === 'site-output' && this.fusable()) {
+      const fused = this.fusedDelta(layer, point.site, x);
+      if (fused !== undefined) return fused;
+    }
     const experts = this.expertModules(layer, point);
     if (experts.every((e) => e === undefined)) return undefined;
     const gates = this.gatesFor(layer, point, x);
@@ -198,6 +227,106 @@ export class RouteRuntime {
     this.routers.clear();
     for (const cache of this.fusedCaches.values()) cache.dispose();
     this.fusedCaches.clear();
+    for (const cache of this.groupCaches.values()) cache.dispose();
+    this.groupCaches.clear();
+  }
+
+  /** True when this forward may take the shared-input fused path (per-site token routing at inference). */
+  private fusable(): boolean {
+    const call = this.requireCall();
+    return call.fusion !== false && !call.context.training && this.node.placement === 'site' && this.node.granularity === 'token' && !this.needsTokenIds && !this.needsTaskIds;
+  }
+
+  /**
+   * The site's delta through its shared-input group (fused-sites.ts), or undefined when the group cannot be
+   * fused or this site's input is not the tensor the group was computed for (the per-site path then runs).
+   */
+  private fusedDelta(layer: number, site: SiteName, x: tf.Tensor2D): tf.Tensor2D | undefined {
+    const groupIndex = groupIndexOf(site);
+    const key = `${layer}|${groupIndex}`;
+    let acts = this.groupActs.get(key);
+    if (acts === undefined) {
+      acts = this.computeGroup(layer, groupIndex, key, x) ?? null;
+      this.groupActs.set(key, acts);
+    }
+    if (acts === null || acts.x !== x) return undefined;
+    const g = acts.weights.sites.indexOf(site);
+    if (g < 0) return undefined;
+    const call = this.requireCall();
+    if (call.trace !== undefined && acts.traceGates !== undefined) {
+      const rows = x.shape[0];
+      const gates = siteTraceGates(acts.traceGates, rows, acts.weights.sites.length, this.choices, g);
+      call.trace.push(...this.trace(layer, site, gates, new Float32Array(rows), call));
+    }
+    return groupSiteDelta(acts, g); // [N, O]
+  }
+
+  private computeGroup(layer: number, groupIndex: number, key: string, x: tf.Tensor2D): GroupActivations | undefined {
+    const call = this.requireCall();
+    if ((call.strategy ?? chooseStrategy(this.node.strategy, this.experts.length)) !== 'dense') return undefined;
+    const members = this.groupMembers(layer, groupIndex, key);
+    if (members === undefined) return undefined;
+    let cache = this.groupCaches.get(key);
+    if (cache === undefined) {
+      cache = new FusedGroupCache();
+      this.groupCaches.set(key, cache);
+    }
+    const weights = cache.get(members);
+    if (weights === undefined) return undefined;
+    const rows = x.shape[0];
+    return groupActivations(weights, x, () => this.groupMask(members.length, call), () => this.hostMask(call), call.trace !== undefined && rows > 0, call.fusion !== 'device');
+  }
+
+  /**
+   * The group's members at a layer (sites with a router here, their routers' linear gates and LoRA experts),
+   * or undefined when the group cannot be fused. Kept across forwards until the expert list changes; the
+   * gates are re-read every forward (the descriptor is cheap and names the router's current variable).
+   */
+  private groupMembers(layer: number, groupIndex: number, key: string): FusedMember[] | undefined {
+    let structure = this.groupStructures.get(key);
+    if (structure === undefined || structure.experts !== this.expertList) {
+      const sites: { site: SiteName; router: Router; experts: (DeltaModule | undefined)[]; lora: LoraModule[] }[] = [];
+      let fusable = true;
+      for (const site of SHARED_INPUT_GROUPS[groupIndex] ?? []) {
+        const point: AdapterPoint = { kind: 'site-output', site };
+        const router = this.routers.get(this.siteKey(layer, point));
+        if (router === undefined) continue;
+        const experts = this.expertModules(layer, point);
+        const lora = experts.every((e) => e === undefined) ? undefined : fusableLora(experts);
+        if (lora === undefined) fusable = false;
+        else sites.push({ site, router, experts, lora });
+      }
+      structure = { experts: this.expertList, sites: fusable && sites.length > 0 ? sites : undefined };
+      this.groupStructures.set(key, structure);
+    }
+    if (structure.sites === undefined) return undefined;
+    const members: FusedMember[] = [];
+    for (const { site, router, experts, lora } of structure.sites) {
+      const gate = router.linearTopK?.();
+      if (gate === undefined) return undefined;
+      members.push({ site, gate, experts, lora });
+    }
+    return members;
+  }
+
+  /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
+  private hostMask(call: RoutingCall): ArrayLike<number> | undefined {
+    if (call.context.padded === false) return undefined;
+    this.maskValues ??= call.context.mask.dataSync();
+    return this.maskValues;
+  }
+
+  /** The forward's token mask repeated for each of G group members: [N·G, 1]; undefined without padding. */
+  private groupMask(count: number, call: RoutingCall): tf.Tensor2D | undefined {
+    const { batch, tokens, mask, padded } = call.context;
+    if (padded === false) return undefined;
+    let rowMask = this.groupMasks.get(count);
+    if (rowMask === undefined) {
+      const column = tf.reshape<tf.Rank.R2>(mask, [batch * tokens, 1]); // [N, 1]
+      rowMask = count === 1 ? column : tf.reshape<tf.Rank.R2>(tf.tile(column, [1, count]), [batch * tokens * count, 1]); // [N·G, 1]
+      this.groupMasks.set(count, rowMask);
+    }
+    return rowMask;
   }
 
   private expertModules(layer: number, point: AdapterPoint): (DeltaModule | undefined)[] {

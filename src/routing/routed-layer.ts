@@ -45,7 +45,7 @@ export function chooseStrategy(requested: 'auto' | ExecutionStrategy, experts: n
 }
 
 /** True when every expert is LoRA with the same dropout, so the dense path can fuse them. */
-function fusableLora(experts: readonly (DeltaModule | undefined)[]): LoraModule[] | undefined {
+export function fusableLora(experts: readonly (DeltaModule | undefined)[]): LoraModule[] | undefined {
   const present = experts.filter((e): e is DeltaModule => e !== undefined);
   if (present.length === 0 || !present.every((e) => e instanceof LoraModule)) return undefined;
   const lora = present as LoraModule[];
@@ -56,7 +56,7 @@ function fusableLora(experts: readonly (DeltaModule | undefined)[]): LoraModule[
  * The experts' LoRA matrices concatenated and transposed (so every matmul is a plain one: tfjs-wasm's
  * transposed-operand matmul is much slower), and the matrix spreading gates over rank columns.
  */
-interface FusedLora {
+export interface FusedLora {
   readonly aT: tf.Tensor2D; // [I, Σr]
   readonly bT: tf.Tensor2D; // [Σr, O]
   readonly spread: tf.Tensor2D; // [E, Σr]: expert e's LoRA scale on its rank columns
@@ -89,15 +89,21 @@ export class FusedLoraCache {
   private static readonly absent = {};
 }
 
-function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): FusedLora {
+/** The spread matrix [E, Σr] on the host (row-major): expert e's LoRA scale on its own rank columns. */
+export function spreadValues(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): { readonly values: Float32Array; readonly totalRank: number } {
   const totalRank = lora.reduce((s, e) => s + e.rank, 0);
-  const spread = new Float32Array(experts.length * totalRank);
+  const values = new Float32Array(experts.length * totalRank);
   let column = 0;
   experts.forEach((expert, e) => {
     if (!(expert instanceof LoraModule)) return;
-    for (let j = 0; j < expert.rank; j++) spread[e * totalRank + column + j] = expert.scale;
+    for (let j = 0; j < expert.rank; j++) values[e * totalRank + column + j] = expert.scale;
     column += expert.rank;
   });
+  return { values, totalRank };
+}
+
+export function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): FusedLora {
+  const { values: spread, totalRank } = spreadValues(experts, lora);
   const aCat = lora.length === 1 ? (lora[0] as LoraModule).a : tf.concat(lora.map((e) => e.a), 0); // [Σr, I]
   const bCat = lora.length === 1 ? (lora[0] as LoraModule).b : tf.concat(lora.map((e) => e.b), 1); // [O, Σr]
   return {

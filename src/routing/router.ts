@@ -35,10 +35,24 @@ export interface RoutingDecision {
   readonly probabilities: tf.Tensor2D;
 }
 
+/**
+ * How a router decides at inference when it is a plain linear top-k gate: logits = x·W / τ, the k largest
+ * logits chosen (ties: lower index first), weights = softmax over the chosen logits, padding rows zero.
+ * The routed layer uses it to fuse routers that read the same input (one matmul against their concatenated
+ * W) without calling `route`; the result must be what `route` returns with `training: false`.
+ */
+export interface LinearTopK {
+  readonly gate: tf.Tensor2D; // W [D, E]
+  readonly temperature: number;
+  readonly k: number;
+}
+
 export interface Router {
   readonly kind: string;
   /** E: choices including the null expert. */
   readonly choices: number;
+  /** Present when the inference decision is a linear top-k gate (see LinearTopK); undefined otherwise. */
+  linearTopK?(): LinearTopK | undefined;
   /**
    * Runs inside the forward's tidy. With `input.training` the weights must be differentiable with respect
    * to the router's variables; without it a router may take a faster, non-differentiable path.

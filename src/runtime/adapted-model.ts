@@ -44,6 +44,8 @@ export interface AdaptedCallOptions {
    * what they see when serving (the prompt alone), never from the answer. Token-level routes ignore it.
    */
   readonly routingMask?: readonly (readonly number[])[] | undefined;
+  /** Shared-input fusion of per-site top-k routes at inference (default on); false takes the per-site path. */
+  readonly fusion?: boolean | 'device' | undefined;
 }
 
 /** An adapter spec as users write it (defaults may be omitted). */
@@ -137,22 +139,22 @@ export class AdaptedModel {
 
   /** Runs the model with the selected adapters. The returned tensor belongs to the caller. */
   forward(options: AdaptedForwardOptions): tf.Tensor {
-    const { use, taskIds, trace, auxLosses, strategy, routingMask, ...forward } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask });
+    const { use, taskIds, trace, auxLosses, strategy, routingMask, fusion, ...forward } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask, fusion });
     return this.base.forward(hooks === undefined ? forward : { ...forward, hooks });
   }
 
   /** Generates with the selected adapters (see base/generate.ts). */
   generate(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): number[][] {
-    const { use, taskIds, trace, auxLosses, strategy, routingMask, ...rest } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask });
+    const { use, taskIds, trace, auxLosses, strategy, routingMask, fusion, ...rest } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask, fusion });
     return generate(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
   /** Step-by-step generation (each yield: one new token per row, −1 once a row stopped). */
   generateSteps(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Generator<number[], void, undefined> {
-    const { use, taskIds, trace, auxLosses, strategy, routingMask, ...rest } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask });
+    const { use, taskIds, trace, auxLosses, strategy, routingMask, fusion, ...rest } = options;
+    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask, fusion });
     return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
@@ -260,6 +262,7 @@ export class AdaptedModel {
           trace: sink,
           strategy: options.strategy,
           routingMask: options.routingMask,
+          fusion: options.fusion,
         };
         for (const route of routes) route.begin(call);
       },

@@ -202,6 +202,31 @@ describe.each(BUILTIN_ROUTER_KINDS.map((kind) => [kind.kind, kind] as const))('r
       );
     });
 
+    it('when it describes itself as a linear top-k gate (linearTopK), that is exactly its inference decision', () => {
+      fc.assert(
+        fc.property(cases, (c) => {
+          const router = createRouter(variant.spec, c);
+          try {
+            const linear = router.linearTopK?.();
+            if (linear === undefined) return;
+            const decision = runRouter(router, c, runOptions(kind, false));
+            const [ids, weights] = tf.tidy(() => {
+              const scores = tf.matMul(tf.tensor2d([...c.features], [c.rows, c.dim]), linear.gate); // [R, E]
+              const logits = linear.temperature === 1 ? scores : tf.div(scores, linear.temperature); // [R, E]
+              const top = tf.topk(logits, linear.k); // [R, K]
+              const w = tf.mul(tf.softmax(top.values), tf.expandDims(tf.tensor1d([...c.mask]), 1)); // [R, K]
+              return [top.indices.dataSync(), w.dataSync()];
+            });
+            expect(Array.from(decision.expertIds)).toEqual(Array.from(ids));
+            expect(Array.from(decision.weights)).toEqual(Array.from(weights));
+          } finally {
+            router.dispose();
+          }
+        }),
+        FC_PARAMS,
+      );
+    });
+
     it('leaks no tensors (route in a tidy, then dispose the router)', () => {
       fc.assert(
         fc.property(cases, (c) => {
