@@ -22,7 +22,7 @@ routing purity and task<->expert mutual information, base retention and time. Wr
 
 Options:
   --quick              One run instead of three (seeds N, N+1, N+2) and 40 held-out prompts per task
-                       instead of 100: under a minute instead of about three
+                       instead of 100: under a minute instead of about two
   --seed N             Seed of the first run: data, adapters' init and batch order (default 0)
   --out DIR            Where the heat map and summary go (default ./demo-output)
   --format text|json   text: the table (progress on stderr); json: the summary as one JSON object
