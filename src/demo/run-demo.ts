@@ -241,7 +241,7 @@ export interface DemoBatch {
   readonly taskIds: number[];
 }
 
-export interface Prepared {
+interface Prepared {
   readonly train: readonly DemoBatch[];
   readonly evalSet: readonly DemoExample[];
   readonly prompts: readonly number[][];
@@ -273,7 +273,7 @@ export function demoBatch(examples: readonly DemoExample[], tokenizer: Tokenizer
   };
 }
 
-export function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared {
+function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared {
   const trainExamples = taskExamples(sizes.trainPerTask, seed);
   const order: number[] = [];
   const all = trainExamples.map((_, i) => i);
@@ -292,7 +292,7 @@ export function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): P
  * the same batches. Routers pool the prompt only (routingMask), so they decide in training exactly as they
  * will when serving, where the prompt is all they see.
  */
-export function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, sizes: DemoSizes, log: (line: string) => void): { firstLoss: number | null; finalLoss: number | null } {
+function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, sizes: DemoSizes, log: (line: string) => void): { firstLoss: number | null; finalLoss: number | null } {
   const trainer = new Trainer(model, {
     optimizer: { lr: sizes.lr, routerLr: sizes.routerLr },
     schedule: { warmupSteps: sizes.warmupSteps, totalSteps: sizes.steps, minLrRatio: sizes.minLrRatio },
@@ -327,7 +327,7 @@ export function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prep
 }
 
 /** Greedy completions of every eval prompt, served in mixed left-padded batches. */
-export function serve(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, tokenizer: Tokenizer, sizes: DemoSizes, trace: RoutingTraceEntry[][] | undefined): string[] {
+function serve(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, tokenizer: Tokenizer, sizes: DemoSizes, trace: RoutingTraceEntry[][] | undefined): string[] {
   const out: string[] = [];
   const eos = tokenizer.eosId;
   for (let start = 0; start < prepared.prompts.length; start += sizes.evalBatch) {
@@ -367,7 +367,7 @@ function documentLoss(model: AdaptedModel, use: AdapterSelection, tokenizer: Tok
 }
 
 /** Per-layer routing of the served sequences, from the prefill trace entries (one decision per sequence). */
-export function routingOf(trace: readonly (readonly RoutingTraceEntry[])[], prepared: Prepared, sizes: DemoSizes, experts: readonly string[], nLayers: number): RoutingSummary {
+function routingOf(trace: readonly (readonly RoutingTraceEntry[])[], prepared: Prepared, sizes: DemoSizes, experts: readonly string[], nLayers: number): RoutingSummary {
   const taskCount = DEMO_TASKS.length;
   const layers: LayerRouting[] = [];
   for (let layer = 0; layer < nLayers; layer++) {
@@ -416,7 +416,7 @@ export function routerLabel(routing: Pick<LayerRouting, 'layer' | 'router'>): st
   return routing.router === 'model' ? 'all layers' : `layer ${routing.layer}`;
 }
 
-export function accuracyOf(predictions: readonly string[], evalSet: readonly DemoExample[]): TaskAccuracy {
+function accuracyOf(predictions: readonly string[], evalSet: readonly DemoExample[]): TaskAccuracy {
   const perTask = DEMO_TASKS.map((task) => {
     const indices = evalSet.map((e, i) => (e.task === task.id ? i : -1)).filter((i) => i >= 0);
     const right = indices.filter((i) => exactMatch(predictions[i] ?? '', evalSet[i]?.completion ?? '')).length;
