@@ -16,8 +16,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { allChoiceIds, capacityOf, checkRouterInput, createGateWeight, discrete, gateLogits, routerScope } from './top-k.js';
+import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import { allChoiceIds, capacityOf, checkRouterInput, discrete, GatedRouter, gateLogits } from './top-k.js';
 
 export const ExpertChoiceRouterConfig = z
   .object({
@@ -42,17 +42,13 @@ export function expertChoiceSelection(scores: tf.Tensor2D, mask: tf.Tensor1D, ca
   });
 }
 
-class ExpertChoiceRouter implements Router {
-  readonly kind = 'expert-choice';
-  readonly choices: number;
-  private readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
+class ExpertChoiceRouter extends GatedRouter {
 
   constructor(
     private readonly config: ExpertChoiceRouterConfig,
-    private readonly shape: RouterShape,
+    shape: RouterShape,
   ) {
-    this.choices = shape.choices;
-    this.gate = createGateWeight(shape, `${routerScope(this.kind)}/W_g`, 'normal');
+    super('expert-choice', shape);
   }
 
   route(input: RouterInput): RoutingDecision {
@@ -68,14 +64,6 @@ class ExpertChoiceRouter implements Router {
       logits,
       probabilities,
     };
-  }
-
-  variables(): readonly tf.Variable[] {
-    return [this.gate];
-  }
-
-  dispose(): void {
-    this.gate.dispose();
   }
 }
 

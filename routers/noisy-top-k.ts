@@ -16,8 +16,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
-import type { LinearTopK, Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { checkK, checkRouterInput, createGateWeight, routerScope, topKDecision } from './top-k.js';
+import type { LinearTopK, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import { checkK, checkRouterInput, createGateWeight, GatedRouter, topKDecision } from './top-k.js';
 
 export const NoisyTopKRouterConfig = z
   .object({
@@ -29,10 +29,7 @@ export const NoisyTopKRouterConfig = z
   .readonly();
 export type NoisyTopKRouterConfig = z.infer<typeof NoisyTopKRouterConfig>;
 
-class NoisyTopKRouter implements Router {
-  readonly kind = 'noisy-top-k';
-  readonly choices: number;
-  private readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
+class NoisyTopKRouter extends GatedRouter {
   private readonly noiseGate: tf.Variable<tf.Rank.R2>; // W_noise [D, E]
   private noiseScale = 1;
   /** Seed of the next noise draw: deterministic from shape.seed, different at every call. */
@@ -40,13 +37,11 @@ class NoisyTopKRouter implements Router {
 
   constructor(
     private readonly config: NoisyTopKRouterConfig,
-    private readonly shape: RouterShape,
+    shape: RouterShape,
   ) {
-    checkK(this.kind, config.k, shape.choices);
-    this.choices = shape.choices;
-    const scope = routerScope(this.kind);
-    this.gate = createGateWeight(shape, `${scope}/W_g`, 'normal');
-    this.noiseGate = createGateWeight(shape, `${scope}/W_noise`, 'zeros');
+    checkK('noisy-top-k', config.k, shape.choices);
+    super('noisy-top-k', shape);
+    this.noiseGate = createGateWeight(shape, `${this.scope}/W_noise`, 'zeros');
     this.nextNoiseSeed = shape.seed * 7919 + 1;
   }
 
@@ -83,12 +78,12 @@ class NoisyTopKRouter implements Router {
     this.nextNoiseSeed = state;
   }
 
-  variables(): readonly tf.Variable[] {
-    return [this.gate, this.noiseGate];
+  override variables(): readonly tf.Variable[] {
+    return [...super.variables(), this.noiseGate];
   }
 
-  dispose(): void {
-    this.gate.dispose();
+  override dispose(): void {
+    super.dispose();
     this.noiseGate.dispose();
   }
 }

@@ -9,8 +9,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
-import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { allChoiceIds, checkRouterInput, createGateWeight, gateLogits, maskRows, routerScope } from './top-k.js';
+import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import { allChoiceIds, checkRouterInput, GatedRouter, gateLogits, maskRows } from './top-k.js';
 
 export const SoftRouterConfig = z
   .object({
@@ -21,19 +21,15 @@ export const SoftRouterConfig = z
   .readonly();
 export type SoftRouterConfig = z.infer<typeof SoftRouterConfig>;
 
-class SoftRouter implements Router {
-  readonly kind = 'soft';
-  readonly choices: number;
-  private readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
+class SoftRouter extends GatedRouter {
   private temperature: number;
 
   constructor(
     config: SoftRouterConfig,
-    private readonly shape: RouterShape,
+    shape: RouterShape,
   ) {
-    this.choices = shape.choices;
+    super('soft', shape);
     this.temperature = config.temperature;
-    this.gate = createGateWeight(shape, `${routerScope(this.kind)}/W_g`, 'normal');
   }
 
   route(input: RouterInput): RoutingDecision {
@@ -55,14 +51,6 @@ class SoftRouter implements Router {
       throw new ConfigError(`soft router: temperature must be a finite number > 0, got ${state.temperature}`, { path: 'annealing.temperature' });
     }
     this.temperature = state.temperature;
-  }
-
-  variables(): readonly tf.Variable[] {
-    return [this.gate];
-  }
-
-  dispose(): void {
-    this.gate.dispose();
   }
 }
 

@@ -12,8 +12,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { capacityOf, checkRouterInput, createGateWeight, discrete, gateLogits, oneHotFloat, readSlots, routerScope, topKIds } from './top-k.js';
+import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import { capacityOf, checkRouterInput, discrete, GatedRouter, gateLogits, oneHotFloat, readSlots, topKIds } from './top-k.js';
 
 export const SwitchRouterConfig = z
   .object({
@@ -38,17 +38,13 @@ export function withinCapacity(ids: tf.Tensor2D, mask: tf.Tensor1D, choices: num
   });
 }
 
-class SwitchRouter implements Router {
-  readonly kind = 'switch';
-  readonly choices: number;
-  private readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
+class SwitchRouter extends GatedRouter {
 
   constructor(
     private readonly config: SwitchRouterConfig,
-    private readonly shape: RouterShape,
+    shape: RouterShape,
   ) {
-    this.choices = shape.choices;
-    this.gate = createGateWeight(shape, `${routerScope(this.kind)}/W_g`, 'normal');
+    super('switch', shape);
   }
 
   route(input: RouterInput): RoutingDecision {
@@ -65,14 +61,6 @@ class SwitchRouter implements Router {
       logits,
       probabilities,
     };
-  }
-
-  variables(): readonly tf.Variable[] {
-    return [this.gate];
-  }
-
-  dispose(): void {
-    this.gate.dispose();
   }
 }
 

@@ -49,6 +49,37 @@ export function createGateWeight(shape: RouterShape, name: string, init: 'normal
   return variable;
 }
 
+/**
+ * What every gated router shares: its kind, E, a fresh variable scope, the gating matrix W_g [D, E] (N(0,
+ * GATE_INIT_STD²), seeded) and its disposal. Subclasses only decide (`route`); one with more variables
+ * extends variables() and dispose().
+ */
+export abstract class GatedRouter implements Router {
+  readonly choices: number;
+  /** Variable-name prefix of this instance (routerScope), for any further variables. */
+  protected readonly scope: string;
+  protected readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
+
+  protected constructor(
+    readonly kind: string,
+    protected readonly shape: RouterShape,
+  ) {
+    this.choices = shape.choices;
+    this.scope = routerScope(kind);
+    this.gate = createGateWeight(shape, `${this.scope}/W_g`, 'normal');
+  }
+
+  abstract route(input: RouterInput): RoutingDecision;
+
+  variables(): readonly tf.Variable[] {
+    return [this.gate];
+  }
+
+  dispose(): void {
+    this.gate.dispose();
+  }
+}
+
 /** Checks features [R, D] against the router's D and the mask [R] against R (host-side, free). */
 export function checkRouterInput(input: RouterInput, shape: RouterShape, kind: string): number {
   const [rows, dim] = input.features.shape;
@@ -191,18 +222,13 @@ export const TopKRouterConfig = z
   .readonly();
 export type TopKRouterConfig = z.infer<typeof TopKRouterConfig>;
 
-class TopKRouter implements Router {
-  readonly kind = 'top-k';
-  readonly choices: number;
-  private readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
-
+class TopKRouter extends GatedRouter {
   constructor(
     private readonly config: TopKRouterConfig,
-    private readonly shape: RouterShape,
+    shape: RouterShape,
   ) {
-    checkK(this.kind, config.k, shape.choices);
-    this.choices = shape.choices;
-    this.gate = createGateWeight(shape, `${routerScope(this.kind)}/W_g`, 'normal');
+    checkK('top-k', config.k, shape.choices);
+    super('top-k', shape);
   }
 
   route(input: RouterInput): RoutingDecision {
@@ -213,14 +239,6 @@ class TopKRouter implements Router {
 
   linearTopK(): LinearTopK {
     return { gate: this.gate, temperature: this.config.temperature, k: this.config.k };
-  }
-
-  variables(): readonly tf.Variable[] {
-    return [this.gate];
-  }
-
-  dispose(): void {
-    this.gate.dispose();
   }
 }
 

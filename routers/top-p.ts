@@ -13,8 +13,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { checkRouterInput, createGateWeight, discrete, gateLogits, maskRows, oneHotFloat, readSlots, renormalisedSoftmax, routerScope, topKIds } from './top-k.js';
+import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
+import { checkRouterInput, discrete, GatedRouter, gateLogits, maskRows, oneHotFloat, readSlots, renormalisedSoftmax, topKIds } from './top-k.js';
 
 export const TopPRouterConfig = z
   .object({
@@ -42,17 +42,13 @@ export function topPKept(probabilities: tf.Tensor2D, threshold: number, maxExper
   });
 }
 
-class TopPRouter implements Router {
-  readonly kind = 'top-p';
-  readonly choices: number;
-  private readonly gate: tf.Variable<tf.Rank.R2>; // W_g [D, E]
+class TopPRouter extends GatedRouter {
 
   constructor(
     private readonly config: TopPRouterConfig,
-    private readonly shape: RouterShape,
+    shape: RouterShape,
   ) {
-    this.choices = shape.choices;
-    this.gate = createGateWeight(shape, `${routerScope(this.kind)}/W_g`, 'normal');
+    super('top-p', shape);
   }
 
   route(input: RouterInput): RoutingDecision {
@@ -70,14 +66,6 @@ class TopPRouter implements Router {
       logits,
       probabilities,
     };
-  }
-
-  variables(): readonly tf.Variable[] {
-    return [this.gate];
-  }
-
-  dispose(): void {
-    this.gate.dispose();
   }
 }
 
