@@ -26,7 +26,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { RoutedRuntime } from '../src/runtime/runtime.js';
 import type { BatchEvent, Selection } from '../src/runtime/types.js';
-import { assertNoLeak, compareAsync, isMain, logRatio, machineInfo, medianMs, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
+import { assertNoLeak, compareAsync, isMain, kernelTimes, logRatio, machineInfo, medianMs, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
 import { writeLoraDirs } from './lib/peft-dirs.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 
@@ -61,17 +61,7 @@ async function profileCall(call: () => Promise<void>): Promise<KernelProfile> {
     await call();
   });
   const wallMs = performance.now() - start;
-  const byName = new Map<string, { calls: number; ms: number }>();
-  let kernelMs = 0;
-  for (const k of profile.kernels) {
-    const ms = Number(k.kernelTimeMs);
-    kernelMs += ms;
-    const entry = byName.get(k.name) ?? { calls: 0, ms: 0 };
-    entry.calls += 1;
-    entry.ms += ms;
-    byName.set(k.name, entry);
-  }
-  const top = [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, TOP_KERNELS).map(([name, e]) => ({ name, calls: e.calls, ms: round(e.ms, 1) }));
+  const { kernelMs, top } = kernelTimes(profile.kernels, TOP_KERNELS, 1);
   return { wallMs: round(wallMs, 1), kernelMs: round(kernelMs, 1), kernels: profile.kernels.length, top };
 }
 

@@ -17,7 +17,7 @@ import type { SiteName } from '../src/base/sites.js';
 import type { Transformer } from '../src/base/transformer.js';
 import type { ExecutionStrategy } from '../src/routing/routed-layer.js';
 import { AdaptedModel } from '../src/runtime/adapted-model.js';
-import { isMain, machineInfo, parseArgs, round, useBackend, writeResult, type BenchArgs, type BenchResult } from './lib/harness.js';
+import { isMain, kernelTimes, machineInfo, parseArgs, round, useBackend, writeResult, type BenchArgs, type BenchResult } from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';
 
@@ -131,17 +131,7 @@ async function profileOnce(step: () => tf.Tensor): Promise<TimeBreakdown> {
     out.dispose();
   });
   const wallMs = performance.now() - start;
-  const byName = new Map<string, { calls: number; ms: number }>();
-  let kernelMs = 0;
-  for (const k of profile.kernels) {
-    const ms = Number(k.kernelTimeMs);
-    kernelMs += ms;
-    const entry = byName.get(k.name) ?? { calls: 0, ms: 0 };
-    entry.calls += 1;
-    entry.ms += ms;
-    byName.set(k.name, entry);
-  }
-  const top = [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, TOP_KERNELS).map(([name, e]) => ({ name, calls: e.calls, ms: round(e.ms, 2) }));
+  const { kernelMs, top } = kernelTimes(profile.kernels, TOP_KERNELS, 2);
   return { wallMs: round(wallMs, 2), kernelMs: round(kernelMs, 2), outsideKernelsMs: round(wallMs - kernelMs, 2), kernels: profile.kernels.length, top };
 }
 
