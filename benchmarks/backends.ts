@@ -12,7 +12,7 @@ import { builtinRouters } from '../routers/index.js';
 import type { KVCache } from '../src/base/kv-cache.js';
 import type { Transformer } from '../src/base/transformer.js';
 import { selectBackend, type BackendName } from '../src/backend.js';
-import { AdaptedModel } from '../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../src/model/adapted-model.js';
 import { compare, decodeWarmupCap, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type Case, type RatioResult } from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';

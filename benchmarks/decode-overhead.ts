@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { builtinRouters } from '../routers/index.js';
 import type { KVCache } from '../src/base/kv-cache.js';
-import { AdaptedModel } from '../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../src/model/adapted-model.js';
 import { assertNoLeak, compare, decodeWarmupCap, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';

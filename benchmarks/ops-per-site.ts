@@ -16,7 +16,7 @@ import type { ForwardContext } from '../src/base/hooks.js';
 import type { SiteName } from '../src/base/sites.js';
 import type { Transformer } from '../src/base/transformer.js';
 import type { ExecutionStrategy } from '../src/routing/routed-layer.js';
-import { AdaptedModel } from '../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../src/model/adapted-model.js';
 import { isMain, kernelTimes, machineInfo, parseArgs, round, useBackend, writeResult, type BenchArgs, type BenchResult } from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';

@@ -8,7 +8,7 @@
  */
 import { builtinRouters } from '../routers/index.js';
 import type { ExecutionStrategy } from '../src/routing/routed-layer.js';
-import { AdaptedModel } from '../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../src/model/adapted-model.js';
 import { compare, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, assertNoLeak, type BenchArgs, type BenchResult, type Case, type RatioResult } from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';

@@ -4,16 +4,14 @@
  *
  *   node --import tsx benchmarks/profile-forward.ts [variant] [batch] [tokens]
  *
- * variants: base | routed (the library, E=8 k=2 r=8 on all sites) | p1-base | p1-routed | p1-p3 | p1-p4
- * (p1/p3/p4: the prototypes in prototypes.ts). Writes nothing; prints the table.
+ * variants: base | routed (the library, E=8 k=2 r=8 on all sites). Writes nothing; prints the table.
  */
 import * as tf from '@tensorflow/tfjs';
 import { builtinRouters } from '../routers/index.js';
-import { AdaptedModel } from '../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../src/model/adapted-model.js';
 import { useBackend } from './lib/harness.js';
 import { BENCH_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';
-import { LeanRoutedLora, PretransposedTransformer } from './prototypes.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Constants
@@ -22,7 +20,7 @@ const K = 2;
 const RANK = 8;
 const DEFAULTS = { variant: 'routed', batch: 4, tokens: 128 };
 const TOP = 16;
-const VARIANTS = ['base', 'routed', 'p1-base', 'p1-routed', 'p1-p3', 'p1-p4'] as const;
+const VARIANTS = ['base', 'routed'] as const;
 // ---------------------------------------------------------------------------------------------------------
 
 type Variant = (typeof VARIANTS)[number];
@@ -35,19 +33,12 @@ const tokens = Number(tokensArg ?? DEFAULTS.tokens);
 
 await useBackend('wasm');
 const base = randomLlama(BENCH_MODEL);
-const fast = PretransposedTransformer.from(base);
 const spec = routedLoraSpec({ experts: EXPERTS, k: K, r: RANK });
 const routed = AdaptedModel.create(base, spec, { routers: builtinRouters() });
-const routedFast = AdaptedModel.create(fast.model, spec, { routers: builtinRouters() });
-const lean = new LeanRoutedLora(routedFast, K);
 const ids = randomIds(batch, tokens, BENCH_MODEL.vocabSize);
 const forwards: Record<Variant, () => tf.Tensor> = {
   base: () => base.forward({ ids, output: 'last-logits' }),
   routed: () => routed.forward({ ids, output: 'last-logits' }),
-  'p1-base': () => fast.model.forward({ ids, output: 'last-logits' }),
-  'p1-routed': () => routedFast.forward({ ids, output: 'last-logits' }),
-  'p1-p3': () => fast.model.forward({ ids, output: 'last-logits', hooks: lean.groupedHooks() }),
-  'p1-p4': () => fast.model.forward({ ids, output: 'last-logits', hooks: lean.sparseGroupedHooks() }),
 };
 const run = forwards[variant];
 for (let i = 0; i < 2; i++) run().dispose(); // warm
@@ -71,9 +62,5 @@ for (const k of profile.kernels) {
 console.log(`${variant} ${batch}×${tokens}: wall ${wall.toFixed(1)} ms, Σ kernels ${kernelMs.toFixed(1)} ms, ${profile.kernels.length} kernels`);
 console.log('      ms  calls  kernel [input shapes]');
 for (const [key, e] of [...groups].sort((a, b) => b[1].ms - a[1].ms).slice(0, TOP)) console.log(`${e.ms.toFixed(1).padStart(8)} ${String(e.calls).padStart(6)}  ${key}`);
-lean.dispose();
-routedFast.dispose();
 routed.dispose();
-fast.model.dispose();
-fast.dispose();
 base.dispose();

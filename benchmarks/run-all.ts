@@ -6,7 +6,6 @@
  *   npm run bench                       the full suite (~10 minutes on 2 idle cores)
  *   npm run bench -- --quick            a smoke run (< 1 minute): tiny model, few repeats → results/quick/
  *   npm run bench -- --only decode-overhead,static-adapter
- *   npm run bench -- --prototypes       also run prototypes.ts (patched copies of src/ functions)
  *   npm run bench -- --report-only      only regenerate README.md from the JSON already written
  */
 import { spawnSync } from 'node:child_process';
@@ -29,7 +28,6 @@ const BENCHMARKS: readonly { name: string; requires?: string }[] = [
   { name: 'mixed-adapter-batch' },
   { name: 'resident-adapters' },
 ];
-const PROTOTYPES = 'prototypes';
 /**
  * Targets from the issue, by ratio id (a ratio's own `target` in its JSON takes precedence): `max` bounds a
  * time ratio (lower is better), `min` a throughput ratio (higher is better).
@@ -47,7 +45,6 @@ const TARGETS: Readonly<Record<string, Target>> = {
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const reportOnly = argv.includes('--report-only');
-const withPrototypes = argv.includes('--prototypes');
 const onlyIndex = argv.indexOf('--only');
 const only = onlyIndex >= 0 ? new Set((argv[onlyIndex + 1] ?? '').split(',').filter((s) => s !== '')) : undefined;
 const root = join(HERE, '..');
@@ -57,7 +54,7 @@ mkdirSync(outDir, { recursive: true });
 const notes: string[] = [];
 const started = performance.now();
 if (!reportOnly) {
-  const names = [...BENCHMARKS.map((b) => b.name), ...(withPrototypes ? [PROTOTYPES] : [])];
+  const names = BENCHMARKS.map((b) => b.name);
   for (const name of names) {
     if (only !== undefined && !only.has(name)) continue;
     const requires = BENCHMARKS.find((b) => b.name === name)?.requires;
@@ -161,18 +158,6 @@ if (ops !== undefined) {
     }
     lines.push('');
   }
-}
-
-const prototypes = load(PROTOTYPES);
-if (prototypes !== undefined) {
-  lines.push(`## Prototypes of proposed src/ changes (benchmarks/prototypes.ts, commit ${prototypes.machine.commit ?? 'unknown'}, ${prototypes.date})`);
-  lines.push('');
-  lines.push('Patched copies inside benchmarks/, checked against the library output first (max |Δ logits| in prototypes.json). Not library code.');
-  lines.push('');
-  lines.push('| ratio | measured | cpu | min | a / b (median wall) | target | status |');
-  lines.push('|---|---|---|---|---|---|---|');
-  for (const ratio of prototypes.ratios) lines.push(row(ratio, '').replace(/^\|  \| /, '| '));
-  lines.push('');
 }
 
 const training = results.find((r) => r.name === 'training-step');

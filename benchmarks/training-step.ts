@@ -10,7 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { builtinRouters } from '../routers/index.js';
-import { AdaptedModel } from '../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../src/model/adapted-model.js';
 import { Trainer, type TrainBatch } from '../src/train/trainer.js';
 import { assertNoLeak, compare, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';

@@ -24,7 +24,7 @@ import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../src/backend.js';
 import type { ModelConfig } from '../src/base/config.js';
 import { LLAMA_SITE_MODULES } from '../src/base/families/llama.js';
-import { loadBaseModel } from '../src/base/load-model.js';
+import { loadBaseModel } from '../src/base/checkpoints/load-model.js';
 import { generate } from '../src/base/generate.js';
 import { seededRandom } from '../src/base/sampling.js';
 import { siteShape } from '../src/base/site-shape.js';
@@ -42,7 +42,7 @@ import {
   pretrainingDocument,
   type PretrainingKind,
 } from '../src/demo/tasks.js';
-import { writeSafetensorsFile, type TensorToWrite } from '../src/io/safetensors.js';
+import { writeSafetensorsFile, type TensorToWrite } from '../src/formats/safetensors.js';
 import { loadTokenizer } from '../src/tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../src/tokenizers/tokenizer.js';
 import { AdamW } from '../src/train/adamw.js';

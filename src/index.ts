@@ -7,37 +7,38 @@ export { SITE_NAMES, FAMILY_SITES, type SiteName, type BlockName, type ModelFami
 export { Transformer, type ForwardOptions, type ForwardOutput } from './base/transformer.js';
 export type { ForwardHooks, ForwardContext, AttentionPrefix } from './base/hooks.js';
 export { KVCache } from './base/kv-cache.js';
-export { loadBaseModel, buildTransformer, type LoadedModel, type CheckpointFormat } from './base/load-model.js';
+export { loadBaseModel, buildTransformer, type LoadedModel, type CheckpointFormat } from './base/checkpoints/load-model.js';
 export { generate, generateSteps, padLeft, type GenerateOptions } from './base/generate.js';
 export { SamplingOptions, sampleToken, seededRandom } from './base/sampling.js';
 export { listWeightTensors, countParameters, type TransformerWeights } from './base/weights.js';
 
 export * from './tokenizers/index.js';
 
-export { parseSafetensors, serializeSafetensors, readSafetensorsFile, writeSafetensorsFile, decodeEntry, decodeFloat32 } from './io/safetensors.js';
-export type { SafetensorsFile, SafetensorsEntry, SafetensorsDtype, TensorToWrite } from './io/safetensors.js';
-export { readHfModelDirectory } from './io/hf-model-dir.js';
-export { readLlama2cCheckpoint, parseLlama2cCheckpoint } from './io/llama2c-checkpoint.js';
+export { parseSafetensors, serializeSafetensors, readSafetensorsFile, writeSafetensorsFile, decodeEntry, decodeFloat32 } from './formats/safetensors.js';
+export type { SafetensorsFile, SafetensorsEntry, SafetensorsDtype, TensorToWrite } from './formats/safetensors.js';
+export { readHfModelDirectory } from './base/checkpoints/hf-model-dir.js';
+export { readLlama2cCheckpoint, parseLlama2cCheckpoint } from './base/checkpoints/llama2c-checkpoint.js';
 export { readPeftAdapter, writePeftAdapter, peftTargetsToSites } from './io/peft-adapter.js';
 export { parsePeftLoraConfig, PeftLoraConfig } from './io/peft-config.js';
 export { saveRoutedModel, loadRoutedModel, readRoutedModelManifest, RoutedModelManifest } from './io/routed-model-dir.js';
-export { writeFileAtomic, replaceDirectoryAtomic } from './io/atomic-write.js';
+export { writeFileAtomic, replaceDirectoryAtomic } from './formats/atomic-write.js';
 
 export type { AdapterKind, AdapterModule, AdapterPoint, DeltaModule, PrefixModule, ModulePlacement, ModuleContext } from './adapters/adapter.js';
 export { ADAPTER_KINDS, AdapterSpec } from './adapters/registry.js';
 export { TargetSpec } from './adapters/targets.js';
-export { LoraConfig, LoraModule, loraScale, mergeLora, type LoraMergeEntry } from './adapters/lora/index.js';
+export { LoraConfig, LoraModule, loraScale } from './adapters/lora/index.js';
+export { mergeLora, type LoraMergeEntry } from './adapters/lora/merge.js';
 
 export { CompositionNode, RouteNode, AuxLossWeights, type CompositionInput } from './compose/spec.js';
 export { AdaptedModelSpec, parseAdaptedModelSpec } from './compose/model-spec.js';
-export { AdapterInstance } from './compose/modules.js';
+export { AdapterInstance } from './adapters/instance.js';
 
 export type { Router, RouterKind, RouterInput, RouterShape, RoutingDecision } from './routing/router.js';
 export { RouterRegistry } from './routing/router-registry.js';
 export { loadBalancingLoss, routerZLoss, importanceLoss, routingEntropy, auxLossTotal } from './routing/aux-losses.js';
 export type { RoutingTraceEntry } from './routing/trace.js';
 
-export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type AdapterSelection, type ParameterReport } from './runtime/adapted-model.js';
+export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type AdapterSelection, type ParameterReport } from './model/adapted-model.js';
 
 export { Trainer, TrainerConfig, TrainObjective, type TrainBatch, type TrainerConfigInput, type StepReport, type TrainEvent, type TrainSummary } from './train/trainer.js';
 export { TrainingError } from './train/errors.js';

@@ -98,9 +98,9 @@ export function round(value: number, digits = 3): number {
 /** A case: one synchronous call whose output tensor is read back and freed inside the timed region. */
 export interface Case {
   readonly name: string;
-  readonly run: () => tf.Tensor | void;
+  readonly run: () => tf.Tensor | undefined;
   /** Warm-up call (default `run`): a cheaper call through the same code paths, for cases that take seconds. */
-  readonly warm?: () => tf.Tensor | void;
+  readonly warm?: () => tf.Tensor | undefined;
   /** Untimed preparation before each call (e.g. switching the tfjs backend). */
   readonly before?: () => Promise<void>;
 }
@@ -136,7 +136,7 @@ export interface Timings {
   readonly warmup: number;
 }
 
-function timeOnce(fn: () => tf.Tensor | void): { wall: number; cpu: number } {
+function timeOnce(fn: () => tf.Tensor | undefined): { wall: number; cpu: number } {
   const cpu0 = process.cpuUsage();
   const start = performance.now();
   const out = fn();

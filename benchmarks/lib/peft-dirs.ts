@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Transformer } from '../../src/base/transformer.js';
 import { writePeftAdapter } from '../../src/io/peft-adapter.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { loraAdapter } from './specs.js';
 
 export interface PeftDirs {

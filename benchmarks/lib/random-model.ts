@@ -7,11 +7,11 @@
  *
  * Shape letters: V vocabulary, D width, F FFN width, Hk key/value heads, Dh head width.
  */
-import { buildTransformer } from '../../src/base/load-model.js';
+import { buildTransformer } from '../../src/base/checkpoints/load-model.js';
 import { seededRandom } from '../../src/base/sampling.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { llamaConfigFromHf } from '../../src/base/families/llama.js';
-import { mapSource, type HostTensor } from '../../src/io/host-tensors.js';
+import { mapSource, type HostTensor } from '../../src/formats/host-tensors.js';
 
 export interface RandomLlamaOptions {
   readonly dim: number; // D

@@ -19,7 +19,7 @@ export function ropeTables(headDim: number, maxLen: number, theta: number): Rope
   const sin = new Float32Array(maxLen * half);
   for (let i = 0; i < half; i++) {
     // Math.fround mirrors llama2.c's float arithmetic so greedy decoding matches it token for token.
-    const inverseFrequency = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / headDim))));
+    const inverseFrequency = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
     for (let pos = 0; pos < maxLen; pos++) {
       const angle = Math.fround(pos * inverseFrequency);
       cos[pos * half + i] = Math.cos(angle);

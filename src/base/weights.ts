@@ -8,7 +8,7 @@
  * transposed operand on a much slower path (measured 8–9× on prefill; benchmarks/results/ANALYSIS.md).
  * A LoRA delta B·A [O, I] is therefore added transposed.
  */
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 import type { SiteName } from './sites.js';
 
 export interface LinearWeights {

@@ -7,7 +7,7 @@ import { RoutedPeftError } from '../errors.js';
 import { formatDemoReport } from '../demo/report.js';
 import { runDemo } from '../demo/run-demo.js';
 import { parseStrict, toChoice, toInt } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 
 const usage = `Usage: routed-peft demo [--quick] [--seed N] [--out DIR] [--format text|json]

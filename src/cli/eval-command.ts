@@ -10,7 +10,7 @@ import { readTrainingState } from '../train/checkpoint.js';
 import { readJsonlDataset } from '../train/dataset.js';
 import { evaluateDataset, type EvaluationResult } from '../train/evaluate.js';
 import { optional, parseStrict, toChoice, toInt } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
 

@@ -2,7 +2,7 @@
  * `routed-peft forward`: one forward pass over given token ids; prints the logits of every position.
  */
 import { parseStrict, toChoice, toIntList } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters, loadCliModel } from './model-options.js';
 import { UsageError } from '../errors.js';

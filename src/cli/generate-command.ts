@@ -3,7 +3,7 @@
  * generated; `--format json` prints one object with the whole sequence's ids (prompt included) and its text.
  */
 import { optional, parseStrict, toChoice, toInt, toIntList, toNumber } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters, loadCliModel, promptIds } from './model-options.js';
 import { generateSteps } from '../base/generate.js';

@@ -7,7 +7,7 @@ import { BACKEND_ENV_VAR, selectBackend } from '../backend.js';
 import type { BackendReport } from '../backend.js';
 import { packageInfo } from '../version.js';
 import { parseStrict, toChoice } from './args.js';
-import type { CliCommand } from './commands.js';
+import type { CliCommand } from './command.js';
 import type { CliIo } from './io.js';
 
 const FORMATS = ['text', 'json'] as const;

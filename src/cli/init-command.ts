@@ -2,12 +2,12 @@
  * `routed-peft init`: create a fresh routed model (experts and routers initialised from the spec's seed)
  * as a routed-model directory next to nothing else: the base stays where it is.
  */
-import { readJsonFile } from '../io/hf-model-dir.js';
+import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { saveRoutedModel } from '../io/routed-model-dir.js';
-import { AdaptedModel } from '../runtime/adapted-model.js';
+import { AdaptedModel } from '../model/adapted-model.js';
 import { UsageError } from '../errors.js';
 import { parseStrict, toChoice } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
 import { formatParameterReport } from './parameter-report.js';

@@ -4,7 +4,7 @@
  */
 import { UsageError } from '../errors.js';
 import { parseStrict, toChoice } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters, loadCliModel } from './model-options.js';
 import { formatParameterReport } from './parameter-report.js';

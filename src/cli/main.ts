@@ -6,7 +6,7 @@ import { RoutedPeftError, UsageError } from '../errors.js';
 import { BACKEND_ENV_VAR } from '../backend.js';
 import { packageVersion } from '../version.js';
 import { commands, findCommand } from './commands.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import { processIo } from './io.js';
 import type { CliIo } from './io.js';
 

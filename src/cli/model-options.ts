@@ -4,15 +4,15 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import type { AdapterInstance } from '../compose/modules.js';
+import type { AdapterInstance } from '../adapters/instance.js';
 import { readPeftAdapter } from '../io/peft-adapter.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
-import { AdaptedModel } from '../runtime/adapted-model.js';
+import { AdaptedModel } from '../model/adapted-model.js';
 import { toChoice, toInt, toNumber } from './args.js';
-import type { CliContext } from './commands.js';
+import type { CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { selectBackend } from '../backend.js';
-import { loadBaseModel, type LoadedModel } from '../base/load-model.js';
+import { loadBaseModel, type LoadedModel } from '../base/checkpoints/load-model.js';
 import { UsageError } from '../errors.js';
 import { loadTokenizer } from '../tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';

@@ -1,7 +1,7 @@
 /**
  * Text rendering of a ParameterReport (trainable and frozen counts, per adapter and router).
  */
-import type { ParameterReport } from '../runtime/adapted-model.js';
+import type { ParameterReport } from '../model/adapted-model.js';
 
 function bytes(n: number): string {
   if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(2)} MiB`;

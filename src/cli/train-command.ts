@@ -11,15 +11,15 @@
 import { Writable } from 'node:stream';
 import { SingleBar } from 'cli-progress';
 import { CheckpointError, UsageError } from '../errors.js';
-import { readJsonFile } from '../io/hf-model-dir.js';
+import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
-import { AdaptedModel } from '../runtime/adapted-model.js';
+import { AdaptedModel } from '../model/adapted-model.js';
 import { hasCheckpoint, loadCheckpoint, readTrainingState, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { readJsonlDataset } from '../train/dataset.js';
 import { trainFromDataset, type LoopStepReport } from '../train/train-loop.js';
 import type { TrainerConfigInput } from '../train/trainer.js';
 import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
-import type { CliCommand, CliContext } from './commands.js';
+import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
 

@@ -17,7 +17,7 @@ import type { SiteName } from '../base/sites.js';
 import { siteShape } from '../base/site-shape.js';
 import type { Transformer } from '../base/transformer.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
-import { AdaptedModel } from '../runtime/adapted-model.js';
+import { AdaptedModel } from '../model/adapted-model.js';
 
 export type SetupName = 'shared' | 'routed' | 'oracle';
 export const SETUP_NAMES: readonly SetupName[] = ['shared', 'routed', 'oracle'];

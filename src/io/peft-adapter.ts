@@ -65,13 +65,13 @@ import type { ModelConfig } from '../base/config.js';
 import { LLAMA_SITE_MODULES } from '../base/families/llama.js';
 import { siteShape } from '../base/site-shape.js';
 import { FAMILY_SITES, type ModelFamily, type SiteName } from '../base/sites.js';
-import { createAdapter, type AdapterInstance } from '../compose/modules.js';
+import { createAdapter, type AdapterInstance } from '../adapters/instance.js';
 import { parseConfig } from '../config/parse.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
-import { replaceDirectoryAtomic } from './atomic-write.js';
-import { readJsonFile } from './hf-model-dir.js';
+import { replaceDirectoryAtomic } from '../formats/atomic-write.js';
+import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, parsePeftLoraConfig, type PeftLoraConfig } from './peft-config.js';
-import { decodeFloat32, readSafetensorsFile, serializeSafetensors, type TensorToWrite } from './safetensors.js';
+import { decodeFloat32, readSafetensorsFile, serializeSafetensors, type TensorToWrite } from '../formats/safetensors.js';
 
 export { PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE } from './peft-config.js';
 

@@ -19,13 +19,13 @@ import type { ModelConfig } from '../base/config.js';
 import type { Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
-import type { AdapterInstance } from '../compose/modules.js';
+import type { AdapterInstance } from '../adapters/instance.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
-import { AdaptedModel } from '../runtime/adapted-model.js';
-import { replaceDirectoryAtomic, writeFileAtomic } from './atomic-write.js';
-import { readJsonFile } from './hf-model-dir.js';
+import { AdaptedModel } from '../model/adapted-model.js';
+import { replaceDirectoryAtomic, writeFileAtomic } from '../formats/atomic-write.js';
+import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { readPeftAdapter, writePeftAdapter } from './peft-adapter.js';
-import { decodeFloat32, readSafetensorsFile, writeSafetensorsFile, type TensorToWrite } from './safetensors.js';
+import { decodeFloat32, readSafetensorsFile, writeSafetensorsFile, type TensorToWrite } from '../formats/safetensors.js';
 
 export const MANIFEST_FILE = 'routed-peft.json';
 export const ROUTERS_FILE = 'routers.safetensors';

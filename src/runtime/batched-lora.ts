@@ -25,7 +25,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { LoraModule } from '../adapters/lora/layer.js';
-import type { AdapterInstance } from '../compose/modules.js';
+import type { AdapterInstance } from '../adapters/instance.js';
 import type { CompositionNode } from '../compose/spec.js';
 
 /** One LoRA of a selection at one site, with the weight the composition gives its delta. */

@@ -29,7 +29,7 @@ import type { AdapterPoint } from '../adapters/adapter.js';
 import type { AttentionPrefix, ForwardContext, ForwardHooks } from '../base/hooks.js';
 import { KVCache } from '../base/kv-cache.js';
 import type { BlockName, SiteName } from '../base/sites.js';
-import { moduleKey } from '../compose/modules.js';
+import { moduleKey } from '../adapters/instance.js';
 import { RoutedPeftError } from '../errors.js';
 import { BatchedLora, type LoraTerms } from './batched-lora.js';
 

@@ -18,12 +18,12 @@ import type * as tf from '@tensorflow/tfjs';
 import { LoraModule } from '../adapters/lora/layer.js';
 import { mergeLora } from '../adapters/lora/merge.js';
 import type { Transformer } from '../base/transformer.js';
-import type { AdapterInstance } from '../compose/modules.js';
+import type { AdapterInstance } from '../adapters/instance.js';
 import { ConfigError, RoutedPeftError } from '../errors.js';
 import { readPeftAdapter } from '../io/peft-adapter.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
-import type { AdaptedModel } from './adapted-model.js';
+import type { AdaptedModel } from '../model/adapted-model.js';
 import type { RuntimeStats, TargetInfo, TargetSource, TargetStats } from './types.js';
 
 /** A classification head on the host: logits = h·W + b. */

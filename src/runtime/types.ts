@@ -6,7 +6,7 @@
  * Shape letters: B rows of a call, T tokens (the call's longest row), V vocabulary, D width, C classes.
  */
 import { z } from 'zod';
-import type { AdaptedModel } from './adapted-model.js';
+import type { AdaptedModel } from '../model/adapted-model.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 
 /**

@@ -18,7 +18,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
-import type { AdaptedModel, AdapterSelection } from '../runtime/adapted-model.js';
+import type { AdaptedModel, AdapterSelection } from '../model/adapted-model.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';

@@ -11,7 +11,7 @@
  * false and consume no router randomness, so evaluating does not change the training trajectory.
  */
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
-import type { AdaptedModel } from '../runtime/adapted-model.js';
+import type { AdaptedModel } from '../model/adapted-model.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, splitTrainValidation, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';

@@ -25,7 +25,7 @@ import { z } from 'zod';
 import { listWeightTensors } from '../base/weights.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError, ShapeError } from '../errors.js';
-import type { AdaptedModel, AdapterSelection } from '../runtime/adapted-model.js';
+import type { AdaptedModel, AdapterSelection } from '../model/adapted-model.js';
 import { AdamW, adamWFields } from './adamw.js';
 import { clipByGlobalNorm, globalNorm } from './clip.js';
 import { TrainingError } from './errors.js';

@@ -4,7 +4,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { ModuleContext, ModulePlacement } from '../../src/adapters/adapter.js';
-import { BottleneckConfig, BottleneckModule, bottleneckKind, bottleneckWidth } from '../../src/adapters/bottleneck/index.js';
+import { BottleneckConfig, type BottleneckModule, bottleneckKind, bottleneckWidth } from '../../src/adapters/bottleneck/index.js';
 import { AdapterSpec, adapterKind } from '../../src/adapters/registry.js';
 import { ModelConfig } from '../../src/base/config.js';
 import { generate, padLeft } from '../../src/base/generate.js';

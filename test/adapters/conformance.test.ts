@@ -23,7 +23,7 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { parseAdaptedModelSpec } from '../../src/compose/model-spec.js';
 import { parseConfig } from '../../src/config/parse.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 
 /** Seeded and small: each property builds a model per run. */

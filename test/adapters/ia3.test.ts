@@ -4,7 +4,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { AdapterPoint, ModuleContext, ModulePlacement } from '../../src/adapters/adapter.js';
-import { Ia3Config, Ia3Module, ia3Kind } from '../../src/adapters/ia3/index.js';
+import { Ia3Config, type Ia3Module, ia3Kind } from '../../src/adapters/ia3/index.js';
 import { AdapterSpec, adapterKind } from '../../src/adapters/registry.js';
 import { resolveLayers, resolveSites } from '../../src/adapters/targets.js';
 import { ModelConfig, headDim } from '../../src/base/config.js';

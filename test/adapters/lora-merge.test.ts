@@ -11,9 +11,9 @@ import { FAMILY_SITES, type SiteName } from '../../src/base/sites.js';
 import { siteShape } from '../../src/base/site-shape.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
-import type { AdapterInstance } from '../../src/compose/modules.js';
+import type { AdapterInstance } from '../../src/adapters/instance.js';
 import { ConfigError, ShapeError } from '../../src/errors.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { expectClose, expectNoLeak } from '../helpers/tensor-asserts.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 

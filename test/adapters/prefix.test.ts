@@ -4,7 +4,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { ModuleContext, ModulePlacement } from '../../src/adapters/adapter.js';
-import { PREFIX_INIT_STD, PrefixConfig, PrefixTuningModule, prefixKind } from '../../src/adapters/prefix/index.js';
+import { PREFIX_INIT_STD, PrefixConfig, type PrefixTuningModule, prefixKind } from '../../src/adapters/prefix/index.js';
 import { AdapterSpec, adapterKind } from '../../src/adapters/registry.js';
 import { resolveLayers } from '../../src/adapters/targets.js';
 import { ModelConfig } from '../../src/base/config.js';

@@ -7,11 +7,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { loadBaseModel } from '../../src/base/load-model.js';
+import { loadBaseModel } from '../../src/base/checkpoints/load-model.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { CheckpointError } from '../../src/errors.js';
-import { writeSafetensorsFile, type TensorToWrite } from '../../src/io/safetensors.js';
+import { writeSafetensorsFile, type TensorToWrite } from '../../src/formats/safetensors.js';
 import { expectClose, expectNoLeak } from '../helpers/tensor-asserts.js';
 import { SHARED_MODELS_SKIP_NOTE, hasSharedModels, stories260kPath, tinyGpt2, tinyLlama, writeTinyGpt2Dir, writeTinyLlamaDir } from '../helpers/tiny-models.js';
 

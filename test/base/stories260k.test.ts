@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { selectBackend, type BackendName } from '../../src/backend.js';
 import { generate, generateSteps } from '../../src/base/generate.js';
-import { loadBaseModel } from '../../src/base/load-model.js';
+import { loadBaseModel } from '../../src/base/checkpoints/load-model.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { loadTokenizer, type Tokenizer } from '../../src/tokenizers/index.js';
 import { expectNoLeak } from '../helpers/tensor-asserts.js';

@@ -96,9 +96,9 @@ describe.skipIf(!hasSharedModels)(`PEFT adapters through --adapter${SHARED_MODEL
 
   test('forward with --adapter equals the library with the same adapters; --combine average weighs them', async () => {
     const tf = await import('@tensorflow/tfjs');
-    const { loadBaseModel } = await import('../../src/base/load-model.js');
+    const { loadBaseModel } = await import('../../src/base/checkpoints/load-model.js');
     const { writePeftAdapter } = await import('../../src/io/peft-adapter.js');
-    const { AdaptedModel } = await import('../../src/runtime/adapted-model.js');
+    const { AdaptedModel } = await import('../../src/model/adapted-model.js');
     const { model: base } = await loadBaseModel(stories260kPath);
     const lora = (name: string) => ({ kind: 'lora', name, r: 4, alpha: 8, init: 'random', targets: { sites: ['attn.q', 'attn.v'] } });
     const model = AdaptedModel.create(base, { seed: 5, adapters: [lora('a'), lora('b')] });

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
-import { loadBaseModel } from '../../src/base/load-model.js';
+import { loadBaseModel } from '../../src/base/checkpoints/load-model.js';
 import { createMemoryIo } from '../../src/cli/io.js';
 import { main } from '../../src/cli/main.js';
 import { escapeXml, renderHeatmap, shareColour } from '../../src/demo/heatmap.js';

@@ -5,12 +5,12 @@ import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildTransformer } from '../../src/base/load-model.js';
+import { buildTransformer } from '../../src/base/checkpoints/load-model.js';
 import { seededRandom } from '../../src/base/sampling.js';
 import type { Transformer } from '../../src/base/transformer.js';
-import { modelConfigFromHf } from '../../src/io/hf-model-dir.js';
-import { mapSource, type HostTensor } from '../../src/io/host-tensors.js';
-import { writeSafetensorsFile, type TensorToWrite } from '../../src/io/safetensors.js';
+import { modelConfigFromHf } from '../../src/base/checkpoints/hf-model-dir.js';
+import { mapSource, type HostTensor } from '../../src/formats/host-tensors.js';
+import { writeSafetensorsFile, type TensorToWrite } from '../../src/formats/safetensors.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // The real checkpoint

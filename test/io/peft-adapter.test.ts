@@ -12,11 +12,11 @@ import { AdapterSpec } from '../../src/adapters/registry.js';
 import { seededRandom } from '../../src/base/sampling.js';
 import type { SiteName } from '../../src/base/sites.js';
 import type { Transformer } from '../../src/base/transformer.js';
-import { createAdapter, type AdapterInstance } from '../../src/compose/modules.js';
+import { createAdapter, type AdapterInstance } from '../../src/adapters/instance.js';
 import { CheckpointError, ConfigError } from '../../src/errors.js';
 import { peftTargetsToSites, readPeftAdapter, writePeftAdapter } from '../../src/io/peft-adapter.js';
-import { parseSafetensors, decodeFloat32, serializeSafetensors } from '../../src/io/safetensors.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { parseSafetensors, decodeFloat32, serializeSafetensors } from '../../src/formats/safetensors.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 
 const ids = [

@@ -9,7 +9,7 @@ import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { CheckpointError } from '../../src/errors.js';
 import { loadRoutedModel, saveRoutedModel } from '../../src/io/routed-model-dir.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 
 const routers = builtinRouters();

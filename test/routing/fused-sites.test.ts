@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import type { RoutingTraceEntry } from '../../src/routing/trace.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { tinyLlama } from '../helpers/tiny-models.js';

@@ -6,8 +6,9 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import type { RoutingTraceEntry } from '../../src/routing/trace.js';
+import type { Router } from '../../src/routing/router.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 
@@ -116,7 +117,7 @@ describe('routed LoRA experts on a tiny llama', () => {
     routersA.forEach((router, i) => {
       const gate = router.variables()[0] as tf.Variable;
       const permuted = tf.tidy(() => tf.gather(gate, tf.tensor1d(order, 'int32'), 1));
-      (routersB[i]?.variables()[0] as tf.Variable).assign(permuted);
+      ((routersB[i] as Router).variables()[0] as tf.Variable).assign(permuted);
       permuted.dispose();
     });
     expectClose(run(b), run(a), { rtol: 1e-5, atol: 1e-6 });

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { ShapeError } from '../../src/errors.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { makeBatches, type TokenizedExample } from '../../src/train/batches.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 

@@ -8,8 +8,8 @@ import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { writePeftAdapter } from '../../src/io/peft-adapter.js';
 import { saveRoutedModel } from '../../src/io/routed-model-dir.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
-import type { AdapterInstance } from '../../src/compose/modules.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
+import type { AdapterInstance } from '../../src/adapters/instance.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 
 export const routers = builtinRouters();

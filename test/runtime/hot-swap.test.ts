@@ -3,7 +3,7 @@
 // version is freed once its last request ends.
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { RoutedRuntime } from '../../src/runtime/runtime.js';
 import type { GenerationSummary, RuntimeGenerateOptions } from '../../src/runtime/types.js';
 import { expectClose } from '../helpers/tensor-asserts.js';

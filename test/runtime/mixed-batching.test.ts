@@ -7,7 +7,7 @@ import { fc } from '@fast-check/vitest';
 import * as tf from '@tensorflow/tfjs';
 import { firstValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { RoutedRuntime } from '../../src/runtime/runtime.js';
 import type { BatchEvent, GenerationEvent, Selection } from '../../src/runtime/types.js';
 import type { RoutingTraceEntry } from '../../src/routing/trace.js';

@@ -3,7 +3,7 @@
 // a target larger than the budget is a clear error. Merged targets survive eviction (re-merged on reload).
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { RoutedRuntime } from '../../src/runtime/runtime.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { makeFixture, prompt, routers, type RuntimeFixture } from './fixtures.js';

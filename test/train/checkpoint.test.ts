@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
 import { CheckpointError } from '../../src/errors.js';
 import {

@@ -1,9 +1,9 @@
 // Gradient accumulation: two micro-batches of one row give the same update as one batch of both rows, even
 // when the rows hold different numbers of loss targets (micro-batch gradients are weighted by their targets).
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { Transformer } from '../../src/base/transformer.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { Trainer, type TrainBatch } from '../../src/train/trainer.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { tinyLlama } from '../helpers/tiny-models.js';

@@ -3,7 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 

@@ -7,7 +7,7 @@ import { AdapterSpec } from '../../src/adapters/registry.js';
 import { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { parseConfig } from '../../src/config/parse.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { TrainingError } from '../../src/train/errors.js';
 import { Trainer, type TrainBatch, type TrainEvent } from '../../src/train/trainer.js';
 import { tinyLlama } from '../helpers/tiny-models.js';

@@ -27,4 +27,3 @@ export const loraKind: AdapterKind<LoraConfig> = {
     });
   },
 };
-export { mergeLora, type LoraMergeEntry } from './merge.js';

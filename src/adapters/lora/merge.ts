@@ -16,7 +16,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Transformer } from '../../base/transformer.js';
-import type { AdapterInstance } from '../../compose/modules.js';
+import type { AdapterInstance } from '../instance.js';
 import { ConfigError, ShapeError, formatShape } from '../../errors.js';
 import { LoraModule } from './layer.js';
 

@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { parseConfig } from '../../config/parse.js';
-import { takeTensor, type TensorSource } from '../../io/host-tensors.js';
+import { takeTensor, type TensorSource } from '../../formats/host-tensors.js';
 import { ModelConfig } from '../config.js';
 import type { LayerWeights, NormWeights, TransformerWeights } from '../weights.js';
 

@@ -3,10 +3,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { Transformer } from '../../src/base/transformer.js';
-import { loadBaseModel } from '../../src/base/load-model.js';
+import { loadBaseModel } from '../../src/base/checkpoints/load-model.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { ConfigError } from '../../src/errors.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { SHARED_MODELS_SKIP_NOTE, hasSharedModels, stories260kPath, tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 

@@ -2,10 +2,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { Transformer } from '../../src/base/transformer.js';
-import { createAdapter } from '../../src/compose/modules.js';
+import { createAdapter } from '../../src/adapters/instance.js';
 import { AdapterSpec } from '../../src/adapters/registry.js';
 import { ConfigError } from '../../src/errors.js';
-import { AdaptedModel } from '../../src/runtime/adapted-model.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 
 const lora = (name: string) => ({ kind: 'lora' as const, name, r: 2, init: 'random' as const, targets: { sites: ['attn.q', 'attn.v'] } });

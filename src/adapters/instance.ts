@@ -3,10 +3,10 @@
  * and layers into points, and creates one module per (layer, point). Modules are looked up by
  * (adapter, layer, point).
  */
-import type { AdapterModule, AdapterPoint, ModulePlacement } from '../adapters/adapter.js';
-import { pointKey } from '../adapters/adapter.js';
-import { adapterKind, type AdapterSpec } from '../adapters/registry.js';
-import { resolveLayers, resolveSites } from '../adapters/targets.js';
+import type { AdapterModule, AdapterPoint, ModulePlacement } from './adapter.js';
+import { pointKey } from './adapter.js';
+import { adapterKind, type AdapterSpec } from './registry.js';
+import { resolveLayers, resolveSites } from './targets.js';
 import type { ModelConfig } from '../base/config.js';
 import { siteShape } from '../base/site-shape.js';
 

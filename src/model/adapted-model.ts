@@ -7,7 +7,7 @@
  * (`'default'`), none, or any composition of resident adapters (routes must be ones the spec defines,
  * since routers are trained with their experts).
  */
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 import { Subject, type Observable } from 'rxjs';
 import type { z } from 'zod';
 import { AdapterSpec } from '../adapters/registry.js';
@@ -16,9 +16,9 @@ import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
 import type { ForwardOptions, Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError } from '../errors.js';
-import { compositionHooks } from '../compose/composition-hooks.js';
+import { compositionHooks } from './composition-hooks.js';
 import { checkComposition, effectiveComposition, parseAdaptedModelSpec, type AdaptedModelSpec } from '../compose/model-spec.js';
-import { AdapterInstance, createAdapter } from '../compose/modules.js';
+import { AdapterInstance, createAdapter } from '../adapters/instance.js';
 import { CompositionNode, routesIn, type CompositionInput, type RouteNode } from '../compose/spec.js';
 import { RouteRuntime, type RoutingCall } from '../routing/route-runtime.js';
 import type { ExecutionStrategy } from '../routing/routed-layer.js';

@@ -9,8 +9,8 @@ import * as tf from '@tensorflow/tfjs';
 import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
 import type { AttentionPrefix } from '../base/hooks.js';
 import type { RouteRuntime } from '../routing/route-runtime.js';
-import type { AdapterInstance } from './modules.js';
-import type { CompositionNode, RouteNode } from './spec.js';
+import type { AdapterInstance } from '../adapters/instance.js';
+import type { CompositionNode, RouteNode } from '../compose/spec.js';
 
 export interface CompositionParts {
   readonly adapters: ReadonlyMap<string, AdapterInstance>;

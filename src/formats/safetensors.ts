@@ -92,7 +92,7 @@ const FLOAT_DTYPES: ReadonlySet<SafetensorsDtype> = new Set<SafetensorsDtype>(['
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 export function isSafetensorsDtype(value: unknown): value is SafetensorsDtype {
-  return typeof value === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_SIZE, value);
+  return typeof value === 'string' && Object.hasOwn(DTYPE_SIZE, value);
 }
 
 /** Bytes per element of a safetensors dtype. */

@@ -12,9 +12,9 @@ import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
 import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
 import type { BlockName, SiteName } from '../base/sites.js';
 import type { RouteRuntime } from '../routing/route-runtime.js';
-import { compositionDelta, compositionPrefix, type CompositionParts } from './evaluate.js';
-import { moduleKey, type AdapterInstance } from './modules.js';
-import { adaptersIn, type CompositionNode, type RouteNode } from './spec.js';
+import { compositionDelta, compositionPrefix, type CompositionParts } from './evaluate-composition.js';
+import { moduleKey, type AdapterInstance } from '../adapters/instance.js';
+import { adaptersIn, type CompositionNode, type RouteNode } from '../compose/spec.js';
 
 /** Per-forward work beside the composition itself (routers deciding, traces). */
 export interface CompositionHookExtras {

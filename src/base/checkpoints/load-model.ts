@@ -5,15 +5,15 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { CheckpointError } from '../errors.js';
-import type { TensorSource } from '../io/host-tensors.js';
-import { readHfModelDirectory } from '../io/hf-model-dir.js';
-import { readLlama2cCheckpoint } from '../io/llama2c-checkpoint.js';
-import type { ModelConfig } from './config.js';
-import { buildGpt2Weights } from './families/gpt2.js';
-import { buildLlamaWeights } from './families/llama.js';
-import { Transformer } from './transformer.js';
-import type { TransformerWeights } from './weights.js';
+import { CheckpointError } from '../../errors.js';
+import type { TensorSource } from '../../formats/host-tensors.js';
+import { readHfModelDirectory } from './hf-model-dir.js';
+import { readLlama2cCheckpoint } from './llama2c-checkpoint.js';
+import type { ModelConfig } from '../config.js';
+import { buildGpt2Weights } from '../families/gpt2.js';
+import { buildLlamaWeights } from '../families/llama.js';
+import { Transformer } from '../transformer.js';
+import type { TransformerWeights } from '../weights.js';
 
 export type CheckpointFormat = 'huggingface' | 'llama2c';
 

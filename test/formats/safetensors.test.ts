@@ -15,7 +15,7 @@ import {
   f16ToFloat32,
   float32ToBf16,
   float32ToF16,
-} from '../../src/io/float16.js';
+} from '../../src/formats/float16.js';
 import {
   decodeEntry,
   decodeFloat32,
@@ -26,7 +26,7 @@ import {
   type SafetensorsEntry,
   type SafetensorsFile,
   type TensorToWrite,
-} from '../../src/io/safetensors.js';
+} from '../../src/formats/safetensors.js';
 
 const SOURCE = '/models/x.safetensors';
 
@@ -242,7 +242,7 @@ describe('parseSafetensors accepts valid files', () => {
     // Header of 3 bytes of padding-free JSON puts the data at an odd offset.
     const values = new Float32Array([1.5, -2.25]);
     const data = new Uint8Array(values.buffer);
-    const header = JSON.stringify({ w: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }) + ' ';
+    const header = `${JSON.stringify({ w: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } })} `;
     const f = parseSafetensors(rawFile(header, data));
     expect((f.entries.get('w') as SafetensorsEntry).bytes.byteOffset % 4).not.toBe(0);
     expect(decodeFloat32(f.entries.get('w') as SafetensorsEntry)).toEqual(values);

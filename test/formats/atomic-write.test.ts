@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { CheckpointError } from '../../src/errors.js';
-import { replaceDirectoryAtomic, writeFileAtomic } from '../../src/io/atomic-write.js';
+import { replaceDirectoryAtomic, writeFileAtomic } from '../../src/formats/atomic-write.js';
 
 let root = '';
 beforeEach(async () => {

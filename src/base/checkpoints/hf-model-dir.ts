@@ -6,12 +6,12 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { CheckpointError } from '../errors.js';
-import { ModelConfig } from '../base/config.js';
-import { gpt2ConfigFromHf } from '../base/families/gpt2.js';
-import { llamaConfigFromHf } from '../base/families/llama.js';
-import type { HostTensor, TensorSource } from './host-tensors.js';
-import { decodeFloat32, readSafetensorsFile, type SafetensorsEntry } from './safetensors.js';
+import { CheckpointError } from '../../errors.js';
+import type { ModelConfig } from '../config.js';
+import { gpt2ConfigFromHf } from '../families/gpt2.js';
+import { llamaConfigFromHf } from '../families/llama.js';
+import type { HostTensor, TensorSource } from '../../formats/host-tensors.js';
+import { decodeFloat32, readSafetensorsFile, type SafetensorsEntry } from '../../formats/safetensors.js';
 
 export interface HfModelDirectory {
   readonly config: ModelConfig;

@@ -11,11 +11,11 @@
  * builder and one RoPE serve both formats.
  */
 import { readFile } from 'node:fs/promises';
-import { CheckpointError } from '../errors.js';
-import type { ModelConfig } from '../base/config.js';
-import { parseConfig } from '../config/parse.js';
-import { ModelConfig as ModelConfigSchema } from '../base/config.js';
-import { mapSource, type HostTensor, type TensorSource } from './host-tensors.js';
+import { CheckpointError } from '../../errors.js';
+import type { ModelConfig } from '../config.js';
+import { parseConfig } from '../../config/parse.js';
+import { ModelConfig as ModelConfigSchema } from '../config.js';
+import { mapSource, type HostTensor, type TensorSource } from '../../formats/host-tensors.js';
 
 const HEADER_BYTES = 7 * 4;
 
