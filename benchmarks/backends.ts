@@ -13,7 +13,22 @@ import type { KVCache } from '../src/base/kv-cache.js';
 import type { Transformer } from '../src/base/transformer.js';
 import { selectBackend, type BackendName } from '../src/backend.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
-import { compare, decodeWarmupCap, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type Case, type RatioResult } from './lib/harness.js';
+import {
+  compare,
+  decodeWarmupCap,
+  isMain,
+  logRatio,
+  machineInfo,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  type BenchArgs,
+  type BenchResult,
+  type Case,
+  type RatioResult,
+} from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';
 
@@ -73,8 +88,16 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
     ]);
     const next = (cache: KVCache): number[][] => randomIds(sizes.batch, 1, modelOptions.vocabSize, 1000 + cache.length);
     const decodeCases: Case[] = sides.flatMap((s) => [
-      { name: `${s.backend}-base`, before: activate(s.backend), run: () => s.base.forward({ ids: next(s.caches.base), cache: s.caches.base, output: 'last-logits' }) },
-      { name: `${s.backend}-routed`, before: activate(s.backend), run: () => s.routed.forward({ ids: next(s.caches.routed), cache: s.caches.routed, output: 'last-logits' }) },
+      {
+        name: `${s.backend}-base`,
+        before: activate(s.backend),
+        run: () => s.base.forward({ ids: next(s.caches.base), cache: s.caches.base, output: 'last-logits' }),
+      },
+      {
+        name: `${s.backend}-routed`,
+        before: activate(s.backend),
+        run: () => s.routed.forward({ ids: next(s.caches.routed), cache: s.caches.routed, output: 'last-logits' }),
+      },
     ]);
     for (const [phase, cases, options] of [
       ['prefill', prefillCases, sizes.prefill],
@@ -84,11 +107,15 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       samples[phase] = { wall: timings.samples, cpu: timings.cpuSamples };
       const what = phase === 'prefill' ? `${sizes.batch}×${sizes.tokens} prefill` : `decode step, batch ${sizes.batch}`;
       for (const s of sides.filter((x) => x.backend !== 'wasm')) {
-        ratios.push(ratioResult(timings, `backends/${phase}-routed-wasm-vs-${s.backend}`, `routed ${what}: wasm / ${s.backend}`, 'wasm-routed', `${s.backend}-routed`));
+        ratios.push(
+          ratioResult(timings, `backends/${phase}-routed-wasm-vs-${s.backend}`, `routed ${what}: wasm / ${s.backend}`, 'wasm-routed', `${s.backend}-routed`),
+        );
         ratios.push(ratioResult(timings, `backends/${phase}-base-wasm-vs-${s.backend}`, `base ${what}: wasm / ${s.backend}`, 'wasm-base', `${s.backend}-base`));
       }
       for (const s of sides) {
-        ratios.push(ratioResult(timings, `backends/${phase}-overhead-${s.backend}`, `${what} routed/base on ${s.backend}`, `${s.backend}-routed`, `${s.backend}-base`));
+        ratios.push(
+          ratioResult(timings, `backends/${phase}-overhead-${s.backend}`, `${what} routed/base on ${s.backend}`, `${s.backend}-routed`, `${s.backend}-base`),
+        );
       }
     }
     for (const r of ratios) logRatio(r);

@@ -10,7 +10,22 @@ import * as tf from '@tensorflow/tfjs';
 import { builtinRouters } from '../routers/index.js';
 import type { KVCache } from '../src/base/kv-cache.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
-import { assertNoLeak, compare, decodeWarmupCap, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
+import {
+  assertNoLeak,
+  compare,
+  decodeWarmupCap,
+  isMain,
+  logRatio,
+  machineInfo,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  type BenchArgs,
+  type BenchResult,
+  type RatioResult,
+} from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';
 
@@ -57,7 +72,14 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
           { ...rounds, maxWarmup: decodeWarmupCap(modelOptions.maxSeqLen, PREFILL, rounds.rounds) },
         );
         samples[`batch${batch}`] = { wall: timings.samples, cpu: timings.cpuSamples };
-        const r = ratioResult(timings, `decode/batch${batch}`, `decode step routed/base, batch ${batch} (E=${EXPERTS} k=${K})`, 'routed', 'base', batch === 1 ? { target: TARGET_BATCH1 } : {});
+        const r = ratioResult(
+          timings,
+          `decode/batch${batch}`,
+          `decode step routed/base, batch ${batch} (E=${EXPERTS} k=${K})`,
+          'routed',
+          'base',
+          batch === 1 ? { target: TARGET_BATCH1 } : {},
+        );
         ratios.push(r);
         logRatio(r);
       } finally {

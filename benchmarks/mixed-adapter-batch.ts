@@ -26,7 +26,23 @@
 import * as tf from '@tensorflow/tfjs';
 import { RoutedRuntime } from '../src/runtime/runtime.js';
 import type { BatchEvent, Selection } from '../src/runtime/types.js';
-import { assertNoLeak, compareAsync, isMain, kernelTimes, logRatio, machineInfo, medianMs, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
+import {
+  assertNoLeak,
+  compareAsync,
+  isMain,
+  kernelTimes,
+  logRatio,
+  machineInfo,
+  medianMs,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  type BenchArgs,
+  type BenchResult,
+  type RatioResult,
+} from './lib/harness.js';
 import { writeLoraDirs } from './lib/peft-dirs.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 
@@ -99,7 +115,9 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       /** The 16 requests at once; resolves when all have ended. Checks they ran as one pass. */
       const burst = (selections: readonly Selection[], newTokens: number, label: string) => async (): Promise<void> => {
         const first = events.length;
-        const done = await Promise.all(prompts.map((prompt, i) => runtime.generate(prompt, { select: selections[i] as Selection, maxNewTokens: newTokens, temperature: 0, eosId: null })));
+        const done = await Promise.all(
+          prompts.map((prompt, i) => runtime.generate(prompt, { select: selections[i] as Selection, maxNewTokens: newTokens, temperature: 0, eosId: null })),
+        );
         const seen = events.slice(first);
         const groups = new Set(selections.map((s) => JSON.stringify(s))).size;
         const one = seen[0];
@@ -112,7 +130,11 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       };
       // Sanity: request 0 selects adapter 0 in both cases, so its greedy tokens must agree.
       const probe = async (selections: readonly Selection[]): Promise<number[]> =>
-        (await Promise.all(prompts.map((prompt, i) => runtime.generate(prompt, { select: selections[i] as Selection, maxNewTokens: 2, temperature: 0, eosId: null }))))[0]?.tokens ?? [];
+        (
+          await Promise.all(
+            prompts.map((prompt, i) => runtime.generate(prompt, { select: selections[i] as Selection, maxNewTokens: 2, temperature: 0, eosId: null })),
+          )
+        )[0]?.tokens ?? [];
       const [mixedTokens, singleTokens] = [await probe(mixed), await probe(single)];
       if (JSON.stringify(mixedTokens) !== JSON.stringify(singleTokens)) throw new Error(`${set.name}: request 0 differs between the mixed and single passes`);
 
@@ -130,14 +152,33 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       const tag = set.targeted ? 'qv' : 'all';
       const what = `16 requests, r=${RANK} LoRA on ${set.name}`;
       const rows = [
-        ratioResult(timings, `mixed/${tag}-generate`, `${what}: 16 adapters / 1 adapter, batch time (${sizes.prompt}-token prompts + ${sizes.newTokens} new tokens)`, 'mixed', 'single', set.targeted ? { target: TARGET } : {}),
-        ratioResult(timings, `mixed/${tag}-prefill`, `${what}: 16 adapters / 1 adapter, prefill only (${REQUESTS}×${sizes.prompt} tokens)`, 'mixed-prefill', 'single-prefill'),
+        ratioResult(
+          timings,
+          `mixed/${tag}-generate`,
+          `${what}: 16 adapters / 1 adapter, batch time (${sizes.prompt}-token prompts + ${sizes.newTokens} new tokens)`,
+          'mixed',
+          'single',
+          set.targeted ? { target: TARGET } : {},
+        ),
+        ratioResult(
+          timings,
+          `mixed/${tag}-prefill`,
+          `${what}: 16 adapters / 1 adapter, prefill only (${REQUESTS}×${sizes.prompt} tokens)`,
+          'mixed-prefill',
+          'single-prefill',
+        ),
       ];
       // The decode steps' share: (generate − prefill) / (NEW_TOKENS − 1) per side, from the medians.
       const steps = sizes.newTokens - 1;
       const stepMs = (whole: string, prefill: string): number => (medianMs(timings, whole) - medianMs(timings, prefill)) / steps;
-      perStep[set.name] = { decodeSteps: steps, mixedStepMs: round(stepMs('mixed', 'mixed-prefill'), 2), singleStepMs: round(stepMs('single', 'single-prefill'), 2) };
-      console.log(`  ${set.name}: decode step at batch 16 ≈ ${stepMs('mixed', 'mixed-prefill').toFixed(1)} ms mixed, ${stepMs('single', 'single-prefill').toFixed(1)} ms single (medians, generate − prefill)`);
+      perStep[set.name] = {
+        decodeSteps: steps,
+        mixedStepMs: round(stepMs('mixed', 'mixed-prefill'), 2),
+        singleStepMs: round(stepMs('single', 'single-prefill'), 2),
+      };
+      console.log(
+        `  ${set.name}: decode step at batch 16 ≈ ${stepMs('mixed', 'mixed-prefill').toFixed(1)} ms mixed, ${stepMs('single', 'single-prefill').toFixed(1)} ms single (medians, generate − prefill)`,
+      );
       for (const r of rows) {
         ratios.push(r);
         logRatio(r);
@@ -146,8 +187,13 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       const mixedProfile = await profileCall(burst(mixed, 1, `${set.name}/mixed/profile`));
       const singleProfile = await profileCall(burst(single, 1, `${set.name}/single/profile`));
       profiles[set.name] = { mixed: mixedProfile, single: singleProfile };
-      for (const [side, p] of [['mixed', mixedProfile], ['single', singleProfile]] as const) {
-        console.log(`  ${set.name} prefill under tf.profile, ${side}: ${p.kernels} kernels, ${p.kernelMs} ms in kernels; ${p.top.map((t) => `${t.name} ${t.calls}× ${t.ms} ms`).join(', ')}`);
+      for (const [side, p] of [
+        ['mixed', mixedProfile],
+        ['single', singleProfile],
+      ] as const) {
+        console.log(
+          `  ${set.name} prefill under tf.profile, ${side}: ${p.kernels} kernels, ${p.kernelMs} ms in kernels; ${p.top.map((t) => `${t.name} ${t.calls}× ${t.ms} ms`).join(', ')}`,
+        );
       }
     }
     const stats = runtime.stats();
@@ -162,11 +208,21 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
   assertNoLeak(startTensors, 'mixed-adapter-batch');
   return {
     name: 'mixed-adapter-batch',
-    description: '16 concurrent RoutedRuntime generations naming 16 different PEFT LoRA adapters (r=8) / the same 16 naming one adapter: time for the whole batch (one pass), q,v and all seven sites',
+    description:
+      '16 concurrent RoutedRuntime generations naming 16 different PEFT LoRA adapters (r=8) / the same 16 naming one adapter: time for the whole batch (one pass), q,v and all seven sites',
     quick: args.quick,
     date: new Date().toISOString(),
     machine: machineInfo(),
-    constants: { model: modelOptions, requests: REQUESTS, rank: RANK, siteSets: SITE_SETS, targetedSites: SITE_SETS.find((s) => s.targeted)?.sites, batching: 'runtime defaults (windowMs 2, maxBatchSize 16)', sampling: 'greedy, eosId null', ...sizes },
+    constants: {
+      model: modelOptions,
+      requests: REQUESTS,
+      rank: RANK,
+      siteSets: SITE_SETS,
+      targetedSites: SITE_SETS.find((s) => s.targeted)?.sites,
+      batching: 'runtime defaults (windowMs 2, maxBatchSize 16)',
+      sampling: 'greedy, eosId null',
+      ...sizes,
+    },
     ratios,
     details: { samplesMs: samples, decodeStepEstimate: perStep, prefillProfiles: profiles, passChecks },
     seconds: round((performance.now() - started) / 1000, 1),

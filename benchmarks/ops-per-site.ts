@@ -66,7 +66,12 @@ function siteWidths(base: Transformer, site: SiteName): { inFeatures: number; ou
 }
 
 /** Kernels of the first (router + combine) and second (combine only) siteOutput call at one site. */
-async function siteKernels(model: AdaptedModel, site: SiteName, rows: number, strategy: ExecutionStrategy): Promise<{ first: KernelCount; second: KernelCount; firstMs: number; secondMs: number }> {
+async function siteKernels(
+  model: AdaptedModel,
+  site: SiteName,
+  rows: number,
+  strategy: ExecutionStrategy,
+): Promise<{ first: KernelCount; second: KernelCount; firstMs: number; secondMs: number }> {
   const hooks = model.hooks({ strategy });
   if (hooks?.siteOutput === undefined || hooks.begin === undefined) throw new Error('routed model has no site hooks');
   const { inFeatures, outFeatures } = siteWidths(model.base, site);
@@ -184,14 +189,24 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
                 combineMs: round(secondMs, 2),
                 byName: first.byName,
               });
-              console.log(`  E=${experts} k=${k} ${strategy} ${site} N=${rows}: ${first.total} kernels (router ${first.total - second.total}, combine ${second.total})`);
+              console.log(
+                `  E=${experts} k=${k} ${strategy} ${site} N=${rows}: ${first.total} kernels (router ${first.total - second.total}, combine ${second.total})`,
+              );
             }
           }
           const cache = base.newCache(FORWARD.batch);
           try {
             const prefill = await forwardKernels(() => model.forward({ ids: fwdIds, cache, output: 'last-logits', strategy }));
             const step = await forwardKernels(() => model.forward({ ids: nextIds, cache, output: 'last-logits', strategy }));
-            forward.push({ model: `routed E=${experts} k=${k}`, experts, k, strategy, prefill: prefill.total, decodeStep: step.total, decodeByName: step.byName });
+            forward.push({
+              model: `routed E=${experts} k=${k}`,
+              experts,
+              k,
+              strategy,
+              prefill: prefill.total,
+              decodeStep: step.total,
+              decodeByName: step.byName,
+            });
             console.log(`  forward E=${experts} k=${k} ${strategy}: prefill ${prefill.total} kernels, decode step ${step.total}`);
           } finally {
             cache.dispose();
@@ -219,7 +234,9 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
             base: await timeBreakdown(() => base.forward({ ids, output: 'last-logits' })),
             routed: await timeBreakdown(() => model.forward({ ids, output: 'last-logits' })),
           };
-          console.log(`  prefill ${size.batch}×${size.tokens} under tf.profile: base ${prefillBreakdown.base.wallMs} ms, routed ${prefillBreakdown.routed.wallMs} ms`);
+          console.log(
+            `  prefill ${size.batch}×${size.tokens} under tf.profile: base ${prefillBreakdown.base.wallMs} ms, routed ${prefillBreakdown.routed.wallMs} ms`,
+          );
         }
       } finally {
         model.dispose();
@@ -230,11 +247,23 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
   }
   return {
     name: 'ops-per-site',
-    description: 'Kernels launched per routed site (router + combine) per strategy, per whole forward routed vs base, and the kernel-time breakdown of one routed decode step',
+    description:
+      'Kernels launched per routed site (router + combine) per strategy, per whole forward routed vs base, and the kernel-time breakdown of one routed decode step',
     quick: args.quick,
     date: new Date().toISOString(),
     machine: machineInfo(),
-    constants: { model: modelOptions, rank: RANK, configs, strategies: STRATEGIES, rows: rowsList, sites: SITES, forward: FORWARD, profilePrefill: PROFILE_PREFILL, profileForward: args.quick ? PROFILE_FORWARD.quick : PROFILE_FORWARD.full, profileRepeats: PROFILE_REPEATS },
+    constants: {
+      model: modelOptions,
+      rank: RANK,
+      configs,
+      strategies: STRATEGIES,
+      rows: rowsList,
+      sites: SITES,
+      forward: FORWARD,
+      profilePrefill: PROFILE_PREFILL,
+      profileForward: args.quick ? PROFILE_FORWARD.quick : PROFILE_FORWARD.full,
+      profileRepeats: PROFILE_REPEATS,
+    },
     ratios: [],
     details: { perSite, forward, decodeBreakdown: breakdown, prefillBreakdown },
     seconds: round((performance.now() - started) / 1000, 1),

@@ -9,7 +9,22 @@
 import { builtinRouters } from '../routers/index.js';
 import type { ExecutionStrategy } from '../src/routing/routed-layer.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
-import { compare, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, assertNoLeak, type BenchArgs, type BenchResult, type Case, type RatioResult } from './lib/harness.js';
+import {
+  compare,
+  isMain,
+  logRatio,
+  machineInfo,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  assertNoLeak,
+  type BenchArgs,
+  type BenchResult,
+  type Case,
+  type RatioResult,
+} from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec } from './lib/specs.js';
 import * as tf from '@tensorflow/tfjs';
@@ -71,16 +86,26 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
   const samples: Record<string, unknown> = {};
   try {
     const warmIds = randomIds(1, sizes.warmTokens, modelOptions.vocabSize, 8);
-    const baseCase: Case = { name: 'base', run: () => base.forward({ ids, output: 'last-logits' }), warm: () => base.forward({ ids: warmIds, output: 'last-logits' }) };
+    const baseCase: Case = {
+      name: 'base',
+      run: () => base.forward({ ids, output: 'last-logits' }),
+      warm: () => base.forward({ ids: warmIds, output: 'last-logits' }),
+    };
     for (const group of ['target', 'wide'] as const) {
       const cases: Case[] = [baseCase];
       for (const v of VARIANTS.filter((x) => x.group === group)) {
         const model = modelFor(v);
         const strategy = v.strategy === undefined ? {} : { strategy: v.strategy };
-        cases.push({ name: v.id, run: () => model.forward({ ids, output: 'last-logits', ...strategy }), warm: () => model.forward({ ids: warmIds, output: 'last-logits', ...strategy }) });
+        cases.push({
+          name: v.id,
+          run: () => model.forward({ ids, output: 'last-logits', ...strategy }),
+          warm: () => model.forward({ ids: warmIds, output: 'last-logits', ...strategy }),
+        });
       }
       const options = sizes[group];
-      console.log(`prefill ${sizes.batch}×${sizes.tokens} tokens, ${cases.map((c) => c.name).join(', ')}: warmup ${options.warmup} (${sizes.warmTokens} tokens), rounds ${options.rounds}`);
+      console.log(
+        `prefill ${sizes.batch}×${sizes.tokens} tokens, ${cases.map((c) => c.name).join(', ')}: warmup ${options.warmup} (${sizes.warmTokens} tokens), rounds ${options.rounds}`,
+      );
       const timings = await compare(cases, options);
       samples[group] = { wall: timings.samples, cpu: timings.cpuSamples };
       for (const v of VARIANTS.filter((x) => x.group === group)) {

@@ -61,6 +61,7 @@ for (const k of profile.kernels) {
 }
 console.log(`${variant} ${batch}×${tokens}: wall ${wall.toFixed(1)} ms, Σ kernels ${kernelMs.toFixed(1)} ms, ${profile.kernels.length} kernels`);
 console.log('      ms  calls  kernel [input shapes]');
-for (const [key, e] of [...groups].sort((a, b) => b[1].ms - a[1].ms).slice(0, TOP)) console.log(`${e.ms.toFixed(1).padStart(8)} ${String(e.calls).padStart(6)}  ${key}`);
+for (const [key, e] of [...groups].sort((a, b) => b[1].ms - a[1].ms).slice(0, TOP))
+  console.log(`${e.ms.toFixed(1).padStart(8)} ${String(e.calls).padStart(6)}  ${key}`);
 routed.dispose();
 base.dispose();

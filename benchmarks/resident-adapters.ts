@@ -24,7 +24,22 @@
 import * as tf from '@tensorflow/tfjs';
 import { RoutedRuntime } from '../src/runtime/runtime.js';
 import type { BatchEvent } from '../src/runtime/types.js';
-import { assertNoLeak, compareAsync, isMain, logRatio, machineInfo, median, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
+import {
+  assertNoLeak,
+  compareAsync,
+  isMain,
+  logRatio,
+  machineInfo,
+  median,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  type BenchArgs,
+  type BenchResult,
+  type RatioResult,
+} from './lib/harness.js';
 import { loraBytes, writeLoraDirs } from './lib/peft-dirs.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 
@@ -88,13 +103,30 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
     const checkResident = (when: string): Record<string, number> => {
       const stats = many.stats();
       const resident = stats.targets.filter((t) => t.resident).length;
-      if (stats.targets.length !== sizes.adapters || resident !== sizes.adapters || stats.evictions !== 0 || stats.reloads !== 0 || stats.residentBytes !== sizes.adapters * bytesPerAdapter) {
-        throw new Error(`${when}: ${stats.targets.length} targets, ${resident} resident, ${stats.evictions} evictions, ${stats.reloads} reloads, ${stats.residentBytes} bytes`);
+      if (
+        stats.targets.length !== sizes.adapters ||
+        resident !== sizes.adapters ||
+        stats.evictions !== 0 ||
+        stats.reloads !== 0 ||
+        stats.residentBytes !== sizes.adapters * bytesPerAdapter
+      ) {
+        throw new Error(
+          `${when}: ${stats.targets.length} targets, ${resident} resident, ${stats.evictions} evictions, ${stats.reloads} reloads, ${stats.residentBytes} bytes`,
+        );
       }
-      return { targets: stats.targets.length, resident, evictions: stats.evictions, reloads: stats.reloads, residentBytes: stats.residentBytes, budgetBytes: budget };
+      return {
+        targets: stats.targets.length,
+        resident,
+        evictions: stats.evictions,
+        reloads: stats.reloads,
+        residentBytes: stats.residentBytes,
+        budgetBytes: budget,
+      };
     };
     details['afterLoad'] = checkResident('after loading');
-    console.log(`  ${sizes.adapters} adapters written in ${writeSeconds.toFixed(1)} s, loaded in ${loadSeconds.toFixed(1)} s: ${(sizes.adapters * bytesPerAdapter / 2 ** 20).toFixed(0)} MiB resident, budget ${(budget / 2 ** 20).toFixed(0)} MiB, 0 evictions`);
+    console.log(
+      `  ${sizes.adapters} adapters written in ${writeSeconds.toFixed(1)} s, loaded in ${loadSeconds.toFixed(1)} s: ${((sizes.adapters * bytesPerAdapter) / 2 ** 20).toFixed(0)} MiB resident, budget ${(budget / 2 ** 20).toFixed(0)} MiB, 0 evictions`,
+    );
 
     const first = passes.length;
     const timings = await compareAsync(
@@ -115,8 +147,22 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
     details['passes'] = { total: passes.length - first, burstPassRequests: burstPasses[0]?.requests ?? 0 };
     const label = `serving one adapter, ${sizes.adapters} registered / 1 registered, throughput`;
     ratios.push(
-      ratioResult(timings, 'resident/burst', `${label} (${sizes.requests} concurrent ${sizes.prompt}-token requests)`, '1 registered', `${sizes.adapters} registered`, { target: TARGET, higherIsBetter: true }),
-      ratioResult(timings, 'resident/sequential', `${label} (${sizes.sequential} sequential ${sizes.sequentialPrompt}-token requests)`, '1 registered, sequential', `${sizes.adapters} registered, sequential`, { higherIsBetter: true }),
+      ratioResult(
+        timings,
+        'resident/burst',
+        `${label} (${sizes.requests} concurrent ${sizes.prompt}-token requests)`,
+        '1 registered',
+        `${sizes.adapters} registered`,
+        { target: TARGET, higherIsBetter: true },
+      ),
+      ratioResult(
+        timings,
+        'resident/sequential',
+        `${label} (${sizes.sequential} sequential ${sizes.sequentialPrompt}-token requests)`,
+        '1 registered, sequential',
+        `${sizes.adapters} registered, sequential`,
+        { higherIsBetter: true },
+      ),
     );
     for (const r of ratios) logRatio(r);
     const perSecond = (name: string, n: number, t: typeof timings): number => round((1000 * n) / median(t.samples[name] ?? []), 2);
@@ -135,7 +181,9 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       throughputAfterOverBefore: round(beforeMs / afterMs, 3),
       samplesBeforeMs: before.samples['burst'],
     };
-    console.log(`  process-wide: the 1-adapter runtime's burst took ${beforeMs.toFixed(1)} ms before the others were loaded, ${afterMs.toFixed(1)} ms after (throughput ×${(beforeMs / afterMs).toFixed(3)})`);
+    console.log(
+      `  process-wide: the 1-adapter runtime's burst took ${beforeMs.toFixed(1)} ms before the others were loaded, ${afterMs.toFixed(1)} ms after (throughput ×${(beforeMs / afterMs).toFixed(3)})`,
+    );
     console.log(`  requests/s:`, details['requestsPerSecond']);
     details['samplesMs'] = { wall: timings.samples, cpu: timings.cpuSamples, warmupRounds: timings.warmup };
     details['setupSeconds'] = { writeDirs: round(writeSeconds, 1), load: round(loadSeconds, 1) };
@@ -154,7 +202,16 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
     quick: args.quick,
     date: new Date().toISOString(),
     machine: machineInfo(),
-    constants: { model: modelOptions, rank: RANK, sites: SITES, batching: BATCHING, bytesPerAdapter, budgetBytes: budget, budgetHeadroom: BUDGET_HEADROOM, ...sizes },
+    constants: {
+      model: modelOptions,
+      rank: RANK,
+      sites: SITES,
+      batching: BATCHING,
+      bytesPerAdapter,
+      budgetBytes: budget,
+      budgetHeadroom: BUDGET_HEADROOM,
+      ...sizes,
+    },
     ratios,
     details,
     seconds: round((performance.now() - started) / 1000, 1),

@@ -11,7 +11,22 @@ import type { KVCache } from '../src/base/kv-cache.js';
 import type { Transformer } from '../src/base/transformer.js';
 import type { AdapterInstance } from '../src/adapters/instance.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
-import { assertNoLeak, compare, decodeWarmupCap, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
+import {
+  assertNoLeak,
+  compare,
+  decodeWarmupCap,
+  isMain,
+  logRatio,
+  machineInfo,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  type BenchArgs,
+  type BenchResult,
+  type RatioResult,
+} from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { singleLoraSpec } from './lib/specs.js';
 
@@ -74,7 +89,9 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
     const sides: { name: string; forward: (ids: number[][], cache: KVCache) => tf.Tensor }[] = [
       { name: 'base', forward: (ids, cache) => base.forward({ ids, cache, output: 'last-logits' }) },
       { name: 'unmerged', forward: (ids, cache) => adapted.forward({ ids, cache, output: 'last-logits' }) },
-      ...(merged === undefined ? [] : [{ name: 'merged', forward: (ids: number[][], cache: KVCache) => merged.forward({ ids, cache, output: 'last-logits' }) }]),
+      ...(merged === undefined
+        ? []
+        : [{ name: 'merged', forward: (ids: number[][], cache: KVCache) => merged.forward({ ids, cache, output: 'last-logits' }) }]),
     ];
     const caches = sides.map(() => base.newCache(1));
     try {
@@ -87,7 +104,8 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
         { ...sizes.decode, maxWarmup: decodeWarmupCap(modelOptions.maxSeqLen, DECODE_PREFILL, sizes.decode.rounds) },
       );
       samples['decode'] = { wall: decode.samples, cpu: decode.cpuSamples };
-      if (merged !== undefined) ratios.push(ratioResult(decode, 'static/merged-decode', 'merged LoRA/base, decode step, batch 1', 'merged', 'base', { target: TARGET_MERGED }));
+      if (merged !== undefined)
+        ratios.push(ratioResult(decode, 'static/merged-decode', 'merged LoRA/base, decode step, batch 1', 'merged', 'base', { target: TARGET_MERGED }));
       ratios.push(ratioResult(decode, 'static/unmerged-decode', 'unmerged LoRA/base, decode step, batch 1', 'unmerged', 'base'));
     } finally {
       for (const c of caches) c.dispose();
@@ -100,12 +118,23 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       [
         { name: 'base', run: () => base.forward({ ids, output: 'last-logits' }), warm: () => base.forward({ ids: warmIds, output: 'last-logits' }) },
         { name: 'unmerged', run: () => adapted.forward({ ids, output: 'last-logits' }), warm: () => adapted.forward({ ids: warmIds, output: 'last-logits' }) },
-        ...(merged === undefined ? [] : [{ name: 'merged', run: () => merged.forward({ ids, output: 'last-logits' }), warm: () => merged.forward({ ids: warmIds, output: 'last-logits' }) }]),
+        ...(merged === undefined
+          ? []
+          : [
+              {
+                name: 'merged',
+                run: () => merged.forward({ ids, output: 'last-logits' }),
+                warm: () => merged.forward({ ids: warmIds, output: 'last-logits' }),
+              },
+            ]),
       ],
       sizes.prefill,
     );
     samples['prefill'] = { wall: prefill.samples, cpu: prefill.cpuSamples };
-    if (merged !== undefined) ratios.push(ratioResult(prefill, 'static/merged-prefill', `merged LoRA/base, ${prefillTokens}-token prefill, batch 1`, 'merged', 'base', { target: TARGET_MERGED }));
+    if (merged !== undefined)
+      ratios.push(
+        ratioResult(prefill, 'static/merged-prefill', `merged LoRA/base, ${prefillTokens}-token prefill, batch 1`, 'merged', 'base', { target: TARGET_MERGED }),
+      );
     ratios.push(ratioResult(prefill, 'static/unmerged-prefill', `unmerged LoRA/base, ${prefillTokens}-token prefill, batch 1`, 'unmerged', 'base'));
     for (const r of ratios) logRatio(r);
     for (const s of skipped) console.log(`  ${s}`);

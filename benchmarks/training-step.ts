@@ -12,7 +12,21 @@ import * as tf from '@tensorflow/tfjs';
 import { builtinRouters } from '../routers/index.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
 import { Trainer, type TrainBatch } from '../src/train/trainer.js';
-import { assertNoLeak, compare, isMain, logRatio, machineInfo, parseArgs, ratioResult, round, useBackend, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
+import {
+  assertNoLeak,
+  compare,
+  isMain,
+  logRatio,
+  machineInfo,
+  parseArgs,
+  ratioResult,
+  round,
+  useBackend,
+  writeResult,
+  type BenchArgs,
+  type BenchResult,
+  type RatioResult,
+} from './lib/harness.js';
 import { BENCH_MODEL, QUICK_MODEL, randomIds, randomLlama } from './lib/random-model.js';
 import { routedLoraSpec, singleLoraSpec } from './lib/specs.js';
 
@@ -67,7 +81,15 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       sizes,
     );
     samples = { wall: timings.samples, cpu: timings.cpuSamples };
-    ratios.push(ratioResult(timings, 'training/routed-vs-single', `training step, routed (E=${EXPERTS} k=${K} r=${RANK} + routers) / single LoRA r=${singleRank}, ${sizes.batch}×${sizes.tokens}`, 'routed-step', 'single-step'));
+    ratios.push(
+      ratioResult(
+        timings,
+        'training/routed-vs-single',
+        `training step, routed (E=${EXPERTS} k=${K} r=${RANK} + routers) / single LoRA r=${singleRank}, ${sizes.batch}×${sizes.tokens}`,
+        'routed-step',
+        'single-step',
+      ),
+    );
 
     // Memory after the warm-up steps (AdamW's moments exist by now and count as resident).
     const routedTrain = await peakBytesAbove(() => void routedTrainer.step(batch));
@@ -82,9 +104,27 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       singleInferencePeakMiB: mb(singleInfer.peakAboveStart),
       residentMiBBeforeRoutedStep: mb(routedTrain.startBytes),
     };
-    const memoryRatio = (id: string, label: string, a: number, b: number): RatioResult => ({ id, label, numerator: 'training', denominator: 'inference', ratio: round(a / b), numeratorMs: Number.NaN, denominatorMs: Number.NaN, note: `${mb(a)} MiB / ${mb(b)} MiB above resident (tf.profile peakBytes)` });
-    ratios.push(memoryRatio('training/memory-routed', 'tensor memory, routed: training step / inference forward', routedTrain.peakAboveStart, routedInfer.peakAboveStart));
-    ratios.push(memoryRatio('training/memory-single', `tensor memory, single LoRA r=${singleRank}: training step / inference forward`, singleTrain.peakAboveStart, singleInfer.peakAboveStart));
+    const memoryRatio = (id: string, label: string, a: number, b: number): RatioResult => ({
+      id,
+      label,
+      numerator: 'training',
+      denominator: 'inference',
+      ratio: round(a / b),
+      numeratorMs: Number.NaN,
+      denominatorMs: Number.NaN,
+      note: `${mb(a)} MiB / ${mb(b)} MiB above resident (tf.profile peakBytes)`,
+    });
+    ratios.push(
+      memoryRatio('training/memory-routed', 'tensor memory, routed: training step / inference forward', routedTrain.peakAboveStart, routedInfer.peakAboveStart),
+    );
+    ratios.push(
+      memoryRatio(
+        'training/memory-single',
+        `tensor memory, single LoRA r=${singleRank}: training step / inference forward`,
+        singleTrain.peakAboveStart,
+        singleInfer.peakAboveStart,
+      ),
+    );
     for (const r of ratios) {
       if (Number.isNaN(r.numeratorMs)) console.log(`  ${r.label}: ${r.ratio}× (${r.note ?? ''})`);
       else logRatio(r);

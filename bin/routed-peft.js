@@ -20,9 +20,7 @@ async function loadCli() {
   try {
     ({ register } = await import('tsx/esm/api'));
   } catch {
-    process.stderr.write(
-      'routed-peft: dist/ is missing and tsx is not installed; run `npm ci && npm run build` first\n',
-    );
+    process.stderr.write('routed-peft: dist/ is missing and tsx is not installed; run `npm ci && npm run build` first\n');
     return undefined;
   }
   register();

@@ -43,7 +43,6 @@ export function expertChoiceSelection(scores: tf.Tensor2D, mask: tf.Tensor1D, ca
 }
 
 class ExpertChoiceRouter extends GatedRouter {
-
   constructor(
     private readonly config: ExpertChoiceRouterConfig,
     shape: RouterShape,

@@ -24,7 +24,10 @@ const HASH_MULTIPLIER = 0x9e3779b1;
 const MULTIPLIER_LOW = HASH_MULTIPLIER & 0xffff;
 const MULTIPLIER_HIGH = HASH_MULTIPLIER >>> 16;
 
-export const HashRouterConfig = z.object({ kind: z.literal('hash') }).strict().readonly();
+export const HashRouterConfig = z
+  .object({ kind: z.literal('hash') })
+  .strict()
+  .readonly();
 export type HashRouterConfig = z.infer<typeof HashRouterConfig>;
 
 /** Host reference of the hash: the expert of a token id among E choices. */

@@ -24,10 +24,7 @@ export type SoftRouterConfig = z.infer<typeof SoftRouterConfig>;
 class SoftRouter extends GatedRouter {
   private temperature: number;
 
-  constructor(
-    config: SoftRouterConfig,
-    shape: RouterShape,
-  ) {
+  constructor(config: SoftRouterConfig, shape: RouterShape) {
     super('soft', shape);
     this.temperature = config.temperature;
   }

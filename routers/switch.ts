@@ -39,7 +39,6 @@ export function withinCapacity(ids: tf.Tensor2D, mask: tf.Tensor1D, choices: num
 }
 
 class SwitchRouter extends GatedRouter {
-
   constructor(
     private readonly config: SwitchRouterConfig,
     shape: RouterShape,

@@ -43,7 +43,6 @@ export function topPKept(probabilities: tf.Tensor2D, threshold: number, maxExper
 }
 
 class TopPRouter extends GatedRouter {
-
   constructor(
     private readonly config: TopPRouterConfig,
     shape: RouterShape,

@@ -131,7 +131,9 @@ function initialWeights(seed: number): { named: NamedVariable[]; weights: Transf
   let draws = 0;
   const variable = (name: string, shape: number[], init: 'normal' | 'ones', options: { std?: number; transposed?: boolean } = {}): tf.Variable => {
     const std = options.std ?? INIT_STD;
-    const v = tf.tidy(() => tf.variable(init === 'ones' ? tf.ones(shape) : tf.randomNormal(shape, 0, std, 'float32', seed + 1000 * ++draws), true, `pretrain/${name}`));
+    const v = tf.tidy(() =>
+      tf.variable(init === 'ones' ? tf.ones(shape) : tf.randomNormal(shape, 0, std, 'float32', seed + 1000 * ++draws), true, `pretrain/${name}`),
+    );
     named.push({ name, variable: v, transposed: options.transposed ?? false, decay: init === 'normal' });
     return v;
   };
@@ -215,14 +217,19 @@ async function main(): Promise<void> {
   const variables = named.map((n) => n.variable);
   const byVariableName = new Map(named.map((n) => [n.variable.name, n.name]));
   const parameterCount = variables.reduce((s, v) => s + v.size, 0);
-  console.log(`pretraining a ${N_LAYERS}-layer llama, D=${DIM}, F=${HIDDEN_DIM}, V=${DEMO_VOCAB_SIZE}: ${parameterCount} parameters; ${STEPS} steps of ${BATCH} documents`);
+  console.log(
+    `pretraining a ${N_LAYERS}-layer llama, D=${DIM}, F=${HIDDEN_DIM}, V=${DEMO_VOCAB_SIZE}: ${parameterCount} parameters; ${STEPS} steps of ${BATCH} documents`,
+  );
 
   const random = seededRandom(SEED);
   const curve: { step: number; loss: number; lr: number }[] = [];
   let window = 0;
   let windowSteps = 0;
   for (let step = 0; step < STEPS; step++) {
-    const batch = documentBatch(tokenizer, Array.from({ length: BATCH }, () => pretrainingDocument(random)));
+    const batch = documentBatch(
+      tokenizer,
+      Array.from({ length: BATCH }, () => pretrainingDocument(random)),
+    );
     const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward({ ids: batch.ids, mask: batch.mask, training: true }), batch), variables);
     const loss = value.dataSync()[0] as number;
     value.dispose();
@@ -247,10 +254,16 @@ async function main(): Promise<void> {
 
   // Held-out evaluation per kind of text, and a greedy echo check.
   const evalRandom = seededRandom(SEED + 1);
-  const heldOut = new Map<PretrainingKind, string[]>(PRETRAINING_KINDS.map((kind) => [kind, Array.from({ length: EVAL_DOCUMENTS }, () => pretrainingDocument(evalRandom, kind))]));
+  const heldOut = new Map<PretrainingKind, string[]>(
+    PRETRAINING_KINDS.map((kind) => [kind, Array.from({ length: EVAL_DOCUMENTS }, () => pretrainingDocument(evalRandom, kind))]),
+  );
   const kindLoss = Object.fromEntries([...heldOut].map(([kind, docs]) => [kind, meanLoss(model, tokenizer, docs)]));
   const echo = echoAccuracy(model, tokenizer, SEED + 2, 128);
-  console.log(`held-out loss per kind: ${Object.entries(kindLoss).map(([k, l]) => `${k} ${l.toFixed(4)}`).join(', ')}`);
+  console.log(
+    `held-out loss per kind: ${Object.entries(kindLoss)
+      .map(([k, l]) => `${k} ${l.toFixed(4)}`)
+      .join(', ')}`,
+  );
   console.log(`greedy echo accuracy: ${(echo * 100).toFixed(1)}%`);
 
   // Write the Hugging Face directory.
@@ -278,7 +291,13 @@ async function main(): Promise<void> {
   await writeFile(join(outDir, 'README.md'), modelCard({ parameterCount, curve, kindLoss, echo, seconds }));
 }
 
-function modelCard(info: { parameterCount: number; curve: readonly { step: number; loss: number }[]; kindLoss: Record<string, number>; echo: number; seconds: number }): string {
+function modelCard(info: {
+  parameterCount: number;
+  curve: readonly { step: number; loss: number }[];
+  kindLoss: Record<string, number>;
+  echo: number;
+  seconds: number;
+}): string {
   return `# routed-peft demo base model
 
 A ${N_LAYERS}-layer llama (D=${DIM}, F=${HIDDEN_DIM}, ${N_HEADS} heads, ${info.parameterCount} parameters)
@@ -289,7 +308,9 @@ echo (\`kq3z|kq3z\`), repeated units, ascending runs and random words — none o
 
 \`routed-peft demo\` fine-tunes it; regenerate it with the command above (the output is deterministic).
 
-Held-out loss (nats/token): ${Object.entries(info.kindLoss).map(([k, l]) => `${k} ${l.toFixed(3)}`).join(', ')}.
+Held-out loss (nats/token): ${Object.entries(info.kindLoss)
+    .map(([k, l]) => `${k} ${l.toFixed(3)}`)
+    .join(', ')}.
 Greedy echo accuracy: ${(info.echo * 100).toFixed(1)}%.
 
 Loss curve (mean training loss per ${LOG_EVERY} steps):

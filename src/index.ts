@@ -40,7 +40,16 @@ export type { RoutingTraceEntry } from './routing/trace.js';
 
 export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type AdapterSelection, type ParameterReport } from './model/adapted-model.js';
 
-export { Trainer, TrainerConfig, TrainObjective, type TrainBatch, type TrainerConfigInput, type StepReport, type TrainEvent, type TrainSummary } from './train/trainer.js';
+export {
+  Trainer,
+  TrainerConfig,
+  TrainObjective,
+  type TrainBatch,
+  type TrainerConfigInput,
+  type StepReport,
+  type TrainEvent,
+  type TrainSummary,
+} from './train/trainer.js';
 export { TrainingError } from './train/errors.js';
 export { AdamW, type AdamWState } from './train/adamw.js';
 export { paramGroups, type ParamGroupEntry } from './train/param-groups.js';

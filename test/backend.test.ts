@@ -6,13 +6,7 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { BackendError } from '../src/errors.js';
-import {
-  BACKEND_ENV_VAR,
-  getBackendReport,
-  isBackendPreference,
-  resolveBackendPreference,
-  selectBackend,
-} from '../src/backend.js';
+import { BACKEND_ENV_VAR, getBackendReport, isBackendPreference, resolveBackendPreference, selectBackend } from '../src/backend.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 /** These tests describe a machine without the native tfjs-node packages (like this one and CI). */

@@ -332,7 +332,11 @@ export function assertNoLeak(startTensors: number, what: string): void {
 }
 
 /** Kernel time of one tf.profile run: the total, and the `top` kernel names by time (calls and ms each, rounded to `digits`). */
-export function kernelTimes(kernels: readonly { readonly name: string; readonly kernelTimeMs: unknown }[], top: number, digits: number): { kernelMs: number; top: { name: string; calls: number; ms: number }[] } {
+export function kernelTimes(
+  kernels: readonly { readonly name: string; readonly kernelTimeMs: unknown }[],
+  top: number,
+  digits: number,
+): { kernelMs: number; top: { name: string; calls: number; ms: number }[] } {
   const byName = new Map<string, { calls: number; ms: number }>();
   let kernelMs = 0;
   for (const k of kernels) {
@@ -343,6 +347,9 @@ export function kernelTimes(kernels: readonly { readonly name: string; readonly 
     entry.ms += ms;
     byName.set(k.name, entry);
   }
-  const slowest = [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, top).map(([name, e]) => ({ name, calls: e.calls, ms: round(e.ms, digits) }));
+  const slowest = [...byName]
+    .sort((a, b) => b[1].ms - a[1].ms)
+    .slice(0, top)
+    .map(([name, e]) => ({ name, calls: e.calls, ms: round(e.ms, digits) }));
   return { kernelMs, top: slowest };
 }

@@ -19,7 +19,10 @@ export const TargetSpec = z
 export type TargetSpec = z.infer<typeof TargetSpec>;
 
 function globToRegExp(glob: string): RegExp {
-  const escaped = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^]*').replace(/\?/g, '.');
+  const escaped = glob
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '[^]*')
+    .replace(/\?/g, '.');
   return new RegExp(`^${escaped}$`);
 }
 
@@ -92,6 +95,9 @@ export const adapterSpecFields = {
     .string()
     .min(1)
     .regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _, . and - (the name becomes a directory name)')
-    .refine((name) => !['default', 'none', 'head', '.', '..'].includes(name) && !/^route\d+$/.test(name), 'the names default, none, head, route<N>, . and .. are reserved'),
+    .refine(
+      (name) => !['default', 'none', 'head', '.', '..'].includes(name) && !/^route\d+$/.test(name),
+      'the names default, none, head, route<N>, . and .. are reserved',
+    ),
   targets: TargetSpec.default({ layers: 'all' }),
 };

@@ -17,12 +17,7 @@ export const MASKED = -1e9;
  * causality: query t (absolute slot past + t) sees slot s when s ≤ past + t and slot s is a real token.
  * `prefixSlots` leading slots (prefix tuning) are visible to every query.
  */
-export function attentionBias(
-  keyMask: readonly (readonly number[])[],
-  tokens: number,
-  past: number,
-  prefixSlots: number,
-): tf.Tensor {
+export function attentionBias(keyMask: readonly (readonly number[])[], tokens: number, past: number, prefixSlots: number): tf.Tensor {
   const batch = keyMask.length;
   const slots = past + tokens;
   const total = prefixSlots + slots;
@@ -43,12 +38,7 @@ export function attentionBias(
 /**
  * softmax(q·kᵀ/√Dh + bias)·v. q [B, T, H, Dh]; k, v [B, S, Hk, Dh]; bias [B, 1, 1, T, S] → [B, T, H·Dh].
  */
-export function groupedQueryAttention(
-  q: tf.Tensor4D,
-  k: tf.Tensor4D,
-  v: tf.Tensor4D,
-  bias: tf.Tensor,
-): tf.Tensor3D {
+export function groupedQueryAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor): tf.Tensor3D {
   const [b, t, h, dh] = q.shape;
   const [, s, hk] = k.shape;
   const g = h / hk;

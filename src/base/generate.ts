@@ -44,9 +44,13 @@ export function* generateSteps(model: Transformer, prompts: readonly (readonly n
   if (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0) {
     throw new ShapeError(`maxNewTokens must be a non-negative integer, got ${options.maxNewTokens}`, { path: 'maxNewTokens' });
   }
-  const sampling = parseConfig(SamplingOptions, { temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed }, 'sampling options');
+  const sampling = parseConfig(
+    SamplingOptions,
+    { temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed },
+    'sampling options',
+  );
   const random = seededRandom(sampling.seed ?? Math.floor(Math.random() * 2 ** 31));
-  const eos = options.eosId === undefined ? model.config.eosId : options.eosId ?? undefined;
+  const eos = options.eosId === undefined ? model.config.eosId : (options.eosId ?? undefined);
   const batch = prompts.length;
   const padded = padLeft(prompts);
   const sequences = padded.ids.map((r) => [...r]);
@@ -93,4 +97,3 @@ export function generate(model: Transformer, prompts: readonly (readonly number[
   }
   return outputs;
 }
-

@@ -88,38 +88,43 @@ export class Transformer {
     const past = cache?.length ?? 0;
     const positions = this.positions(mask, cache);
 
-    const run = (): tf.Tensor => tf.tidy(() => {
-      const maskTensor = tf.tensor2d(mask.map((r) => [...r]), [batch, tokens], 'float32'); // [B, T]
-      const padded = mask.some((row) => row.some((m) => m !== 1));
-      const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, padded, pastLength: past, cache, training: options.training ?? false };
-      hooks?.begin?.(context);
-      const keyMask = cache === undefined ? mask : cache.mask.map((row, b) => [...row, ...(mask[b] ?? [])]);
-      const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]
+    const run = (): tf.Tensor =>
+      tf.tidy(() => {
+        const maskTensor = tf.tensor2d(
+          mask.map((r) => [...r]),
+          [batch, tokens],
+          'float32',
+        ); // [B, T]
+        const padded = mask.some((row) => row.some((m) => m !== 1));
+        const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, padded, pastLength: past, cache, training: options.training ?? false };
+        hooks?.begin?.(context);
+        const keyMask = cache === undefined ? mask : cache.mask.map((row, b) => [...row, ...(mask[b] ?? [])]);
+        const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]
 
-      let hidden = this.embed(ids, positionTensor); // [N, D]
-      for (let layer = 0; layer < this.config.nLayers; layer++) {
-        hooks?.beginLayer?.(layer, hidden);
-        const attnIn = this.norm(hidden, this.layer(layer).attnNorm); // [N, D]
-        let attnOut = this.attention(layer, attnIn, positionTensor, keyMask, batch, tokens, past, options); // [N, D]
-        if (hooks?.blockOutput) attnOut = hooks.blockOutput(layer, 'attn', attnOut);
-        hidden = tf.add<tf.Tensor2D>(hidden, attnOut); // [N, D]
-        const mlpIn = this.norm(hidden, this.layer(layer).mlpNorm); // [N, D]
-        let mlpOut = this.mlp(layer, mlpIn, hooks); // [N, D]
-        if (hooks?.blockOutput) mlpOut = hooks.blockOutput(layer, 'mlp', mlpOut);
-        hidden = tf.add<tf.Tensor2D>(hidden, mlpOut); // [N, D]
-      }
-      hooks?.end?.();
-      cache?.append(mask);
-      const final = this.norm(hidden, this.weights.finalNorm); // [N, D]
-      const output = options.output ?? 'logits';
-      if (output === 'hidden') return tf.reshape(final, [batch, tokens, this.config.dim]); // [B, T, D]
-      if (output === 'last-logits') {
-        const last = tf.slice(tf.reshape(final, [batch, tokens, this.config.dim]), [0, tokens - 1, 0], [batch, 1, this.config.dim]); // [B, 1, D]
-        return tf.matMul(tf.reshape(last, [batch, this.config.dim]), this.weights.head); // [B, V]
-      }
-      const logits = tf.matMul(final, this.weights.head); // [N, V]
-      return tf.reshape(logits, [batch, tokens, this.config.vocabSize]); // [B, T, V]
-    });
+        let hidden = this.embed(ids, positionTensor); // [N, D]
+        for (let layer = 0; layer < this.config.nLayers; layer++) {
+          hooks?.beginLayer?.(layer, hidden);
+          const attnIn = this.norm(hidden, this.layer(layer).attnNorm); // [N, D]
+          let attnOut = this.attention(layer, attnIn, positionTensor, keyMask, batch, tokens, past, options); // [N, D]
+          if (hooks?.blockOutput) attnOut = hooks.blockOutput(layer, 'attn', attnOut);
+          hidden = tf.add<tf.Tensor2D>(hidden, attnOut); // [N, D]
+          const mlpIn = this.norm(hidden, this.layer(layer).mlpNorm); // [N, D]
+          let mlpOut = this.mlp(layer, mlpIn, hooks); // [N, D]
+          if (hooks?.blockOutput) mlpOut = hooks.blockOutput(layer, 'mlp', mlpOut);
+          hidden = tf.add<tf.Tensor2D>(hidden, mlpOut); // [N, D]
+        }
+        hooks?.end?.();
+        cache?.append(mask);
+        const final = this.norm(hidden, this.weights.finalNorm); // [N, D]
+        const output = options.output ?? 'logits';
+        if (output === 'hidden') return tf.reshape(final, [batch, tokens, this.config.dim]); // [B, T, D]
+        if (output === 'last-logits') {
+          const last = tf.slice(tf.reshape(final, [batch, tokens, this.config.dim]), [0, tokens - 1, 0], [batch, 1, this.config.dim]); // [B, 1, D]
+          return tf.matMul(tf.reshape(last, [batch, this.config.dim]), this.weights.head); // [B, V]
+        }
+        const logits = tf.matMul(final, this.weights.head); // [N, V]
+        return tf.reshape(logits, [batch, tokens, this.config.vocabSize]); // [B, T, V]
+      });
     try {
       return run();
     } catch (error) {
@@ -235,7 +240,10 @@ export class Transformer {
     if (batch === 0 || tokens === 0) throw new ShapeError('forward needs at least one row of at least one token', { hint: 'Pass ids as [[id, ...], ...]' });
     for (const [b, row] of ids.entries()) {
       if (row.length !== tokens) {
-        throw new ShapeError(`row ${b} has ${row.length} tokens but row 0 has ${tokens}`, { path: `ids[${b}]`, hint: 'Pad rows to one length and pass a mask' });
+        throw new ShapeError(`row ${b} has ${row.length} tokens but row 0 has ${tokens}`, {
+          path: `ids[${b}]`,
+          hint: 'Pad rows to one length and pass a mask',
+        });
       }
       for (const [t, id] of row.entries()) {
         if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
@@ -252,7 +260,9 @@ export class Transformer {
     if (cache !== undefined && cache.batch !== batch) {
       throw new ShapeError(`cache holds ${cache.batch} rows but ids have ${batch}`, { path: 'cache' });
     }
-    const longest = Math.max(...mask?.map((r, b) => (cache?.positionsOf(b) ?? 0) + r.reduce((s, m) => s + m, 0)) ?? ids.map((_, b) => (cache?.positionsOf(b) ?? 0) + tokens));
+    const longest = Math.max(
+      ...(mask?.map((r, b) => (cache?.positionsOf(b) ?? 0) + r.reduce((s, m) => s + m, 0)) ?? ids.map((_, b) => (cache?.positionsOf(b) ?? 0) + tokens)),
+    );
     if (longest > this.config.maxSeqLen) {
       throw new ShapeError(`sequence of ${longest} tokens exceeds the model's maximum of ${this.config.maxSeqLen}`, { path: 'ids' });
     }

@@ -18,8 +18,12 @@ export interface FlagSpec {
 export type FlagSpecs = Readonly<Record<string, FlagSpec>>;
 
 type FlagValue<S extends FlagSpec> = S['type'] extends 'boolean'
-  ? S['multiple'] extends true ? boolean[] : boolean
-  : S['multiple'] extends true ? string[] : string;
+  ? S['multiple'] extends true
+    ? boolean[]
+    : boolean
+  : S['multiple'] extends true
+    ? string[]
+    : string;
 
 /** Parsed flag values: a flag with a `default` is always present, the others may be missing. */
 export type FlagValues<O extends FlagSpecs> = {
@@ -39,11 +43,7 @@ export interface ParseOptions {
 }
 
 /** parseArgs in strict mode; unknown flags, missing values and unexpected positionals become UsageErrors. */
-export function parseStrict<const O extends FlagSpecs>(
-  args: readonly string[],
-  options: O,
-  parseOptions: ParseOptions = {},
-): ParsedArgs<O> {
+export function parseStrict<const O extends FlagSpecs>(args: readonly string[], options: O, parseOptions: ParseOptions = {}): ParsedArgs<O> {
   try {
     const { values, positionals } = parseArgs({
       args: [...args],

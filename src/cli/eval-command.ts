@@ -49,7 +49,9 @@ function formatText(result: EvaluationResult): string {
   }
   const r = result.routing;
   if (r !== null) {
-    lines.push(`routing: purity ${fmt(r.purity, 3)}  mutual information ${fmt(r.mutualInformation, 3)}  dropped ${(r.droppedRate * 100).toFixed(1)}%  (${r.decisions} decisions)`);
+    lines.push(
+      `routing: purity ${fmt(r.purity, 3)}  mutual information ${fmt(r.mutualInformation, 3)}  dropped ${(r.droppedRate * 100).toFixed(1)}%  (${r.decisions} decisions)`,
+    );
     for (const l of r.load) {
       const shares = l.experts.map((e, i) => `${e} ${((l.fractions[i] ?? 0) * 100).toFixed(0)}%`).join(', ');
       lines.push(`  layer ${l.layer} ${l.site}${l.route > 0 ? ` (route ${l.route})` : ''}: ${shares}`);
@@ -89,7 +91,9 @@ export const evalCommand: CliCommand = {
     const dataset = await readJsonlDataset(values.data, state === undefined ? {} : { tasks: state.data.tasks });
     for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
     const baseText =
-      values['base-text'] === undefined ? undefined : (await readJsonlDataset(values['base-text'])).examples.map((e) => (e.kind === 'prompt-completion' ? e.prompt + e.completion : e.text));
+      values['base-text'] === undefined
+        ? undefined
+        : (await readJsonlDataset(values['base-text'])).examples.map((e) => (e.kind === 'prompt-completion' ? e.prompt + e.completion : e.text));
 
     const loaded = await loadCliModel(values);
     try {

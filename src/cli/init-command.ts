@@ -40,7 +40,9 @@ export const initCommand: CliCommand = {
       try {
         await saveRoutedModel(values.out, model, { basePath: loaded.path });
         const report = model.parameterReport();
-        io.stdout(format === 'json' ? `${JSON.stringify({ out: values.out, parameters: report })}\n` : `created ${values.out}\n${formatParameterReport(report)}`);
+        io.stdout(
+          format === 'json' ? `${JSON.stringify({ out: values.out, parameters: report })}\n` : `created ${values.out}\n${formatParameterReport(report)}`,
+        );
       } finally {
         model.dispose();
       }

@@ -86,7 +86,13 @@ export interface CliAdapters {
 /** Attaches what --adapter / --routed name to a loaded base; undefined model when neither is given. */
 export async function loadCliAdapters(
   loaded: LoadedCliModel,
-  values: { readonly adapter?: string[] | undefined; readonly combine?: string | undefined; readonly weights?: string | undefined; readonly routed?: string | undefined; readonly 'task-id'?: string | undefined },
+  values: {
+    readonly adapter?: string[] | undefined;
+    readonly combine?: string | undefined;
+    readonly weights?: string | undefined;
+    readonly routed?: string | undefined;
+    readonly 'task-id'?: string | undefined;
+  },
   context: CliContext,
   io: CliIo,
 ): Promise<CliAdapters> {
@@ -105,7 +111,8 @@ export async function loadCliAdapters(
   const combine = toChoice('combine', values.combine ?? 'parallel', ['stack', 'parallel', 'average'] as const);
   const weights = values.weights === undefined ? undefined : values.weights.split(',').map((w) => toNumber('weights', w.trim()));
   if (weights !== undefined && combine !== 'average') throw new UsageError('--weights applies to --combine average');
-  if (weights !== undefined && weights.length !== adapters.length) throw new UsageError(`--weights has ${weights.length} values for ${adapters.length} adapters`);
+  if (weights !== undefined && weights.length !== adapters.length)
+    throw new UsageError(`--weights has ${weights.length} values for ${adapters.length} adapters`);
   const instances: AdapterInstance[] = [];
   try {
     const used = new Set<string>();
@@ -119,7 +126,11 @@ export async function loadCliAdapters(
     }
     const names = instances.map((i) => i.name);
     const composition =
-      names.length === 1 ? names[0] : combine === 'average' ? { kind: combine, children: names, ...(weights === undefined ? {} : { weights }) } : { kind: combine, children: names };
+      names.length === 1
+        ? names[0]
+        : combine === 'average'
+          ? { kind: combine, children: names, ...(weights === undefined ? {} : { weights }) }
+          : { kind: combine, children: names };
     const model = AdaptedModel.create(loaded.model, { adapters: instances.map((i) => i.spec), composition });
     for (const instance of instances.splice(0)) model.replaceAdapter(instance);
     return { model, taskIds };

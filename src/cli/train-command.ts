@@ -88,7 +88,16 @@ function stepLine(report: LoopStepReport): string {
     tokensPerSecond: Math.round(report.tokensPerSecond),
     ...(report.load === undefined
       ? {}
-      : { load: report.load.map((l) => ({ layer: l.layer, site: l.site, route: l.route, experts: l.experts, fractions: l.fractions.map((f) => round(f, 4)), droppedRate: l.droppedRate })) }),
+      : {
+          load: report.load.map((l) => ({
+            layer: l.layer,
+            site: l.site,
+            route: l.route,
+            experts: l.experts,
+            fractions: l.fractions.map((f) => round(f, 4)),
+            droppedRate: l.droppedRate,
+          })),
+        }),
   });
 }
 
@@ -138,7 +147,10 @@ export const trainCommand: CliCommand = {
       if ((values.spec === undefined) === (values.routed === undefined)) throw new UsageError('give exactly one of --spec and --routed (or --resume)');
       if (hasCheckpoint(out)) throw new UsageError(`--out ${out} already holds a training checkpoint; pass --resume to continue it, or choose another --out`);
     } else if (!hasCheckpoint(out)) {
-      throw new CheckpointError(`--resume: no checkpoint to resume from in --out ${out}`, { path: out, hint: 'Run once without --resume to start training there' });
+      throw new CheckpointError(`--resume: no checkpoint to resume from in --out ${out}`, {
+        path: out,
+        hint: 'Run once without --resume to start training there',
+      });
     }
     const saved = resume ? await readTrainingState(out) : undefined;
     const savedOptimizer = (saved?.trainer['optimizer'] ?? {}) as { readonly lr?: number; readonly routerLr?: number };
@@ -161,7 +173,8 @@ export const trainCommand: CliCommand = {
       const tokenizer = loaded.tokenizer;
       if (tokenizer === undefined) throw new UsageError('training needs a tokenizer: pass --tokenizer PATH');
       const maxSeqLen = loaded.model.config.maxSeqLen;
-      const maxLength = saved === undefined ? (maxLengthFlag ?? Math.min(DEFAULT_MAX_LENGTH, maxSeqLen)) : agree('max-length', maxLengthFlag, saved.data.maxLength);
+      const maxLength =
+        saved === undefined ? (maxLengthFlag ?? Math.min(DEFAULT_MAX_LENGTH, maxSeqLen)) : agree('max-length', maxLengthFlag, saved.data.maxLength);
       if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
       const routers = context.routers === undefined ? {} : { routers: context.routers };
       if (resume) {
@@ -209,7 +222,8 @@ export const trainCommand: CliCommand = {
         basePath: loaded.path,
         routingLoadEvery: useBar || model.routes.length === 0 ? 0 : 1,
         onStep: (report) => {
-          if (bar !== undefined) bar.update(report.step, { loss: report.loss === null ? 'nan' : report.loss.toFixed(4), tps: Math.round(report.tokensPerSecond) });
+          if (bar !== undefined)
+            bar.update(report.step, { loss: report.loss === null ? 'nan' : report.loss.toFixed(4), tps: Math.round(report.tokensPerSecond) });
           else io.stdout(`${stepLine(report)}\n`);
         },
         onCheckpoint: ({ dir, step }) => {

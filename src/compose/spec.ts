@@ -78,7 +78,10 @@ const AdapterObject = z.object({ kind: z.literal('adapter'), adapter: z.string()
 
 export const CompositionNode: z.ZodType<CompositionNode, CompositionInput> = z.lazy(() =>
   z.union([
-    z.string().min(1).transform((adapter) => ({ kind: 'adapter' as const, adapter })),
+    z
+      .string()
+      .min(1)
+      .transform((adapter) => ({ kind: 'adapter' as const, adapter })),
     z.discriminatedUnion('kind', [
       AdapterObject,
       z.object({ kind: z.literal('stack'), children: z.array(CompositionNode).min(1) }).strict(),

@@ -72,7 +72,9 @@ export function renderHeatmap(input: HeatmapInput): string {
         const value = row.values[c] ?? 0;
         const x = gridX + c * CELL_W;
         parts.push(`<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="${shareColour(value)}" stroke="#ffffff"/>`);
-        parts.push(`<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${value > 0.55 ? '#ffffff' : '#222222'}">${(value * 100).toFixed(0)}%</text>`);
+        parts.push(
+          `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${value > 0.55 ? '#ffffff' : '#222222'}">${(value * 100).toFixed(0)}%</text>`,
+        );
       }
       y += CELL_H;
     }

@@ -12,7 +12,10 @@ const count = (value: number): string => value.toLocaleString('en-US');
 function table(header: readonly string[], rows: readonly (readonly string[])[], alignLeft: ReadonlySet<number>): string[] {
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? '').length)));
   const line = (cells: readonly string[]): string =>
-    cells.map((cell, c) => (alignLeft.has(c) ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join('  ').trimEnd();
+    cells
+      .map((cell, c) => (alignLeft.has(c) ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0)))
+      .join('  ')
+      .trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)];
 }
 
@@ -24,16 +27,17 @@ export function formatDemoReport(summary: DemoSummary): string {
     `routed-peft demo (seed ${summary.seed}${summary.quick ? ', --quick' : ''}): ${summary.model.layers}-layer llama base, ` +
       `${count(summary.model.parameters)} frozen parameters, backend ${summary.backend}`,
   );
-  out.push(
-    `tasks (the router never sees which): ${summary.tasks.map((t) => `${t.name} ${JSON.stringify(t.example)}`).join(', ')}`,
-  );
+  out.push(`tasks (the router never sees which): ${summary.tasks.map((t) => `${t.name} ${JSON.stringify(t.example)}`).join(', ')}`);
   out.push(
     `every setup: the same ${sizes.steps} steps of ${sizes.batchSize} examples (${sizes.trainPerTask} per task), AdamW lr ${sizes.lr}, ` +
       `warmup ${sizes.warmupSteps} + cosine, seed ${summary.seed}; accuracy = exact match of greedy completions on ` +
       `${sizes.evalPerTask} held-out prompts per task, served in mixed left-padded batches of ${sizes.evalBatch}`,
   );
   const lastSeed = summary.seed + summary.runs.length - 1;
-  if (summary.runs.length > 1) out.push(`${summary.runs.length} runs (seeds ${summary.seed}-${lastSeed}, each with its own data, init and batch order); figures are means over the runs, times are totals`);
+  if (summary.runs.length > 1)
+    out.push(
+      `${summary.runs.length} runs (seeds ${summary.seed}-${lastSeed}, each with its own data, init and batch order); figures are means over the runs, times are totals`,
+    );
   out.push('');
   const header = ['setup', ...taskNames, 'mean', 'trainable', 'fraction', 'vs routed', 'retention Δ', 'train s', 'eval s'];
   const rows = SETUP_NAMES.map((name) => {
@@ -58,18 +62,28 @@ export function formatDemoReport(summary: DemoSummary): string {
     out.push(
       ...table(
         ['seed', ...SETUP_NAMES.map((n) => `${n} mean`), 'routed - shared', 'purity', 'NMI'],
-        summary.runs.map((r) => [String(r.seed), ...SETUP_NAMES.map((n) => percent(r.accuracy[n])), signed(r.margin * 100, 1), r.purity.toFixed(3), r.mutualInformation.toFixed(3)]),
+        summary.runs.map((r) => [
+          String(r.seed),
+          ...SETUP_NAMES.map((n) => percent(r.accuracy[n])),
+          signed(r.margin * 100, 1),
+          r.purity.toFixed(3),
+          r.mutualInformation.toFixed(3),
+        ]),
         new Set<number>(),
       ),
     );
     out.push('');
   }
   const verdict = summary.margin > 0 ? 'routed beats shared' : 'routed does NOT beat shared';
-  out.push(`${verdict}: ${signed(summary.margin * 100, 1)} points of mean accuracy at equal budget (largest budget difference ${percent(summary.budgetTolerance, 2)})`);
+  out.push(
+    `${verdict}: ${signed(summary.margin * 100, 1)} points of mean accuracy at equal budget (largest budget difference ${percent(summary.budgetTolerance, 2)})`,
+  );
   const { routing } = summary;
   out.push(
     `routing of the served requests: purity ${routing.purity.toFixed(3)}, normalised mutual information task<->expert ` +
-      `${routing.mutualInformation.toFixed(3)}, load ${Object.entries(routing.load).map(([e, l]) => `${e} ${percent(l, 0)}`).join(' ')}`,
+      `${routing.mutualInformation.toFixed(3)}, load ${Object.entries(routing.load)
+        .map(([e, l]) => `${e} ${percent(l, 0)}`)
+        .join(' ')}`,
   );
   if (summary.runs.length > 1) out.push(`  routing by layer, seed ${summary.seed} (each run's experts are its own):`);
   for (const layer of routing.layers) {

@@ -279,7 +279,10 @@ function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared
   const all = trainExamples.map((_, i) => i);
   for (let epoch = 0; order.length < sizes.steps * sizes.batchSize; epoch++) order.push(...seededShuffle(all, seed * 1009 + epoch));
   const train = Array.from({ length: sizes.steps }, (_, step) =>
-    demoBatch(order.slice(step * sizes.batchSize, (step + 1) * sizes.batchSize).map((i) => trainExamples[i] as DemoExample), tokenizer),
+    demoBatch(
+      order.slice(step * sizes.batchSize, (step + 1) * sizes.batchSize).map((i) => trainExamples[i] as DemoExample),
+      tokenizer,
+    ),
   );
   const evalSet = heldOutExamples(sizes.evalPerTask, seed + 7919, new Set(trainExamples.map((e) => e.prompt)));
   const prompts = evalSet.map((e) => tokenizer.encode(e.prompt, { addBos: true }));
@@ -292,7 +295,13 @@ function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared
  * the same batches. Routers pool the prompt only (routingMask), so they decide in training exactly as they
  * will when serving, where the prompt is all they see.
  */
-function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, sizes: DemoSizes, log: (line: string) => void): { firstLoss: number | null; finalLoss: number | null } {
+function trainSetup(
+  model: AdaptedModel,
+  setup: DemoSetup,
+  prepared: Prepared,
+  sizes: DemoSizes,
+  log: (line: string) => void,
+): { firstLoss: number | null; finalLoss: number | null } {
   const trainer = new Trainer(model, {
     optimizer: { lr: sizes.lr, routerLr: sizes.routerLr },
     schedule: { warmupSteps: sizes.warmupSteps, totalSteps: sizes.steps, minLrRatio: sizes.minLrRatio },
@@ -327,7 +336,14 @@ function trainSetup(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, s
 }
 
 /** Greedy completions of every eval prompt, served in mixed left-padded batches. */
-function serve(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, tokenizer: Tokenizer, sizes: DemoSizes, trace: RoutingTraceEntry[][] | undefined): string[] {
+function serve(
+  model: AdaptedModel,
+  setup: DemoSetup,
+  prepared: Prepared,
+  tokenizer: Tokenizer,
+  sizes: DemoSizes,
+  trace: RoutingTraceEntry[][] | undefined,
+): string[] {
   const out: string[] = [];
   const eos = tokenizer.eosId;
   for (let start = 0; start < prepared.prompts.length; start += sizes.evalBatch) {
@@ -353,7 +369,11 @@ function serve(model: AdaptedModel, setup: DemoSetup, prepared: Prepared, tokeni
 
 /** Mean token loss on documents (text with EOS), for base retention. */
 function documentLoss(model: AdaptedModel, use: AdapterSelection, tokenizer: Tokenizer, documents: readonly string[], maxLength: number): number {
-  const tokenized = tokenizeExamples(documents.map((text, i) => ({ kind: 'text' as const, text, line: i + 1 })), tokenizer, { maxLength, addEos: true });
+  const tokenized = tokenizeExamples(
+    documents.map((text, i) => ({ kind: 'text' as const, text, line: i + 1 })),
+    tokenizer,
+    { maxLength, addEos: true },
+  );
   const batches = makeBatches(tokenized, { batchSize: 64, shuffle: false });
   let weighted = 0;
   let targets = 0;
@@ -367,7 +387,13 @@ function documentLoss(model: AdaptedModel, use: AdapterSelection, tokenizer: Tok
 }
 
 /** Per-layer routing of the served sequences, from the prefill trace entries (one decision per sequence). */
-function routingOf(trace: readonly (readonly RoutingTraceEntry[])[], prepared: Prepared, sizes: DemoSizes, experts: readonly string[], nLayers: number): RoutingSummary {
+function routingOf(
+  trace: readonly (readonly RoutingTraceEntry[])[],
+  prepared: Prepared,
+  sizes: DemoSizes,
+  experts: readonly string[],
+  nLayers: number,
+): RoutingSummary {
   const taskCount = DEMO_TASKS.length;
   const layers: LayerRouting[] = [];
   for (let layer = 0; layer < nLayers; layer++) {
@@ -495,7 +521,9 @@ function runOnce(context: RunContext, seed: number): RunResult {
         trainSeconds,
         evalSeconds: seconds(evalStart),
       });
-      log(`${setup.name}: mean accuracy ${(accuracy.mean * 100).toFixed(1)}% (${DEMO_TASKS.map((t) => `${t.name} ${((accuracy[t.name] ?? 0) * 100).toFixed(0)}%`).join(', ')}), train ${trainSeconds.toFixed(1)}s`);
+      log(
+        `${setup.name}: mean accuracy ${(accuracy.mean * 100).toFixed(1)}% (${DEMO_TASKS.map((t) => `${t.name} ${((accuracy[t.name] ?? 0) * 100).toFixed(0)}%`).join(', ')}), train ${trainSeconds.toFixed(1)}s`,
+      );
     } finally {
       model.dispose();
     }
@@ -548,7 +576,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   const startTensors = tf.memory().numTensors;
   try {
     const tokenizer = await loadTokenizer(modelDir);
-    log(`base ${modelDir}: ${base.config.nLayers} layers, D=${base.config.dim}, ${base.parameterCount} parameters; backend ${getBackendReport()?.chosen ?? tf.getBackend()}`);
+    log(
+      `base ${modelDir}: ${base.config.nLayers} layers, D=${base.config.dim}, ${base.parameterCount} parameters; backend ${getBackendReport()?.chosen ?? tf.getBackend()}`,
+    );
     const context: RunContext = { base, tokenizer, routers: options.routers, sizes, design, log };
     const runs = Array.from({ length: sizes.runs }, (_, i) => runOnce(context, seed + i));
     const firstRun = runs[0] as RunResult;
@@ -591,11 +621,14 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       files: { heatmap: heatmapPath, summary: summaryPath },
       seconds: seconds(started),
     };
-    await writeFile(heatmapPath, renderHeatmap({
-      title: `Routing of served requests: mean gate weight per task and expert (seed ${seed}${quick ? ', quick' : ''})`,
-      columns: firstRun.routing.layers[0]?.experts ?? [],
-      groups: firstRun.routing.layers.map((l) => ({ label: routerLabel(l), rows: DEMO_TASKS.map((t, i) => ({ label: t.name, values: l.shares[i] ?? [] })) })),
-    }));
+    await writeFile(
+      heatmapPath,
+      renderHeatmap({
+        title: `Routing of served requests: mean gate weight per task and expert (seed ${seed}${quick ? ', quick' : ''})`,
+        columns: firstRun.routing.layers[0]?.experts ?? [],
+        groups: firstRun.routing.layers.map((l) => ({ label: routerLabel(l), rows: DEMO_TASKS.map((t, i) => ({ label: t.name, values: l.shares[i] ?? [] })) })),
+      }),
+    );
     await writeFile(summaryPath, `${JSON.stringify(summary, null, 2)}\n`);
     if (tf.memory().numTensors !== startTensors) log(`warning: ${tf.memory().numTensors - startTensors} tensors leaked`);
     return summary;

@@ -43,7 +43,7 @@ export function f32BitsToF16Bits(x: number): number {
     if (mant === 0) return sign | 0x7c00; // ±Infinity
     // NaN: keep the top payload bits (so F16 → F32 → F16 is exact), but when they are all
     // zero set the quiet bit, or the NaN would turn into infinity.
-    return (mant >>> 13) === 0 ? sign | 0x7e00 : sign | 0x7c00 | (mant >>> 13);
+    return mant >>> 13 === 0 ? sign | 0x7e00 : sign | 0x7c00 | (mant >>> 13);
   }
   const e = exp - 127 + 15;
   if (e >= 0x1f) return sign | 0x7c00; // too large: overflows to infinity

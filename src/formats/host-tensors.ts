@@ -39,10 +39,10 @@ export function takeTensor(source: TensorSource, name: string, expected: readonl
   }
   const same = tensor.shape.length === expected.length && tensor.shape.every((d, i) => d === expected[i]);
   if (!same) {
-    throw new CheckpointError(
-      `tensor '${name}' has shape ${formatShape(tensor.shape)} but the config implies ${formatShape(expected)}`,
-      { path: source.origin, hint: 'The checkpoint and its config.json disagree; use the config saved with these weights' },
-    );
+    throw new CheckpointError(`tensor '${name}' has shape ${formatShape(tensor.shape)} but the config implies ${formatShape(expected)}`, {
+      path: source.origin,
+      hint: 'The checkpoint and its config.json disagree; use the config saved with these weights',
+    });
   }
   return tensor;
 }

@@ -12,20 +12,7 @@ import { CheckpointError, SafetensorsError, formatShape } from '../errors.js';
 import { writeFileAtomic } from './atomic-write.js';
 import { decodeBf16Bytes, decodeF16Bytes, encodeBf16Bytes, encodeF16Bytes } from './float16.js';
 
-export type SafetensorsDtype =
-  | 'BOOL'
-  | 'U8'
-  | 'I8'
-  | 'I16'
-  | 'U16'
-  | 'F16'
-  | 'BF16'
-  | 'I32'
-  | 'U32'
-  | 'F32'
-  | 'F64'
-  | 'I64'
-  | 'U64';
+export type SafetensorsDtype = 'BOOL' | 'U8' | 'I8' | 'I16' | 'U16' | 'F16' | 'BF16' | 'I32' | 'U32' | 'F32' | 'F64' | 'I64' | 'U64';
 
 export interface SafetensorsEntry {
   readonly name: string;
@@ -146,11 +133,7 @@ function validateEntry(name: string, value: unknown, source: string | undefined)
   if (dtype === undefined) fail(`safetensors header: ${t} has no "dtype"`, source);
   if (typeof dtype !== 'string') fail(`safetensors header: ${t} has "dtype" of type ${describe(dtype)}, expected a string`, source);
   if (!isSafetensorsDtype(dtype)) {
-    fail(
-      `safetensors header: ${t} has unknown or unsupported dtype ${quote(dtype)}`,
-      source,
-      `Supported dtypes: ${Object.keys(DTYPE_SIZE).join(', ')}`,
-    );
+    fail(`safetensors header: ${t} has unknown or unsupported dtype ${quote(dtype)}`, source, `Supported dtypes: ${Object.keys(DTYPE_SIZE).join(', ')}`);
   }
 
   const shape = value['shape'];
@@ -174,7 +157,10 @@ function validateEntry(name: string, value: unknown, source: string | undefined)
     fail(`safetensors header: ${t} has ${offsets.length} data_offsets, expected exactly two [begin, end]`, source);
   }
   const [begin, end] = offsets as unknown[];
-  for (const [label, v] of [['begin', begin], ['end', end]] as const) {
+  for (const [label, v] of [
+    ['begin', begin],
+    ['end', end],
+  ] as const) {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
       fail(`safetensors header: ${t} has data_offsets ${label} = ${describe(v)}, expected a non-negative integer`, source);
     }
@@ -187,10 +173,7 @@ function validateEntry(name: string, value: unknown, source: string | undefined)
   let expected = BigInt(DTYPE_SIZE[dtype]);
   for (const d of dims) expected *= BigInt(d);
   if (expected !== BigInt(e - b)) {
-    fail(
-      `safetensors header: ${t} has ${e - b} data bytes, but dtype ${dtype} with shape ${formatShape(dims)} needs ${expected}`,
-      source,
-    );
+    fail(`safetensors header: ${t} has ${e - b} data bytes, but dtype ${dtype} with shape ${formatShape(dims)} needs ${expected}`, source);
   }
   return { name, dtype, shape: dims, begin: b, end: e };
 }
@@ -344,10 +327,7 @@ export function decodeFloat32(entry: SafetensorsEntry, options: SourceOption = {
       return out;
     }
     default:
-      return fail(
-        `tensor ${quote(entry.name)} has dtype ${entry.dtype}, expected a float dtype (F16, BF16, F32 or F64)`,
-        options.source,
-      );
+      return fail(`tensor ${quote(entry.name)} has dtype ${entry.dtype}, expected a float dtype (F16, BF16, F32 or F64)`, options.source);
   }
 }
 
@@ -525,11 +505,7 @@ export function serializeSafetensors(tensors: TensorsToWrite, metadata?: Readonl
   return serialize(tensors, metadata, undefined);
 }
 
-function serialize(
-  tensors: TensorsToWrite,
-  metadata: Readonly<Record<string, string>> | undefined,
-  source: string | undefined,
-): Uint8Array {
+function serialize(tensors: TensorsToWrite, metadata: Readonly<Record<string, string>> | undefined, source: string | undefined): Uint8Array {
   const list: [string, TensorToWrite][] = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
   // The header is assembled by hand: JSON.stringify of an object would move integer-like
   // tensor names ahead of the others and break the insertion order.
@@ -586,11 +562,7 @@ export async function readSafetensorsFile(path: string): Promise<SafetensorsFile
 }
 
 /** Serialises tensors and writes them atomically (temporary sibling + rename). */
-export async function writeSafetensorsFile(
-  path: string,
-  tensors: TensorsToWrite,
-  metadata?: Readonly<Record<string, string>>,
-): Promise<void> {
+export async function writeSafetensorsFile(path: string, tensors: TensorsToWrite, metadata?: Readonly<Record<string, string>>): Promise<void> {
   const bytes = serialize(tensors, metadata, path);
   try {
     await writeFileAtomic(path, bytes);

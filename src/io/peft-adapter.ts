@@ -152,11 +152,7 @@ function listSelects(entries: readonly string[], path: string): boolean {
  * site. gpt2's c_attn gives q, k and v; its c_proj gives attn.o and mlp.down. Throws ConfigError for an
  * entry that matches no module, naming the entry and listing the family's module names.
  */
-export function peftTargetsToSites(
-  targetModules: string | readonly string[],
-  family: ModelFamily,
-  options: { readonly nLayers?: number } = {},
-): SiteName[] {
+export function peftTargetsToSites(targetModules: string | readonly string[], family: ModelFamily, options: { readonly nLayers?: number } = {}): SiteName[] {
   const nLayers = options.nLayers ?? 64;
   const modules = FAMILY_MODULES[family];
   const names = [...new Set(modules.map((m) => m.short))].join(', ');
@@ -595,11 +591,7 @@ function overridePatterns(modules: readonly OurModule[], value: (m: OurModule) =
  * checked against the base model's widths and the config's ranks; errors are CheckpointErrors naming the
  * file, the tensor, and both shapes where shapes disagree.
  */
-export async function readPeftAdapter(
-  dir: string,
-  model: { readonly config: ModelConfig },
-  options: ReadPeftOptions = {},
-): Promise<ReadPeftResult> {
+export async function readPeftAdapter(dir: string, model: { readonly config: ModelConfig }, options: ReadPeftOptions = {}): Promise<ReadPeftResult> {
   const root = resolve(dir);
   const info = await stat(root).catch(() => undefined);
   if (info === undefined || !info.isDirectory()) {
@@ -636,11 +628,11 @@ export async function readPeftAdapter(
     );
   }
   const targetRegex =
-    typeof config.target_modules === 'string' && config.target_modules.toLowerCase() !== 'all-linear'
-      ? fullMatchRegExp(config.target_modules)
-      : undefined;
+    typeof config.target_modules === 'string' && config.target_modules.toLowerCase() !== 'all-linear' ? fullMatchRegExp(config.target_modules) : undefined;
   if (typeof config.target_modules === 'string' && config.target_modules.toLowerCase() !== 'all-linear' && targetRegex === undefined) {
-    warnings.push(`${configPath}: target_modules regex ${JSON.stringify(config.target_modules)} cannot be compiled in JavaScript; every tensor in the file is loaded`);
+    warnings.push(
+      `${configPath}: target_modules regex ${JSON.stringify(config.target_modules)} cannot be compiled in JavaScript; every tensor in the file is loaded`,
+    );
   }
 
   // 1. Map every tensor name to (module path, A or B).
@@ -691,9 +683,7 @@ export async function readPeftAdapter(
 
   // 2. Check pairs and shapes, decode, and split into our sites.
   const modules: OurModule[] = [];
-  const ordered = [...pairs.values()].sort(
-    (x, y) => x.layer - y.layer || FAMILY_MODULES[family].indexOf(x.module) - FAMILY_MODULES[family].indexOf(y.module),
-  );
+  const ordered = [...pairs.values()].sort((x, y) => x.layer - y.layer || FAMILY_MODULES[family].indexOf(x.module) - FAMILY_MODULES[family].indexOf(y.module));
   for (const pair of ordered) {
     if (pair.a === undefined || pair.b === undefined) {
       const have = (pair.a ?? pair.b) as string;
@@ -704,7 +694,9 @@ export async function readPeftAdapter(
       });
     }
     if (!configSelects(config, pair.path, pair.layer, targetRegex)) {
-      warnings.push(`${weightsPath}: skipped ${pair.path}: ${PEFT_CONFIG_FILE}'s target_modules / layers_to_transform do not select it (PEFT ignores these tensors too)`);
+      warnings.push(
+        `${weightsPath}: skipped ${pair.path}: ${PEFT_CONFIG_FILE}'s target_modules / layers_to_transform do not select it (PEFT ignores these tensors too)`,
+      );
       continue;
     }
     const widths = moduleWidths(base, pair.module);

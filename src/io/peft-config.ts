@@ -30,7 +30,10 @@ export const PeftLoraConfig = z.object({
   lora_alpha: z.number().positive().default(8),
   lora_dropout: z.number().min(0).lt(1).default(0),
   /** Names matched against the last components of module paths, or one regex string (full match); null: PEFT's per-architecture default. */
-  target_modules: z.union([z.array(z.string().min(1)), z.string().min(1)]).nullable().default(null),
+  target_modules: z
+    .union([z.array(z.string().min(1)), z.string().min(1)])
+    .nullable()
+    .default(null),
   fan_in_fan_out: z.boolean().default(false),
   bias: z.string().default('none'),
   use_rslora: z.boolean().default(false),
@@ -44,8 +47,14 @@ export const PeftLoraConfig = z.object({
     .record(z.string(), z.number().positive())
     .nullish()
     .transform((v) => v ?? {}),
-  layers_to_transform: z.union([nonNegativeInt, z.array(nonNegativeInt)]).nullable().default(null),
-  layers_pattern: z.union([z.string(), z.array(z.string())]).nullable().default(null),
+  layers_to_transform: z
+    .union([nonNegativeInt, z.array(nonNegativeInt)])
+    .nullable()
+    .default(null),
+  layers_pattern: z
+    .union([z.string(), z.array(z.string())])
+    .nullable()
+    .default(null),
   modules_to_save: z.array(z.string()).nullable().default(null),
   base_model_name_or_path: z.string().nullable().default(null),
   revision: z.string().nullable().default(null),
@@ -165,10 +174,10 @@ export function parsePeftLoraConfig(json: unknown, file: string): ParsedPeftConf
     });
   }
   if (config.modules_to_save !== null && config.modules_to_save.length > 0) {
-    throw new CheckpointError(
-      `${PEFT_CONFIG_FILE} lists modules_to_save ${describe(config.modules_to_save)}: full copies of base modules cannot be loaded`,
-      { path: file, hint: 'routed-peft keeps the base frozen and cannot save or load full modules; train without modules_to_save' },
-    );
+    throw new CheckpointError(`${PEFT_CONFIG_FILE} lists modules_to_save ${describe(config.modules_to_save)}: full copies of base modules cannot be loaded`, {
+      path: file,
+      hint: 'routed-peft keeps the base frozen and cannot save or load full modules; train without modules_to_save',
+    });
   }
   if (typeof config.init_lora_weights === 'string' && BASE_MODIFYING_INITS.test(config.init_lora_weights)) {
     warnings.push(

@@ -69,10 +69,13 @@ function checkBase(reference: BaseReference, config: ModelConfig, dir: string): 
   const actual = baseReference(config);
   for (const key of ['family', 'vocabSize', 'dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads'] as const) {
     if (reference[key] !== actual[key]) {
-      throw new CheckpointError(`routed model was built for a base with ${key} ${JSON.stringify(reference[key])}, but this base has ${JSON.stringify(actual[key])}`, {
-        path: join(dir, MANIFEST_FILE),
-        hint: `Load it on the base it was trained on${reference.path === undefined ? '' : ` (${reference.path})`}`,
-      });
+      throw new CheckpointError(
+        `routed model was built for a base with ${key} ${JSON.stringify(reference[key])}, but this base has ${JSON.stringify(actual[key])}`,
+        {
+          path: join(dir, MANIFEST_FILE),
+          hint: `Load it on the base it was trained on${reference.path === undefined ? '' : ` (${reference.path})`}`,
+        },
+      );
     }
   }
 }
@@ -93,7 +96,8 @@ async function assignFromFile(file: string, variables: ReadonlyMap<string, tf.Va
     const entry = saved.entries.get(name);
     if (entry === undefined) throw new CheckpointError(`missing tensor '${name}'`, { path: file });
     const same = entry.shape.length === variable.shape.length && entry.shape.every((d, i) => d === variable.shape[i]);
-    if (!same) throw new CheckpointError(`tensor '${name}' has shape ${formatShape(entry.shape)} but the model expects ${formatShape(variable.shape)}`, { path: file });
+    if (!same)
+      throw new CheckpointError(`tensor '${name}' has shape ${formatShape(entry.shape)} but the model expects ${formatShape(variable.shape)}`, { path: file });
     const values = decodeFloat32(entry, { source: file });
     tf.tidy(() => variable.assign(tf.tensor(values, variable.shape)));
   }
@@ -170,13 +174,20 @@ export async function saveRoutedModel(dir: string, model: AdaptedModel, options:
 export async function readRoutedModelManifest(dir: string): Promise<RoutedModelManifest> {
   const path = join(dir, MANIFEST_FILE);
   if (!existsSync(path)) {
-    throw new CheckpointError(`no ${MANIFEST_FILE} in the directory`, { path: dir, hint: 'Create one with `routed-peft init --model PATH --spec SPEC.json --out DIR`' });
+    throw new CheckpointError(`no ${MANIFEST_FILE} in the directory`, {
+      path: dir,
+      hint: 'Create one with `routed-peft init --model PATH --spec SPEC.json --out DIR`',
+    });
   }
   return parseConfig(RoutedModelManifest, await readJsonFile(path, MANIFEST_FILE), path);
 }
 
 /** Rebuilds a routed model on `base` from its directory. */
-export async function loadRoutedModel(dir: string, base: Transformer, options: { readonly routers?: RouterRegistry } = {}): Promise<{ model: AdaptedModel; manifest: RoutedModelManifest; warnings: string[] }> {
+export async function loadRoutedModel(
+  dir: string,
+  base: Transformer,
+  options: { readonly routers?: RouterRegistry } = {},
+): Promise<{ model: AdaptedModel; manifest: RoutedModelManifest; warnings: string[] }> {
   const manifest = await readRoutedModelManifest(dir);
   checkBase(manifest.base, base.config, dir);
   const model = AdaptedModel.create(base, manifest.spec, options);
@@ -196,7 +207,8 @@ export async function loadRoutedModel(dir: string, base: Transformer, options: {
     }
     const routers = routerVariables(model);
     if (routers.size > 0) {
-      if (manifest.routers === undefined) throw new CheckpointError('the spec routes but the manifest lists no router file', { path: join(dir, MANIFEST_FILE) });
+      if (manifest.routers === undefined)
+        throw new CheckpointError('the spec routes but the manifest lists no router file', { path: join(dir, MANIFEST_FILE) });
       await assignFromFile(join(dir, manifest.routers), routers);
     }
   } catch (error) {

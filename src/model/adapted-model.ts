@@ -184,7 +184,15 @@ export class AdaptedModel {
     });
     const trainable = [...adapters, ...routers].reduce((s, a) => s + a.trainable, 0);
     const frozen = this.base.parameterCount;
-    return { adapters, routers, trainable, frozen, trainableFraction: trainable / (trainable + frozen), trainableBytes: trainable * 4, frozenBytes: frozen * 4 };
+    return {
+      adapters,
+      routers,
+      trainable,
+      frozen,
+      trainableFraction: trainable / (trainable + frozen),
+      trainableBytes: trainable * 4,
+      frozenBytes: frozen * 4,
+    };
   }
 
   /** Adds an adapter (not part of the spec's composition; select it per call with `use`). */
@@ -202,9 +210,13 @@ export class AdaptedModel {
   /** Replaces a resident adapter by another with the same name and the same points (e.g. newly trained weights). */
   replaceAdapter(instance: AdapterInstance): void {
     const old = this.adapterMap.get(instance.name);
-    if (old === undefined) throw new ConfigError(`no resident adapter named ${JSON.stringify(instance.name)}`, { hint: `Resident: ${[...this.adapterMap.keys()].join(', ')}` });
+    if (old === undefined)
+      throw new ConfigError(`no resident adapter named ${JSON.stringify(instance.name)}`, { hint: `Resident: ${[...this.adapterMap.keys()].join(', ')}` });
     const same = old.modules.size === instance.modules.size && [...old.modules.keys()].every((k) => instance.modules.has(k));
-    if (!same) throw new ConfigError(`replacement for ${JSON.stringify(instance.name)} attaches at different points`, { hint: 'Remove the old adapter and add the new one instead' });
+    if (!same)
+      throw new ConfigError(`replacement for ${JSON.stringify(instance.name)} attaches at different points`, {
+        hint: 'Remove the old adapter and add the new one instead',
+      });
     this.adapterMap.set(instance.name, instance);
     for (const route of this.routeMap.values()) route.replaceExpert(instance);
     old.dispose();
@@ -213,9 +225,12 @@ export class AdaptedModel {
   /** Removes and disposes an adapter that the spec's composition does not use. */
   removeAdapter(name: string): void {
     const adapter = this.adapterMap.get(name);
-    if (adapter === undefined) throw new ConfigError(`no resident adapter named ${JSON.stringify(name)}`, { hint: `Resident: ${[...this.adapterMap.keys()].join(', ')}` });
+    if (adapter === undefined)
+      throw new ConfigError(`no resident adapter named ${JSON.stringify(name)}`, { hint: `Resident: ${[...this.adapterMap.keys()].join(', ')}` });
     if (this.spec.adapters.some((a) => a.name === name)) {
-      throw new ConfigError(`adapter ${JSON.stringify(name)} is part of the model's spec and cannot be removed`, { hint: 'Build a new model from a spec without it' });
+      throw new ConfigError(`adapter ${JSON.stringify(name)} is part of the model's spec and cannot be removed`, {
+        hint: 'Build a new model from a spec without it',
+      });
     }
     this.adapterMap.delete(name);
     adapter.dispose();
@@ -292,4 +307,3 @@ export class AdaptedModel {
     return { ...node, children: node.children.map((c) => this.bindRoutes(c)) };
   }
 }
-

@@ -55,7 +55,10 @@ export function compositionDelta(
       return total;
     }
     case 'parallel':
-      return node.children.reduce<tf.Tensor2D | undefined>((total, child) => addOptional(total, compositionDelta(child, parts, layer, point, x, y, context)), undefined);
+      return node.children.reduce<tf.Tensor2D | undefined>(
+        (total, child) => addOptional(total, compositionDelta(child, parts, layer, point, x, y, context)),
+        undefined,
+      );
     case 'average': {
       const weights = node.weights ?? node.children.map(() => 1 / node.children.length);
       return node.children.reduce<tf.Tensor2D | undefined>((total, child, i) => {

@@ -149,8 +149,20 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
   const totalRank = spread.totalRank; // Σr
   const built = tf.tidy(() => {
     const fused = members.map((m) => buildFusedLora(m.experts, m.lora)); // per site aT [I, Σr], bT [Σr, O]
-    const gates = count === 1 ? tf.clone(first.gate.gate) : tf.concat(members.map((m) => m.gate.gate), 1); // [I, G·E]
-    const aCat = count === 1 ? tf.clone((fused[0] as FusedLora).aT) : tf.concat(fused.map((f) => f.aT), 1); // [I, G·Σr]
+    const gates =
+      count === 1
+        ? tf.clone(first.gate.gate)
+        : tf.concat(
+            members.map((m) => m.gate.gate),
+            1,
+          ); // [I, G·E]
+    const aCat =
+      count === 1
+        ? tf.clone((fused[0] as FusedLora).aT)
+        : tf.concat(
+            fused.map((f) => f.aT),
+            1,
+          ); // [I, G·Σr]
     return {
       gates,
       aCat,
@@ -177,7 +189,14 @@ function buildGroup(members: readonly FusedMember[]): GroupWeights | undefined {
  * device path, hostMask [N] on the host path (undefined when the forward has no padding). Runs inside the
  * forward's tidy.
  */
-export function groupActivations(weights: GroupWeights, x: tf.Tensor2D, deviceMask: () => tf.Tensor2D | undefined, hostMask: () => ArrayLike<number> | undefined, trace: boolean, hostRouting = true): GroupActivations {
+export function groupActivations(
+  weights: GroupWeights,
+  x: tf.Tensor2D,
+  deviceMask: () => tf.Tensor2D | undefined,
+  hostMask: () => ArrayLike<number> | undefined,
+  trace: boolean,
+  hostRouting = true,
+): GroupActivations {
   const rows = x.shape[0]; // N
   if (hostRouting && rows <= HOST_ROUTING_MAX_ROWS && HOST_MEMORY_BACKENDS.has(tf.getBackend())) return hostActivations(weights, x, hostMask(), trace);
   const count = weights.sites.length; // G

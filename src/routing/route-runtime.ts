@@ -21,7 +21,16 @@ import { deriveSeed, pointWidths } from '../adapters/instance.js';
 import type { RouteNode } from '../compose/spec.js';
 import { RoutedPeftError, ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
-import { FusedGroupCache, SHARED_INPUT_GROUPS, groupActivations, groupIndexOf, groupSiteDelta, siteTraceGates, type FusedMember, type GroupActivations } from './fused-sites.js';
+import {
+  FusedGroupCache,
+  SHARED_INPUT_GROUPS,
+  groupActivations,
+  groupIndexOf,
+  groupSiteDelta,
+  siteTraceGates,
+  type FusedMember,
+  type GroupActivations,
+} from './fused-sites.js';
 import { FusedLoraCache, chooseStrategy, decisionGates, fusableLora, routedDelta, type ExecutionStrategy } from './routed-layer.js';
 import type { Router, RouterInput } from './router.js';
 import type { RouterRegistry } from './router-registry.js';
@@ -62,7 +71,13 @@ export class RouteRuntime {
   /** Fused operands per shared-input group (`${layer}|${group index}`), reused across inference forwards. */
   private readonly groupCaches = new Map<string, FusedGroupCache>();
   /** Per group key: its fusable sites for the expert list they were resolved against (undefined: not fusable). */
-  private readonly groupStructures = new Map<string, { readonly experts: readonly AdapterInstance[]; readonly sites: readonly { site: SiteName; router: Router; experts: (DeltaModule | undefined)[]; lora: LoraModule[] }[] | undefined }>();
+  private readonly groupStructures = new Map<
+    string,
+    {
+      readonly experts: readonly AdapterInstance[];
+      readonly sites: readonly { site: SiteName; router: Router; experts: (DeltaModule | undefined)[]; lora: LoraModule[] }[] | undefined;
+    }
+  >();
   /** The current forward's group activations, by group key (valid only for the same input tensor). */
   private groupActs = new Map<string, GroupActivations | null>();
   /** The current forward's row masks repeated per group member, by group size: [N·G, 1]. */
@@ -105,7 +120,9 @@ export class RouteRuntime {
           const points = this.pointsAt(layer);
           if (points.length === 0) continue;
           if (node.placement === 'layer') create(`${layer}`, config.dim);
-          else for (const point of points) create(this.siteKey(layer, point), point.kind === 'attention-prefix' ? config.dim : pointWidths(config, point).inFeatures);
+          else
+            for (const point of points)
+              create(this.siteKey(layer, point), point.kind === 'attention-prefix' ? config.dim : pointWidths(config, point).inFeatures);
         }
       }
     } catch (error) {
@@ -234,7 +251,14 @@ export class RouteRuntime {
   /** True when this forward may take the shared-input fused path (per-site token routing at inference). */
   private fusable(): boolean {
     const call = this.requireCall();
-    return call.fusion !== false && !call.context.training && this.node.placement === 'site' && this.node.granularity === 'token' && !this.needsTokenIds && !this.needsTaskIds;
+    return (
+      call.fusion !== false &&
+      !call.context.training &&
+      this.node.placement === 'site' &&
+      this.node.granularity === 'token' &&
+      !this.needsTokenIds &&
+      !this.needsTaskIds
+    );
   }
 
   /**
@@ -274,7 +298,14 @@ export class RouteRuntime {
     const weights = cache.get(members);
     if (weights === undefined) return undefined;
     const rows = x.shape[0];
-    return groupActivations(weights, x, () => this.groupMask(members.length, call), () => this.hostMask(call), call.trace !== undefined && rows > 0, call.fusion !== 'device');
+    return groupActivations(
+      weights,
+      x,
+      () => this.groupMask(members.length, call),
+      () => this.hostMask(call),
+      call.trace !== undefined && rows > 0,
+      call.fusion !== 'device',
+    );
   }
 
   /**
@@ -392,7 +423,14 @@ export class RouteRuntime {
       features, // [N, D]
       mask, // [N]
       ...(this.needsTokenIds ? { tokenIds: tf.tensor1d(ids.flat(), 'int32') } : {}), // [N]
-      ...(taskIds === undefined ? {} : { taskIds: tf.tensor1d(taskIds.flatMap((t) => Array.from({ length: tokens }, () => t)), 'int32') }), // [N]
+      ...(taskIds === undefined
+        ? {}
+        : {
+            taskIds: tf.tensor1d(
+              taskIds.flatMap((t) => Array.from({ length: tokens }, () => t)),
+              'int32',
+            ),
+          }), // [N]
       training: call.context.training,
     };
   }
@@ -428,7 +466,14 @@ export class RouteRuntime {
         hint: 'Give one 0/1 entry per token of every row (padding included), 1 on the tokens routers should read',
       });
     }
-    return tf.mul(mask, tf.tensor2d(routing.map((row) => [...row]), [batch, tokens], 'float32')); // [B, T]
+    return tf.mul(
+      mask,
+      tf.tensor2d(
+        routing.map((row) => [...row]),
+        [batch, tokens],
+        'float32',
+      ),
+    ); // [B, T]
   }
 
   private trace(layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>, call: RoutingCall): RoutingTraceEntry[] {
@@ -440,6 +485,15 @@ export class RouteRuntime {
       for (let t = 0; t < tokens; t++) rows.push(maskRows[b * tokens + t] === 1 ? [b, position++] : undefined);
     }
     const sequence = this.node.granularity === 'sequence';
-    return traceEntries({ layer, site, route: this.index, expertNames: this.expertNames, gates, dropped, rows, decisionRow: (n) => (sequence ? Math.floor(n / tokens) : n) });
+    return traceEntries({
+      layer,
+      site,
+      route: this.index,
+      expertNames: this.expertNames,
+      gates,
+      dropped,
+      rows,
+      decisionRow: (n) => (sequence ? Math.floor(n / tokens) : n),
+    });
   }
 }

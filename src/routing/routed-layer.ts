@@ -90,7 +90,10 @@ export class FusedLoraCache {
 }
 
 /** The spread matrix [E, Σr] on the host (row-major): expert e's LoRA scale on its own rank columns. */
-export function spreadValues(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): { readonly values: Float32Array; readonly totalRank: number } {
+export function spreadValues(
+  experts: readonly (DeltaModule | undefined)[],
+  lora: readonly LoraModule[],
+): { readonly values: Float32Array; readonly totalRank: number } {
   const totalRank = lora.reduce((s, e) => s + e.rank, 0);
   const values = new Float32Array(experts.length * totalRank);
   let column = 0;
@@ -104,8 +107,20 @@ export function spreadValues(experts: readonly (DeltaModule | undefined)[], lora
 
 export function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[]): FusedLora {
   const { values: spread, totalRank } = spreadValues(experts, lora);
-  const aCat = lora.length === 1 ? (lora[0] as LoraModule).a : tf.concat(lora.map((e) => e.a), 0); // [Σr, I]
-  const bCat = lora.length === 1 ? (lora[0] as LoraModule).b : tf.concat(lora.map((e) => e.b), 1); // [O, Σr]
+  const aCat =
+    lora.length === 1
+      ? (lora[0] as LoraModule).a
+      : tf.concat(
+          lora.map((e) => e.a),
+          0,
+        ); // [Σr, I]
+  const bCat =
+    lora.length === 1
+      ? (lora[0] as LoraModule).b
+      : tf.concat(
+          lora.map((e) => e.b),
+          1,
+        ); // [O, Σr]
   return {
     aT: tf.transpose(aCat), // [I, Σr]
     bT: tf.transpose(bCat), // [Σr, O]
@@ -118,7 +133,14 @@ export function buildFusedLora(experts: readonly (DeltaModule | undefined)[], lo
  * (times its LoRA scale) over its rank columns. Training builds the concatenation inside the forward so
  * gradients flow to each expert's A and B; inference reuses the cached one.
  */
-function fusedLoraDelta(experts: readonly (DeltaModule | undefined)[], lora: readonly LoraModule[], gates: tf.Tensor2D, x: tf.Tensor2D, context: ModuleContext, cache: FusedLoraCache | undefined): tf.Tensor2D {
+function fusedLoraDelta(
+  experts: readonly (DeltaModule | undefined)[],
+  lora: readonly LoraModule[],
+  gates: tf.Tensor2D,
+  x: tf.Tensor2D,
+  context: ModuleContext,
+  cache: FusedLoraCache | undefined,
+): tf.Tensor2D {
   const { aT, bT, spread } = context.training || cache === undefined ? buildFusedLora(experts, lora) : cache.get(experts, lora);
   const dropout = lora[0]?.dropout ?? 0;
   const input = context.training && dropout > 0 ? tf.dropout(x, dropout) : x; // [N, I]
@@ -127,7 +149,14 @@ function fusedLoraDelta(experts: readonly (DeltaModule | undefined)[], lora: rea
   return tf.matMul(tf.mul(down, rankGates), bT); // [N, O]
 }
 
-function denseDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext, cache: FusedLoraCache | undefined): tf.Tensor2D | undefined {
+function denseDelta(
+  experts: readonly (DeltaModule | undefined)[],
+  gates: tf.Tensor2D,
+  x: tf.Tensor2D,
+  y: tf.Tensor2D,
+  context: ModuleContext,
+  cache: FusedLoraCache | undefined,
+): tf.Tensor2D | undefined {
   const lora = fusableLora(experts);
   if (lora !== undefined) return fusedLoraDelta(experts, lora, gates, x, context, cache);
   let total: tf.Tensor2D | undefined;
@@ -140,7 +169,13 @@ function denseDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Ten
   return total;
 }
 
-function groupedDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.Tensor2D, x: tf.Tensor2D, y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D | undefined {
+function groupedDelta(
+  experts: readonly (DeltaModule | undefined)[],
+  gates: tf.Tensor2D,
+  x: tf.Tensor2D,
+  y: tf.Tensor2D,
+  context: ModuleContext,
+): tf.Tensor2D | undefined {
   const [rows, choices] = gates.shape;
   const gateValues = gates.dataSync(); // one host read per routed point
   const pieces: tf.Tensor2D[] = [];
@@ -166,7 +201,10 @@ function groupedDelta(experts: readonly (DeltaModule | undefined)[], gates: tf.T
   const most = Math.max(...slots.map((s) => s.length));
   let total: tf.Tensor2D | undefined;
   for (let k = 0; k < most; k++) {
-    const index = tf.tensor1d(slots.map((s) => s[k] ?? offset), 'int32'); // [N]
+    const index = tf.tensor1d(
+      slots.map((s) => s[k] ?? offset),
+      'int32',
+    ); // [N]
     const part: tf.Tensor2D = tf.gather(stacked, index); // [N, O]
     total = total === undefined ? part : tf.add<tf.Tensor2D>(total, part);
   }

@@ -47,7 +47,16 @@ export function traceEntries(options: {
         weights.push(w);
       }
     }
-    entries.push({ layer: options.layer, site: options.site, route: options.route, batch: where[0], token: where[1], experts, weights, dropped: options.dropped[r] === 1 });
+    entries.push({
+      layer: options.layer,
+      site: options.site,
+      route: options.route,
+      batch: where[0],
+      token: where[1],
+      experts,
+      weights,
+      dropped: options.dropped[r] === 1,
+    });
   });
   return entries;
 }

@@ -97,8 +97,24 @@ export class BatchedLora {
         const spread = spreads.get(layout) ?? this.own(this.spreadOf(parts)); // [G, Σr]
         spreads.set(layout, spread);
         const modules = parts.map((p) => p.term.module);
-        const aT = this.own(tf.tidy(() => tf.transpose(tf.concat(modules.map((m) => m.a), 0)))); // [Σr, I] → [I, Σr]
-        const bT = this.own(tf.tidy(() => tf.concat(modules.map((m) => tf.transpose(m.b)), 0))); // each [O, r] → [r, O]; [Σr, O]
+        const aT = this.own(
+          tf.tidy(() =>
+            tf.transpose(
+              tf.concat(
+                modules.map((m) => m.a),
+                0,
+              ),
+            ),
+          ),
+        ); // [Σr, I] → [I, Σr]
+        const bT = this.own(
+          tf.tidy(() =>
+            tf.concat(
+              modules.map((m) => tf.transpose(m.b)),
+              0,
+            ),
+          ),
+        ); // each [O, r] → [r, O]; [Σr, O]
         this.sites.set(key, { aT, bT, spread });
       }
     } catch (error) {

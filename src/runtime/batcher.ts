@@ -232,8 +232,7 @@ function buildHooks(requests: readonly BatchRequest[], batch: number, nLayers: n
 }
 
 /** Lets timers, I/O and other passes run between decoding steps (setImmediate in Node, a 0 ms timeout elsewhere). */
-const nextTurn = (): Promise<void> =>
-  new Promise((resolve) => (typeof setImmediate === 'function' ? setImmediate(resolve) : setTimeout(resolve, 0)));
+const nextTurn = (): Promise<void> => new Promise((resolve) => (typeof setImmediate === 'function' ? setImmediate(resolve) : setTimeout(resolve, 0)));
 
 export class Batcher {
   private readonly incoming = new Subject<BatchRequest>();

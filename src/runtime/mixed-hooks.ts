@@ -93,7 +93,10 @@ export class MixedHooks implements ForwardHooks {
   /** By the general groups acting at a point: where each token row's value sits in concat(their outputs..., y). */
   private readonly combineIndices = new Map<string, tf.Tensor1D>();
 
-  constructor(groups: readonly (HookGroup & { readonly hooks: ForwardHooks })[], private readonly nLayers: number) {
+  constructor(
+    groups: readonly (HookGroup & { readonly hooks: ForwardHooks })[],
+    private readonly nLayers: number,
+  ) {
     this.groups = groups.map((g) => ({
       rows: [...g.rows].sort((a, b) => a - b),
       hooks: g.hooks,
@@ -216,7 +219,10 @@ export class MixedHooks implements ForwardHooks {
         offset += group.tokenRows.length;
       }
       // Rows of no acting group read the unchanged value, appended after the groups' outputs.
-      index = tf.tensor1d(Array.from(slot, (s, n) => (s >= 0 ? s : offset + n)), 'int32'); // [N]
+      index = tf.tensor1d(
+        Array.from(slot, (s, n) => (s >= 0 ? s : offset + n)),
+        'int32',
+      ); // [N]
       this.combineIndices.set(key, index);
     }
     return index;

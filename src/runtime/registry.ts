@@ -160,7 +160,10 @@ export class TargetRegistry {
 
   async load(name: string, source: TargetSource, head: ClassificationHead | undefined): Promise<TargetInfo> {
     if (this.entries.has(name) || this.loadingNames.has(name)) {
-      throw new ConfigError(`a target named ${JSON.stringify(name)} is already loaded`, { path: 'name', hint: 'Use swap(name, source) to replace it, or unload it first' });
+      throw new ConfigError(`a target named ${JSON.stringify(name)} is already loaded`, {
+        path: 'name',
+        hint: 'Use swap(name, source) to replace it, or unload it first',
+      });
     }
     this.loadingNames.add(name);
     try {
@@ -244,10 +247,13 @@ export class TargetRegistry {
   merge(name: string): void {
     const entry = this.entryOf(name, 'name');
     if (entry.source.kind !== 'peft') {
-      throw new ConfigError(`target ${JSON.stringify(name)} is a ${entry.source.kind === 'routed' ? 'routed model' : 'model instance'}; only a single PEFT LoRA adapter target can be merged`, {
-        path: 'name',
-        hint: 'Merge one of the loaded PEFT adapters instead',
-      });
+      throw new ConfigError(
+        `target ${JSON.stringify(name)} is a ${entry.source.kind === 'routed' ? 'routed model' : 'model instance'}; only a single PEFT LoRA adapter target can be merged`,
+        {
+          path: 'name',
+          hint: 'Merge one of the loaded PEFT adapters instead',
+        },
+      );
     }
     entry.wantMerged = true;
     const version = entry.current;
@@ -369,10 +375,13 @@ export class TargetRegistry {
       }
       if (victim === undefined) {
         const busy = [...this.entries.values()].filter((e) => e.current !== undefined && e !== except).map((e) => e.name);
-        throw new RoutedPeftError(`the memory budget of ${budget} bytes cannot hold target ${JSON.stringify(name)} (${needed} bytes): ${this.residentBytes()} bytes are held by targets in use or not evictable (${busy.join(', ') || 'old versions of running requests'})`, {
-          path: 'memoryBudgetBytes',
-          hint: 'Retry when running requests finish, unload a target, or raise memoryBudgetBytes',
-        });
+        throw new RoutedPeftError(
+          `the memory budget of ${budget} bytes cannot hold target ${JSON.stringify(name)} (${needed} bytes): ${this.residentBytes()} bytes are held by targets in use or not evictable (${busy.join(', ') || 'old versions of running requests'})`,
+          {
+            path: 'memoryBudgetBytes',
+            hint: 'Retry when running requests finish, unload a target, or raise memoryBudgetBytes',
+          },
+        );
       }
       const version = victim.current as TargetVersion;
       victim.current = undefined;
@@ -398,7 +407,7 @@ export class TargetRegistry {
         if (model.base !== this.base) {
           throw new ConfigError(`model instance for target ${JSON.stringify(name)} was built on a different base model`, {
             path: 'source.model',
-            hint: 'Create it with AdaptedModel.create(runtimeBase, spec) on the runtime\'s base',
+            hint: "Create it with AdaptedModel.create(runtimeBase, spec) on the runtime's base",
           });
         }
         const holder = [...this.entries.values()].find((e) => e.current?.content.kind === 'routed' && e.current.content.model === model);

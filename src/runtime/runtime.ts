@@ -212,12 +212,18 @@ export class RoutedRuntime {
   async classify(ids: readonly (readonly number[])[], options: ClassifyOptions): Promise<Classification[]> {
     this.checkRows(ids, 'ids');
     const select = parseConfig(Selection, options.select, 'select');
-    const headName = options.head ?? (select !== 'base' && 'adapter' in select ? select.adapter : select !== 'base' && 'routed' in select ? select.routed : undefined);
+    const headName =
+      options.head ?? (select !== 'base' && 'adapter' in select ? select.adapter : select !== 'base' && 'routed' in select ? select.routed : undefined);
     const head = headName === undefined ? undefined : this.registry.head(headName);
     if (head === undefined) {
       throw new RoutedPeftError(
-        headName === undefined ? `no classification head: selection ${selectionLabel(select)} names no target with a head` : `no classification head registered for target ${JSON.stringify(headName)}`,
-        { path: options.head === undefined ? 'select' : 'head', hint: 'Register one with load(name, source, { head: { weight: [D][C], bias?: [C] } }) and pass head: name' },
+        headName === undefined
+          ? `no classification head: selection ${selectionLabel(select)} names no target with a head`
+          : `no classification head registered for target ${JSON.stringify(headName)}`,
+        {
+          path: options.head === undefined ? 'select' : 'head',
+          hint: 'Register one with load(name, source, { head: { weight: [D][C], bias?: [C] } }) and pass head: name',
+        },
       );
     }
     const output = await this.submitForward('hidden', ids, options);
@@ -249,16 +255,23 @@ export class RoutedRuntime {
       const start = async (): Promise<void> => {
         const ids = this.toIds(prompt, 'prompt', true);
         const settings = parseConfig(GenerateSettings, options, 'generate options');
-        const sampling = parseConfig(SamplingOptions, { temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed }, 'sampling options');
+        const sampling = parseConfig(
+          SamplingOptions,
+          { temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed },
+          'sampling options',
+        );
         this.checkRows([ids], 'prompt');
         const longest = ids.length + Math.max(settings.maxNewTokens - 1, 0);
         if (longest > this.base.config.maxSeqLen) {
-          throw new ShapeError(`prompt of ${ids.length} tokens plus ${settings.maxNewTokens} new tokens exceeds the model's maximum of ${this.base.config.maxSeqLen}`, {
-            path: 'maxNewTokens',
-            hint: `Ask for at most ${this.base.config.maxSeqLen - ids.length + 1} new tokens`,
-          });
+          throw new ShapeError(
+            `prompt of ${ids.length} tokens plus ${settings.maxNewTokens} new tokens exceeds the model's maximum of ${this.base.config.maxSeqLen}`,
+            {
+              path: 'maxNewTokens',
+              hint: `Ask for at most ${this.base.config.maxSeqLen - ids.length + 1} new tokens`,
+            },
+          );
         }
-        const eosId = settings.eosId === undefined ? this.base.config.eosId : settings.eosId ?? undefined;
+        const eosId = settings.eosId === undefined ? this.base.config.eosId : (settings.eosId ?? undefined);
         const tokenizer = this.tokenizer;
         let decoded = '';
         const tokens: number[] = [];
@@ -369,7 +382,10 @@ export class RoutedRuntime {
     const plan = await this.resolve(select);
     try {
       if (plan.needsTaskIds && taskIds === undefined) {
-        throw new ConfigError(`selection ${plan.label} routes by task id, so the call needs taskIds`, { path: 'taskIds', hint: 'Pass taskIds: one task id per row' });
+        throw new ConfigError(`selection ${plan.label} routes by task id, so the call needs taskIds`, {
+          path: 'taskIds',
+          hint: 'Pass taskIds: one task id per row',
+        });
       }
     } catch (error) {
       plan.release();
@@ -400,7 +416,10 @@ export class RoutedRuntime {
       const release = (): void => (lease as Lease).release();
       if (version.content.kind !== 'routed') {
         release();
-        throw new ConfigError(`target ${JSON.stringify(select.routed)} is a PEFT adapter, not a routed model`, { path: 'select.routed', hint: `Select it with { adapter: ${JSON.stringify(select.routed)} }` });
+        throw new ConfigError(`target ${JSON.stringify(select.routed)} is a PEFT adapter, not a routed model`, {
+          path: 'select.routed',
+          hint: `Select it with { adapter: ${JSON.stringify(select.routed)} }`,
+        });
       }
       const model = version.content.model;
       const traits = this.routedTraits(model);
@@ -434,7 +453,15 @@ export class RoutedRuntime {
     if ('adapter' in select) {
       const merged = (leases[0] as Lease).version.mergedModel;
       if (merged !== undefined) {
-        return { key: `merged:${versions}`, label: `merged:${select.adapter}`, model: merged, isolation: 'shared', needsTaskIds: false, hooks: () => undefined, release };
+        return {
+          key: `merged:${versions}`,
+          label: `merged:${select.adapter}`,
+          model: merged,
+          isolation: 'shared',
+          needsTaskIds: false,
+          hooks: () => undefined,
+          release,
+        };
       }
     }
     const root: CompositionNode =
@@ -476,7 +503,12 @@ export class RoutedRuntime {
     if (head.bias !== undefined && head.bias.length !== classes) {
       throw new ShapeError(`head bias has ${head.bias.length} entries but the weight has ${classes} classes`, { path: 'head.bias' });
     }
-    return { dim, classes, weight: Float32Array.from(head.weight.flat()), bias: head.bias === undefined ? new Float32Array(classes) : Float32Array.from(head.bias) };
+    return {
+      dim,
+      classes,
+      weight: Float32Array.from(head.weight.flat()),
+      bias: head.bias === undefined ? new Float32Array(classes) : Float32Array.from(head.bias),
+    };
   }
 
   private toIds(input: readonly number[] | string, path: string, addBos: boolean): number[] {
@@ -492,7 +524,8 @@ export class RoutedRuntime {
     if (rows.length === 0) throw new ShapeError('a call needs at least one row of tokens', { path, hint: 'Pass ids as [[id, ...], ...]' });
     rows.forEach((row, b) => {
       if (row.length === 0) throw new ShapeError(`row ${b} is empty`, { path: `${path}[${b}]`, hint: 'Start from the BOS id when there is no text' });
-      if (row.length > maxSeqLen) throw new ShapeError(`row ${b} has ${row.length} tokens, more than the model's maximum of ${maxSeqLen}`, { path: `${path}[${b}]` });
+      if (row.length > maxSeqLen)
+        throw new ShapeError(`row ${b} has ${row.length} tokens, more than the model's maximum of ${maxSeqLen}`, { path: `${path}[${b}]` });
       row.forEach((id, t) => {
         if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
           throw new ShapeError(`token id ${id} is outside the vocabulary [0, ${vocabSize})`, { path: `${path}[${b}][${t}]` });
@@ -501,4 +534,3 @@ export class RoutedRuntime {
     });
   }
 }
-

@@ -100,7 +100,10 @@ export class AdamW {
       const slot = this.slot(name);
       const lr = lrs.get(name);
       if (lr === undefined || !Number.isFinite(lr) || lr < 0) {
-        throw new ConfigError(`AdamW: no valid learning rate for ${JSON.stringify(name)} (got ${lr})`, { path: name, hint: 'Pass a finite lr ≥ 0 for every gradient' });
+        throw new ConfigError(`AdamW: no valid learning rate for ${JSON.stringify(name)} (got ${lr})`, {
+          path: name,
+          hint: 'Pass a finite lr ≥ 0 for every gradient',
+        });
       }
       if (!shapesEqual(grad.shape, slot.param.shape)) {
         throw new ConfigError(`AdamW: gradient ${formatShape(grad.shape)} does not match parameter ${formatShape(slot.param.shape)}`, { path: name });
@@ -142,26 +145,38 @@ export class AdamW {
   /** Restores getState() output; every parameter's m and v must be present with its shape. */
   setState(state: AdamWState): void {
     this.checkAlive();
-    if (!Number.isInteger(state.step) || state.step < 0) throw new CheckpointError(`optimizer step must be an integer ≥ 0, got ${state.step}`, { path: 'optimizer.step' });
+    if (!Number.isInteger(state.step) || state.step < 0)
+      throw new CheckpointError(`optimizer step must be an integer ≥ 0, got ${state.step}`, { path: 'optimizer.step' });
     const known = new Set<string>();
     for (const [name, slot] of this.slots) {
       for (const which of ['m', 'v'] as const) {
         const key = `${name}/${which}`;
         known.add(key);
         const entry = state.tensors.get(key);
-        if (entry === undefined) throw new CheckpointError(`optimizer state has no ${key}`, { path: key, hint: 'The checkpoint was saved for a different set of trainable variables' });
+        if (entry === undefined)
+          throw new CheckpointError(`optimizer state has no ${key}`, {
+            path: key,
+            hint: 'The checkpoint was saved for a different set of trainable variables',
+          });
         const expected = slot.param.shape;
         const size = expected.reduce((p, d) => p * d, 1);
         if (!shapesEqual(entry.shape, expected) || entry.values.length !== size) {
-          throw new CheckpointError(`optimizer state ${key} has shape ${formatShape(entry.shape)} (${entry.values.length} values) but the parameter is ${formatShape(expected)}`, {
-            path: key,
-            hint: 'The checkpoint was saved for a model with different adapter shapes',
-          });
+          throw new CheckpointError(
+            `optimizer state ${key} has shape ${formatShape(entry.shape)} (${entry.values.length} values) but the parameter is ${formatShape(expected)}`,
+            {
+              path: key,
+              hint: 'The checkpoint was saved for a model with different adapter shapes',
+            },
+          );
         }
       }
     }
     const extra = [...state.tensors.keys()].find((k) => !known.has(k));
-    if (extra !== undefined) throw new CheckpointError(`optimizer state has ${extra}, which is not a parameter of this optimizer`, { path: extra, hint: 'The checkpoint was saved for a different set of trainable variables' });
+    if (extra !== undefined)
+      throw new CheckpointError(`optimizer state has ${extra}, which is not a parameter of this optimizer`, {
+        path: extra,
+        hint: 'The checkpoint was saved for a different set of trainable variables',
+      });
     for (const [name, slot] of this.slots) {
       const m = state.tensors.get(`${name}/m`) as HostStateTensor;
       const v = state.tensors.get(`${name}/v`) as HostStateTensor;
@@ -186,7 +201,11 @@ export class AdamW {
 
   private slot(name: string): Slot {
     const slot = this.slots.get(name);
-    if (slot === undefined) throw new ConfigError(`AdamW has no parameter named ${JSON.stringify(name)}`, { path: name, hint: `Known: ${this.names.slice(0, 8).join(', ')}${this.slots.size > 8 ? ', …' : ''}` });
+    if (slot === undefined)
+      throw new ConfigError(`AdamW has no parameter named ${JSON.stringify(name)}`, {
+        path: name,
+        hint: `Known: ${this.names.slice(0, 8).join(', ')}${this.slots.size > 8 ? ', …' : ''}`,
+      });
     return slot;
   }
 

@@ -231,10 +231,22 @@ export function makeBatches(tokenized: readonly TokenizedExample[], options: Bat
     };
     batches.push({
       ids: rows.map((r) => pad(r.ids, opts.padId)),
-      mask: rows.map((r) => pad(r.ids.map(() => 1), 0)),
+      mask: rows.map((r) =>
+        pad(
+          r.ids.map(() => 1),
+          0,
+        ),
+      ),
       lossMask: rows.map((r) => pad(r.lossMask, 0)),
       ...(rows.some((r) => r.promptLength !== undefined)
-        ? { routingMask: rows.map((r) => pad(r.ids.map((_, t) => (t < (r.promptLength ?? r.ids.length) ? 1 : 0)), 0)) }
+        ? {
+            routingMask: rows.map((r) =>
+              pad(
+                r.ids.map((_, t) => (t < (r.promptLength ?? r.ids.length) ? 1 : 0)),
+                0,
+              ),
+            ),
+          }
         : {}),
       indices,
       ...(withTasks ? { taskIds: rows.map((r) => r.task as number) } : {}),
@@ -353,7 +365,12 @@ export function splitTrainValidation<T>(items: readonly T[], options: SplitOptio
   const n = items.length;
   let held = Math.round(n * opts.validationFraction);
   if (opts.validationFraction > 0 && n >= 2) held = Math.min(Math.max(held, 1), n - 1);
-  const chosen = new Set(seededShuffle(items.map((_, i) => i), opts.seed).slice(0, held));
+  const chosen = new Set(
+    seededShuffle(
+      items.map((_, i) => i),
+      opts.seed,
+    ).slice(0, held),
+  );
   const train: T[] = [];
   const validation: T[] = [];
   items.forEach((item, i) => (chosen.has(i) ? validation : train).push(item));

@@ -227,7 +227,8 @@ export function trainingState(model: AdaptedModel, trainer: Trainer, loop: LoopS
  */
 export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, options: SaveCheckpointOptions = {}): Promise<TrainingState> {
   const { model, trainer } = input;
-  if (trainer.model !== model) throw new CheckpointError('saveCheckpoint: the trainer trains another model', { hint: 'Pass the model the Trainer was created with' });
+  if (trainer.model !== model)
+    throw new CheckpointError('saveCheckpoint: the trainer trains another model', { hint: 'Pass the model the Trainer was created with' });
   await removeStaleTemporaries(dir);
   // Copy everything to host memory first, so the files describe one instant of training.
   const state = trainingState(model, trainer, input.state);
@@ -242,11 +243,17 @@ export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, op
       await hook?.(file, tmp);
     };
     await write(VARIABLES_FILE, writeSafetensorsFile(join(tmp, VARIABLES_FILE), toWrite(variables), { format: 'routed-peft' }));
-    await write(OPTIMIZER_FILE, writeSafetensorsFile(join(tmp, OPTIMIZER_FILE), toWrite(moments), { format: 'routed-peft', step: String(state.optimizer.step) }));
+    await write(
+      OPTIMIZER_FILE,
+      writeSafetensorsFile(join(tmp, OPTIMIZER_FILE), toWrite(moments), { format: 'routed-peft', step: String(state.optimizer.step) }),
+    );
     if (head.size > 0) await write(HEAD_FILE, writeSafetensorsFile(join(tmp, HEAD_FILE), toWrite(head), { format: 'routed-peft' }));
     await write(TRAINING_STATE_FILE, writeFileAtomic(join(tmp, TRAINING_STATE_FILE), `${JSON.stringify(state, null, 2)}\n`));
     // Adapters, routers, then the manifest last.
-    await write(MANIFEST_FILE, writeRoutedModelContent(tmp, model, options.basePath === undefined ? {} : { basePath: options.basePath }).then(() => undefined));
+    await write(
+      MANIFEST_FILE,
+      writeRoutedModelContent(tmp, model, options.basePath === undefined ? {} : { basePath: options.basePath }).then(() => undefined),
+    );
   });
   return state;
 }
@@ -359,13 +366,21 @@ export async function readCheckpoint(dir: string): Promise<CheckpointData> {
 /** Assigns saved values to variables by name: every variable present with its shape, nothing extra. */
 function assignVariables(variables: ReadonlyMap<string, tf.Variable>, saved: ReadonlyMap<string, HostStateTensor>, where: string): void {
   for (const name of saved.keys()) {
-    if (!variables.has(name)) throw new CheckpointError(`the checkpoint has variable '${name}', which this model lacks`, { path: where, hint: 'Resume with the spec the checkpoint was trained with' });
+    if (!variables.has(name))
+      throw new CheckpointError(`the checkpoint has variable '${name}', which this model lacks`, {
+        path: where,
+        hint: 'Resume with the spec the checkpoint was trained with',
+      });
   }
   for (const [name, v] of variables) {
     const entry = saved.get(name);
-    if (entry === undefined) throw new CheckpointError(`the checkpoint has no variable '${name}'`, { path: where, hint: 'Resume with the spec the checkpoint was trained with' });
+    if (entry === undefined)
+      throw new CheckpointError(`the checkpoint has no variable '${name}'`, { path: where, hint: 'Resume with the spec the checkpoint was trained with' });
     const same = entry.shape.length === v.shape.length && entry.shape.every((d, i) => d === v.shape[i]);
-    if (!same) throw new CheckpointError(`variable '${name}' is ${formatShape(entry.shape)} in the checkpoint but ${formatShape(v.shape)} in the model`, { path: where });
+    if (!same)
+      throw new CheckpointError(`variable '${name}' is ${formatShape(entry.shape)} in the checkpoint but ${formatShape(v.shape)} in the model`, {
+        path: where,
+      });
   }
   for (const [name, v] of variables) {
     const entry = saved.get(name) as HostStateTensor;
@@ -424,7 +439,10 @@ export function restoreTrainer(trainer: Trainer, checkpoint: CheckpointData): vo
   const routers = statefulRouters(trainer.model);
   for (const [key, value] of Object.entries(checkpoint.state.random.routers)) {
     const router = routers.get(key);
-    if (router === undefined) throw new CheckpointError(`the checkpoint has a random state for router ${key}, which this model lacks`, { path: join(checkpoint.dir, TRAINING_STATE_FILE) });
+    if (router === undefined)
+      throw new CheckpointError(`the checkpoint has a random state for router ${key}, which this model lacks`, {
+        path: join(checkpoint.dir, TRAINING_STATE_FILE),
+      });
     router.setRandomState(value);
   }
 }

@@ -101,7 +101,8 @@ const FORMAT_HINT =
 // Line schemas
 
 const missingOr = (what: string, message: string) => (issue: { readonly input?: unknown }) => (issue.input === undefined ? `${what} is missing` : message);
-const nonBlank = (what: string) => z.string({ error: missingOr(what, `${what} must be a string`) }).refine((s) => s.trim() !== '', { error: `${what} must not be empty` });
+const nonBlank = (what: string) =>
+  z.string({ error: missingOr(what, `${what} must be a string`) }).refine((s) => s.trim() !== '', { error: `${what} must not be empty` });
 /** A name or a non-negative integer id; null means "no task". */
 const NameOrId = (what: string) => {
   const error = `${what} must be a non-empty string or a non-negative integer`;
@@ -208,7 +209,11 @@ class IdTable {
 
 const familyOf = (kind: Example['kind']): DatasetKind => (kind === 'labelled' ? 'classification' : 'language-modelling');
 const describeKind = (kind: Example['kind']): string =>
-  kind === 'labelled' ? 'a labelled classification example ("text" + "label")' : kind === 'text' ? 'a language-modelling example ("text")' : 'a language-modelling example ("prompt" + "completion")';
+  kind === 'labelled'
+    ? 'a labelled classification example ("text" + "label")'
+    : kind === 'text'
+      ? 'a language-modelling example ("text")'
+      : 'a language-modelling example ("prompt" + "completion")';
 
 /** Parses JSONL text. `source` names the data in messages (a file path, usually). */
 export function parseJsonlDataset(text: string, source: string, options: DatasetOptions = {}): Dataset {

@@ -95,7 +95,11 @@ function rowLosses(logits: tf.Tensor, batch: TrainBatch): { sums: Float32Array; 
   const sums = tf.tidy(() => {
     const predicting = tf.slice(logits, [0, 0, 0], [rows, tokens - 1, vocab]); // [B, T−1, V]
     const logProbs = tf.logSoftmax(predicting); // [B, T−1, V]
-    const targetIds = tf.tensor2d(batch.ids.map((r) => r.slice(1)), [rows, tokens - 1], 'int32'); // [B, T−1]
+    const targetIds = tf.tensor2d(
+      batch.ids.map((r) => r.slice(1)),
+      [rows, tokens - 1],
+      'int32',
+    ); // [B, T−1]
     // One-hot built as int32 then cast (tf.oneHot with a float dtype is wrong on wasm; see losses.ts).
     const targets = vocab === 1 ? tf.onesLike(logProbs) : tf.cast(tf.oneHot(targetIds, vocab), 'float32'); // [B, T−1, V]
     const nll = tf.neg(tf.sum(tf.mul(targets, logProbs), -1)); // [B, T−1]
@@ -122,7 +126,15 @@ function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batc
   let tokens = 0;
   for (const batch of makeBatches(tokenized, { batchSize, shuffle: false })) {
     const batchTrace: RoutingTraceEntry[] | undefined = withTrace ? [] : undefined;
-    const logits = model.forward({ ids: batch.ids, mask: batch.mask, routingMask: batch.routingMask, training: false, taskIds: batch.taskIds, use, trace: batchTrace }); // [B, T, V]
+    const logits = model.forward({
+      ids: batch.ids,
+      mask: batch.mask,
+      routingMask: batch.routingMask,
+      training: false,
+      taskIds: batch.taskIds,
+      use,
+      trace: batchTrace,
+    }); // [B, T, V]
     try {
       const { sums, counts } = rowLosses(logits, batch);
       batch.indices.forEach((index, b) => {
@@ -256,7 +268,12 @@ export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
   });
   const tasks: Record<string, TaskEvaluation> = {};
   for (const [name, g] of groups) {
-    tasks[name] = { loss: g.tokens === 0 ? null : g.lossSum / g.tokens, accuracy: g.judged === 0 ? null : g.right / g.judged, count: g.count, tokens: g.tokens };
+    tasks[name] = {
+      loss: g.tokens === 0 ? null : g.lossSum / g.tokens,
+      accuracy: g.judged === 0 ? null : g.right / g.judged,
+      count: g.count,
+      tokens: g.tokens,
+    };
   }
 
   const loss = scored.tokens === 0 ? null : scored.lossSum / scored.tokens;

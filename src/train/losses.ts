@@ -100,7 +100,11 @@ export class ClassificationHead {
     if (hidden.rank !== 3 || dim !== this.dim) throw new ShapeError(`classification head expects hidden [B, T, ${this.dim}], got ${formatShape(hidden.shape)}`);
     checkRows('mask', mask, batch, tokens);
     return tf.tidy(() => {
-      const m = tf.tensor2d(mask.map((r) => [...r]), [batch, tokens], 'float32'); // [B, T]
+      const m = tf.tensor2d(
+        mask.map((r) => [...r]),
+        [batch, tokens],
+        'float32',
+      ); // [B, T]
       const summed = tf.sum(tf.mul(hidden, tf.expandDims(m, 2)), 1); // [B, D]
       const pooled = tf.div(summed, tf.maximum(tf.sum(m, 1, true), 1)); // [B, D]
       return tf.add(tf.matMul(pooled as tf.Tensor2D, this.weight), this.bias); // [B, C]

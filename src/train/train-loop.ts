@@ -139,7 +139,8 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   const trainExamples = split?.train ?? dataset.examples;
   const validationExamples = options.validation?.examples ?? split?.validation;
   const tokenized = tokenizeExamples(trainExamples, tokenizer, { maxLength });
-  if (tokenized.length === 0) throw new DatasetError(`${dataset.source}: no training examples left`, { path: dataset.source, hint: 'Lower the validation fraction or add data' });
+  if (tokenized.length === 0)
+    throw new DatasetError(`${dataset.source}: no training examples left`, { path: dataset.source, hint: 'Lower the validation fraction or add data' });
   const fingerprint = datasetFingerprint(tokenized);
 
   const resume = typeof options.resumeFrom === 'string' ? await readCheckpoint(options.resumeFrom) : options.resumeFrom;
@@ -154,11 +155,14 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
     if (saved.seed !== seed) mismatch('seed', saved.seed, seed);
     if (saved.batchSize !== batchSize) mismatch('batch size', saved.batchSize, batchSize);
     if (saved.maxLength !== maxLength) mismatch('max length', saved.maxLength, maxLength);
-    if ((saved.validationFraction ?? 0) !== (split === undefined ? 0 : (fraction ?? 0))) mismatch('validation fraction', saved.validationFraction ?? 0, fraction ?? 0);
-    if (saved.fingerprint !== fingerprint || saved.examples !== tokenized.length) mismatch('data (tokenized fingerprint, examples)', `${saved.fingerprint}, ${saved.examples}`, `${fingerprint}, ${tokenized.length}`);
+    if ((saved.validationFraction ?? 0) !== (split === undefined ? 0 : (fraction ?? 0)))
+      mismatch('validation fraction', saved.validationFraction ?? 0, fraction ?? 0);
+    if (saved.fingerprint !== fingerprint || saved.examples !== tokenized.length)
+      mismatch('data (tokenized fingerprint, examples)', `${saved.fingerprint}, ${saved.examples}`, `${fingerprint}, ${tokenized.length}`);
   }
 
-  const trainer = resume === undefined ? new Trainer(model, options.trainer ?? {}, options.trainerOptions ?? {}) : resumeTrainer(model, resume, options.trainerOptions ?? {});
+  const trainer =
+    resume === undefined ? new Trainer(model, options.trainer ?? {}, options.trainerOptions ?? {}) : resumeTrainer(model, resume, options.trainerOptions ?? {});
   const startStep = trainer.steps;
   const history: StepRecord[] = [...(resume?.state.history ?? [])];
   const validation: ValidationRecord[] = [...(resume?.state.validation ?? [])];
@@ -191,10 +195,20 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
     options.onCheckpoint?.({ dir: options.checkpointDir, step: trainer.steps });
   };
   const validationSet: Dataset | undefined =
-    validationExamples === undefined || validationExamples.length === 0 ? undefined : { ...dataset, examples: validationExamples, source: `${dataset.source} (validation)` };
+    validationExamples === undefined || validationExamples.length === 0
+      ? undefined
+      : { ...dataset, examples: validationExamples, source: `${dataset.source} (validation)` };
   const validate = (): void => {
     if (validationSet === undefined) return;
-    const result = evaluateDataset({ model, tokenizer, dataset: validationSet, batchSize, maxLength, maxNewTokens: options.validation?.maxNewTokens ?? 0, use: options.trainerOptions?.use });
+    const result = evaluateDataset({
+      model,
+      tokenizer,
+      dataset: validationSet,
+      batchSize,
+      maxLength,
+      maxNewTokens: options.validation?.maxNewTokens ?? 0,
+      use: options.trainerOptions?.use,
+    });
     const tasks: ValidationRecord['tasks'] = {};
     for (const [name, t] of Object.entries(result.tasks)) tasks[name] = { loss: t.loss, accuracy: t.accuracy, count: t.count };
     const record: ValidationRecord = { step: trainer.steps, loss: finiteOrNull(result.loss), perplexity: finiteOrNull(result.perplexity), tasks };

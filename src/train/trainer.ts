@@ -168,7 +168,8 @@ export class Trainer {
     this.head = objective.kind === 'classification' ? new ClassificationHead(model.base.config.dim, objective.classes, this.config.seed) : undefined;
     try {
       for (const [name, v] of this.head?.namedVariables() ?? []) {
-        if (this.named.has(name)) throw new ConfigError(`a model variable is already named ${JSON.stringify(name)}`, { hint: 'Rename the adapter called "head"' });
+        if (this.named.has(name))
+          throw new ConfigError(`a model variable is already named ${JSON.stringify(name)}`, { hint: 'Rename the adapter called "head"' });
         this.named.set(name, v);
       }
       this.varList = [...this.named.values()];
@@ -230,7 +231,19 @@ export class Trainer {
     if (microBatch < this.config.gradAccumulation) {
       const ms = performance.now() - started;
       this.msTotal += ms;
-      return { ...this.means(pending), step: this.attempted, lr: this.lrAt(stepIndex), gradNorm: null, skipped: false, applied: false, microBatch, skippedTotal: this.skippedTotal, tokens, targets, ms };
+      return {
+        ...this.means(pending),
+        step: this.attempted,
+        lr: this.lrAt(stepIndex),
+        gradNorm: null,
+        skipped: false,
+        applied: false,
+        microBatch,
+        skippedTotal: this.skippedTotal,
+        tokens,
+        targets,
+        ms,
+      };
     }
     return this.finishStep(stepIndex, { tokens, targets, started, microBatch });
   }
@@ -264,10 +277,13 @@ export class Trainer {
    */
   restoreProgress(progress: TrainerProgress): void {
     this.checkUsable();
-    if (this.pending.microBatches > 0) throw new TrainingError('restoreProgress() in the middle of an accumulated optimizer step', { hint: 'Restore before the first step() call' });
+    if (this.pending.microBatches > 0)
+      throw new TrainingError('restoreProgress() in the middle of an accumulated optimizer step', { hint: 'Restore before the first step() call' });
     const counts = [progress.steps, progress.appliedSteps, progress.skippedTotal, progress.consecutiveBad];
     if (counts.some((n) => !Number.isInteger(n) || n < 0) || progress.appliedSteps + progress.skippedTotal !== progress.steps) {
-      throw new TrainingError(`inconsistent trainer progress: ${JSON.stringify(progress)}`, { hint: 'steps must equal appliedSteps + skippedTotal (non-negative integers)' });
+      throw new TrainingError(`inconsistent trainer progress: ${JSON.stringify(progress)}`, {
+        hint: 'steps must equal appliedSteps + skippedTotal (non-negative integers)',
+      });
     }
     this.attempted = progress.steps;
     this.applied = progress.appliedSteps;
@@ -441,7 +457,9 @@ export class Trainer {
     if (reason !== undefined && this.consecutiveBad >= this.config.maxBadSteps) {
       const error = new TrainingError(
         `training aborted: ${this.consecutiveBad} consecutive optimizer steps were skipped (last at step ${this.attempted}: ${reason}); weights are unchanged since the last good step`,
-        { hint: 'Lower the learning rate (optimizer.lr / routerLr) or maxGradNorm, add warmup, and check the data for empty lossMasks, bad labels or extreme values' },
+        {
+          hint: 'Lower the learning rate (optimizer.lr / routerLr) or maxGradNorm, add warmup, and check the data for empty lossMasks, bad labels or extreme values',
+        },
       );
       this.aborted = error;
       this.subject.error(error);
@@ -454,14 +472,19 @@ export class Trainer {
   private average(pending: Pending): Map<string, tf.Tensor> {
     const averaged = new Map<string, tf.Tensor>();
     for (const [name, sum] of pending.grads) {
-      averaged.set(name, tf.tidy(() => tf.div(sum, pending.weight))); // [...p]
+      averaged.set(
+        name,
+        tf.tidy(() => tf.div(sum, pending.weight)),
+      ); // [...p]
     }
     return averaged;
   }
 
   private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number } {
     const w = pending.weight;
-    return w === 0 ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN } : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w };
+    return w === 0
+      ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN }
+      : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w };
   }
 
   private anneal(state: { readonly temperature?: number; readonly noise?: number }): void {
@@ -479,12 +502,14 @@ export class Trainer {
       });
     }
     const frozen = this.varList.find((v) => !v.trainable);
-    if (frozen !== undefined) throw new TrainingError(`variable ${frozen.name} is not trainable`, { hint: 'Adapters and routers must create trainable variables' });
+    if (frozen !== undefined)
+      throw new TrainingError(`variable ${frozen.name} is not trainable`, { hint: 'Adapters and routers must create trainable variables' });
   }
 
   private checkLabels(batch: TrainBatch): number {
     if (batch.labels === undefined) throw new ShapeError('the classification objective needs labels on every batch', { path: 'batch.labels' });
-    if (batch.labels.length !== batch.ids.length) throw new ShapeError(`labels has ${batch.labels.length} entries but the batch has ${batch.ids.length} rows`, { path: 'batch.labels' });
+    if (batch.labels.length !== batch.ids.length)
+      throw new ShapeError(`labels has ${batch.labels.length} entries but the batch has ${batch.ids.length} rows`, { path: 'batch.labels' });
     return batch.labels.length;
   }
 

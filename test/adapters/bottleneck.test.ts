@@ -17,7 +17,18 @@ import { expectClose, expectNoLeak } from '../helpers/tensor-asserts.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 
 const TOL = { rtol: 1e-4, atol: 1e-5 } as const;
-const MODEL = ModelConfig.parse({ family: 'gpt2', vocabSize: 8, dim: 3, hiddenDim: 4, nLayers: 1, nHeads: 1, nKvHeads: 1, maxSeqLen: 8, normEps: 1e-5, tiedEmbeddings: false });
+const MODEL = ModelConfig.parse({
+  family: 'gpt2',
+  vocabSize: 8,
+  dim: 3,
+  hiddenDim: 4,
+  nLayers: 1,
+  nHeads: 1,
+  nKvHeads: 1,
+  maxSeqLen: 8,
+  normEps: 1e-5,
+  tiedEmbeddings: false,
+});
 
 function parse(value: Record<string, unknown>): BottleneckConfig {
   return parseConfig(BottleneckConfig, { kind: 'bottleneck', name: 'b', ...value }, 'adapters.b');
@@ -33,7 +44,15 @@ function create(config: Record<string, unknown>, place: ModulePlacement = placem
 
 /** A ModuleContext whose forward facts are never read by a bottleneck module. */
 function moduleContext(training: boolean): ModuleContext {
-  const forward = { batch: 1, tokens: 1, ids: [[0]], mask: undefined as unknown as tf.Tensor2D, pastLength: 0, cache: undefined, training } satisfies ForwardContext;
+  const forward = {
+    batch: 1,
+    tokens: 1,
+    ids: [[0]],
+    mask: undefined as unknown as tf.Tensor2D,
+    pastLength: 0,
+    cache: undefined,
+    training,
+  } satisfies ForwardContext;
   return { training, forward };
 }
 
@@ -49,7 +68,16 @@ function values(t: tf.Tensor): number[] {
 describe('bottleneck config', () => {
   test('defaults: reductionFactor 16, pfeiffer, relu, dropout 0, zero-up, all layers', () => {
     const config = parse({});
-    expect(config).toEqual({ kind: 'bottleneck', name: 'b', targets: { layers: 'all' }, reductionFactor: 16, placement: 'pfeiffer', activation: 'relu', dropout: 0, init: 'zero-up' });
+    expect(config).toEqual({
+      kind: 'bottleneck',
+      name: 'b',
+      targets: { layers: 'all' },
+      reductionFactor: 16,
+      placement: 'pfeiffer',
+      activation: 'relu',
+      dropout: 0,
+      init: 'zero-up',
+    });
     expect(parseConfig(AdapterSpec, { kind: 'bottleneck', name: 'b' }, 'adapters.b')).toEqual(config);
     expect(adapterKind('bottleneck')).toBe(bottleneckKind);
     expect(bottleneckKind.defaultSites).toEqual([]);
@@ -125,9 +153,20 @@ describe('bottleneck module', () => {
     for (const activation of ['relu', 'tanh'] as const) {
       const module = create({ bottleneckDim: 2, activation, init: 'random' });
       tf.tidy(() => {
-        module.downWeight.assign(tf.tensor2d([[1, 0, 1], [0, 1, -1]])); // [r, D]
+        module.downWeight.assign(
+          tf.tensor2d([
+            [1, 0, 1],
+            [0, 1, -1],
+          ]),
+        ); // [r, D]
         module.downBias.assign(tf.tensor1d([0.5, -4])); // [r]
-        module.upWeight.assign(tf.tensor2d([[2, 1], [0, 3], [-1, 1]])); // [D, r]
+        module.upWeight.assign(
+          tf.tensor2d([
+            [2, 1],
+            [0, 3],
+            [-1, 1],
+          ]),
+        ); // [D, r]
         module.upBias.assign(tf.tensor1d([0.1, 0, 0])); // [D]
       });
       const h = tf.tensor2d([[1, 2, -1]]); // [1, D]
@@ -148,10 +187,18 @@ describe('bottleneck module', () => {
     const [down, downBias, up, upBias] = module.variables().map((v) => values(v)) as [number[], number[], number[], number[]];
     const x = values(h);
     const act = (z: number): number =>
-      activation === 'relu' ? Math.max(z, 0) : activation === 'tanh' ? Math.tanh(z) : activation === 'silu' ? z / (1 + Math.exp(-z)) : 0.5 * z * (1 + erf(z / Math.SQRT2));
+      activation === 'relu'
+        ? Math.max(z, 0)
+        : activation === 'tanh'
+          ? Math.tanh(z)
+          : activation === 'silu'
+            ? z / (1 + Math.exp(-z))
+            : 0.5 * z * (1 + erf(z / Math.SQRT2));
     const expected: number[] = [];
     for (let n = 0; n < 3; n++) {
-      const hidden = Array.from({ length: 4 }, (_, j) => act((downBias[j] as number) + Array.from({ length: 6 }, (_, i) => (down[j * 6 + i] as number) * (x[n * 6 + i] as number)).reduce((s, v) => s + v, 0)));
+      const hidden = Array.from({ length: 4 }, (_, j) =>
+        act((downBias[j] as number) + Array.from({ length: 6 }, (_, i) => (down[j * 6 + i] as number) * (x[n * 6 + i] as number)).reduce((s, v) => s + v, 0)),
+      );
       for (let d = 0; d < 6; d++) expected.push((upBias[d] as number) + hidden.reduce((s, v, j) => s + (up[d * 4 + j] as number) * v, 0));
     }
     expect(expected.some((v) => Math.abs(v) > 1e-3)).toBe(true);
@@ -202,7 +249,11 @@ describe('bottleneck module', () => {
         expect(grad?.shape, v.name).toEqual(v.shape);
         // With a zero up-projection the down-projection's gradient is zero: only up receives signal at first.
         const mustMove = init === 'random' || v === module.upWeight || v === module.upBias;
-        if (mustMove) expect(values(grad as tf.Tensor).some((g) => g !== 0), `${init} ${v.name}`).toBe(true);
+        if (mustMove)
+          expect(
+            values(grad as tf.Tensor).some((g) => g !== 0),
+            `${init} ${v.name}`,
+          ).toBe(true);
       }
       tf.dispose([h, value, ...Object.values(grads)]);
       module.dispose();
@@ -247,7 +298,17 @@ describe('bottleneck adapters in a tiny llama', () => {
     const modules: BottleneckModule[] = [];
     for (let layer = 0; layer < model.config.nLayers; layer++) {
       for (const point of bottleneckKind.points(spec, [], model.config)) {
-        modules.push(bottleneckKind.create(spec, { adapter: 'b', layer, point, inFeatures: dim, outFeatures: dim, model: model.config, seed: 100 + layer * 10 + (point.kind === 'block-output' && point.block === 'attn' ? 0 : 1) }) as BottleneckModule);
+        modules.push(
+          bottleneckKind.create(spec, {
+            adapter: 'b',
+            layer,
+            point,
+            inFeatures: dim,
+            outFeatures: dim,
+            model: model.config,
+            seed: 100 + layer * 10 + (point.kind === 'block-output' && point.block === 'attn' ? 0 : 1),
+          }) as BottleneckModule,
+        );
       }
     }
     return modules;
@@ -293,8 +354,15 @@ describe('bottleneck adapters in a tiny llama', () => {
     const modules = attach({ placement: 'pfeiffer', bottleneckDim: 2, init: 'random', activation: 'silu' });
     const vars = modules.flatMap((m) => m.variables());
     expectNoLeak(() => {
-      const { value, grads } = tf.variableGrads(() => tf.mean(model.forward({ ids: [[1, 2, 3]], hooks: bottleneckHooks(modules, true), training: true })) as tf.Scalar, vars);
-      for (const v of vars) expect(values(grads[v.name] as tf.Tensor).some((g) => g !== 0), v.name).toBe(true);
+      const { value, grads } = tf.variableGrads(
+        () => tf.mean(model.forward({ ids: [[1, 2, 3]], hooks: bottleneckHooks(modules, true), training: true })) as tf.Scalar,
+        vars,
+      );
+      for (const v of vars)
+        expect(
+          values(grads[v.name] as tf.Tensor).some((g) => g !== 0),
+          v.name,
+        ).toBe(true);
       tf.dispose([value, ...Object.values(grads)]);
     });
     for (const m of modules) m.dispose();

@@ -151,7 +151,9 @@ const KIND_CASES: Readonly<Partial<Record<string, KindCase>>> = {
 function caseFor(kind: string): KindCase {
   const found = KIND_CASES[kind];
   if (found === undefined) {
-    throw new Error(`adapter kind '${kind}' is registered in ADAPTER_KINDS but has no conformance case: add one to KIND_CASES in test/adapters/conformance.test.ts`);
+    throw new Error(
+      `adapter kind '${kind}' is registered in ADAPTER_KINDS but has no conformance case: add one to KIND_CASES in test/adapters/conformance.test.ts`,
+    );
   }
   return found;
 }
@@ -206,7 +208,14 @@ function randomise(model: AdaptedModel, seed: number, std = 0.5): void {
 /** Mean next-token-style cross-entropy over real tokens (targets are a fixed function of the ids). */
 function lossOf(model: AdaptedModel, batch: Batch, training: boolean): tf.Scalar {
   const out = model.forward({ ids: batch.ids, mask: batch.mask, training }) as tf.Tensor3D; // [B, T, V]
-  const targets = tf.oneHot(tf.tensor2d(batch.ids.map((r) => r.map((id) => (id * 7 + 3) % VOCAB)), undefined, 'int32'), VOCAB); // [B, T, V]
+  const targets = tf.oneHot(
+    tf.tensor2d(
+      batch.ids.map((r) => r.map((id) => (id * 7 + 3) % VOCAB)),
+      undefined,
+      'int32',
+    ),
+    VOCAB,
+  ); // [B, T, V]
   const mask = tf.tensor2d(batch.mask); // [B, T]
   const picked = tf.sum(tf.mul(tf.logSoftmax(out), targets), -1); // [B, T]
   return tf.neg<tf.Scalar>(tf.div<tf.Scalar>(tf.sum(tf.mul(picked, mask)), tf.sum(mask))); // []
@@ -246,7 +255,11 @@ describe.each([
               expect(adapted.every(Number.isFinite), 'finite output').toBe(true);
               return;
             }
-            expectSameBits(adapted, logits(() => base.forward({ ids: batch.ids, mask: batch.mask })), 'fresh adapter vs base');
+            expectSameBits(
+              adapted,
+              logits(() => base.forward({ ids: batch.ids, mask: batch.mask })),
+              'fresh adapter vs base',
+            );
           } finally {
             model.dispose();
           }
@@ -262,7 +275,11 @@ describe.each([
           try {
             randomise(model, seed);
             const expected = logits(() => base.forward({ ids: batch.ids, mask: batch.mask }));
-            expectSameBits(logits(() => model.forward({ ids: batch.ids, mask: batch.mask, use: 'none' })), expected, "use: 'none' vs base");
+            expectSameBits(
+              logits(() => model.forward({ ids: batch.ids, mask: batch.mask, use: 'none' })),
+              expected,
+              "use: 'none' vs base",
+            );
             // Not vacuous: the randomised adapter does change the output when applied.
             expect(logits(() => model.forward({ ids: batch.ids, mask: batch.mask }))).not.toEqual(expected);
           } finally {
@@ -284,7 +301,10 @@ describe.each([
           const model = AdaptedModel.create(base, { seed, adapters: [config] });
           const variables = model.variables();
           const baseIds = new Set(baseTensors.map((t) => t.id));
-          expect(variables.some((v) => baseIds.has(v.id)), 'an adapter variable is a base tensor').toBe(false);
+          expect(
+            variables.some((v) => baseIds.has(v.id)),
+            'an adapter variable is a base tensor',
+          ).toBe(false);
           logits(() => model.forward({ ids: batch.ids, mask: batch.mask, training: true }));
           const { value, grads } = tf.variableGrads(() => lossOf(model, batch, true), variables);
           tf.tidy(() => {
@@ -298,7 +318,11 @@ describe.each([
           model.dispose();
           expect(tf.memory().numTensors, 'tensors after dispose').toBe(start);
           baseBytes(base).forEach((bytes, i) => expect(bytes.equals(before[i] as Buffer), `base tensor ${i} changed`).toBe(true));
-          expectSameBits(logits(() => base.forward({ ids: batch.ids, mask: batch.mask })), baseOut, 'base output after training the adapter');
+          expectSameBits(
+            logits(() => base.forward({ ids: batch.ids, mask: batch.mask })),
+            baseOut,
+            'base output after training the adapter',
+          );
         }),
         FC_SLOW,
       );
@@ -317,18 +341,21 @@ describe.each([
         }),
         FC,
       );
-      const specs = fc
-        .uniqueArray(kindCase.config(family), { minLength: 1, maxLength: 3, selector: (c) => c['name'] })
-        .chain((adapters) =>
-          record(
-            {
-              seed: specSeed,
-              adapters: fc.constant(adapters),
-              composition: fc.shuffledSubarray(adapters.map((a) => a['name'] as string), { minLength: adapters.length }).chain(compositionOf),
-            },
-            ['adapters'],
-          ),
-        );
+      const specs = fc.uniqueArray(kindCase.config(family), { minLength: 1, maxLength: 3, selector: (c) => c['name'] }).chain((adapters) =>
+        record(
+          {
+            seed: specSeed,
+            adapters: fc.constant(adapters),
+            composition: fc
+              .shuffledSubarray(
+                adapters.map((a) => a['name'] as string),
+                { minLength: adapters.length },
+              )
+              .chain(compositionOf),
+          },
+          ['adapters'],
+        ),
+      );
       fc.assert(
         fc.property(specs, (spec) => {
           const once = parseAdaptedModelSpec(spec);
@@ -364,7 +391,10 @@ describe.each([
                 expect(g, `${v.name} has a gradient`).toBeDefined();
                 const values = (g as tf.Tensor).dataSync();
                 expect(values.every(Number.isFinite), `${v.name} gradient finite`).toBe(true);
-                expect(values.some((x) => x !== 0), `${v.name} gradient non-zero`).toBe(true);
+                expect(
+                  values.some((x) => x !== 0),
+                  `${v.name} gradient non-zero`,
+                ).toBe(true);
               }
             } finally {
               tf.dispose([value, ...Object.values(grads)]);

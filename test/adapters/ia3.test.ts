@@ -18,8 +18,30 @@ import { expectClose, expectNoLeak } from '../helpers/tensor-asserts.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 
 const TOL = { rtol: 1e-4, atol: 1e-5 } as const;
-const LLAMA = ModelConfig.parse({ family: 'llama', vocabSize: 8, dim: 8, hiddenDim: 12, nLayers: 2, nHeads: 2, nKvHeads: 1, maxSeqLen: 8, normEps: 1e-5, tiedEmbeddings: false });
-const GPT2 = ModelConfig.parse({ family: 'gpt2', vocabSize: 8, dim: 8, hiddenDim: 32, nLayers: 2, nHeads: 2, nKvHeads: 2, maxSeqLen: 8, normEps: 1e-5, tiedEmbeddings: false });
+const LLAMA = ModelConfig.parse({
+  family: 'llama',
+  vocabSize: 8,
+  dim: 8,
+  hiddenDim: 12,
+  nLayers: 2,
+  nHeads: 2,
+  nKvHeads: 1,
+  maxSeqLen: 8,
+  normEps: 1e-5,
+  tiedEmbeddings: false,
+});
+const GPT2 = ModelConfig.parse({
+  family: 'gpt2',
+  vocabSize: 8,
+  dim: 8,
+  hiddenDim: 32,
+  nLayers: 2,
+  nHeads: 2,
+  nKvHeads: 2,
+  maxSeqLen: 8,
+  normEps: 1e-5,
+  tiedEmbeddings: false,
+});
 
 function parse(value: Record<string, unknown>): Ia3Config {
   return parseConfig(Ia3Config, { kind: 'ia3', name: 'i', ...value }, 'adapters.i');
@@ -47,7 +69,15 @@ function placement(point: AdapterPoint, model: ModelConfig = LLAMA, layer = 0): 
 }
 
 function moduleContext(training = false): ModuleContext {
-  const forward = { batch: 1, tokens: 1, ids: [[0]], mask: undefined as unknown as tf.Tensor2D, pastLength: 0, cache: undefined, training } satisfies ForwardContext;
+  const forward = {
+    batch: 1,
+    tokens: 1,
+    ids: [[0]],
+    mask: undefined as unknown as tf.Tensor2D,
+    pastLength: 0,
+    cache: undefined,
+    training,
+  } satisfies ForwardContext;
   return { training, forward };
 }
 
@@ -144,8 +174,14 @@ describe('(IA)³ module', () => {
       out.scale.assign(tf.tensor1d([2, 0.5]));
       inp.scale.assign(tf.tensor1d([0, 3]));
     });
-    const x = tf.tensor2d([[10, 20], [30, 40]]);
-    const y = tf.tensor2d([[1, 2], [3, 4]]);
+    const x = tf.tensor2d([
+      [10, 20],
+      [30, 40],
+    ]);
+    const y = tf.tensor2d([
+      [1, 2],
+      [3, 4],
+    ]);
     const d1 = deltaOf(out, x, y);
     const d2 = deltaOf(inp, y, y);
     expectClose(d1, [1, -1, 3, -2]);
@@ -163,7 +199,11 @@ describe('(IA)³ module', () => {
     expect(vars[0]).toBeInstanceOf(tf.Variable);
     expect(vars[0]?.trainable).toBe(true);
     const x = tf.ones<tf.Rank.R2>([3, 8]); // [N, I]
-    const y = tf.tensor2d([[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 0, 1]]); // [N, O]
+    const y = tf.tensor2d([
+      [1, 2, 3, 4],
+      [5, 6, 7, 8],
+      [0, 0, 0, 1],
+    ]); // [N, O]
     const { value, grads } = tf.variableGrads(() => tf.sum(module.delta(x, y, moduleContext(true))), [...vars]);
     // ∂/∂l Σ y·(l − 1) = Σₙ y
     expectClose(grads[module.scale.name] as tf.Tensor, [6, 8, 10, 13]);
@@ -228,7 +268,10 @@ describe.each([
   test('fresh modules leave logits bit-identical (every default site, every layer)', () => {
     const modules = attach({});
     expect(modules).toHaveLength(3 * model.config.nLayers);
-    const ids = [[1, 5, 9, 3], [2, 2, 7, 4]];
+    const ids = [
+      [1, 5, 9, 3],
+      [2, 2, 7, 4],
+    ];
     expect(expectNoLeak(() => logits({ ids, hooks: ia3Hooks(modules) }))).toEqual(logits({ ids }));
     for (const m of modules) m.dispose();
   });
@@ -260,7 +303,11 @@ describe.each([
         () => tf.mean(tf.square(model.forward({ ids: [[1, 2, 3]], hooks: ia3Hooks(modules, true), training: true }))) as tf.Scalar,
         vars,
       );
-      for (const v of vars) expect(values(grads[v.name] as tf.Tensor).some((g) => g !== 0), v.name).toBe(true);
+      for (const v of vars)
+        expect(
+          values(grads[v.name] as tf.Tensor).some((g) => g !== 0),
+          v.name,
+        ).toBe(true);
       tf.dispose([value, ...Object.values(grads)]);
     });
     for (const m of modules) m.dispose();

@@ -28,7 +28,15 @@ const mask = [
   [0, 1, 1, 1, 1, 1],
 ];
 
-const lora = (name: string, extra: Record<string, unknown> = {}) => ({ kind: 'lora', name, r: 4, alpha: 8, init: 'random', targets: { sites: 'all-linear' }, ...extra });
+const lora = (name: string, extra: Record<string, unknown> = {}) => ({
+  kind: 'lora',
+  name,
+  r: 4,
+  alpha: 8,
+  init: 'random',
+  targets: { sites: 'all-linear' },
+  ...extra,
+});
 
 function logits(run: () => tf.Tensor): Float32Array {
   const out = run();
@@ -79,11 +87,7 @@ describe.each([
     base = make();
     model = AdaptedModel.create(base, {
       seed: 7,
-      adapters: [
-        lora('a'),
-        lora('b', { r: 2, alpha: 4, rslora: true }),
-        lora('c', { r: 3, alpha: 3, targets: { sites: ['attn.q', 'mlp.*'], layers: [1] } }),
-      ],
+      adapters: [lora('a'), lora('b', { r: 2, alpha: 4, rslora: true }), lora('c', { r: 3, alpha: 3, targets: { sites: ['attn.q', 'mlp.*'], layers: [1] } })],
     });
   });
   afterAll(() => {
@@ -102,7 +106,12 @@ describe.each([
     expect(relativeError(merged, unmerged)).toBeLessThan(1e-5);
     expectClose(merged, unmerged, { rtol: 1e-4, atol: 1e-5, label: 'merged vs unmerged' });
     // Not vacuous: the adapters move the output well beyond that tolerance.
-    expect(relativeError(logits(() => base.forward({ ids, mask })), unmerged)).toBeGreaterThan(1e-2);
+    expect(
+      relativeError(
+        logits(() => base.forward({ ids, mask })),
+        unmerged,
+      ),
+    ).toBeGreaterThan(1e-2);
   });
 
   test('weight defaults to 1: merging all adapters equals the default (parallel) composition; generation agrees', () => {
@@ -111,8 +120,16 @@ describe.each([
       base,
       names.map((name) => ({ instance: adapter(model, name) })),
     );
-    expect(relativeError(logits(() => view.forward({ ids, mask })), unmerged)).toBeLessThan(1e-5);
-    const prompts = [[1, 5, 9], [4, 2]];
+    expect(
+      relativeError(
+        logits(() => view.forward({ ids, mask })),
+        unmerged,
+      ),
+    ).toBeLessThan(1e-5);
+    const prompts = [
+      [1, 5, 9],
+      [4, 2],
+    ];
     const options = { maxNewTokens: 4, temperature: 0, eosId: null } as const;
     expect(generate(view, prompts, options)).toEqual(model.generate(prompts, options));
     view.dispose();
@@ -187,7 +204,9 @@ describe('rsLoRA, rank patterns and model mismatches (tiny llama)', () => {
     const a = module.a.arraySync(); // [r][I]
     const b = module.b.arraySync(); // [O][r]
     // Host ΔW[o][i] = 4 · Σ_k B[o][k]·A[k][i]
-    const deltaW = Array.from({ length: out }, (_, o) => Array.from({ length: inp }, (_, i) => 4 * a.reduce((s, row, k) => s + (b[o]?.[k] as number) * (row[i] as number), 0)));
+    const deltaW = Array.from({ length: out }, (_, o) =>
+      Array.from({ length: inp }, (_, i) => 4 * a.reduce((s, row, k) => s + (b[o]?.[k] as number) * (row[i] as number), 0)),
+    );
     const view = mergeLora(base, [{ instance: adapter(model, 'rs') }]);
     // Sites store W transposed ([I, O]), so the merged difference is (4·B·A)ᵀ.
     const mergedDelta = tf.tidy(() => tf.transpose(tf.sub(siteWeight(view, 1, 'attn.v'), siteWeight(base, 1, 'attn.v'))).arraySync() as number[][]);
@@ -198,7 +217,10 @@ describe('rsLoRA, rank patterns and model mismatches (tiny llama)', () => {
     const x = tf.randomNormal<tf.Rank.R2>([rows, inp], 0, 1, 'float32', 3); // [N, I]
     const y = tf.zeros<tf.Rank.R2>([rows, out]); // [N, O]
     const forwardMask = tf.ones<tf.Rank.R2>([1, rows]);
-    const context: ModuleContext = { training: false, forward: { batch: 1, tokens: rows, ids: [[1, 1, 1, 1, 1]], mask: forwardMask, pastLength: 0, cache: undefined, training: false } };
+    const context: ModuleContext = {
+      training: false,
+      forward: { batch: 1, tokens: rows, ids: [[1, 1, 1, 1, 1]], mask: forwardMask, pastLength: 0, cache: undefined, training: false },
+    };
     const delta = module.delta(x, y, context); // [N, O]
     const xs = x.arraySync();
     const expected = xs.map((row) => deltaW.map((wRow) => wRow.reduce((s, w, i) => s + w * (row[i] as number), 0)));
@@ -231,7 +253,12 @@ describe('rsLoRA, rank patterns and model mismatches (tiny llama)', () => {
       for (const site of Object.keys(layer.sites) as SiteName[]) expect(siteWeight(view, l, site).shape).toEqual(siteWeight(base, l, site).shape);
     });
     const unmerged = logits(() => model.forward({ ids, mask }));
-    expect(relativeError(logits(() => view.forward({ ids, mask })), unmerged)).toBeLessThan(1e-5);
+    expect(
+      relativeError(
+        logits(() => view.forward({ ids, mask })),
+        unmerged,
+      ),
+    ).toBeLessThan(1e-5);
     view.dispose();
     model.dispose();
   });

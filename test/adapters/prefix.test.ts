@@ -18,7 +18,18 @@ import { tinyLlama } from '../helpers/tiny-models.js';
 
 const TOL = { rtol: 1e-4, atol: 1e-5 } as const;
 /** D 16, H 4, Hk 2 → Dh 4. */
-const MODEL = ModelConfig.parse({ family: 'llama', vocabSize: 8, dim: 16, hiddenDim: 8, nLayers: 2, nHeads: 4, nKvHeads: 2, maxSeqLen: 8, normEps: 1e-5, tiedEmbeddings: false });
+const MODEL = ModelConfig.parse({
+  family: 'llama',
+  vocabSize: 8,
+  dim: 16,
+  hiddenDim: 8,
+  nLayers: 2,
+  nHeads: 4,
+  nKvHeads: 2,
+  maxSeqLen: 8,
+  normEps: 1e-5,
+  tiedEmbeddings: false,
+});
 
 function parse(value: Record<string, unknown>): PrefixConfig {
   return parseConfig(PrefixConfig, { kind: 'prefix', name: 'p', ...value }, 'adapters.p');
@@ -33,7 +44,15 @@ function create(config: Record<string, unknown>, place: ModulePlacement = placem
 }
 
 function moduleContext(training = false): ModuleContext {
-  const forward = { batch: 1, tokens: 1, ids: [[0]], mask: undefined as unknown as tf.Tensor2D, pastLength: 0, cache: undefined, training } satisfies ForwardContext;
+  const forward = {
+    batch: 1,
+    tokens: 1,
+    ids: [[0]],
+    mask: undefined as unknown as tf.Tensor2D,
+    pastLength: 0,
+    cache: undefined,
+    training,
+  } satisfies ForwardContext;
   return { training, forward };
 }
 
@@ -52,7 +71,15 @@ function values(t: tf.Tensor): number[] {
 describe('prefix config', () => {
   test('defaults: P 8, no reparameterisation (hidden 64 when on), random init, all layers', () => {
     const config = parse({});
-    expect(config).toEqual({ kind: 'prefix', name: 'p', targets: { layers: 'all' }, prefixLength: 8, reparameterize: false, reparamHiddenDim: 64, init: 'random' });
+    expect(config).toEqual({
+      kind: 'prefix',
+      name: 'p',
+      targets: { layers: 'all' },
+      prefixLength: 8,
+      reparameterize: false,
+      reparamHiddenDim: 64,
+      init: 'random',
+    });
     expect(parseConfig(AdapterSpec, { kind: 'prefix', name: 'p' }, 'adapters.p')).toEqual(config);
     expect(adapterKind('prefix')).toBe(prefixKind);
     expect(prefixKind.defaultSites).toEqual([]);
@@ -101,7 +128,10 @@ describe('prefix module', () => {
   test('plain prefixes: keys and values [1, P, Hk, Dh], two trainable variables drawn from N(0, 0.02²)', () => {
     const module = create({ prefixLength: 64 });
     const { keys, values: vals, shapes } = slots(module);
-    expect(shapes).toEqual([[1, 64, 2, 4], [1, 64, 2, 4]]);
+    expect(shapes).toEqual([
+      [1, 64, 2, 4],
+      [1, 64, 2, 4],
+    ]);
     const vars = module.variables();
     expect(vars).toHaveLength(2);
     for (const v of vars) {
@@ -124,27 +154,56 @@ describe('prefix module', () => {
     expect(count).toBe(3 * 5 + 5 * 5 + 5 + 2 * c * 5 + 2 * c);
     expect(module.variables().every((v) => v instanceof tf.Variable && v.trainable)).toBe(true);
     expect(new Set(module.variables().map((v) => v.name)).size).toBe(5);
-    expect(slots(module).shapes).toEqual([[1, 3, 2, 4], [1, 3, 2, 4]]);
+    expect(slots(module).shapes).toEqual([
+      [1, 3, 2, 4],
+      [1, 3, 2, 4],
+    ]);
     expect(module.reparameterized).toBe(true);
     module.dispose();
   });
 
   test('reparameterised prefixes by hand: tanh(e·W1ᵀ + b1)·W2ᵀ + b2, split into keys | values', () => {
     // gpt2-shaped config: D 2, H 1, Hk 1 → Dh 2, C 2.
-    const tiny = ModelConfig.parse({ family: 'gpt2', vocabSize: 4, dim: 2, hiddenDim: 4, nLayers: 1, nHeads: 1, nKvHeads: 1, maxSeqLen: 4, normEps: 1e-5, tiedEmbeddings: false });
+    const tiny = ModelConfig.parse({
+      family: 'gpt2',
+      vocabSize: 4,
+      dim: 2,
+      hiddenDim: 4,
+      nLayers: 1,
+      nHeads: 1,
+      nKvHeads: 1,
+      maxSeqLen: 4,
+      normEps: 1e-5,
+      tiedEmbeddings: false,
+    });
     const module = create({ prefixLength: 1, reparameterize: true, reparamHiddenDim: 2 }, placement(tiny));
     const [embedding, w1, b1, w2, b2] = module.variables() as [tf.Variable, tf.Variable, tf.Variable, tf.Variable, tf.Variable];
     tf.tidy(() => {
       embedding.assign(tf.tensor2d([[1, -1]])); // [P, E]
-      w1.assign(tf.tensor2d([[1, 2], [0.5, 0]])); // [E, E]
+      w1.assign(
+        tf.tensor2d([
+          [1, 2],
+          [0.5, 0],
+        ]),
+      ); // [E, E]
       b1.assign(tf.tensor1d([0, 0.25])); // [E]
-      w2.assign(tf.tensor2d([[1, 0], [0, 1], [1, 1], [2, -1]])); // [2·C, E]
+      w2.assign(
+        tf.tensor2d([
+          [1, 0],
+          [0, 1],
+          [1, 1],
+          [2, -1],
+        ]),
+      ); // [2·C, E]
       b2.assign(tf.tensor1d([0, 0, 0, 0.5])); // [2·C]
     });
     // hidden = tanh([1 − 2 + 0, 0.5 + 0.25]) = [tanh(−1), tanh(0.75)]
     const [a, b] = [Math.tanh(-1), Math.tanh(0.75)];
     const { keys, values: vals, shapes } = slots(module);
-    expect(shapes).toEqual([[1, 1, 1, 2], [1, 1, 1, 2]]);
+    expect(shapes).toEqual([
+      [1, 1, 1, 2],
+      [1, 1, 1, 2],
+    ]);
     expectClose(keys, [a, b]);
     expectClose(vals, [a + b, 2 * a - b + 0.5]);
     module.dispose();
@@ -158,7 +217,10 @@ describe('prefix module', () => {
     module.collapse();
     expect(module.reparameterized).toBe(false);
     expect(mlpVars.every((v) => v.isDisposed)).toBe(true);
-    expect(module.variables().map((v) => v.shape)).toEqual([[1, 4, 2, 4], [1, 4, 2, 4]]);
+    expect(module.variables().map((v) => v.shape)).toEqual([
+      [1, 4, 2, 4],
+      [1, 4, 2, 4],
+    ]);
     expect(module.variables().every((v) => v instanceof tf.Variable && v.trainable)).toBe(true);
     expect(slots(module)).toEqual(before);
     module.collapse(); // a no-op on plain prefixes
@@ -190,7 +252,10 @@ describe('prefix module', () => {
       for (const v of module.variables()) {
         const grad = grads[v.name];
         expect(grad?.shape, v.name).toEqual(v.shape);
-        expect(values(grad as tf.Tensor).some((g) => g !== 0), v.name).toBe(true);
+        expect(
+          values(grad as tf.Tensor).some((g) => g !== 0),
+          v.name,
+        ).toBe(true);
       }
       tf.dispose([weights, value, ...Object.values(grads)]);
       module.dispose();
@@ -268,7 +333,10 @@ describe('prefixes in a tiny llama (4 query heads, 2 kv heads)', () => {
 
   test('collapse() leaves the model output bit-identical', () => {
     const modules = attach({ prefixLength: 3, reparameterize: true, reparamHiddenDim: 8 });
-    const ids = [[4, 2, 6, 1], [3, 3, 9, 12]];
+    const ids = [
+      [4, 2, 6, 1],
+      [3, 3, 9, 12],
+    ];
     const before = logits({ ids, hooks: prefixHooks(modules) });
     for (const m of modules) m.collapse();
     expect(modules.every((m) => m.variables().length === 2)).toBe(true);
@@ -285,7 +353,11 @@ describe('prefixes in a tiny llama (4 query heads, 2 kv heads)', () => {
           () => tf.mean(tf.square(model.forward({ ids: [[1, 2, 3]], hooks: prefixHooks(modules, true), training: true }))) as tf.Scalar,
           vars,
         );
-        for (const v of vars) expect(values(grads[v.name] as tf.Tensor).some((g) => g !== 0), v.name).toBe(true);
+        for (const v of vars)
+          expect(
+            values(grads[v.name] as tf.Tensor).some((g) => g !== 0),
+            v.name,
+          ).toBe(true);
         tf.dispose([value, ...Object.values(grads)]);
       });
       for (const m of modules) m.dispose();

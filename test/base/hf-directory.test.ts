@@ -65,7 +65,18 @@ describe('tiny Hugging Face directories', () => {
     const dir = freshDir('llama');
     await writeTinyLlamaDir(dir);
     const model = await load(dir);
-    expect(model.config).toMatchObject({ family: 'llama', dim: 16, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 32, maxSeqLen: 64, hiddenDim: 40, tiedEmbeddings: false, normEps: 1e-5 });
+    expect(model.config).toMatchObject({
+      family: 'llama',
+      dim: 16,
+      nLayers: 2,
+      nHeads: 4,
+      nKvHeads: 2,
+      vocabSize: 32,
+      maxSeqLen: 64,
+      hiddenDim: 40,
+      tiedEmbeddings: false,
+      normEps: 1e-5,
+    });
     expect(model.weights.tiedHead).toBe(false);
     const fromDir = logitsOf(model, SEQUENCES);
     expect(fromDir.every(Number.isFinite)).toBe(true);
@@ -80,7 +91,17 @@ describe('tiny Hugging Face directories', () => {
     const dir = freshDir('gpt2');
     await writeTinyGpt2Dir(dir);
     const model = await load(dir);
-    expect(model.config).toMatchObject({ family: 'gpt2', dim: 16, nLayers: 2, nHeads: 4, nKvHeads: 4, vocabSize: 32, maxSeqLen: 64, hiddenDim: 64, tiedEmbeddings: true });
+    expect(model.config).toMatchObject({
+      family: 'gpt2',
+      dim: 16,
+      nLayers: 2,
+      nHeads: 4,
+      nKvHeads: 4,
+      vocabSize: 32,
+      maxSeqLen: 64,
+      hiddenDim: 64,
+      tiedEmbeddings: true,
+    });
     expect(model.weights.tiedHead).toBe(true);
     expect(model.weights.head.arraySync()).toEqual(model.weights.tokenEmbedding.transpose().arraySync()); // [D, V] copy
     const fromDir = logitsOf(model, SEQUENCES);
@@ -309,13 +330,15 @@ describe.skipIf(!hasSharedModels)(`llama2.c stories260K.bin ↔ Hugging Face lla
 // Errors
 
 async function loadError(path: string): Promise<CheckpointError> {
-  const error = await expectNoLeak(() => loadBaseModel(path).then(
-    (loaded) => {
-      loaded.model.dispose();
-      throw new Error(`expected loading ${path} to fail`);
-    },
-    (e: unknown) => e,
-  ));
+  const error = await expectNoLeak(() =>
+    loadBaseModel(path).then(
+      (loaded) => {
+        loaded.model.dispose();
+        throw new Error(`expected loading ${path} to fail`);
+      },
+      (e: unknown) => e,
+    ),
+  );
   expect(error).toBeInstanceOf(CheckpointError);
   return error as CheckpointError;
 }

@@ -57,7 +57,19 @@ describe.skipIf(!hasSharedModels)(`stories260K.bin + tok512.bin (real checkpoint
       });
 
       test('has the documented architecture', () => {
-        expect(model.config).toMatchObject({ family: 'llama', dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512, maxSeqLen: 512, tiedEmbeddings: true, bosId: 1, eosId: 2 });
+        expect(model.config).toMatchObject({
+          family: 'llama',
+          dim: 64,
+          hiddenDim: 172,
+          nLayers: 5,
+          nHeads: 8,
+          nKvHeads: 4,
+          vocabSize: 512,
+          maxSeqLen: 512,
+          tiedEmbeddings: true,
+          bosId: 1,
+          eosId: 2,
+        });
       });
 
       test('greedy decoding from BOS reproduces the documented story token for token', () => {

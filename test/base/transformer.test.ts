@@ -46,7 +46,10 @@ describe.each(FAMILIES)('%s', (_name, build) => {
   const prompts = [[5, 9, 1, 30], [3], [7, 8, 9, 10, 11, 12, 13], [2, 2, 2, 2, 2]];
 
   test('forward outputs: logits [B, T, V], last-logits [B, V] = last column, hidden [B, T, D]', () => {
-    const ids = [[1, 2, 3], [4, 5, 6]];
+    const ids = [
+      [1, 2, 3],
+      [4, 5, 6],
+    ];
     const logits = run(model, { ids });
     expect(logits.shape).toEqual([2, 3, vocab]);
     expect(logits.values.every(Number.isFinite)).toBe(true);
@@ -66,14 +69,20 @@ describe.each(FAMILIES)('%s', (_name, build) => {
         const alone = run(model, { ids: [prompt] });
         const label = `prompt ${b} (pad ${padId})`;
         expectClose(positions(batch.values, batch.shape, b, width - prompt.length, width), alone.values, { ...TOL, label });
-        expectClose(lastOnly.values.subarray(b * vocab, (b + 1) * vocab), alone.values.subarray((prompt.length - 1) * vocab), { ...TOL, label: `${label} last` });
+        expectClose(lastOnly.values.subarray(b * vocab, (b + 1) * vocab), alone.values.subarray((prompt.length - 1) * vocab), {
+          ...TOL,
+          label: `${label} last`,
+        });
       });
     }
   });
 
   test('KV cache: prefill, then one-token and multi-token steps equal full recomputation', () => {
     expectNoLeak(() => {
-      const rows = [[4, 8, 15, 16, 23, 1], [30, 29]];
+      const rows = [
+        [4, 8, 15, 16, 23, 1],
+        [30, 29],
+      ];
       const { ids, mask } = padLeft(rows);
       const cache = model.newCache(2);
       try {
@@ -100,7 +109,10 @@ describe.each(FAMILIES)('%s', (_name, build) => {
           });
         }
         // Three new tokens in one cached call: causal within the chunk, all attending to the past.
-        const chunk = [[9, 10, 11], [12, 13, 14]];
+        const chunk = [
+          [9, 10, 11],
+          [12, 13, 14],
+        ];
         const cached = run(model, { ids: chunk, cache });
         chunk.forEach((c, b) => {
           seq[b]?.push(...c);
@@ -109,7 +121,10 @@ describe.each(FAMILIES)('%s', (_name, build) => {
         const full = run(model, { ids: seq, mask: seqMask });
         const width = seq[0]?.length ?? 0;
         for (let b = 0; b < 2; b++) {
-          expectClose(positions(cached.values, cached.shape, b, 0, 3), positions(full.values, full.shape, b, width - 3, width), { ...TOL, label: `chunk row ${b}` });
+          expectClose(positions(cached.values, cached.shape, b, 0, 3), positions(full.values, full.shape, b, width - 3, width), {
+            ...TOL,
+            label: `chunk row ${b}`,
+          });
         }
         expect(cache.length).toBe(width);
       } finally {
@@ -119,8 +134,14 @@ describe.each(FAMILIES)('%s', (_name, build) => {
   });
 
   test('hooks that return their input leave logits bit-identical, and every hook point is called', () => {
-    const ids = [[0, 3, 5, 7], [9, 11, 13, 15]];
-    const mask = [[0, 1, 1, 1], [1, 1, 1, 1]];
+    const ids = [
+      [0, 3, 5, 7],
+      [9, 11, 13, 15],
+    ];
+    const mask = [
+      [0, 1, 1, 1],
+      [1, 1, 1, 1],
+    ];
     const calls: Record<string, number> = {};
     const count = (what: string): void => {
       calls[what] = (calls[what] ?? 0) + 1;
@@ -183,13 +204,45 @@ describe.each(FAMILIES)('%s', (_name, build) => {
     const max = model.config.maxSeqLen;
     const cases: [string, () => unknown, string | undefined][] = [
       ['id = vocab size', () => model.forward({ ids: [[1, vocab]] }), 'ids[0][1]'],
-      ['negative id', () => model.forward({ ids: [[1, 2], [-1, 2]] }), 'ids[1][0]'],
+      [
+        'negative id',
+        () =>
+          model.forward({
+            ids: [
+              [1, 2],
+              [-1, 2],
+            ],
+          }),
+        'ids[1][0]',
+      ],
       ['fractional id', () => model.forward({ ids: [[1.5]] }), 'ids[0][0]'],
       ['ragged rows', () => model.forward({ ids: [[1, 2], [3]] }), 'ids[1]'],
       ['no rows', () => model.forward({ ids: [] }), undefined],
       ['empty row', () => model.forward({ ids: [[]] }), undefined],
-      ['mask of the wrong shape', () => model.forward({ ids: [[1, 2], [3, 4]], mask: [[1, 1]] }), 'mask'],
-      ['ragged mask', () => model.forward({ ids: [[1, 2], [3, 4]], mask: [[1, 1], [1]] }), 'mask'],
+      [
+        'mask of the wrong shape',
+        () =>
+          model.forward({
+            ids: [
+              [1, 2],
+              [3, 4],
+            ],
+            mask: [[1, 1]],
+          }),
+        'mask',
+      ],
+      [
+        'ragged mask',
+        () =>
+          model.forward({
+            ids: [
+              [1, 2],
+              [3, 4],
+            ],
+            mask: [[1, 1], [1]],
+          }),
+        'mask',
+      ],
       ['mask not 0/1', () => model.forward({ ids: [[1, 2]], mask: [[1, 2]] }), 'mask'],
       ['too long', () => model.forward({ ids: [Array.from({ length: max + 1 }, () => 3)] }), 'ids'],
       ['empty prompt to generate', () => generate(model, [[1], []], { maxNewTokens: 2 }), 'prompts'],

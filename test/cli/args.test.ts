@@ -108,9 +108,7 @@ describe('toChoice, optional, flagName', () => {
   test('toChoice accepts listed values and names the flag otherwise', () => {
     const format: 'text' | 'json' = toChoice('format', 'json', ['text', 'json'] as const);
     expect(format).toBe('json');
-    expect(usageError(() => toChoice('format', 'xml', ['text', 'json'])).message).toBe(
-      "Invalid value for --format: 'xml' (expected one of text, json)",
-    );
+    expect(usageError(() => toChoice('format', 'xml', ['text', 'json'])).message).toBe("Invalid value for --format: 'xml' (expected one of text, json)");
   });
 
   test('optional applies the conversion only when the flag was given', () => {

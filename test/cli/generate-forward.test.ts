@@ -25,7 +25,21 @@ describe.skipIf(!hasSharedModels)(`generate / forward on stories260K${SHARED_MOD
   });
 
   test('--format json prints the whole sequence (BOS and prompt included) and its text', async () => {
-    const { code, out } = await run('generate', '--model', stories260kPath, '--tokenizer', tok512Path, '--prompt', 'Once upon', '--max-new-tokens', '8', '--temperature', '0', '--format', 'json');
+    const { code, out } = await run(
+      'generate',
+      '--model',
+      stories260kPath,
+      '--tokenizer',
+      tok512Path,
+      '--prompt',
+      'Once upon',
+      '--max-new-tokens',
+      '8',
+      '--temperature',
+      '0',
+      '--format',
+      'json',
+    );
     expect(code).toBe(0);
     const result = JSON.parse(out) as { ids: number[]; text: string };
     expect(result.ids[0]).toBe(1);

@@ -125,7 +125,11 @@ describe('dispatcher', () => {
   });
 
   test('<command> --help and help <command> print the command usage, exit 0', async () => {
-    for (const argv of [['info', '--help'], ['info', '-h'], ['help', 'info']]) {
+    for (const argv of [
+      ['info', '--help'],
+      ['info', '-h'],
+      ['help', 'info'],
+    ]) {
       const { code, out } = await run(...argv);
       expect(code).toBe(0);
       expect(out).toContain('Usage: routed-peft info [--format text|json]');

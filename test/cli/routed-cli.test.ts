@@ -27,40 +27,91 @@ describe.skipIf(!hasSharedModels)(`routed models through the CLI on stories260K$
   });
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
-  test.each(['topk-lora-experts.json', 'switch-capacity.json', 'unipelt-mixed.json'])('example %s: init, then generate --routed --trace satisfies the routing invariants', async (file) => {
-    const out = join(dir, file.replace('.json', ''));
-    const init = await run('init', '--model', stories260kPath, '--spec', join(examplesDir, file), '--out', out, '--format', 'json');
-    expect(init.err).toBe('');
-    expect(init.code).toBe(0);
-    const summary = JSON.parse(init.out) as { parameters: { trainable: number; frozen: number } };
-    expect(summary.parameters.trainable).toBeGreaterThan(0);
-    expect(summary.parameters.frozen).toBe(260032);
-    expect((await readdir(out)).sort()).toContain('routed-peft.json');
+  test.each(['topk-lora-experts.json', 'switch-capacity.json', 'unipelt-mixed.json'])(
+    'example %s: init, then generate --routed --trace satisfies the routing invariants',
+    async (file) => {
+      const out = join(dir, file.replace('.json', ''));
+      const init = await run('init', '--model', stories260kPath, '--spec', join(examplesDir, file), '--out', out, '--format', 'json');
+      expect(init.err).toBe('');
+      expect(init.code).toBe(0);
+      const summary = JSON.parse(init.out) as { parameters: { trainable: number; frozen: number } };
+      expect(summary.parameters.trainable).toBeGreaterThan(0);
+      expect(summary.parameters.frozen).toBe(260032);
+      expect((await readdir(out)).sort()).toContain('routed-peft.json');
 
-    const gen = await run('generate', '--model', stories260kPath, '--tokenizer', tok512Path, '--routed', out, '--max-new-tokens', '6', '--temperature', '0', '--format', 'json', '--trace');
-    expect(gen.code).toBe(0);
-    const result = JSON.parse(gen.out) as { ids: number[]; text: string; trace: RoutingTraceEntry[]; routing: { layer: number; site: string; tokens: number; droppedRate: number }[] };
-    expect(result.ids).toHaveLength(7);
-    expect(result.routing.length).toBeGreaterThan(0);
-    expect(result.routing.every((r) => r.tokens > 0 && r.droppedRate >= 0 && r.droppedRate <= 1)).toBe(true);
-    expect(result.trace.length).toBeGreaterThan(0);
-    const spec = JSON.parse(await readFile(join(examplesDir, file), 'utf8')) as { composition: { experts: string[]; nullExpert?: boolean; router: { kind: string; k?: number } } };
-    const allowed = new Set([...spec.composition.experts, ...(spec.composition.nullExpert === true ? ['null'] : [])]);
-    for (const entry of result.trace) {
-      expect(entry.experts.every((e) => allowed.has(e))).toBe(true);
-      expect(entry.weights.every((w) => w > 0 && Number.isFinite(w))).toBe(true);
-      expect(entry.layer).toBeGreaterThanOrEqual(0);
-      expect(entry.layer).toBeLessThan(5);
-      if (entry.dropped) expect(entry.experts).toEqual([]);
-      else if (spec.composition.router.kind !== 'switch') expect(entry.weights.reduce((s, w) => s + w, 0)).toBeCloseTo(1, 5);
-      if (spec.composition.router.kind === 'top-k') expect(new Set(entry.experts).size).toBe(spec.composition.router.k);
-    }
-  });
+      const gen = await run(
+        'generate',
+        '--model',
+        stories260kPath,
+        '--tokenizer',
+        tok512Path,
+        '--routed',
+        out,
+        '--max-new-tokens',
+        '6',
+        '--temperature',
+        '0',
+        '--format',
+        'json',
+        '--trace',
+      );
+      expect(gen.code).toBe(0);
+      const result = JSON.parse(gen.out) as {
+        ids: number[];
+        text: string;
+        trace: RoutingTraceEntry[];
+        routing: { layer: number; site: string; tokens: number; droppedRate: number }[];
+      };
+      expect(result.ids).toHaveLength(7);
+      expect(result.routing.length).toBeGreaterThan(0);
+      expect(result.routing.every((r) => r.tokens > 0 && r.droppedRate >= 0 && r.droppedRate <= 1)).toBe(true);
+      expect(result.trace.length).toBeGreaterThan(0);
+      const spec = JSON.parse(await readFile(join(examplesDir, file), 'utf8')) as {
+        composition: { experts: string[]; nullExpert?: boolean; router: { kind: string; k?: number } };
+      };
+      const allowed = new Set([...spec.composition.experts, ...(spec.composition.nullExpert === true ? ['null'] : [])]);
+      for (const entry of result.trace) {
+        expect(entry.experts.every((e) => allowed.has(e))).toBe(true);
+        expect(entry.weights.every((w) => w > 0 && Number.isFinite(w))).toBe(true);
+        expect(entry.layer).toBeGreaterThanOrEqual(0);
+        expect(entry.layer).toBeLessThan(5);
+        if (entry.dropped) expect(entry.experts).toEqual([]);
+        else if (spec.composition.router.kind !== 'switch') expect(entry.weights.reduce((s, w) => s + w, 0)).toBeCloseTo(1, 5);
+        if (spec.composition.router.kind === 'top-k') expect(new Set(entry.experts).size).toBe(spec.composition.router.k);
+      }
+    },
+  );
 
   test('a freshly initialised routed LoRA model (B = 0) generates exactly what the base generates', async () => {
     const out = join(dir, 'topk-lora-experts');
-    const routed = await run('generate', '--model', stories260kPath, '--tokenizer', tok512Path, '--routed', out, '--max-new-tokens', '20', '--temperature', '0', '--format', 'json');
-    const plain = await run('generate', '--model', stories260kPath, '--tokenizer', tok512Path, '--max-new-tokens', '20', '--temperature', '0', '--format', 'json');
+    const routed = await run(
+      'generate',
+      '--model',
+      stories260kPath,
+      '--tokenizer',
+      tok512Path,
+      '--routed',
+      out,
+      '--max-new-tokens',
+      '20',
+      '--temperature',
+      '0',
+      '--format',
+      'json',
+    );
+    const plain = await run(
+      'generate',
+      '--model',
+      stories260kPath,
+      '--tokenizer',
+      tok512Path,
+      '--max-new-tokens',
+      '20',
+      '--temperature',
+      '0',
+      '--format',
+      'json',
+    );
     expect(JSON.parse(routed.out)).toEqual(JSON.parse(plain.out));
   });
 
@@ -109,7 +160,21 @@ describe.skipIf(!hasSharedModels)(`PEFT adapters through --adapter${SHARED_MODEL
     tf.dispose(expected);
     model.dispose();
     base.dispose();
-    const cli = await run('forward', '--model', stories260kPath, '--adapter', join(dir, 'a'), '--adapter', join(dir, 'b'), '--combine', 'average', '--weights', '0.75,0.25', '--ids', '1,403,407');
+    const cli = await run(
+      'forward',
+      '--model',
+      stories260kPath,
+      '--adapter',
+      join(dir, 'a'),
+      '--adapter',
+      join(dir, 'b'),
+      '--combine',
+      'average',
+      '--weights',
+      '0.75,0.25',
+      '--ids',
+      '1,403,407',
+    );
     expect(cli.code).toBe(0);
     const rows = (JSON.parse(cli.out) as { logits: number[][] }).logits;
     rows.forEach((row, t) => row.forEach((v, i) => expect(v).toBeCloseTo(expectedRows[0]?.[t]?.[i] ?? NaN, 4)));

@@ -64,7 +64,24 @@ describe.skipIf(!hasSharedModels)(`train and eval through the CLI on stories260K
 
   test('train writes JSON step lines and a checkpoint; --resume continues to the total --steps; eval prints loss, tasks and routing', async () => {
     const out = join(dir, 'run');
-    const first = await run(['train', ...model, '--data', data, '--spec', specPath, '--out', out, '--steps', '3', '--batch-size', '4', '--lr', '5e-3', '--checkpoint-every', '2']);
+    const first = await run([
+      'train',
+      ...model,
+      '--data',
+      data,
+      '--spec',
+      specPath,
+      '--out',
+      out,
+      '--steps',
+      '3',
+      '--batch-size',
+      '4',
+      '--lr',
+      '5e-3',
+      '--checkpoint-every',
+      '2',
+    ]);
     expect(first.err).toBe('');
     expect(first.code).toBe(0);
     const parsed = parseLines(first.out);

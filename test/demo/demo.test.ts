@@ -169,7 +169,13 @@ describe('heat map SVG', () => {
       title: 'a <b> & "c"',
       columns: ['e0', 'e1'],
       groups: [
-        { label: 'layer 0', rows: [{ label: 'x', values: [1, 0] }, { label: 'y', values: [0.25, 0.75] }] },
+        {
+          label: 'layer 0',
+          rows: [
+            { label: 'x', values: [1, 0] },
+            { label: 'y', values: [0.25, 0.75] },
+          ],
+        },
         { label: 'layer 1', rows: [{ label: 'x', values: [0.5, 0.5] }] },
       ],
     });

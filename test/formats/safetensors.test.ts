@@ -291,9 +291,7 @@ describe('round trips', () => {
     for (const meta of [metadata, undefined]) {
       const bytes = serializeSafetensors(tensors, meta);
       const f = parseSafetensors(bytes);
-      const again = new Map<string, TensorToWrite>(
-        [...f.entries].map(([name, e]) => [name, { dtype: e.dtype, shape: e.shape, data: e.bytes }]),
-      );
+      const again = new Map<string, TensorToWrite>([...f.entries].map(([name, e]) => [name, { dtype: e.dtype, shape: e.shape, data: e.bytes }]));
       const hasMeta = Object.keys(f.metadata).length > 0;
       expect(serializeSafetensors(again, hasMeta ? f.metadata : undefined)).toEqual(bytes);
     }
@@ -567,10 +565,7 @@ describe('fuzzing: any input parses or throws SafetensorsError', () => {
     );
     const mutation = fc.record({
       edits: fc.array(edit, { maxLength: 3 }),
-      truncate: fc.oneof(
-        { weight: 4, arbitrary: fc.constant(undefined) },
-        { weight: 1, arbitrary: fc.nat({ max: seedFile.length }) },
-      ),
+      truncate: fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: fc.nat({ max: seedFile.length }) }),
     });
     fc.assert(
       fc.property(mutation, ({ edits, truncate }) => {

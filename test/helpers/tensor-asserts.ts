@@ -20,11 +20,7 @@ function toValues(values: ArrayLike<number> | tf.Tensor): ArrayLike<number> {
  * ±Infinity equals itself). On failure the message gives the number of offending elements, the largest
  * absolute difference with its index and both values there, and the first offending index.
  */
-export function expectClose(
-  actualInput: ArrayLike<number> | tf.Tensor,
-  expectedInput: ArrayLike<number> | tf.Tensor,
-  options: CloseOptions = {},
-): void {
+export function expectClose(actualInput: ArrayLike<number> | tf.Tensor, expectedInput: ArrayLike<number> | tf.Tensor, options: CloseOptions = {}): void {
   const { rtol = 1e-5, atol = 1e-6, label } = options;
   const what = label === undefined ? 'expectClose' : `expectClose(${label})`;
   const actual = toValues(actualInput);

@@ -83,10 +83,12 @@ const context = { training: false } as unknown as ModuleContext;
 
 function moduleDelta(module: LoraModule, x: Float32Array, n: number): Float32Array {
   const inF = module.a.shape[1];
-  return tf.tidy(() => {
-    const input = tf.tensor2d(x, [n, inF]);
-    return module.delta(input, input, context).dataSync() as Float32Array;
-  }).slice();
+  return tf
+    .tidy(() => {
+      const input = tf.tensor2d(x, [n, inF]);
+      return module.delta(input, input, context).dataSync() as Float32Array;
+    })
+    .slice();
 }
 
 function logits(model: AdaptedModel, adapter: string): Float32Array {
@@ -210,7 +212,10 @@ describe('a PEFT adapter built by hand in PEFT format', () => {
       expect([...instance.modules.keys()].sort()).toEqual(['0|attn.q', '0|attn.v', '1|attn.q', '1|attn.v']);
       const scales: Record<string, number> = { '0|attn.q': 2, '0|attn.v': 4, '1|attn.q': 2, '1|attn.v': 8 };
       for (const layer of [0, 1]) {
-        for (const [site, hf] of [['attn.q', 'q_proj'], ['attn.v', 'v_proj']] as const) {
+        for (const [site, hf] of [
+          ['attn.q', 'q_proj'],
+          ['attn.v', 'v_proj'],
+        ] as const) {
           const module = loraAt(instance, layer, site);
           const a = tensors[`base_model.model.model.layers.${layer}.self_attn.${hf}.lora_A.weight`] as FixtureTensor;
           const b = tensors[`base_model.model.model.layers.${layer}.self_attn.${hf}.lora_B.weight`] as FixtureTensor;
@@ -233,7 +238,17 @@ describe('a PEFT adapter built by hand in PEFT format', () => {
     await writeFixture(dir, fixtureConfig(), tensors);
     const { instance } = await readPeftAdapter(dir, llama, { name: 'fixture' });
     const model = AdaptedModel.create(llama, {
-      adapters: [{ kind: 'lora', name: 'hand', r: 4, alpha: 8, targets: { sites: ['attn.q', 'attn.v'] }, rankPattern: { 'layers.1.attn.v': 2 }, alphaPattern: { 'attn.v': 16 } }],
+      adapters: [
+        {
+          kind: 'lora',
+          name: 'hand',
+          r: 4,
+          alpha: 8,
+          targets: { sites: ['attn.q', 'attn.v'] },
+          rankPattern: { 'layers.1.attn.v': 2 },
+          alphaPattern: { 'attn.v': 16 },
+        },
+      ],
     });
     model.addAdapter(instance);
     try {
@@ -248,7 +263,10 @@ describe('a PEFT adapter built by hand in PEFT format', () => {
       // The whole model: the same values assigned by hand to the sites the keys name.
       const hand = model.adapters.get('hand') as AdapterInstance;
       for (const layer of [0, 1]) {
-        for (const [site, hf] of [['attn.q', 'q_proj'], ['attn.v', 'v_proj']] as const) {
+        for (const [site, hf] of [
+          ['attn.q', 'q_proj'],
+          ['attn.v', 'v_proj'],
+        ] as const) {
           const module = loraAt(hand, layer, site);
           const key = `base_model.model.model.layers.${layer}.self_attn.${hf}`;
           const ta = tensors[`${key}.lora_A.weight`] as FixtureTensor;
@@ -535,7 +553,11 @@ describe('writePeftAdapter output', () => {
 // (3) write → read round trips
 
 describe.each([
-  ['llama all-linear, rsLoRA, rank and alpha patterns', () => llama, { r: 4, alpha: 6, rslora: true, targets: { sites: 'all-linear' }, rankPattern: { 'attn.v': 2 }, alphaPattern: { 'layers.1.mlp.down': 3 } }],
+  [
+    'llama all-linear, rsLoRA, rank and alpha patterns',
+    () => llama,
+    { r: 4, alpha: 6, rslora: true, targets: { sites: 'all-linear' }, rankPattern: { 'attn.v': 2 }, alphaPattern: { 'layers.1.mlp.down': 3 } },
+  ],
   ['llama q/v in one layer', () => llama, { r: 3, alpha: 5, targets: { sites: ['attn.q', 'attn.v'], layers: [1] } }],
   ['gpt2 all-linear, rsLoRA, per-site rank', () => gpt2, { r: 4, alpha: 8, rslora: true, targets: { sites: 'all-linear' }, rankPattern: { 'mlp.up': 2 } }],
   ['gpt2 q/k/v/o in one layer', () => gpt2, { r: 2, alpha: 16, targets: { sites: ['attn.q', 'attn.k', 'attn.v', 'attn.o'], layers: [0] } }],

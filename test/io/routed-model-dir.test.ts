@@ -30,7 +30,12 @@ function randomise(model: AdaptedModel): void {
 }
 
 function logits(model: AdaptedModel): Float32Array {
-  const out = model.forward({ ids: [[1, 2, 3, 4], [5, 6, 7, 8]] });
+  const out = model.forward({
+    ids: [
+      [1, 2, 3, 4],
+      [5, 6, 7, 8],
+    ],
+  });
   const values = out.dataSync() as Float32Array;
   out.dispose();
   return values;

@@ -33,7 +33,15 @@ function baseLogits(base: Transformer): Float32Array {
   return values;
 }
 
-const lora = (name: string, extra: Record<string, unknown> = {}) => ({ kind: 'lora', name, r: 4, alpha: 8, init: 'random', targets: { sites: 'all-linear' }, ...extra });
+const lora = (name: string, extra: Record<string, unknown> = {}) => ({
+  kind: 'lora',
+  name,
+  r: 4,
+  alpha: 8,
+  init: 'random',
+  targets: { sites: 'all-linear' },
+  ...extra,
+});
 
 describe.each([
   ['llama', tinyLlama],
@@ -79,7 +87,10 @@ describe.each([
     });
     const x = tf.randomNormal([6, base.config.dim], 0, 1, 'float32', 1) as tf.Tensor2D;
     const y = tf.randomNormal([6, base.config.dim], 0, 1, 'float32', 2) as tf.Tensor2D;
-    const context = { training: false, forward: { batch: 1, tokens: 6, ids: [[1, 1, 1, 1, 1, 1]], mask: tf.ones([1, 6]) as tf.Tensor2D, pastLength: 0, cache: undefined, training: false } };
+    const context = {
+      training: false,
+      forward: { batch: 1, tokens: 6, ids: [[1, 1, 1, 1, 1, 1]], mask: tf.ones([1, 6]) as tf.Tensor2D, pastLength: 0, cache: undefined, training: false },
+    };
     const point = { kind: 'site-output', site: 'attn.q' } as const;
     const moduleA = model.adapters.get('a')?.module(0, point);
     const moduleB = model.adapters.get('b')?.module(0, point);

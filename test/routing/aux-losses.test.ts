@@ -34,7 +34,12 @@ function setGate(router: Router, values: number[]): void {
 describe('load-balancing loss', () => {
   it('equals k at uniform routing (equal logits), for top-k with k = 1, 2, 3 and switch', () => {
     const c = makeCase();
-    for (const spec of [{ kind: 'top-k', k: 1 }, { kind: 'top-k', k: 2 }, { kind: 'top-k', k: 3 }, { kind: 'switch', capacityFactor: 4 }]) {
+    for (const spec of [
+      { kind: 'top-k', k: 1 },
+      { kind: 'top-k', k: 2 },
+      { kind: 'top-k', k: 3 },
+      { kind: 'switch', capacityFactor: 4 },
+    ]) {
       const router = createRouter(spec, { ...c, gateStd: 0 });
       setGate(router, new Array<number>(D * E).fill(0));
       const k = 'k' in spec ? spec.k : 1;
@@ -46,7 +51,10 @@ describe('load-balancing loss', () => {
   it('grows to E when routing collapses onto one expert', () => {
     const c = { ...makeCase(), features: Array.from({ length: R * D }, (_, i) => 1 + (i % 3)) };
     const router = createRouter({ kind: 'top-k', k: 1 }, c);
-    setGate(router, Array.from({ length: D * E }, (_, i) => (i % E === 1 ? 3 : 0)));
+    setGate(
+      router,
+      Array.from({ length: D * E }, (_, i) => (i % E === 1 ? 3 : 0)),
+    );
     const collapsed = lossValue(router, c, (d, m) => loadBalancingLoss(d, m, E));
     router.dispose();
     expect(collapsed).toBeGreaterThan(3.9);
@@ -84,13 +92,18 @@ describe('z-loss, entropy, importance against host computations', () => {
       };
     });
     router.dispose();
-    const real = c.mask.map((m, r) => [m, r] as const).filter(([m]) => m === 1).map(([, r]) => r);
+    const real = c.mask
+      .map((m, r) => [m, r] as const)
+      .filter(([m]) => m === 1)
+      .map(([, r]) => r);
     const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-    const z = mean(real.map((r) => {
-      const l = Array.from(row(host.logits, r, E));
-      const max = Math.max(...l);
-      return (max + Math.log(l.reduce((s, x) => s + Math.exp(x - max), 0))) ** 2;
-    }));
+    const z = mean(
+      real.map((r) => {
+        const l = Array.from(row(host.logits, r, E));
+        const max = Math.max(...l);
+        return (max + Math.log(l.reduce((s, x) => s + Math.exp(x - max), 0))) ** 2;
+      }),
+    );
     const entropy = mean(real.map((r) => -Array.from(row(host.probabilities, r, E)).reduce((s, p) => s + (p > 0 ? p * Math.log(p) : 0), 0)));
     const importance = new Array<number>(E).fill(0);
     for (const r of real) for (let k = 0; k < 2; k++) importance[host.ids[r * 2 + k] as number]! += host.weights[r * 2 + k] as number;
@@ -106,8 +119,16 @@ describe('z-loss, entropy, importance against host computations', () => {
       const input = routerInput(c);
       const d = router.route(input);
       const weights = { balance: 0.5, zLoss: 0.1, importance: 2, entropy: -0.3 };
-      const expected = 0.5 * (loadBalancingLoss(d, input.mask, E).dataSync()[0] as number) + 0.1 * (routerZLoss(d, input.mask).dataSync()[0] as number) + 2 * (importanceLoss(d, input.mask).dataSync()[0] as number) - 0.3 * (routingEntropy(d, input.mask).dataSync()[0] as number);
-      return [auxLossTotal(d, input.mask, weights).dataSync()[0] as number, expected, auxLossTotal(d, input.mask, { balance: 0, zLoss: 0, importance: 0, entropy: 0 }).dataSync()[0] as number];
+      const expected =
+        0.5 * (loadBalancingLoss(d, input.mask, E).dataSync()[0] as number) +
+        0.1 * (routerZLoss(d, input.mask).dataSync()[0] as number) +
+        2 * (importanceLoss(d, input.mask).dataSync()[0] as number) -
+        0.3 * (routingEntropy(d, input.mask).dataSync()[0] as number);
+      return [
+        auxLossTotal(d, input.mask, weights).dataSync()[0] as number,
+        expected,
+        auxLossTotal(d, input.mask, { balance: 0, zLoss: 0, importance: 0, entropy: 0 }).dataSync()[0] as number,
+      ];
     });
     router.dispose();
     expect(total).toBeCloseTo(parts, 5);
@@ -145,16 +166,24 @@ describe('gradients reach the router variables', () => {
         // Gradients are a training-time contract: with training: false routers may take a faster,
         // non-differentiable path (top-k does).
         const training = true;
-        const { value, grads } = tf.variableGrads(() => tf.tidy(() => {
-          const input = routerInput(c, { training });
-          return loss(router.route(input), input.mask);
-        }), variables);
+        const { value, grads } = tf.variableGrads(
+          () =>
+            tf.tidy(() => {
+              const input = routerInput(c, { training });
+              return loss(router.route(input), input.mask);
+            }),
+          variables,
+        );
         variables.forEach((v, i) => {
           const values = Array.from(grads[v.name]?.dataSync() ?? new Float32Array(v.size)); // absent: v is not on the path
           expect(values.every(Number.isFinite), `${name}: finite gradient of ${v.name}`).toBe(true);
           // W_noise (variable 1 of noisy-top-k) only sees losses of the noisy decision, not the clean z-loss.
           const expectsSignal = !(name === 'balance' && BALANCED_BY_CONSTRUCTION.has(kind)) && !(i === 1 && name === 'z-loss');
-          if (expectsSignal) expect(values.some((x) => x !== 0), `${name}: gradient of ${v.name} is all zero`).toBe(true);
+          if (expectsSignal)
+            expect(
+              values.some((x) => x !== 0),
+              `${name}: gradient of ${v.name} is all zero`,
+            ).toBe(true);
         });
         tf.dispose([value, ...Object.values(grads)]);
       }

@@ -49,18 +49,21 @@ describe('expert-choice router', () => {
 
   it('fills every expert to exactly min(C, realRows) when scores are positive', () => {
     fc.assert(
-      fc.property(routeCase().chain((c) => fc.tuple(fc.constant({ ...c, gateStd: 0 }), fc.constantFrom(...FACTORS))), ([c, capacityFactor]) => {
-        const router = createRouter({ kind: 'expert-choice', capacityFactor }, c);
-        const d = runRouter(router, c);
-        router.dispose();
-        const real = c.mask.reduce((a, b) => a + b, 0);
-        const capacity = Math.min(real, Math.ceil((real * capacityFactor) / c.choices));
-        for (let e = 0; e < c.choices; e++) {
-          let n = 0;
-          for (let r = 0; r < c.rows; r++) if ((d.weights[r * c.choices + e] as number) > 0) n++;
-          expect(n, `expert ${e}`).toBe(capacity);
-        }
-      }),
+      fc.property(
+        routeCase().chain((c) => fc.tuple(fc.constant({ ...c, gateStd: 0 }), fc.constantFrom(...FACTORS))),
+        ([c, capacityFactor]) => {
+          const router = createRouter({ kind: 'expert-choice', capacityFactor }, c);
+          const d = runRouter(router, c);
+          router.dispose();
+          const real = c.mask.reduce((a, b) => a + b, 0);
+          const capacity = Math.min(real, Math.ceil((real * capacityFactor) / c.choices));
+          for (let e = 0; e < c.choices; e++) {
+            let n = 0;
+            for (let r = 0; r < c.rows; r++) if ((d.weights[r * c.choices + e] as number) > 0) n++;
+            expect(n, `expert ${e}`).toBe(capacity);
+          }
+        },
+      ),
       FC_PARAMS,
     );
   });
@@ -68,7 +71,9 @@ describe('expert-choice router', () => {
   it('padding rows take no capacity: inserting them leaves the real rows’ decision unchanged', () => {
     fc.assert(
       fc.property(
-        routeCase({ paddingOneIn: 1000 }).chain((c) => fc.tuple(fc.constant(c), fc.uniqueArray(fc.integer({ min: 0, max: c.rows }), { maxLength: 6 }), fc.constantFrom(...FACTORS))),
+        routeCase({ paddingOneIn: 1000 }).chain((c) =>
+          fc.tuple(fc.constant(c), fc.uniqueArray(fc.integer({ min: 0, max: c.rows }), { maxLength: 6 }), fc.constantFrom(...FACTORS)),
+        ),
         ([c, before, capacityFactor]) => {
           const { padded, realIndex } = withPadding(c, new Set(before));
           const router = createRouter({ kind: 'expert-choice', capacityFactor }, c);

@@ -30,11 +30,23 @@ interface Config {
 }
 
 function spec(c: Config): Record<string, unknown> {
-  const adapters = Array.from({ length: c.experts }, (_, i) => ({ kind: 'lora', name: `e${i}`, r: i === 0 ? c.firstRank : 2, alpha: 4, init: 'random', targets: { sites: i === 0 && c.firstOnly ? c.sites.slice(0, 1) : [...c.sites] } }));
+  const adapters = Array.from({ length: c.experts }, (_, i) => ({
+    kind: 'lora',
+    name: `e${i}`,
+    r: i === 0 ? c.firstRank : 2,
+    alpha: 4,
+    init: 'random',
+    targets: { sites: i === 0 && c.firstOnly ? c.sites.slice(0, 1) : [...c.sites] },
+  }));
   return {
     seed: c.seed,
     adapters,
-    composition: { kind: 'route', experts: adapters.map((a) => a.name), nullExpert: c.nullExpert, router: { kind: c.kind, k: c.k, temperature: c.temperature } },
+    composition: {
+      kind: 'route',
+      experts: adapters.map((a) => a.name),
+      nullExpert: c.nullExpert,
+      router: { kind: c.kind, k: c.k, temperature: c.temperature },
+    },
   };
 }
 
@@ -97,7 +109,7 @@ describe('shared-input fused inference path', () => {
   });
   afterAll(() => base.dispose());
 
-  test('gives the per-site path\'s logits, traces and generations for random route configurations', () => {
+  test("gives the per-site path's logits, traces and generations for random route configurations", () => {
     fc.assert(
       fc.property(configs, (c) => {
         const model = AdaptedModel.create(base, spec(c), { routers });
@@ -119,7 +131,13 @@ describe('shared-input fused inference path', () => {
           expectClose(longFused.logits, longPerSite.logits, { rtol: 1e-4, atol: 1e-5 });
           expectSameTraces(longFused.trace, longPerSite.trace);
           // KV-cached decoding (one and two rows per step), with traces.
-          for (const prompts of [[[1, 2, 3]], [[1, 2, 3], [4, 5]]]) {
+          for (const prompts of [
+            [[1, 2, 3]],
+            [
+              [1, 2, 3],
+              [4, 5],
+            ],
+          ]) {
             const traceFused: RoutingTraceEntry[] = [];
             const tracePerSite: RoutingTraceEntry[] = [];
             const a = model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, fusion: true, trace: traceFused });
@@ -166,7 +184,17 @@ describe('shared-input fused inference path', () => {
   });
 
   test('training forwards keep the per-site path and still reach every router', () => {
-    const config: Config = { experts: 3, k: 2, kind: 'top-k', temperature: 1, nullExpert: false, sites: ['attn.q', 'attn.k', 'attn.v'], firstRank: 2, firstOnly: false, seed: 5 };
+    const config: Config = {
+      experts: 3,
+      k: 2,
+      kind: 'top-k',
+      temperature: 1,
+      nullExpert: false,
+      sites: ['attn.q', 'attn.k', 'attn.v'],
+      firstRank: 2,
+      firstOnly: false,
+      seed: 5,
+    };
     const model = AdaptedModel.create(base, spec(config), { routers });
     const trained = logitsOnly(model, ids, mask, true);
     const { grads, value } = tf.variableGrads(() => tf.sum(tf.square(model.forward({ ids, mask, training: true }))) as tf.Scalar, model.variables());
@@ -175,7 +203,7 @@ describe('shared-input fused inference path', () => {
     for (const [name, variable] of routerNames) {
       const grad = grads[variable.name];
       expect(grad, name).toBeDefined();
-      expect(grad ? tf.norm(grad).dataSync()[0] ?? 0 : 0, name).toBeGreaterThan(0);
+      expect(grad ? (tf.norm(grad).dataSync()[0] ?? 0) : 0, name).toBeGreaterThan(0);
     }
     tf.dispose([value, ...Object.values(grads)]);
     expect(trained.length).toBeGreaterThan(0);

@@ -55,7 +55,10 @@ export function routeCase(bounds: CaseBounds = {}): fc.Arbitrary<RouteCase> {
         seed: fc.constant(seed),
         gateStd: fc.constant(gateStd),
         features: fc.array(featureValue, { minLength: rows * dim, maxLength: rows * dim }),
-        mask: fc.array(fc.integer({ min: 0, max: paddingOneIn - 1 }).map((v) => (v === 0 ? 0 : 1)), { minLength: rows, maxLength: rows }),
+        mask: fc.array(
+          fc.integer({ min: 0, max: paddingOneIn - 1 }).map((v) => (v === 0 ? 0 : 1)),
+          { minLength: rows, maxLength: rows },
+        ),
         taskIds: fc.array(fc.integer({ min: 0, max: 20 }), { minLength: rows, maxLength: rows }),
         tokenIds: fc.array(fc.integer({ min: 0, max: 50_000 }), { minLength: rows, maxLength: rows }),
       }),
@@ -63,7 +66,10 @@ export function routeCase(bounds: CaseBounds = {}): fc.Arbitrary<RouteCase> {
 }
 
 /** Builds a router through the registry (so the config is validated) and re-draws its variables if asked. */
-export function createRouter(spec: { readonly kind: string } & Readonly<Record<string, unknown>>, c: Pick<RouteCase, 'choices' | 'dim' | 'seed' | 'gateStd'>): Router {
+export function createRouter(
+  spec: { readonly kind: string } & Readonly<Record<string, unknown>>,
+  c: Pick<RouteCase, 'choices' | 'dim' | 'seed' | 'gateStd'>,
+): Router {
   const router = builtinRouters().create(spec, { choices: c.choices, inputDim: c.dim, seed: c.seed }, 'router');
   if (c.gateStd > 0) {
     router.variables().forEach((v, i) => tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, c.gateStd, 'float32', c.seed * 31 + i))));

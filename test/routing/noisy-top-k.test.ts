@@ -73,15 +73,19 @@ describe('noisy top-k router', () => {
     const router = createRouter({ kind: 'noisy-top-k' }, c);
     const [gate, noise] = router.variables();
     const coefficients = tf.randomNormal([c.rows, 2], 0, 1, 'float32', 9);
-    const { value, grads } = tf.variableGrads(() => tf.tidy(() => tf.sum(tf.mul(router.route(routerInput(c, { training: true })).weights, coefficients))), [
-      ...router.variables(),
-    ]);
+    const { value, grads } = tf.variableGrads(
+      () => tf.tidy(() => tf.sum(tf.mul(router.route(routerInput(c, { training: true })).weights, coefficients))),
+      [...router.variables()],
+    );
     for (const v of [gate, noise]) {
       const g = grads[v?.name ?? ''];
       expect(g, `gradient of ${v?.name}`).toBeDefined();
       const values = Array.from(g?.dataSync() ?? []);
       expect(values.every(Number.isFinite)).toBe(true);
-      expect(values.some((x) => x !== 0), `gradient of ${v?.name} is all zero`).toBe(true);
+      expect(
+        values.some((x) => x !== 0),
+        `gradient of ${v?.name} is all zero`,
+      ).toBe(true);
     }
     tf.dispose([value, coefficients, ...Object.values(grads)]);
     router.dispose();

@@ -36,9 +36,11 @@ function run(model: AdaptedModel, options: Partial<Parameters<AdaptedModel['forw
 /** Values at real positions only (padded positions are unconstrained). */
 function realRows(values: Float32Array, vocab: number): number[] {
   const out: number[] = [];
-  mask.forEach((row, b) => row.forEach((m, t) => {
-    if (m === 1) out.push(...values.subarray((b * row.length + t) * vocab, (b * row.length + t + 1) * vocab));
-  }));
+  mask.forEach((row, b) =>
+    row.forEach((m, t) => {
+      if (m === 1) out.push(...values.subarray((b * row.length + t) * vocab, (b * row.length + t + 1) * vocab));
+    }),
+  );
   return out;
 }
 
@@ -55,13 +57,21 @@ describe('routed LoRA experts on a tiny llama', () => {
 
   test('all routing weight on the null expert gives exactly the base output', () => {
     // A task router mapping every task to the null expert (choice E) puts weight 1 on it.
-    const model = AdaptedModel.create(base, { adapters: experts(3), composition: { kind: 'route', experts: names(3), nullExpert: true, router: { kind: 'task', mapping: { '0': 3 } } } }, { routers });
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(3), composition: { kind: 'route', experts: names(3), nullExpert: true, router: { kind: 'task', mapping: { '0': 3 } } } },
+      { routers },
+    );
     expect(run(model, { taskIds: [0, 0] })).toEqual(baseLogits);
     model.dispose();
   });
 
   test('a route with one expert and weight 1 equals that adapter alone', () => {
-    const model = AdaptedModel.create(base, { adapters: experts(1), composition: { kind: 'route', experts: ['e0'], router: { kind: 'top-k', k: 1 } } }, { routers });
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(1), composition: { kind: 'route', experts: ['e0'], router: { kind: 'top-k', k: 1 } } },
+      { routers },
+    );
     // Padding rows get no routing weight (they do not count as tokens), so compare real positions only.
     const vocab = base.config.vocabSize;
     expectClose(realRows(run(model), vocab), realRows(run(model, { use: 'e0' }), vocab), { rtol: 1e-5, atol: 1e-6 });
@@ -85,29 +95,41 @@ describe('routed LoRA experts on a tiny llama', () => {
       composition: { kind: 'route', experts: ['l', 'b', 'i'], router: { kind: 'top-k', k: 2 } },
     };
     const model = AdaptedModel.create(base, spec, { routers });
-    for (const v of model.adapters.get('i')?.modules.values() ?? []) for (const variable of v.variables()) variable.assign(tf.randomUniform(variable.shape, 0.5, 1.5, 'float32', 3));
+    for (const v of model.adapters.get('i')?.modules.values() ?? [])
+      for (const variable of v.variables()) variable.assign(tf.randomUniform(variable.shape, 0.5, 1.5, 'float32', 3));
     expectClose(run(model, { strategy: 'grouped' }), run(model, { strategy: 'dense' }), { rtol: 1e-5, atol: 1e-6 });
     model.dispose();
   });
 
-  fcTest.prop([fc.integer({ min: 0, max: 1000 })], { numRuns: 6, seed: 7 })('permuting the rows of a batch permutes the outputs (top-k, token routing)', (seed) => {
-    const model = AdaptedModel.create(base, { seed, adapters: experts(4), composition: { kind: 'route', experts: names(4), router: { kind: 'top-k', k: 2 } } }, { routers });
-    const forward = (rows: number[][], rowMask: number[][]): Float32Array => {
-      const out = model.forward({ ids: rows, mask: rowMask });
-      const values = out.dataSync() as Float32Array;
-      out.dispose();
-      return values;
-    };
-    const straight = forward(ids, mask);
-    const swapped = forward([ids[1] as number[], ids[0] as number[]], [mask[1] as number[], mask[0] as number[]]);
-    const half = straight.length / 2;
-    expectClose(swapped.subarray(0, half), straight.subarray(half), { rtol: 1e-5, atol: 1e-6 });
-    expectClose(swapped.subarray(half), straight.subarray(0, half), { rtol: 1e-5, atol: 1e-6 });
-    model.dispose();
-  });
+  fcTest.prop([fc.integer({ min: 0, max: 1000 })], { numRuns: 6, seed: 7 })(
+    'permuting the rows of a batch permutes the outputs (top-k, token routing)',
+    (seed) => {
+      const model = AdaptedModel.create(
+        base,
+        { seed, adapters: experts(4), composition: { kind: 'route', experts: names(4), router: { kind: 'top-k', k: 2 } } },
+        { routers },
+      );
+      const forward = (rows: number[][], rowMask: number[][]): Float32Array => {
+        const out = model.forward({ ids: rows, mask: rowMask });
+        const values = out.dataSync() as Float32Array;
+        out.dispose();
+        return values;
+      };
+      const straight = forward(ids, mask);
+      const swapped = forward([ids[1] as number[], ids[0] as number[]], [mask[1] as number[], mask[0] as number[]]);
+      const half = straight.length / 2;
+      expectClose(swapped.subarray(0, half), straight.subarray(half), { rtol: 1e-5, atol: 1e-6 });
+      expectClose(swapped.subarray(half), straight.subarray(0, half), { rtol: 1e-5, atol: 1e-6 });
+      model.dispose();
+    },
+  );
 
   test('permuting experts together with the router columns leaves outputs unchanged', () => {
-    const spec = (order: number[]) => ({ seed: 4, adapters: experts(3), composition: { kind: 'route', experts: order.map((i) => `e${i}`), router: { kind: 'top-k', k: 2 } } });
+    const spec = (order: number[]) => ({
+      seed: 4,
+      adapters: experts(3),
+      composition: { kind: 'route', experts: order.map((i) => `e${i}`), router: { kind: 'top-k', k: 2 } },
+    });
     const a = AdaptedModel.create(base, spec([0, 1, 2]), { routers });
     const order = [2, 0, 1];
     const b = AdaptedModel.create(base, spec(order), { routers });
@@ -127,7 +149,11 @@ describe('routed LoRA experts on a tiny llama', () => {
 
   test('switch: tokens over capacity are dropped and keep exactly the base output at the routed site', () => {
     // Capacity factor tiny → capacity 1 per expert: most tokens are dropped.
-    const model = AdaptedModel.create(base, { adapters: experts(2, ['attn.q']), composition: { kind: 'route', experts: names(2), router: { kind: 'switch', capacityFactor: 0.01 } } }, { routers });
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(2, ['attn.q']), composition: { kind: 'route', experts: names(2), router: { kind: 'switch', capacityFactor: 0.01 } } },
+      { routers },
+    );
     const trace: RoutingTraceEntry[] = [];
     const hooks = model.hooks({ trace });
     const x = tf.randomNormal([6, base.config.dim], 0, 1, 'float32', 5) as tf.Tensor2D;
@@ -149,16 +175,23 @@ describe('routed LoRA experts on a tiny llama', () => {
   });
 
   test('gradients reach the router and every selected expert', () => {
-    const model = AdaptedModel.create(base, { adapters: experts(3), composition: { kind: 'route', experts: names(3), router: { kind: 'top-k', k: 2 } } }, { routers });
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(3), composition: { kind: 'route', experts: names(3), router: { kind: 'top-k', k: 2 } } },
+      { routers },
+    );
     const trace: RoutingTraceEntry[] = [];
     const auxLosses: tf.Scalar[] = [];
-    const { grads, value } = tf.variableGrads(() => tf.sum(tf.square(model.forward({ ids, mask, training: true, trace, auxLosses }))) as tf.Scalar, model.variables());
+    const { grads, value } = tf.variableGrads(
+      () => tf.sum(tf.square(model.forward({ ids, mask, training: true, trace, auxLosses }))) as tf.Scalar,
+      model.variables(),
+    );
     const selected = new Set(trace.filter((e) => e.layer === 0 && e.site === 'attn.q').flatMap((e) => e.experts));
     const named = model.namedVariables();
     for (const [name, variable] of named) {
       const grad = grads[variable.name];
       expect(grad, name).toBeDefined();
-      const norm = grad ? tf.norm(grad).dataSync()[0] ?? 0 : 0;
+      const norm = grad ? (tf.norm(grad).dataSync()[0] ?? 0) : 0;
       expect(Number.isFinite(norm)).toBe(true);
       if (name.startsWith('route0/0|attn.q')) expect(norm, name).toBeGreaterThan(0);
       const expert = name.split('/')[0] ?? '';
@@ -170,7 +203,11 @@ describe('routed LoRA experts on a tiny llama', () => {
   });
 
   test('traces satisfy the routing invariants: k distinct experts, weights ≥ 0 summing to 1, real tokens only', () => {
-    const model = AdaptedModel.create(base, { adapters: experts(4), composition: { kind: 'route', experts: names(4), router: { kind: 'top-k', k: 2 } } }, { routers });
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(4), composition: { kind: 'route', experts: names(4), router: { kind: 'top-k', k: 2 } } },
+      { routers },
+    );
     const trace: RoutingTraceEntry[] = [];
     run(model, { trace });
     const sites = new Set(trace.map((e) => `${e.layer}|${e.site}`));
@@ -182,12 +219,21 @@ describe('routed LoRA experts on a tiny llama', () => {
       expect(entry.weights.reduce((s, w) => s + w, 0)).toBeCloseTo(1, 5);
       expect(entry.dropped).toBe(false);
     }
-    expect(trace.filter((e) => e.batch === 1).map((e) => e.token).sort((a, b) => a - b)[0]).toBe(0);
+    expect(
+      trace
+        .filter((e) => e.batch === 1)
+        .map((e) => e.token)
+        .sort((a, b) => a - b)[0],
+    ).toBe(0);
     model.dispose();
   });
 
   test('sequence routing: KV-cached generation equals recomputation, and prefill decisions are reused', () => {
-    const spec = { seed: 9, adapters: [...experts(2), { kind: 'prefix', name: 'p', prefixLength: 3 }], composition: { kind: 'route', experts: ['e0', 'e1', 'p'], router: { kind: 'soft' }, granularity: 'sequence', placement: 'layer' } };
+    const spec = {
+      seed: 9,
+      adapters: [...experts(2), { kind: 'prefix', name: 'p', prefixLength: 3 }],
+      composition: { kind: 'route', experts: ['e0', 'e1', 'p'], router: { kind: 'soft' }, granularity: 'sequence', placement: 'layer' },
+    };
     const model = AdaptedModel.create(base, spec, { routers });
     run(model); // builds the inference caches of fused LoRA matrices, which live as long as the model
     const start = tf.memory().numTensors;
@@ -211,7 +257,11 @@ describe('routed LoRA experts on a tiny llama', () => {
 
   test('no tensor leaks across routed forwards, training forwards, traces and generation', () => {
     const start = tf.memory().numTensors;
-    const model = AdaptedModel.create(base, { adapters: experts(4), composition: { kind: 'route', experts: names(4), router: { kind: 'noisy-top-k', k: 2 } } }, { routers });
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(4), composition: { kind: 'route', experts: names(4), router: { kind: 'noisy-top-k', k: 2 } } },
+      { routers },
+    );
     const auxLosses: tf.Scalar[] = [];
     run(model, { trace: [], training: true, auxLosses });
     run(model, { strategy: 'grouped' });
@@ -221,8 +271,12 @@ describe('routed LoRA experts on a tiny llama', () => {
     expect(tf.memory().numTensors).toBe(start);
   });
 
-  test('traces$ streams each forward\'s decisions (generation steps included) as plain data while observed', () => {
-    const model = AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k', k: 1 } } }, { routers });
+  test("traces$ streams each forward's decisions (generation steps included) as plain data while observed", () => {
+    const model = AdaptedModel.create(
+      base,
+      { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k', k: 1 } } },
+      { routers },
+    );
     run(model); // not observed: nothing collected
     const events: { pastLength: number; entries: readonly RoutingTraceEntry[] }[] = [];
     const subscription = model.traces$.subscribe((event) => events.push(event));
@@ -240,9 +294,21 @@ describe('routed LoRA experts on a tiny llama', () => {
   });
 
   test('specs that cannot work are ConfigErrors naming the fix', () => {
-    expect(() => AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k' } } })).toThrow(/builtinRouters/);
-    expect(() => AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'nope' } } }, { routers })).toThrow(/Known kinds: top-k/);
-    expect(() => AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k', k: 5 } } }, { routers })).toThrow(/k/);
-    expect(() => AdaptedModel.create(base, { adapters: [...experts(1), { kind: 'prefix', name: 'p' }], composition: { kind: 'route', experts: ['e0', 'p'], router: { kind: 'soft' } } }, { routers })).toThrow(/granularity to 'sequence'/);
+    expect(() => AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k' } } })).toThrow(
+      /builtinRouters/,
+    );
+    expect(() =>
+      AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'nope' } } }, { routers }),
+    ).toThrow(/Known kinds: top-k/);
+    expect(() =>
+      AdaptedModel.create(base, { adapters: experts(2), composition: { kind: 'route', experts: names(2), router: { kind: 'top-k', k: 5 } } }, { routers }),
+    ).toThrow(/k/);
+    expect(() =>
+      AdaptedModel.create(
+        base,
+        { adapters: [...experts(1), { kind: 'prefix', name: 'p' }], composition: { kind: 'route', experts: ['e0', 'p'], router: { kind: 'soft' } } },
+        { routers },
+      ),
+    ).toThrow(/granularity to 'sequence'/);
   });
 });

@@ -21,7 +21,11 @@ type WeightRule = 'sum-to-one' | 'gate-probability' | 'selected-scores';
 interface KindRules {
   readonly weights: WeightRule;
   readonly capacity: boolean;
-  readonly variants: readonly { readonly spec: { readonly kind: string } & Readonly<Record<string, unknown>>; readonly minChoices: number; readonly training?: boolean }[];
+  readonly variants: readonly {
+    readonly spec: { readonly kind: string } & Readonly<Record<string, unknown>>;
+    readonly minChoices: number;
+    readonly training?: boolean;
+  }[];
 }
 
 const RULES: Readonly<Record<string, KindRules>> = {
@@ -141,7 +145,12 @@ function keptPerChoice(d: HostDecision): number[] {
 }
 
 const permutation = (c: RouteCase): fc.Arbitrary<number[]> =>
-  fc.array(fc.nat(), { minLength: c.rows, maxLength: c.rows }).map((keys) => keys.map((k, i) => [k, i] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map(([, i]) => i));
+  fc.array(fc.nat(), { minLength: c.rows, maxLength: c.rows }).map((keys) =>
+    keys
+      .map((k, i) => [k, i] as const)
+      .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+      .map(([, i]) => i),
+  );
 
 describe('every built-in router kind has conformance variants', () => {
   it('lists them', () => {
@@ -171,36 +180,41 @@ describe.each(BUILTIN_ROUTER_KINDS.map((kind) => [kind.kind, kind] as const))('r
       );
     });
 
-    it(rules.capacity ? 'keeps row-wise choices under a row permutation (capacity: per-choice counts invariant)' : 'permutes the decision when the rows are permuted', () => {
-      fc.assert(
-        fc.property(
-          cases.chain((c) => fc.tuple(fc.constant(c), permutation(c))),
-          ([c, perm]) => {
-            const router = createRouter(variant.spec, c);
-            try {
-              const options = runOptions(kind, false); // noise only in training: evaluate deterministically
-              const base = runRouter(router, c, options);
-              const moved = runRouter(router, permuteRows(c, perm), options);
-              const { slots: K, choices: E } = base;
-              perm.forEach((from, to) => {
-                expect(Array.from(row(moved.logits, to, E))).toEqual(Array.from(row(base.logits, from, E)));
-                if (rules.capacity) {
-                  if (name === 'switch') expect(row(moved.expertIds, to, K)[0]).toBe(row(base.expertIds, from, K)[0]);
-                  return;
-                }
-                expect(Array.from(row(moved.expertIds, to, K))).toEqual(Array.from(row(base.expertIds, from, K)));
-                expect(Array.from(row(moved.weights, to, K))).toEqual(Array.from(row(base.weights, from, K)));
-                expect(moved.dropped[to]).toBe(base.dropped[from]);
-              });
-              if (rules.capacity) expect(keptPerChoice(moved)).toEqual(keptPerChoice(base));
-            } finally {
-              router.dispose();
-            }
-          },
-        ),
-        FC_PARAMS,
-      );
-    });
+    it(
+      rules.capacity
+        ? 'keeps row-wise choices under a row permutation (capacity: per-choice counts invariant)'
+        : 'permutes the decision when the rows are permuted',
+      () => {
+        fc.assert(
+          fc.property(
+            cases.chain((c) => fc.tuple(fc.constant(c), permutation(c))),
+            ([c, perm]) => {
+              const router = createRouter(variant.spec, c);
+              try {
+                const options = runOptions(kind, false); // noise only in training: evaluate deterministically
+                const base = runRouter(router, c, options);
+                const moved = runRouter(router, permuteRows(c, perm), options);
+                const { slots: K, choices: E } = base;
+                perm.forEach((from, to) => {
+                  expect(Array.from(row(moved.logits, to, E))).toEqual(Array.from(row(base.logits, from, E)));
+                  if (rules.capacity) {
+                    if (name === 'switch') expect(row(moved.expertIds, to, K)[0]).toBe(row(base.expertIds, from, K)[0]);
+                    return;
+                  }
+                  expect(Array.from(row(moved.expertIds, to, K))).toEqual(Array.from(row(base.expertIds, from, K)));
+                  expect(Array.from(row(moved.weights, to, K))).toEqual(Array.from(row(base.weights, from, K)));
+                  expect(moved.dropped[to]).toBe(base.dropped[from]);
+                });
+                if (rules.capacity) expect(keptPerChoice(moved)).toEqual(keptPerChoice(base));
+              } finally {
+                router.dispose();
+              }
+            },
+          ),
+          FC_PARAMS,
+        );
+      },
+    );
 
     it('when it describes itself as a linear top-k gate (linearTopK), that is exactly its inference decision', () => {
       fc.assert(

@@ -44,9 +44,11 @@ function values(t: tf.Tensor): number[] {
 /** Logits at the real completion positions only, [rows][positions][V] flattened. */
 function completionLogits(logits: number[], vocab: number, width: number, offset: number): number[] {
   const out: number[] = [];
-  completionMask.forEach((row, b) => row.forEach((m, t) => {
-    if (m === 1) out.push(...logits.slice((b * width + offset + t) * vocab, (b * width + offset + t + 1) * vocab));
-  }));
+  completionMask.forEach((row, b) =>
+    row.forEach((m, t) => {
+      if (m === 1) out.push(...logits.slice((b * width + offset + t) * vocab, (b * width + offset + t + 1) * vocab));
+    }),
+  );
   return out;
 }
 
@@ -87,7 +89,11 @@ describe('routingMask', () => {
   }
 
   test('the same decisions in the trace: one per sequence, equal to the prefill decision', () => {
-    const spec = { seed: 2, adapters: [0, 1, 2, 3].map((i) => expert(`e${i}`)), composition: { kind: 'route', experts: ['e0', 'e1', 'e2', 'e3'], router: { kind: 'soft' }, granularity: 'sequence', placement: 'model' } };
+    const spec = {
+      seed: 2,
+      adapters: [0, 1, 2, 3].map((i) => expert(`e${i}`)),
+      composition: { kind: 'route', experts: ['e0', 'e1', 'e2', 'e3'], router: { kind: 'soft' }, granularity: 'sequence', placement: 'model' },
+    };
     const model = AdaptedModel.create(base, spec, { routers });
     const prefill: Parameters<AdaptedModel['forward']>[0]['trace'] = [];
     const cache = base.newCache(2);
@@ -106,11 +112,23 @@ describe('routingMask', () => {
   });
 
   test('a routing mask of the wrong shape is a ShapeError naming both shapes, and changes nothing', () => {
-    const spec = { adapters: [expert('e0'), expert('e1')], composition: { kind: 'route', experts: ['e0', 'e1'], router: { kind: 'top-k', k: 1 }, granularity: 'sequence' } };
+    const spec = {
+      adapters: [expert('e0'), expert('e1')],
+      composition: { kind: 'route', experts: ['e0', 'e1'], router: { kind: 'top-k', k: 1 }, granularity: 'sequence' },
+    };
     const model = AdaptedModel.create(base, spec, { routers });
     const start = tf.memory().numTensors;
     expect(() => model.forward({ ids, mask, routingMask: [[1, 1, 1]] })).toThrow(ShapeError);
-    expect(() => model.forward({ ids, mask, routingMask: [[1, 1, 1], [1, 1, 1]] })).toThrow(/routingMask must be \[2, 7\].*2 rows of lengths 3/);
+    expect(() =>
+      model.forward({
+        ids,
+        mask,
+        routingMask: [
+          [1, 1, 1],
+          [1, 1, 1],
+        ],
+      }),
+    ).toThrow(/routingMask must be \[2, 7\].*2 rows of lengths 3/);
     expect(tf.memory().numTensors).toBe(start);
     model.dispose();
   });

@@ -4,7 +4,17 @@ import { ConfigError } from '../../src/errors.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { createRouter, row, runRouter, softmax, type RouteCase } from './harness.js';
 
-const c: RouteCase = { rows: 4, dim: 3, choices: 4, features: [1, 0, -1, 2, 2, 2, -1, 0.5, 0, 0, 0, 3], mask: [1, 0, 1, 1], taskIds: [], tokenIds: [], seed: 4, gateStd: 0.5 };
+const c: RouteCase = {
+  rows: 4,
+  dim: 3,
+  choices: 4,
+  features: [1, 0, -1, 2, 2, 2, -1, 0.5, 0, 0, 0, 3],
+  mask: [1, 0, 1, 1],
+  taskIds: [],
+  tokenIds: [],
+  seed: 4,
+  gateStd: 0.5,
+};
 
 describe('soft router', () => {
   it('mixes every choice with softmax(logits): ids 0..E−1 on every row, zero on padding', () => {
@@ -26,6 +36,10 @@ describe('soft router', () => {
     expect(() => router.setAnnealing?.({ temperature: 0 })).toThrow(ConfigError);
     router.setAnnealing?.({ noise: 3 }); // ignored: soft routing has no noise
     router.dispose();
-    expectClose(cold.logits, Array.from(warm.logits, (v) => v * 4), { label: 'logits ∝ 1/τ' });
+    expectClose(
+      cold.logits,
+      Array.from(warm.logits, (v) => v * 4),
+      { label: 'logits ∝ 1/τ' },
+    );
   });
 });

@@ -41,7 +41,9 @@ describe('switch router', () => {
   it('padding rows never consume capacity: inserting them leaves the real rows’ decision unchanged', () => {
     fc.assert(
       fc.property(
-        routeCase({ paddingOneIn: 1000 }).chain((c) => fc.tuple(fc.constant(c), fc.uniqueArray(fc.integer({ min: 0, max: c.rows }), { maxLength: 6 }), fc.constantFrom(...FACTORS))),
+        routeCase({ paddingOneIn: 1000 }).chain((c) =>
+          fc.tuple(fc.constant(c), fc.uniqueArray(fc.integer({ min: 0, max: c.rows }), { maxLength: 6 }), fc.constantFrom(...FACTORS)),
+        ),
         ([c, before, capacityFactor]) => {
           const { padded, realIndex } = withPadding(c, new Set(before));
           const router = createRouter({ kind: 'switch', capacityFactor }, c);
@@ -61,7 +63,17 @@ describe('switch router', () => {
 
   it('drops the later rows when every row prefers one expert', () => {
     // W_g sends every positive feature row to expert 2: with 8 real rows, E = 4, factor 1 → C = 2.
-    const c: RouteCase = { rows: 9, dim: 2, choices: 4, features: Array.from({ length: 18 }, (_, i) => 1 + (i % 3)), mask: [1, 1, 0, 1, 1, 1, 1, 1, 1], taskIds: [], tokenIds: [], seed: 1, gateStd: 0 };
+    const c: RouteCase = {
+      rows: 9,
+      dim: 2,
+      choices: 4,
+      features: Array.from({ length: 18 }, (_, i) => 1 + (i % 3)),
+      mask: [1, 1, 0, 1, 1, 1, 1, 1, 1],
+      taskIds: [],
+      tokenIds: [],
+      seed: 1,
+      gateStd: 0,
+    };
     const router = createRouter({ kind: 'switch', capacityFactor: 1 }, c);
     router.variables()[0]?.assign(tf.tensor2d([0, 0, 5, 0, 0, 0, 5, 0], [2, 4]));
     const d = runRouter(router, c);

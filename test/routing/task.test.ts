@@ -9,7 +9,9 @@ describe('task router', () => {
   it('routes taskId mod E, or the mapped expert, with weight 1 (0 on padding) and one-hot probabilities', () => {
     fc.assert(
       fc.property(
-        routeCase().chain((c) => fc.tuple(fc.constant(c), fc.dictionary(fc.integer({ min: 0, max: 20 }).map(String), fc.integer({ min: 0, max: c.choices - 1 }), { maxKeys: 4 }))),
+        routeCase().chain((c) =>
+          fc.tuple(fc.constant(c), fc.dictionary(fc.integer({ min: 0, max: 20 }).map(String), fc.integer({ min: 0, max: c.choices - 1 }), { maxKeys: 4 })),
+        ),
         ([c, mapping]) => {
           const router = createRouter({ kind: 'task', mapping }, c);
           expect(router.variables()).toEqual([]);

@@ -41,7 +41,11 @@ describe('top-k router', () => {
     const b = runRouter(hot, c);
     plain.dispose();
     hot.dispose();
-    expectClose(b.logits, Array.from(a.logits, (v) => v / 4), { label: 'logits / τ' });
+    expectClose(
+      b.logits,
+      Array.from(a.logits, (v) => v / 4),
+      { label: 'logits / τ' },
+    );
     expect(Array.from(b.expertIds)).toEqual(Array.from(a.expertIds));
   });
 

@@ -25,7 +25,9 @@ describe('top-p router', () => {
   it('keeps the smallest prefix reaching p (host computation), renormalised, in descending order', () => {
     fc.assert(
       fc.property(
-        routeCase().chain((c) => fc.tuple(fc.constant(c), fc.constantFrom(0.3, 0.5, 0.8, 0.95, 1), fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined }))),
+        routeCase().chain((c) =>
+          fc.tuple(fc.constant(c), fc.constantFrom(0.3, 0.5, 0.8, 0.95, 1), fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined })),
+        ),
         ([c, p, maxExperts]) => {
           const spec = maxExperts === undefined ? { kind: 'top-p', p } : { kind: 'top-p', p, maxExperts };
           const router = createRouter(spec, c);
@@ -58,7 +60,17 @@ describe('top-p router', () => {
   });
 
   it('a tiny p keeps only the most probable expert; p = 1 keeps them all', () => {
-    const c: RouteCase = { rows: 4, dim: 3, choices: 5, features: [1, 0, -1, 2, 2, 2, -1, 0.5, 0, 0, 0, 3], mask: [1, 1, 1, 1], taskIds: [], tokenIds: [], seed: 2, gateStd: 0.3 };
+    const c: RouteCase = {
+      rows: 4,
+      dim: 3,
+      choices: 5,
+      features: [1, 0, -1, 2, 2, 2, -1, 0.5, 0, 0, 0, 3],
+      mask: [1, 1, 1, 1],
+      taskIds: [],
+      tokenIds: [],
+      seed: 2,
+      gateStd: 0.3,
+    };
     const tiny = createRouter({ kind: 'top-p', p: 1e-6 }, c);
     const all = createRouter({ kind: 'top-p', p: 1 }, c);
     const a = runRouter(tiny, c);

@@ -118,7 +118,17 @@ describe('batched LoRA in a mixed pass (passHooks)', () => {
     expect(average?.get('0|attn.v')?.map((t) => [t.module.adapter, t.weight])).toEqual([['c', 0.7]]);
     expect(average?.get('1|attn.q')?.map((t) => [t.module.adapter, t.weight])).toEqual([['b', 0.3]]);
     expect(average?.get('0|mlp.gate')?.map((t) => t.module.rank)).toEqual([4]);
-    const route: CompositionNode = { kind: 'route', experts: ['a', 'b'], router: { kind: 'soft' }, nullExpert: false, granularity: 'token', placement: 'site', readLayer: 0, strategy: 'auto', aux: { balance: 0, zLoss: 0, importance: 0, entropy: 0 } };
+    const route: CompositionNode = {
+      kind: 'route',
+      experts: ['a', 'b'],
+      router: { kind: 'soft' },
+      nullExpert: false,
+      granularity: 'token',
+      placement: 'site',
+      readLayer: 0,
+      strategy: 'auto',
+      aux: { balance: 0, zLoss: 0, importance: 0, entropy: 0 },
+    };
     expect(staticLoraTerms(route, model.adapters)).toBeUndefined();
   });
 
@@ -190,7 +200,9 @@ describe('batched LoRA through RoutedRuntime', () => {
   const forward = (i: number) => runtime.forward(rowsOf(i), { select: SELECTIONS[i] as Selection });
   const generate = async (i: number): Promise<number[]> => {
     const sampling = i % 2 === 0 ? { temperature: 0 } : { temperature: 0.8, seed: 100 + i };
-    const events = await firstValueFrom(runtime.generate$(prompt(3 + (i % 4), i), { select: SELECTIONS[i] as Selection, maxNewTokens: 5, eosId: null, ...sampling }).pipe(toArray()));
+    const events = await firstValueFrom(
+      runtime.generate$(prompt(3 + (i % 4), i), { select: SELECTIONS[i] as Selection, maxNewTokens: 5, eosId: null, ...sampling }).pipe(toArray()),
+    );
     return (events.at(-1) as Extract<GenerationEvent, { kind: 'end' }>).tokens;
   };
 

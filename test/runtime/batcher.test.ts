@@ -21,7 +21,10 @@ describe('bufferFromFirst', () => {
     source.next(3);
     source.next(4);
     source.next(5); // reaches maxSize: flushed at once
-    expect(batches).toEqual([[1, 2], [3, 4, 5]]);
+    expect(batches).toEqual([
+      [1, 2],
+      [3, 4, 5],
+    ]);
     source.next(6);
     source.complete(); // completion flushes what waits
     expect(batches).toEqual([[1, 2], [3, 4, 5], [6]]);

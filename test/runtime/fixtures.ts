@@ -17,7 +17,14 @@ export const routers = builtinRouters();
 export const PEFT_NAMES = ['a', 'b', 'c', 'a2'] as const;
 export type PeftName = (typeof PEFT_NAMES)[number];
 
-export const lora = (name: string, sites: string[] = ['attn.q', 'attn.v', 'mlp.down']) => ({ kind: 'lora', name, r: 2, alpha: 4, init: 'random', targets: { sites } });
+export const lora = (name: string, sites: string[] = ['attn.q', 'attn.v', 'mlp.down']) => ({
+  kind: 'lora',
+  name,
+  r: 2,
+  alpha: 4,
+  init: 'random',
+  targets: { sites },
+});
 
 export const ROUTED_SPEC = {
   seed: 5,

@@ -92,7 +92,9 @@ async function run(spec: RequestSpec, selections: readonly Selection[] = SELECTI
     }
     case 'generate': {
       const sampling = spec.seed === undefined ? { temperature: 0 } : { temperature: 0.8, topP: 0.9, seed: spec.seed };
-      const events = await firstValueFrom(runtime.generate$(spec.rows[0] as number[], { select, maxNewTokens: spec.maxNewTokens, eosId: null, trace: true, ...sampling }).pipe(toArray()));
+      const events = await firstValueFrom(
+        runtime.generate$(spec.rows[0] as number[], { select, maxNewTokens: spec.maxNewTokens, eosId: null, trace: true, ...sampling }).pipe(toArray()),
+      );
       const end = events.at(-1) as Extract<GenerationEvent, { kind: 'end' }>;
       return { kind: 'generate', tokens: end.tokens, streamed: events.flatMap((e) => (e.kind === 'token' ? [e.token] : [])), trace: end.trace ?? [] };
     }
@@ -102,9 +104,21 @@ async function run(spec: RequestSpec, selections: readonly Selection[] = SELECTI
 function expectSame(actual: Outcome, expected: Outcome, label: string): void {
   expect(actual.kind).toBe(expected.kind);
   // Routing traces: the same decisions for the same (row, position), weights within round-off.
-  const where = (e: RoutingTraceEntry) => ({ layer: e.layer, site: e.site, route: e.route, batch: e.batch, token: e.token, experts: e.experts, dropped: e.dropped });
+  const where = (e: RoutingTraceEntry) => ({
+    layer: e.layer,
+    site: e.site,
+    route: e.route,
+    batch: e.batch,
+    token: e.token,
+    experts: e.experts,
+    dropped: e.dropped,
+  });
   expect(actual.trace.map(where), label).toEqual(expected.trace.map(where));
-  expectClose(actual.trace.flatMap((e) => e.weights), expected.trace.flatMap((e) => e.weights), { rtol: 1e-4, atol: 1e-5, label: `${label} trace` });
+  expectClose(
+    actual.trace.flatMap((e) => e.weights),
+    expected.trace.flatMap((e) => e.weights),
+    { rtol: 1e-4, atol: 1e-5, label: `${label} trace` },
+  );
   if (actual.kind === 'forward' && expected.kind === 'forward') {
     expect(actual.shape).toEqual(expected.shape);
     expectClose(actual.logits, expected.logits, { rtol: 1e-4, atol: 1e-5, label });
@@ -164,7 +178,17 @@ describe('mixed concurrent requests', () => {
       seed: undefined,
     }));
     specs.push({ kind: 'forward', select: 0, rows: [[3, 4, 5], [9]], continuation: [3], maxNewTokens: 1, seed: undefined });
-    specs.push({ kind: 'forward', select: 1, rows: [[3, 4, 5, 6], [9, 10]], continuation: [3], maxNewTokens: 1, seed: undefined });
+    specs.push({
+      kind: 'forward',
+      select: 1,
+      rows: [
+        [3, 4, 5, 6],
+        [9, 10],
+      ],
+      continuation: [3],
+      maxNewTokens: 1,
+      seed: undefined,
+    });
     const solo: Outcome[] = [];
     for (const spec of specs) solo.push(await run(spec, selections));
     const events: BatchEvent[] = [];

@@ -29,7 +29,7 @@ async function logits(runtime: RoutedRuntime, name: string, routed = false): Pro
 }
 
 describe('registry with a memory budget', () => {
-  test('bytes are the variables\' bytes', () => {
+  test("bytes are the variables' bytes", () => {
     // 2 layers × (q [16→16], v [16→8], down [40→16]) LoRA r=2: A r·I + B O·r floats each.
     const perLayer = 2 * 16 + 16 * 2 + (2 * 16 + 8 * 2) + (2 * 40 + 16 * 2);
     expect(adapterBytes).toBe(2 * perLayer * 4);
@@ -50,7 +50,11 @@ describe('registry with a memory budget', () => {
     within();
     let stats = runtime.stats();
     expect(stats.evictions).toBe(1);
-    expect(stats.targets.map((t) => [t.name, t.resident])).toEqual([['a', false], ['b', true], ['c', true]]);
+    expect(stats.targets.map((t) => [t.name, t.resident])).toEqual([
+      ['a', false],
+      ['b', true],
+      ['c', true],
+    ]);
     expect(runtime.targets()).toEqual(['a', 'b', 'c']);
 
     expect(await logits(runtime, 'a')).toEqual(aBefore); // reloaded (evicting b)

@@ -90,10 +90,13 @@ describe('RoutedRuntime', () => {
       return continuation.map((token, j) => (logProbs.arraySync() as number[][][])[0]?.[context.length - 1 + j]?.[token] as number);
     });
     expectClose(result.tokenLogProbs, expected, { rtol: 1e-4, atol: 1e-5 });
-    expect(result.logLikelihood).toBeCloseTo(expected.reduce((s, v) => s + v, 0), 4);
+    expect(result.logLikelihood).toBeCloseTo(
+      expected.reduce((s, v) => s + v, 0),
+      4,
+    );
   });
 
-  test('routed selection equals the routed model; trace entries name this call\'s rows', async () => {
+  test("routed selection equals the routed model; trace entries name this call's rows", async () => {
     const ids = [prompt(4, 5), prompt(2, 6)];
     const result = await runtime.forward(ids, { select: { routed: 'moe' }, trace: true });
     const trace = result.trace ?? [];

@@ -11,7 +11,12 @@ import { HfTokenizer, loadTokenizer, type Tokenizer } from '../../src/tokenizers
 /** GPT-2's byte → printable-character table: bytes that print stay themselves, the rest map to U+0100 on. */
 function bytesToUnicode(): string[] {
   const printable = new Set<number>();
-  for (const [lo, hi] of [[0x21, 0x7e], [0xa1, 0xac], [0xae, 0xff]] as const) for (let b = lo; b <= hi; b++) printable.add(b);
+  for (const [lo, hi] of [
+    [0x21, 0x7e],
+    [0xa1, 0xac],
+    [0xae, 0xff],
+  ] as const)
+    for (let b = lo; b <= hi; b++) printable.add(b);
   let next = 0;
   return Array.from({ length: 256 }, (_, b) => String.fromCodePoint(printable.has(b) ? b : 256 + next++));
 }
@@ -36,7 +41,17 @@ function gpt2StyleJson(): object {
     pre_tokenizer: byteLevel,
     post_processor: byteLevel,
     decoder: byteLevel,
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '', end_of_word_suffix: '', fuse_unk: false, byte_fallback: false, vocab, merges },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: '',
+      end_of_word_suffix: '',
+      fuse_unk: false,
+      byte_fallback: false,
+      vocab,
+      merges,
+    },
   };
 }
 
@@ -47,25 +62,56 @@ function llamaStyleJson(): object {
   ['▁', 'h', 'i', 'e', 'l', 'o', '▁h', '▁hi', 'el', 'lo', 'hel', 'hello', '▁hello'].forEach((piece, i) => {
     vocab[piece] = 259 + i;
   });
-  const special = (id: number, content: string): object => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const special = (id: number, content: string): object => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
   return {
     version: '1.0',
     added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
-    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+    normalizer: {
+      type: 'Sequence',
+      normalizers: [
+        { type: 'Prepend', prepend: '▁' },
+        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+      ],
+    },
     pre_tokenizer: null,
     post_processor: {
       type: 'TemplateProcessing',
       single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      pair: [
+        { SpecialToken: { id: '<s>', type_id: 0 } },
+        { Sequence: { id: 'A', type_id: 0 } },
+        { SpecialToken: { id: '<s>', type_id: 1 } },
+        { Sequence: { id: 'B', type_id: 1 } },
+      ],
       special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
     },
     decoder: {
       type: 'Sequence',
-      decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }],
+      decoders: [
+        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+      ],
     },
     model: {
-      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab,
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab,
       merges: ['▁ h', '▁h i', 'e l', 'l o', 'h el', 'hel lo', '▁ hello'],
     },
   };
@@ -156,7 +202,9 @@ describe('SentencePiece-style tokenizer.json (Llama style, byte fallback)', () =
   it('takes explicit BOS/EOS tokens over the file', async () => {
     const custom = await HfTokenizer.fromFile(join(dir, 'llama', 'tokenizer.json'), { eosToken: '</s>' });
     expect(custom.eosId).toBe(2);
-    await expect(HfTokenizer.fromFile(join(dir, 'llama', 'tokenizer.json'), { eosToken: '<eos>' })).rejects.toThrow(/EOS token "<eos>" is not in the vocabulary/);
+    await expect(HfTokenizer.fromFile(join(dir, 'llama', 'tokenizer.json'), { eosToken: '<eos>' })).rejects.toThrow(
+      /EOS token "<eos>" is not in the vocabulary/,
+    );
   });
 });
 

@@ -56,9 +56,7 @@ describe.skipIf(!haveTok512)(
       expect(tok.encode('Once upon a time, there was a little girl named Lily.')).toEqual([
         403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
       ]);
-      expect(tok.encode('Lily saw a big, red ball.\nShe was happy!')).toEqual([
-        317, 394, 261, 370, 432, 352, 266, 268, 388, 426, 13, 437, 260, 286, 393, 443,
-      ]);
+      expect(tok.encode('Lily saw a big, red ball.\nShe was happy!')).toEqual([317, 394, 261, 370, 432, 352, 266, 268, 388, 426, 13, 437, 260, 286, 393, 443]);
     });
 
     it('uses merges: far fewer ids than characters', () => {
@@ -118,7 +116,10 @@ describe.skipIf(!haveTok512)(
     // (llama2.c itself strips only after BOS, so its own round trip needs BOS: without it a leading space
     // would appear.)
     const printableAsciiOrNewline = fc.string({
-      unit: fc.oneof(fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), fc.constant('\n')),
+      unit: fc.oneof(
+        fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)),
+        fc.constant('\n'),
+      ),
       maxLength: 80,
     });
     test.prop([printableAsciiOrNewline], { numRuns: 300 })('decode(encode(s)) === s for printable ASCII and newlines', (s) => {
@@ -169,16 +170,51 @@ describe('llama2.c tokenizer on synthetic files', () => {
 
   it('merges the highest-scoring pair first, and the leftmost pair on ties', () => {
     // ids: 259 " ", 260 "a", 261 "b", 262 "c", 263 "ab", 264 "bc"
-    const tied = Llama2cTokenizer.fromBuffer(tokenizerBin(8, sentencePieceStyle([[0, ' '], [0, 'a'], [0, 'b'], [0, 'c'], [-1, 'ab'], [-1, 'bc']])));
+    const tied = Llama2cTokenizer.fromBuffer(
+      tokenizerBin(
+        8,
+        sentencePieceStyle([
+          [0, ' '],
+          [0, 'a'],
+          [0, 'b'],
+          [0, 'c'],
+          [-1, 'ab'],
+          [-1, 'bc'],
+        ]),
+      ),
+    );
     expect(tied.encode('abc')).toEqual([259, 263, 262]);
-    const bcWins = Llama2cTokenizer.fromBuffer(tokenizerBin(8, sentencePieceStyle([[0, ' '], [0, 'a'], [0, 'b'], [0, 'c'], [-2, 'ab'], [-1, 'bc']])));
+    const bcWins = Llama2cTokenizer.fromBuffer(
+      tokenizerBin(
+        8,
+        sentencePieceStyle([
+          [0, ' '],
+          [0, 'a'],
+          [0, 'b'],
+          [0, 'c'],
+          [-2, 'ab'],
+          [-1, 'bc'],
+        ]),
+      ),
+    );
     expect(bcWins.encode('abc')).toEqual([259, 260, 264]);
     expect(bcWins.decode(bcWins.encode('abc'))).toBe('abc');
   });
 
   it('keeps merging merged pieces until none applies', () => {
     // 259 " ", 260 "a", 261 "b", 262 " a", 263 " ab"
-    const tok = Llama2cTokenizer.fromBuffer(tokenizerBin(8, sentencePieceStyle([[0, ' '], [0, 'a'], [0, 'b'], [-1, ' a'], [-2, ' ab']])));
+    const tok = Llama2cTokenizer.fromBuffer(
+      tokenizerBin(
+        8,
+        sentencePieceStyle([
+          [0, ' '],
+          [0, 'a'],
+          [0, 'b'],
+          [-1, ' a'],
+          [-2, ' ab'],
+        ]),
+      ),
+    );
     expect(tok.encode('ab')).toEqual([263]);
     expect(tok.encode('abab')).toEqual([263, 260, 261]);
     expect(tok.decode([263, 260, 261])).toBe('abab');
@@ -191,7 +227,15 @@ describe('llama2.c tokenizer on synthetic files', () => {
   });
 
   it('refuses to encode a character a vocabulary without byte pieces lacks', () => {
-    const tok = Llama2cTokenizer.fromBuffer(tokenizerBin(5, [[0, '<unk>'], [0, '<s>'], [0, '</s>'], [0, ' '], [0, 'a']]));
+    const tok = Llama2cTokenizer.fromBuffer(
+      tokenizerBin(5, [
+        [0, '<unk>'],
+        [0, '<s>'],
+        [0, '</s>'],
+        [0, ' '],
+        [0, 'a'],
+      ]),
+    );
     expect(tok.encode('a')).toEqual([3, 4]);
     expect(() => tok.encode('b')).toThrow(TokenizerError);
     const tiny = Llama2cTokenizer.fromBuffer(tokenizerBin(1, [[0, 'x']]));
@@ -202,10 +246,41 @@ describe('llama2.c tokenizer on synthetic files', () => {
   const malformed: [string, Uint8Array, RegExp][] = [
     ['a truncated header', new Uint8Array([7, 0]), /truncated header/],
     ['a non-positive max_token_length', tokenizerBin(-1, [[0, 'a']]), /max_token_length is -1/],
-    ['a truncated record header', tokenizerBin(4, [[0, 'a'], [0, 'b'], [0, 'c']]).slice(0, -6), /token 2 is truncated/],
-    ['a negative length', tokenizerBin(4, [[0, 'a'], [0, 'b'], [0, 'c'], [0, '', -3]]), /token 3 has negative byte length -3/],
-    ['a length above max_token_length', tokenizerBin(2, [[0, 'a'], [0, 'abc']]), /token 1 has byte length 3, above max_token_length 2/],
-    ['truncated piece bytes', tokenizerBin(4, [[0, 'a'], [0, 'abcd']]).slice(0, -2), /token 1 is truncated: it needs 4 bytes, 2 remain/],
+    [
+      'a truncated record header',
+      tokenizerBin(4, [
+        [0, 'a'],
+        [0, 'b'],
+        [0, 'c'],
+      ]).slice(0, -6),
+      /token 2 is truncated/,
+    ],
+    [
+      'a negative length',
+      tokenizerBin(4, [
+        [0, 'a'],
+        [0, 'b'],
+        [0, 'c'],
+        [0, '', -3],
+      ]),
+      /token 3 has negative byte length -3/,
+    ],
+    [
+      'a length above max_token_length',
+      tokenizerBin(2, [
+        [0, 'a'],
+        [0, 'abc'],
+      ]),
+      /token 1 has byte length 3, above max_token_length 2/,
+    ],
+    [
+      'truncated piece bytes',
+      tokenizerBin(4, [
+        [0, 'a'],
+        [0, 'abcd'],
+      ]).slice(0, -2),
+      /token 1 is truncated: it needs 4 bytes, 2 remain/,
+    ],
     ['no tokens', tokenizerBin(4, []), /holds no tokens/],
   ];
   it.each(malformed)('rejects %s, naming the file and token', (_, bytes, message) => {
@@ -216,15 +291,29 @@ describe('llama2.c tokenizer on synthetic files', () => {
   });
 
   it('rejects a piece count that differs from the expected vocab size', () => {
-    const bytes = tokenizerBin(4, [[0, 'a'], [0, 'b'], [0, 'c']]);
-    expect(() => Llama2cTokenizer.fromBuffer(bytes, { vocabSize: 4, source: 'x.bin' })).toThrow(/ends after 3 tokens but 4 were expected \(token 3 is missing\)/);
-    expect(() => Llama2cTokenizer.fromBuffer(bytes, { vocabSize: 2, source: 'x.bin' })).toThrow(/after token 1: the file holds more than the expected 2 tokens/);
+    const bytes = tokenizerBin(4, [
+      [0, 'a'],
+      [0, 'b'],
+      [0, 'c'],
+    ]);
+    expect(() => Llama2cTokenizer.fromBuffer(bytes, { vocabSize: 4, source: 'x.bin' })).toThrow(
+      /ends after 3 tokens but 4 were expected \(token 3 is missing\)/,
+    );
+    expect(() => Llama2cTokenizer.fromBuffer(bytes, { vocabSize: 2, source: 'x.bin' })).toThrow(
+      /after token 1: the file holds more than the expected 2 tokens/,
+    );
     expect(Llama2cTokenizer.fromBuffer(bytes, { vocabSize: 3 }).vocabSize).toBe(3);
   });
 
   it('names the file path when reading from disk', async () => {
     const path = join(dir, 'broken.bin');
-    await writeFile(path, tokenizerBin(2, [[0, 'a'], [0, 'abc']]));
+    await writeFile(
+      path,
+      tokenizerBin(2, [
+        [0, 'a'],
+        [0, 'abc'],
+      ]),
+    );
     await expect(Llama2cTokenizer.fromFile(path)).rejects.toThrow(path);
     await expect(loadTokenizer(path)).rejects.toBeInstanceOf(TokenizerError);
     await expect(Llama2cTokenizer.fromFile(join(dir, 'missing.bin'))).rejects.toBeInstanceOf(TokenizerError);

@@ -49,7 +49,13 @@ function fakeTokenizer(options: { readonly bos?: boolean; readonly eos?: boolean
 }
 const tok = fakeTokenizer();
 
-const pc = (prompt: string, completion: string, extra: { task?: number } = {}): Example => ({ kind: 'prompt-completion', prompt, completion, line: 1, ...extra });
+const pc = (prompt: string, completion: string, extra: { task?: number } = {}): Example => ({
+  kind: 'prompt-completion',
+  prompt,
+  completion,
+  line: 1,
+  ...extra,
+});
 const text = (t: string, extra: { task?: number } = {}): Example => ({ kind: 'text', text: t, line: 1, ...extra });
 
 /** The ids where lossMask is 1. */
@@ -79,7 +85,10 @@ describe('tokenizeExamples', () => {
   });
 
   it('masks every token after the first for text, and none for labelled examples', () => {
-    const [t, l] = tokenizeExamples([text('hello'), { kind: 'labelled', text: 'hello', label: 3, task: 1, line: 9 }], tok, { maxLength: 32 }) as [TokenizedExample, TokenizedExample];
+    const [t, l] = tokenizeExamples([text('hello'), { kind: 'labelled', text: 'hello', label: 3, task: 1, line: 9 }], tok, { maxLength: 32 }) as [
+      TokenizedExample,
+      TokenizedExample,
+    ];
     expect(t.ids).toEqual([1, ...tok.encode('hello')]); // no EOS by default for text
     expect(t.lossMask).toEqual([0, 1, 1, 1, 1, 1]);
     expect(l.ids).toEqual(t.ids);
@@ -125,64 +134,82 @@ describe('tokenizeExamples', () => {
   it('property: rows fit, the mask marks a suffix of completion tokens, and the completion start is kept', () => {
     const word = fc.stringMatching(/^[a-z ]{0,30}$/);
     fc.assert(
-      fc.property(word, word.filter((s) => s.trim() !== ''), fc.integer({ min: 2, max: 40 }), (prompt, completion, maxLength) => {
-        const [e] = tokenizeExamples([pc(prompt, completion)], tok, { maxLength }) as [TokenizedExample];
-        const whole = [...tok.encode(prompt + completion), 2];
-        expect(e.ids.length).toBeLessThanOrEqual(maxLength);
-        expect(e.ids[0]).toBe(1);
-        expect(e.lossMask[0]).toBe(0);
-        // Loss positions form one contiguous suffix of the row.
-        const first = e.lossMask.indexOf(1);
-        expect(first).toBeGreaterThan(0);
-        expect(e.lossMask.slice(first).every((m) => m === 1)).toBe(true);
-        // The targets are the start of the completion's ids (EOS included when it fits).
-        const promptIds = tok.encode(prompt);
-        let boundary = 0;
-        while (boundary < promptIds.length && promptIds[boundary] === whole[boundary]) boundary++;
-        const completionIds = whole.slice(boundary);
-        expect(targets(e)).toEqual(completionIds.slice(0, targets(e).length));
-        expect(targets(e).length).toBe(Math.min(completionIds.length, maxLength - 1));
-        const dropped = (e.truncated?.fromStart ?? 0) + (e.truncated?.fromEnd ?? 0);
-        expect(e.ids.length + dropped).toBe(1 + whole.length);
-      }),
+      fc.property(
+        word,
+        word.filter((s) => s.trim() !== ''),
+        fc.integer({ min: 2, max: 40 }),
+        (prompt, completion, maxLength) => {
+          const [e] = tokenizeExamples([pc(prompt, completion)], tok, { maxLength }) as [TokenizedExample];
+          const whole = [...tok.encode(prompt + completion), 2];
+          expect(e.ids.length).toBeLessThanOrEqual(maxLength);
+          expect(e.ids[0]).toBe(1);
+          expect(e.lossMask[0]).toBe(0);
+          // Loss positions form one contiguous suffix of the row.
+          const first = e.lossMask.indexOf(1);
+          expect(first).toBeGreaterThan(0);
+          expect(e.lossMask.slice(first).every((m) => m === 1)).toBe(true);
+          // The targets are the start of the completion's ids (EOS included when it fits).
+          const promptIds = tok.encode(prompt);
+          let boundary = 0;
+          while (boundary < promptIds.length && promptIds[boundary] === whole[boundary]) boundary++;
+          const completionIds = whole.slice(boundary);
+          expect(targets(e)).toEqual(completionIds.slice(0, targets(e).length));
+          expect(targets(e).length).toBe(Math.min(completionIds.length, maxLength - 1));
+          const dropped = (e.truncated?.fromStart ?? 0) + (e.truncated?.fromEnd ?? 0);
+          expect(e.ids.length + dropped).toBe(1 + whole.length);
+        },
+      ),
       FC_PARAMS,
     );
   });
 });
 
 const tokenized = (lengths: readonly number[], extra: (i: number) => Partial<TokenizedExample> = () => ({})): TokenizedExample[] =>
-  lengths.map((n, i) => ({ ids: Array.from({ length: n }, (_, t) => 100 * i + t + 3), lossMask: Array.from({ length: n }, (_, t) => (t === 0 ? 0 : 1)), ...extra(i) }));
+  lengths.map((n, i) => ({
+    ids: Array.from({ length: n }, (_, t) => 100 * i + t + 3),
+    lossMask: Array.from({ length: n }, (_, t) => (t === 0 ? 0 : 1)),
+    ...extra(i),
+  }));
 
 describe('makeBatches', () => {
   it('property: batches are rectangular, deterministic for a seed, and hold every example exactly once', () => {
     fc.assert(
-      fc.property(fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 0, maxLength: 40 }), fc.integer({ min: 1, max: 9 }), fc.integer(), fc.constantFrom('right' as const, 'left' as const), (lengths, batchSize, seed, padSide) => {
-        const data = tokenized(lengths);
-        const batches = makeBatches(data, { batchSize, seed, padSide, padId: 0 });
-        expect(makeBatches(data, { batchSize, seed, padSide })).toEqual(batches);
-        expect(batches).toHaveLength(Math.ceil(lengths.length / batchSize));
-        const seen = batches.flatMap((b) => b.indices).sort((a, b) => a - b);
-        expect(seen).toEqual(lengths.map((_, i) => i));
-        for (const b of batches) {
-          expect(b.ids.length).toBeLessThanOrEqual(batchSize);
-          const width = Math.max(...b.indices.map((i) => lengths[i] as number));
-          b.indices.forEach((i, r) => {
-            const ids = b.ids[r] as number[];
-            const mask = b.mask[r] as number[];
-            const loss = b.lossMask[r] as number[];
-            expect([ids.length, mask.length, loss.length]).toEqual([width, width, width]);
-            const real = ids.filter((_, t) => mask[t] === 1);
-            expect(real).toEqual(data[i]?.ids);
-            expect(loss.filter((_, t) => mask[t] === 1)).toEqual(data[i]?.lossMask);
-            expect(loss.every((m, t) => mask[t] === 1 || m === 0)).toBe(true);
-            expect(ids.every((id, t) => mask[t] === 1 || id === 0)).toBe(true);
-            // Padding sits on the chosen side.
-            const n = lengths[i] as number;
-            const expected = padSide === 'right' ? [...Array<number>(n).fill(1), ...Array<number>(width - n).fill(0)] : [...Array<number>(width - n).fill(0), ...Array<number>(n).fill(1)];
-            expect(mask).toEqual(expected);
-          });
-        }
-      }),
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 0, maxLength: 40 }),
+        fc.integer({ min: 1, max: 9 }),
+        fc.integer(),
+        fc.constantFrom('right' as const, 'left' as const),
+        (lengths, batchSize, seed, padSide) => {
+          const data = tokenized(lengths);
+          const batches = makeBatches(data, { batchSize, seed, padSide, padId: 0 });
+          expect(makeBatches(data, { batchSize, seed, padSide })).toEqual(batches);
+          expect(batches).toHaveLength(Math.ceil(lengths.length / batchSize));
+          const seen = batches.flatMap((b) => b.indices).sort((a, b) => a - b);
+          expect(seen).toEqual(lengths.map((_, i) => i));
+          for (const b of batches) {
+            expect(b.ids.length).toBeLessThanOrEqual(batchSize);
+            const width = Math.max(...b.indices.map((i) => lengths[i] as number));
+            b.indices.forEach((i, r) => {
+              const ids = b.ids[r] as number[];
+              const mask = b.mask[r] as number[];
+              const loss = b.lossMask[r] as number[];
+              expect([ids.length, mask.length, loss.length]).toEqual([width, width, width]);
+              const real = ids.filter((_, t) => mask[t] === 1);
+              expect(real).toEqual(data[i]?.ids);
+              expect(loss.filter((_, t) => mask[t] === 1)).toEqual(data[i]?.lossMask);
+              expect(loss.every((m, t) => mask[t] === 1 || m === 0)).toBe(true);
+              expect(ids.every((id, t) => mask[t] === 1 || id === 0)).toBe(true);
+              // Padding sits on the chosen side.
+              const n = lengths[i] as number;
+              const expected =
+                padSide === 'right'
+                  ? [...Array<number>(n).fill(1), ...Array<number>(width - n).fill(0)]
+                  : [...Array<number>(width - n).fill(0), ...Array<number>(n).fill(1)];
+              expect(mask).toEqual(expected);
+            });
+          }
+        },
+      ),
       FC_PARAMS,
     );
   });
@@ -249,7 +276,11 @@ describe('packExamples', () => {
       for (const s of row.segments) expect(row.lossMask[s.start]).toBe(0);
     }
     expect(packed.flatMap((r) => r.segments.map((s) => s.index)).sort()).toEqual([0, 1, 2, 3, 4, 5]);
-    expect(packed.map((r) => r.segments.map((s) => s.index))).toEqual([[0, 1], [2, 3], [4, 5]]);
+    expect(packed.map((r) => r.segments.map((s) => s.index))).toEqual([
+      [0, 1],
+      [2, 3],
+      [4, 5],
+    ]);
     // Packed rows batch like any tokenized examples.
     const [b] = makeBatches(packed, { batchSize: 3, shuffle: false });
     expect(b?.taskIds).toEqual([0, 0, 1]);
@@ -257,7 +288,12 @@ describe('packExamples', () => {
 
   it('refuses examples longer than a row and labelled examples', () => {
     expect(() => packExamples(tokenized([3, 9]), { length: 8 })).toThrow(/example 1 has 9 tokens/);
-    expect(() => packExamples(tokenized([3], () => ({ label: 1 })), { length: 8 })).toThrow(DatasetError);
+    expect(() =>
+      packExamples(
+        tokenized([3], () => ({ label: 1 })),
+        { length: 8 },
+      ),
+    ).toThrow(DatasetError);
   });
 });
 

@@ -42,8 +42,16 @@ const charTokenizer: Tokenizer = {
   vocabSize: 32,
   bosId: 1,
   eosId: 2,
-  encode: (text, options = {}) => [...(options.addBos === true ? [1] : []), ...[...text].map((c) => 3 + Math.max(0, ALPHABET.indexOf(c))), ...(options.addEos === true ? [2] : [])],
-  decode: (ids) => ids.filter((id) => id >= 3).map((id) => ALPHABET[id - 3] ?? '?').join(''),
+  encode: (text, options = {}) => [
+    ...(options.addBos === true ? [1] : []),
+    ...[...text].map((c) => 3 + Math.max(0, ALPHABET.indexOf(c))),
+    ...(options.addEos === true ? [2] : []),
+  ],
+  decode: (ids) =>
+    ids
+      .filter((id) => id >= 3)
+      .map((id) => ALPHABET[id - 3] ?? '?')
+      .join(''),
   tokenText: (id) => ALPHABET[id - 3] ?? `<${id}>`,
 };
 

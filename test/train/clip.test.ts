@@ -26,7 +26,12 @@ describe('clipByGlobalNorm', () => {
       if (before <= max) {
         for (const [name, g] of result.grads) expect(Array.from(g.dataSync())).toEqual(Array.from((grads.get(name) as tf.Tensor).dataSync()));
       } else {
-        for (const [name, g] of result.grads) expectClose(g, ((grads.get(name) as tf.Tensor).dataSync() as Float32Array).map((x) => x * result.scale), { rtol: 1e-5, atol: 1e-6 });
+        for (const [name, g] of result.grads)
+          expectClose(
+            g,
+            ((grads.get(name) as tf.Tensor).dataSync() as Float32Array).map((x) => x * result.scale),
+            { rtol: 1e-5, atol: 1e-6 },
+          );
       }
       for (const g of result.grads.values()) g.dispose();
     });

@@ -111,7 +111,9 @@ describe('parseJsonlDataset', () => {
   });
 
   it('refuses names and integer ids for the same field in one file', () => {
-    expect(() => parseJsonlDataset(jsonl({ text: 'a', task: 'math' }, { text: 'b', task: 0 }), 'mem')).toThrow(/line 2 gives a task as an integer.*line 1 started with names/);
+    expect(() => parseJsonlDataset(jsonl({ text: 'a', task: 'math' }, { text: 'b', task: 0 }), 'mem')).toThrow(
+      /line 2 gives a task as an integer.*line 1 started with names/,
+    );
     expect(() => parseJsonlDataset(jsonl({ text: 'a', label: 1 }, { text: 'b', label: 'x' }), 'mem')).toThrow(DatasetError);
   });
 
@@ -144,7 +146,10 @@ describe('readJsonlDataset (files)', () => {
 
   it('refuses a mostly malformed file with a DatasetError naming the file, the count and the first bad lines', async () => {
     const path = join(dir, 'bad.jsonl');
-    await writeFile(path, [JSON.stringify({ text: 'ok' }), '{nope', '', JSON.stringify({ completion: '' }), 'true', ...Array.from({ length: 6 }, () => '{"x": 1}')].join('\n'));
+    await writeFile(
+      path,
+      [JSON.stringify({ text: 'ok' }), '{nope', '', JSON.stringify({ completion: '' }), 'true', ...Array.from({ length: 6 }, () => '{"x": 1}')].join('\n'),
+    );
     const error = await readJsonlDataset(path).then(
       () => undefined,
       (e: unknown) => e,

@@ -111,10 +111,11 @@ describe('classification', () => {
       const pooled = [0, 1, 2].map((d) => {
         let s = 0;
         let n = 0;
-        for (let t = 0; t < 3; t++) if (poolMask[b]?.[t] === 1) {
-          s += hiddenValues[(b * 3 + t) * 3 + d] as number;
-          n++;
-        }
+        for (let t = 0; t < 3; t++)
+          if (poolMask[b]?.[t] === 1) {
+            s += hiddenValues[(b * 3 + t) * 3 + d] as number;
+            n++;
+          }
         return s / n;
       });
       const logits = [0, 1, 2, 3].map((c) => pooled.reduce((s, x, d) => s + x * (W[d * 4 + c] as number), 0));

@@ -111,7 +111,16 @@ describe('routing purity and mutual information', () => {
 });
 
 describe('expertLoad', () => {
-  const entry = (layer: number, site: string, experts: string[], weights: number[], dropped = false): RoutingTraceEntry => ({ layer, site, route: 0, batch: 0, token: 0, experts, weights, dropped });
+  const entry = (layer: number, site: string, experts: string[], weights: number[], dropped = false): RoutingTraceEntry => ({
+    layer,
+    site,
+    route: 0,
+    batch: 0,
+    token: 0,
+    experts,
+    weights,
+    dropped,
+  });
 
   it('histograms selections with weight > 0 per layer and site, with dropped rate and load entropy', () => {
     const trace = [

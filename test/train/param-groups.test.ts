@@ -3,7 +3,16 @@
 import { describe, expect, test } from 'vitest';
 import { isRouterVariable, paramGroups, variableLayer } from '../../src/train/param-groups.js';
 
-const names = ['lora/0|attn.q/0', 'lora/0|attn.q/1', 'lora/3|mlp.down:input/0', 'route0/2/0', 'route0/1|attn.q/0', 'route1/model/0', 'router-x/1|attn.k/0', 'head/weight'];
+const names = [
+  'lora/0|attn.q/0',
+  'lora/0|attn.q/1',
+  'lora/3|mlp.down:input/0',
+  'route0/2/0',
+  'route0/1|attn.q/0',
+  'route1/model/0',
+  'router-x/1|attn.k/0',
+  'head/weight',
+];
 
 describe('paramGroups', () => {
   test('classifies routers by the route<i>/ prefix only and parses layers', () => {

@@ -18,7 +18,13 @@ test('tf.memory().numTensors is flat across 200 training steps and returns to it
   );
   const trainer = new Trainer(
     model,
-    { optimizer: { lr: 1e-3, weightDecay: 0.01 }, schedule: { warmupSteps: 5, totalSteps: 100 }, gradAccumulation: 2, maxGradNorm: 0.5, routerAnnealing: { noise: { from: 1, to: 0 } } },
+    {
+      optimizer: { lr: 1e-3, weightDecay: 0.01 },
+      schedule: { warmupSteps: 5, totalSteps: 100 },
+      gradAccumulation: 2,
+      maxGradNorm: 0.5,
+      routerAnnealing: { noise: { from: 1, to: 0 } },
+    },
     { transformLoss: (loss, { step }) => (step % 17 === 16 ? tf.mul(loss, Number.NaN) : loss) },
   );
   const batch = { ids: [[1, 4, 7, 2, 9]], mask: [[1, 1, 1, 1, 1]], lossMask: [[0, 1, 1, 1, 1]] };

@@ -27,7 +27,10 @@ const batch: TrainBatch = {
   ],
 };
 
-const loraSpec = (init: 'zero-b' | 'random' = 'zero-b') => ({ seed: 2, adapters: [{ kind: 'lora', name: 'mem', r: 4, alpha: 8, init, targets: { sites: 'all-linear' } }] });
+const loraSpec = (init: 'zero-b' | 'random' = 'zero-b') => ({
+  seed: 2,
+  adapters: [{ kind: 'lora', name: 'mem', r: 4, alpha: 8, init, targets: { sites: 'all-linear' } }],
+});
 
 function snapshot(variables: ReadonlyMap<string, tf.Variable>): Map<string, number[]> {
   return new Map([...variables].map(([name, v]) => [name, Array.from(v.dataSync())]));
@@ -91,7 +94,11 @@ describe('Trainer on tiny llama', () => {
   test('a non-finite step is skipped and counted, leaves weights and optimizer state unchanged, then training continues', () => {
     const model = AdaptedModel.create(base, loraSpec('random'));
     const bad = new Set([1]);
-    const trainer = new Trainer(model, { optimizer: { lr: 1e-2, weightDecay: 0.1 } }, { transformLoss: (loss, { step }) => (bad.has(step) ? tf.mul(loss, Number.NaN) : loss) });
+    const trainer = new Trainer(
+      model,
+      { optimizer: { lr: 1e-2, weightDecay: 0.1 } },
+      { transformLoss: (loss, { step }) => (bad.has(step) ? tf.mul(loss, Number.NaN) : loss) },
+    );
     const events: TrainEvent[] = [];
     trainer.events$.subscribe((e) => events.push(e));
 

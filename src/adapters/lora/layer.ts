@@ -43,7 +43,9 @@ export class LoraModule implements DeltaModule {
     const bound = 1 / Math.sqrt(inFeatures);
     this.a = trainableVariable(`${name}_A`, () => tf.randomUniform<tf.Rank.R2>([shape.rank, inFeatures], -bound, bound, 'float32', seed)); // [r, I]
     this.b = trainableVariable(`${name}_B`, () =>
-      shape.init === 'zero-b' ? tf.zeros<tf.Rank.R2>([outFeatures, shape.rank]) : tf.randomUniform<tf.Rank.R2>([outFeatures, shape.rank], -bound, bound, 'float32', seed + 1),
+      shape.init === 'zero-b'
+        ? tf.zeros<tf.Rank.R2>([outFeatures, shape.rank])
+        : tf.randomUniform<tf.Rank.R2>([outFeatures, shape.rank], -bound, bound, 'float32', seed + 1),
     ); // [O, r]
   }
 

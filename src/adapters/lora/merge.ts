@@ -48,33 +48,44 @@ export function mergeLora(base: Transformer, adapters: readonly LoraMergeEntry[]
   adapters.forEach(({ instance, weight = 1 }, i) => {
     const path = `adapters[${i}]`;
     if (instance.spec.kind !== 'lora') {
-      throw new ConfigError(`adapter ${JSON.stringify(instance.name)} is a ${instance.spec.kind} adapter; only LoRA adapters can be merged into the base weights`, {
-        path: `${path}.instance`,
-        hint: `Apply ${JSON.stringify(instance.name)} at run time through an AdaptedModel instead of merging it`,
-      });
+      throw new ConfigError(
+        `adapter ${JSON.stringify(instance.name)} is a ${instance.spec.kind} adapter; only LoRA adapters can be merged into the base weights`,
+        {
+          path: `${path}.instance`,
+          hint: `Apply ${JSON.stringify(instance.name)} at run time through an AdaptedModel instead of merging it`,
+        },
+      );
     }
     if (!Number.isFinite(weight)) {
       throw new ConfigError(`merge weight ${weight} of adapter ${JSON.stringify(instance.name)} is not a finite number`, { path: `${path}.weight` });
     }
     for (const module of instance.modules.values()) {
       if (!(module instanceof LoraModule)) {
-        throw new ConfigError(`adapter ${JSON.stringify(instance.name)} holds a ${module.kind} module; only LoRA modules can be merged`, { path: `${path}.instance` });
+        throw new ConfigError(`adapter ${JSON.stringify(instance.name)} holds a ${module.kind} module; only LoRA modules can be merged`, {
+          path: `${path}.instance`,
+        });
       }
       const key = `${module.layer}|${module.site}`;
       const linear = base.weights.layers[module.layer]?.sites[module.site];
       if (linear === undefined) {
-        throw new ShapeError(`adapter ${JSON.stringify(instance.name)} targets layer ${module.layer} site ${module.site}, which this ${base.config.family} model does not have`, {
-          path: `${path}.instance`,
-          hint: 'Merge an adapter into the model it was created for',
-        });
+        throw new ShapeError(
+          `adapter ${JSON.stringify(instance.name)} targets layer ${module.layer} site ${module.site}, which this ${base.config.family} model does not have`,
+          {
+            path: `${path}.instance`,
+            hint: 'Merge an adapter into the model it was created for',
+          },
+        );
       }
       const expected = [linear.weight.shape[1], linear.weight.shape[0]]; // W is stored [I, O]; ΔW is [O, I]
       const actual = [module.b.shape[0], module.a.shape[1]];
       if (actual[0] !== expected[0] || actual[1] !== expected[1]) {
-        throw new ShapeError(`adapter ${JSON.stringify(instance.name)} at layer ${module.layer} site ${module.site} has ΔW ${formatShape(actual)} but the base weight is ${formatShape(expected)}`, {
-          path: `${path}.instance`,
-          hint: 'Merge an adapter into the model it was created for',
-        });
+        throw new ShapeError(
+          `adapter ${JSON.stringify(instance.name)} at layer ${module.layer} site ${module.site} has ΔW ${formatShape(actual)} but the base weight is ${formatShape(expected)}`,
+          {
+            path: `${path}.instance`,
+            hint: 'Merge an adapter into the model it was created for',
+          },
+        );
       }
       const site = bySite.get(key) ?? { base: linear.weight, terms: [] };
       site.terms.push({ module, weight });

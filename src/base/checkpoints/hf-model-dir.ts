@@ -61,7 +61,9 @@ async function safetensorsFiles(dir: string): Promise<string[]> {
     for (const [name, file] of Object.entries(weightMap)) {
       // Shard names are plain file names in the directory; refuse anything that could escape it.
       if (typeof file !== 'string' || basename(file) !== file || !file.endsWith('.safetensors')) {
-        throw new CheckpointError(`weight_map entry for '${name}' names ${JSON.stringify(file)}, not a .safetensors file in the directory`, { path: indexPath });
+        throw new CheckpointError(`weight_map entry for '${name}' names ${JSON.stringify(file)}, not a .safetensors file in the directory`, {
+          path: indexPath,
+        });
       }
       files.add(file);
     }

@@ -53,7 +53,21 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, origin: string): Llama
   const vocabSize = Math.abs(signedVocab);
   const config = parseConfig(
     ModelConfigSchema,
-    { family: 'llama', vocabSize, dim, hiddenDim, nLayers, nHeads, nKvHeads, maxSeqLen: seqLen, normEps: 1e-5, ropeTheta: 10000, tiedEmbeddings: sharedClassifier, bosId: 1, eosId: 2 },
+    {
+      family: 'llama',
+      vocabSize,
+      dim,
+      hiddenDim,
+      nLayers,
+      nHeads,
+      nKvHeads,
+      maxSeqLen: seqLen,
+      normEps: 1e-5,
+      ropeTheta: 10000,
+      tiedEmbeddings: sharedClassifier,
+      bosId: 1,
+      eosId: 2,
+    },
     `${origin} header`,
   );
   const headDim = dim / nHeads;

@@ -49,10 +49,7 @@ export function buildGpt2Weights(config: ModelConfig, source: TensorSource): Tra
     tf.tensor2d(takeTensor(source, name, [inputs, outputs]).values, [inputs, outputs]);
 
   const tokenEmbedding = tf.tensor2d(takeTensor(source, `${p}wte.weight`, [vocabSize, dim]).values, [vocabSize, dim]);
-  const positionEmbedding = tf.tensor2d(
-    takeTensor(source, `${p}wpe.weight`, [config.maxSeqLen, dim]).values,
-    [config.maxSeqLen, dim],
-  );
+  const positionEmbedding = tf.tensor2d(takeTensor(source, `${p}wpe.weight`, [config.maxSeqLen, dim]).values, [config.maxSeqLen, dim]);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.nLayers; i++) {
     const h = `${p}h.${i}.`;

@@ -48,8 +48,7 @@ export function llamaConfigFromHf(json: Record<string, unknown>, origin: string)
 
 export function buildLlamaWeights(config: ModelConfig, source: TensorSource): TransformerWeights {
   const { dim, vocabSize } = config;
-  const matrix = (name: string, shape: [number, number]): tf.Tensor2D =>
-    tf.tensor2d(takeTensor(source, name, shape).values, shape);
+  const matrix = (name: string, shape: [number, number]): tf.Tensor2D => tf.tensor2d(takeTensor(source, name, shape).values, shape);
   /** A Hugging Face linear weight [O, I], stored [I, O] (see weights.ts). */
   const linear = (name: string, shape: [number, number]): tf.Tensor2D => tf.transpose(matrix(name, shape));
   const vector = (name: string): tf.Tensor1D => tf.tensor1d(takeTensor(source, name, [dim]).values);
