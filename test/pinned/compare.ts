@@ -84,7 +84,9 @@ function within(label: string, fresh: PinnedTensor, pinned: PinnedTensor, rtol: 
   const scale = maxAbs(pinned.values);
   const { diff, index } = maxDiff(fresh.values, pinned.values);
   if (!(diff <= rtol * scale)) {
-    failures.push(`${label}: max|new − old| = ${diff} > ${rtol} · max|old| = ${rtol * scale}, at ${where(pinned.shape, index)} (new ${fresh.values[index]}, old ${pinned.values[index]})`);
+    failures.push(
+      `${label}: max|new − old| = ${diff} > ${rtol} · max|old| = ${rtol * scale}, at ${where(pinned.shape, index)} (new ${fresh.values[index]}, old ${pinned.values[index]})`,
+    );
   }
 }
 
@@ -119,10 +121,13 @@ export function compareCase(name: string, fresh: PinnedCase, stored: StoredCase,
       if (!(maxAbs(newDelta) <= bareScale)) failures.push(`${label}: a bare row's delta max|Δnew| = ${maxAbs(newDelta)} > ${bareScale}`);
       continue;
     }
-    if (!(deltaScale > MIN_DELTA)) failures.push(`${label}: the pinned delta is trivial (max|Δold| = ${deltaScale} ≤ ${MIN_DELTA}): this output would not catch a lost adapter`);
+    if (!(deltaScale > MIN_DELTA))
+      failures.push(`${label}: the pinned delta is trivial (max|Δold| = ${deltaScale} ≤ ${MIN_DELTA}): this output would not catch a lost adapter`);
     const { diff, index } = maxDiff(newDelta, oldDelta);
     if (!(diff <= DELTA_RTOL * deltaScale)) {
-      failures.push(`${label} delta: max|Δnew − Δold| = ${diff} > ${DELTA_RTOL} · max|Δold| = ${DELTA_RTOL * deltaScale}, at ${where(pinned.shape, index)} (Δnew ${newDelta[index]}, Δold ${oldDelta[index]})`);
+      failures.push(
+        `${label} delta: max|Δnew − Δold| = ${diff} > ${DELTA_RTOL} · max|Δold| = ${DELTA_RTOL * deltaScale}, at ${where(pinned.shape, index)} (Δnew ${newDelta[index]}, Δold ${oldDelta[index]})`,
+      );
     }
   }
   const exactNames = [...new Set([...Object.keys(fresh.exact ?? {}), ...Object.keys(stored.exact ?? {})])];

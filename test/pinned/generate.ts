@@ -80,18 +80,66 @@ const output = (name: string, out: string): PinnedTensor => {
 };
 const relative = (a: PinnedTensor, b: PinnedTensor): string => (maxDiff(a.values, b.values).diff / maxAbs(b.values)).toExponential(2);
 const groups: [string, [string, string][]][] = [
-  ['unpadded 2×6', [['routed/per-site-dense', 'logits'], ['routed/grouped', 'call'], ['routed/grouped', 'spec'], ['routed/fused-host', 'logits'], ['routed/fused-device', 'logits']]],
-  ['padded 2×6', [['routed/padded', 'perSite'], ['routed/padded', 'host'], ['routed/padded', 'device'], ['train/routed', 'logits']]],
-  ['traced 2×4', [['routed/trace', 'perSite'], ['routed/trace', 'host'], ['routed/trace', 'device']]],
-  ['null expert', [['routed/null-expert', 'perSite'], ['routed/null-expert', 'host']]],
-  ['mixed kinds', [['routed/mixed-kinds', 'dense'], ['routed/mixed-kinds', 'grouped']]],
-  ['gpt2', [['routed/gpt2', 'perSite'], ['routed/gpt2', 'host'], ['routed/gpt2', 'device']]],
+  [
+    'unpadded 2×6',
+    [
+      ['routed/per-site-dense', 'logits'],
+      ['routed/grouped', 'call'],
+      ['routed/grouped', 'spec'],
+      ['routed/fused-host', 'logits'],
+      ['routed/fused-device', 'logits'],
+    ],
+  ],
+  [
+    'padded 2×6',
+    [
+      ['routed/padded', 'perSite'],
+      ['routed/padded', 'host'],
+      ['routed/padded', 'device'],
+      ['train/routed', 'logits'],
+    ],
+  ],
+  [
+    'traced 2×4',
+    [
+      ['routed/trace', 'perSite'],
+      ['routed/trace', 'host'],
+      ['routed/trace', 'device'],
+    ],
+  ],
+  [
+    'null expert',
+    [
+      ['routed/null-expert', 'perSite'],
+      ['routed/null-expert', 'host'],
+    ],
+  ],
+  [
+    'mixed kinds',
+    [
+      ['routed/mixed-kinds', 'dense'],
+      ['routed/mixed-kinds', 'grouped'],
+    ],
+  ],
+  [
+    'gpt2',
+    [
+      ['routed/gpt2', 'perSite'],
+      ['routed/gpt2', 'host'],
+      ['routed/gpt2', 'device'],
+    ],
+  ],
 ];
 console.log('Equivalent paths, max|x − ref| / max|ref| (the test allows', LOGITS_RTOL, 'against the pinned values):');
 for (const [label, members] of groups) {
   const [refName, refOut] = members[0] as [string, string];
   const ref = output(refName, refOut);
-  console.log(`  ${label}: ref ${refName} ${refOut}; ${members.slice(1).map(([n, o]) => `${n} ${o} ${relative(output(n, o), ref)}`).join('; ')}`);
+  console.log(
+    `  ${label}: ref ${refName} ${refOut}; ${members
+      .slice(1)
+      .map(([n, o]) => `${n} ${o} ${relative(output(n, o), ref)}`)
+      .join('; ')}`,
+  );
 }
 const mixed = cases['runtime/mixed-batch'] as StoredCase;
 const mixedDiffs = Object.keys(mixed.outputs)
@@ -104,7 +152,9 @@ for (const [name, stored] of Object.entries(cases)) {
   const sizes = Object.entries(stored.outputs)
     .filter(([, o]) => o.bare !== true)
     .map(([, o]) => maxAbs(o.values.map((v, i) => v - ((bases[o.base] as PinnedTensor).values[i] as number))));
-  console.log(`  ${name}: ${Math.min(...sizes).toFixed(4)} (logits up to ${Math.max(...Object.values(stored.outputs).map((o) => maxAbs(o.values))).toFixed(3)})`);
+  console.log(
+    `  ${name}: ${Math.min(...sizes).toFixed(4)} (logits up to ${Math.max(...Object.values(stored.outputs).map((o) => maxAbs(o.values))).toFixed(3)})`,
+  );
 }
 
 for (const name of ['decode/routed', 'decode/sequence']) {
@@ -136,12 +186,15 @@ const shortCases = Object.fromEntries(
     {
       ...c,
       outputs: Object.fromEntries(Object.entries(c.outputs).map(([k, o]) => [k, { ...o, ...shorten(o) }])),
-      ...(c.scalars === undefined ? {} : { scalars: Object.fromEntries(Object.entries(c.scalars).map(([k, s]) => [k, { rtol: s.rtol, values: s.values.map(shortestIfFloat32) }])) }),
+      ...(c.scalars === undefined
+        ? {}
+        : { scalars: Object.fromEntries(Object.entries(c.scalars).map(([k, s]) => [k, { rtol: s.rtol, values: s.values.map(shortestIfFloat32) }])) }),
     },
   ]),
 );
 const fixture: Fixture = {
-  about: 'Outputs of every LoRA/routing execution path (test/pinned/run-paths.ts), pinned before the execution-path refactor; checked by paths.test.ts. Regenerate only on purpose: node --import tsx test/pinned/generate.ts',
+  about:
+    'Outputs of every LoRA/routing execution path (test/pinned/run-paths.ts), pinned before the execution-path refactor; checked by paths.test.ts. Regenerate only on purpose: node --import tsx test/pinned/generate.ts',
   generatedFrom: 'routed-peft 0ea9cf4 (branch pin-outputs)',
   backend: tf.getBackend(),
   tfjs: tf.version.tfjs,

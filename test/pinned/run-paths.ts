@@ -270,7 +270,14 @@ function adaptedLogits(model: AdaptedModel, ids: number[][], options: CallOption
 }
 
 /** One output per call variant on the same input, and the traces of the variants that ask for it. */
-function routedCase(makeBase: () => Transformer, family: string, spec: unknown, ids: number[][], mask: number[][] | undefined, variants: Record<string, CallOptions>): Promise<PinnedCase> {
+function routedCase(
+  makeBase: () => Transformer,
+  family: string,
+  spec: unknown,
+  ids: number[][],
+  mask: number[][] | undefined,
+  variants: Record<string, CallOptions>,
+): Promise<PinnedCase> {
   return withModel(makeBase, spec, (base, model) => {
     const key = `${family}/${mask === undefined ? '' : 'padded-'}${ids.length}x${ids[0]?.length ?? 0}`;
     const baseOut = baseLogits(base, key, ids, mask);
@@ -279,7 +286,10 @@ function routedCase(makeBase: () => Transformer, family: string, spec: unknown, 
     const scalars: Record<string, PinnedScalars> = {};
     for (const [name, options] of Object.entries(variants)) {
       const trace: RoutingTraceEntry[] | undefined = options.pinTrace === true ? [] : undefined;
-      outputs[name] = { logits: adaptedLogits(model, ids, { ...options, ...(mask === undefined ? {} : { mask }), ...(trace === undefined ? {} : { trace }) }), base: baseOut };
+      outputs[name] = {
+        logits: adaptedLogits(model, ids, { ...options, ...(mask === undefined ? {} : { mask }), ...(trace === undefined ? {} : { trace }) }),
+        base: baseOut,
+      };
       if (trace !== undefined) {
         const parts = traceParts(trace);
         exact[`${name}.trace`] = parts.entries;
@@ -332,7 +342,11 @@ export function routedNullExpert(): Promise<PinnedCase> {
 
 /** (h) trace requested: host-fused, device-fused (dense gates read back) and per-site; entries pinned too. */
 export function routedTrace(): Promise<PinnedCase> {
-  return routedCase(llama, 'llama', routedSpec(), SHORT_IDS, SHORT_MASK, { host: { pinTrace: true }, device: { fusion: 'device', pinTrace: true }, perSite: { fusion: false, pinTrace: true } });
+  return routedCase(llama, 'llama', routedSpec(), SHORT_IDS, SHORT_MASK, {
+    host: { pinTrace: true },
+    device: { fusion: 'device', pinTrace: true },
+    perSite: { fusion: false, pinTrace: true },
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -373,19 +387,30 @@ export function routedSequence(): Promise<PinnedCase> {
     [1, 1, 1, 0, 0, 0],
     [0, 0, 1, 1, 0, 0],
   ];
-  return routedCase(llama, 'llama', routedSpec({ granularity: 'sequence', temperature: 0.5 }), PADDED_IDS, PADDED_MASK, { plain: { pinTrace: true }, routingMask: { routingMask } });
+  return routedCase(llama, 'llama', routedSpec({ granularity: 'sequence', temperature: 0.5 }), PADDED_IDS, PADDED_MASK, {
+    plain: { pinTrace: true },
+    routingMask: { routingMask },
+  });
 }
 
 /** gpt2 (no gate site: the mlp group is `mlp.up` alone): host-fused, device-fused and per-site. */
 export function gpt2Routed(): Promise<PinnedCase> {
-  return routedCase(gpt2, 'gpt2', routedSpec({ sites: 'all-linear' }), PADDED_IDS, PADDED_MASK, { host: {}, device: { fusion: 'device' }, perSite: { fusion: false } });
+  return routedCase(gpt2, 'gpt2', routedSpec({ sites: 'all-linear' }), PADDED_IDS, PADDED_MASK, {
+    host: {},
+    device: { fusion: 'device' },
+    perSite: { fusion: false },
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Decoding with a KV cache
 
 /** Last-column logits of every step, feeding `tokens` (per row) after the prompts: [steps, B, V]. */
-function cachedSteps(base: Transformer, forward: (options: { ids: number[][]; mask: number[][]; cache: ReturnType<Transformer['newCache']> }) => tf.Tensor, tokens: number[][]): PinnedTensor {
+function cachedSteps(
+  base: Transformer,
+  forward: (options: { ids: number[][]; mask: number[][]; cache: ReturnType<Transformer['newCache']> }) => tf.Tensor,
+  tokens: number[][],
+): PinnedTensor {
   const padded = padLeft(PROMPTS);
   const cache = base.newCache(PROMPTS.length);
   try {
@@ -545,11 +570,25 @@ interface RuntimeRequest {
 
 const RUNTIME_REQUESTS: readonly RuntimeRequest[] = [
   { name: 'adapterA', select: { adapter: 'a' }, rows: [[3, 7, 1, 9, 4]] },
-  { name: 'adapterB', select: { adapter: 'b' }, rows: [[5, 11, 6], [8, 1, 13, 2]] },
+  {
+    name: 'adapterB',
+    select: { adapter: 'b' },
+    rows: [
+      [5, 11, 6],
+      [8, 1, 13, 2],
+    ],
+  },
   { name: 'parallelAC', select: { combine: 'parallel', adapters: ['a', 'c'] }, rows: [[4, 4, 9, 10]] },
   { name: 'averageBC', select: { combine: 'average', adapters: ['b', 'c'], weights: [0.3, 0.7] }, rows: [[12, 3, 5, 7, 9]] },
   { name: 'stackAB', select: { combine: 'stack', adapters: ['a', 'b'] }, rows: [[6, 2, 8]] },
-  { name: 'routed', select: { routed: 'moe' }, rows: [[3, 9, 14, 15, 7], [10, 4]] },
+  {
+    name: 'routed',
+    select: { routed: 'moe' },
+    rows: [
+      [3, 9, 14, 15, 7],
+      [10, 4],
+    ],
+  },
   { name: 'base', select: 'base', rows: [[7, 7, 3]] },
 ];
 
@@ -558,47 +597,61 @@ const RUNTIME_REQUESTS: readonly RuntimeRequest[] = [
  * the bare base (mixed-hooks.ts + batched-lora.ts), per request; and every request served alone.
  */
 export function mixedBatch(): Promise<PinnedCase> {
-  return withModel(llama, { seed: 14, adapters: ['a', 'b', 'c'].map((name, i) => ({ kind: 'lora', name, r: 2 + i, alpha: 4, init: 'random', targets: { sites: i === 2 ? 'all-linear' : ['attn.q', 'attn.v', 'mlp.down'] } })) }, async (base, source) => {
-    const dir = await mkdtemp(join(tmpdir(), 'routed-peft-pinned-'));
-    // The mixed runtime's window closes as soon as every request is in (maxBatchSize), or after 1 s: one
-    // pass even on a loaded machine. The solo runtime runs each call at once in a pass of its own.
-    const mixedRuntime = RoutedRuntime.create({ base, routers, batching: { windowMs: 1000, maxBatchSize: RUNTIME_REQUESTS.length } });
-    const soloRuntime = RoutedRuntime.create({ base, routers, batching: { windowMs: 0, maxBatchSize: 1 } });
-    try {
-      for (const name of ['a', 'b', 'c']) await writePeftAdapter(join(dir, name), source.adapters.get(name) as AdapterInstance, base);
-      for (const runtime of [mixedRuntime, soloRuntime]) {
-        for (const name of ['a', 'b', 'c']) await runtime.load(name, { kind: 'peft', dir: join(dir, name) });
-        await runtime.load('moe', { kind: 'instance', model: adapted(base, routedSpec()) }); // the runtime owns it
+  return withModel(
+    llama,
+    {
+      seed: 14,
+      adapters: ['a', 'b', 'c'].map((name, i) => ({
+        kind: 'lora',
+        name,
+        r: 2 + i,
+        alpha: 4,
+        init: 'random',
+        targets: { sites: i === 2 ? 'all-linear' : ['attn.q', 'attn.v', 'mlp.down'] },
+      })),
+    },
+    async (base, source) => {
+      const dir = await mkdtemp(join(tmpdir(), 'routed-peft-pinned-'));
+      // The mixed runtime's window closes as soon as every request is in (maxBatchSize), or after 1 s: one
+      // pass even on a loaded machine. The solo runtime runs each call at once in a pass of its own.
+      const mixedRuntime = RoutedRuntime.create({ base, routers, batching: { windowMs: 1000, maxBatchSize: RUNTIME_REQUESTS.length } });
+      const soloRuntime = RoutedRuntime.create({ base, routers, batching: { windowMs: 0, maxBatchSize: 1 } });
+      try {
+        for (const name of ['a', 'b', 'c']) await writePeftAdapter(join(dir, name), source.adapters.get(name) as AdapterInstance, base);
+        for (const runtime of [mixedRuntime, soloRuntime]) {
+          for (const name of ['a', 'b', 'c']) await runtime.load(name, { kind: 'peft', dir: join(dir, name) });
+          await runtime.load('moe', { kind: 'instance', model: adapted(base, routedSpec()) }); // the runtime owns it
+        }
+        const call = async (runtime: RoutedRuntime, request: RuntimeRequest): Promise<PinnedTensor> => {
+          const out = await runtime.forward(request.rows, { select: request.select });
+          return { shape: [...out.shape], values: Array.from(out.logits) };
+        };
+        const events: BatchEvent[] = [];
+        const subscription = mixedRuntime.batches$.subscribe((e) => events.push(e));
+        const together = await Promise.all(RUNTIME_REQUESTS.map((request) => call(mixedRuntime, request)));
+        subscription.unsubscribe();
+        const solo: PinnedTensor[] = [];
+        for (const request of RUNTIME_REQUESTS) solo.push(await call(soloRuntime, request));
+        const outputs: Record<string, PinnedOutput> = {};
+        RUNTIME_REQUESTS.forEach((request, i) => {
+          const padded = padLeft(request.rows);
+          const baseOut = baseLogits(base, `llama/runtime-${request.name}`, padded.ids, padded.mask);
+          const bare = request.select === 'base';
+          outputs[`mixed.${request.name}`] = { logits: together[i] as PinnedTensor, base: baseOut, ...(bare ? { bare } : {}) };
+          outputs[`solo.${request.name}`] = { logits: solo[i] as PinnedTensor, base: baseOut, ...(bare ? { bare } : {}) };
+        });
+        // Pinned exactly: the mixed requests really shared one pass, one group per selection.
+        const passes = events.map((e) => ({ kind: e.kind, requests: e.requests, rows: e.rows, groups: e.groups }));
+        return { outputs, exact: { mixedPasses: passes } };
+      } finally {
+        for (const runtime of [mixedRuntime, soloRuntime]) {
+          runtime.dispose();
+          await runtime.idle();
+        }
+        await rm(dir, { recursive: true, force: true });
       }
-      const call = async (runtime: RoutedRuntime, request: RuntimeRequest): Promise<PinnedTensor> => {
-        const out = await runtime.forward(request.rows, { select: request.select });
-        return { shape: [...out.shape], values: Array.from(out.logits) };
-      };
-      const events: BatchEvent[] = [];
-      const subscription = mixedRuntime.batches$.subscribe((e) => events.push(e));
-      const together = await Promise.all(RUNTIME_REQUESTS.map((request) => call(mixedRuntime, request)));
-      subscription.unsubscribe();
-      const solo: PinnedTensor[] = [];
-      for (const request of RUNTIME_REQUESTS) solo.push(await call(soloRuntime, request));
-      const outputs: Record<string, PinnedOutput> = {};
-      RUNTIME_REQUESTS.forEach((request, i) => {
-        const padded = padLeft(request.rows);
-        const baseOut = baseLogits(base, `llama/runtime-${request.name}`, padded.ids, padded.mask);
-        const bare = request.select === 'base';
-        outputs[`mixed.${request.name}`] = { logits: together[i] as PinnedTensor, base: baseOut, ...(bare ? { bare } : {}) };
-        outputs[`solo.${request.name}`] = { logits: solo[i] as PinnedTensor, base: baseOut, ...(bare ? { bare } : {}) };
-      });
-      // Pinned exactly: the mixed requests really shared one pass, one group per selection.
-      const passes = events.map((e) => ({ kind: e.kind, requests: e.requests, rows: e.rows, groups: e.groups }));
-      return { outputs, exact: { mixedPasses: passes } };
-    } finally {
-      for (const runtime of [mixedRuntime, soloRuntime]) {
-        runtime.dispose();
-        await runtime.idle();
-      }
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -613,15 +666,24 @@ export const PATHS: Readonly<Record<string, PinnedPath>> = {
   'routed/padded': { about: 'left padding: host mask (fused host), device mask (fused device), per-site', run: routedPadded },
   'routed/null-expert': { about: 'nullExpert: true, host-fused and per-site', run: routedNullExpert },
   'routed/trace': { about: 'trace requested: host-fused, device-fused (dense gates read back), per-site; entries and weights pinned', run: routedTrace },
-  'routed/mixed-kinds': { about: 'LoRA + bottleneck + (IA)³ experts: non-fused per-point path (dense and grouped combine; attn.o stays fused), with trace', run: routedMixedKinds },
+  'routed/mixed-kinds': {
+    about: 'LoRA + bottleneck + (IA)³ experts: non-fused per-point path (dense and grouped combine; attn.o stays fused), with trace',
+    run: routedMixedKinds,
+  },
   'routed/layer-placement': { about: "placement: 'layer' (per-layer routers at beginLayer), with trace", run: routedLayerPlacement },
   'routed/model-placement': { about: "placement: 'model', readLayer: 1, k = 1, with trace", run: routedModelPlacement },
   'routed/sequence': { about: "granularity: 'sequence' (pooled decisions), without and with routingMask, with trace", run: routedSequence },
   'routed/gpt2': { about: 'gpt2 tiny model (no gate site): host-fused, device-fused, per-site', run: gpt2Routed },
   'decode/routed': { about: 'greedy generate of 6 tokens with KV cache (fused and per-site tokens) + each cached step’s last logits', run: decodeRouted },
   'decode/sequence': { about: 'the same for a sequence-level layer route (routing memory in the KV cache)', run: decodeSequence },
-  'static/compositions': { about: 'use: single LoRA, stack, parallel, average with weights, stack with bottleneck, nested, spec default', run: staticCompositions },
+  'static/compositions': {
+    about: 'use: single LoRA, stack, parallel, average with weights, stack with bottleneck, nested, spec default',
+    run: staticCompositions,
+  },
   'merged/lora': { about: 'mergeLora of one adapter and of two weighted adapters (merged Transformer view)', run: mergedLora },
   'train/routed': { about: 'training forward (dropout 0) of the routed model: logits, LM + aux loss, gradient norms', run: trainingForward },
-  'runtime/mixed-batch': { about: 'RoutedRuntime: one pass mixing adapters, combinations, a routed model and the base (batched LoRA + row groups); and each solo', run: mixedBatch },
+  'runtime/mixed-batch': {
+    about: 'RoutedRuntime: one pass mixing adapters, combinations, a routed model and the base (batched LoRA + row groups); and each solo',
+    run: mixedBatch,
+  },
 };
