@@ -1,12 +1,14 @@
 /**
- * Kernels launched by ONE routed site, per execution strategy, counted with tf.profile around a single
- * siteOutput hook call on an [N, D] input (model.hooks(), then begin/beginLayer as a forward would call
- * them); and kernels per whole forward, routed vs base. Also which kernels dominate the time of one
+ * Kernels launched by ONE routed site group (the group of the named site: q/k/v, gate/up, or down alone), per
+ * execution strategy, counted with tf.profile around a single groupOutputs hook call on an [N, D] input
+ * (model.hooks(), then begin/beginLayer as a forward would call them); and kernels per whole forward, routed
+ * vs base. Also which kernels dominate the time of one
  * routed decode step (tf.profile kernelTimeMs: wall time of each kernel call on wasm) and how much of the
  * step is spent outside kernels (op dispatch, tidy bookkeeping, host-side work).
  *
- * The first site call of a forward also runs the site's router; a second call on the same site reuses the
- * decision, so `router` = first − second and `combine` = second.
+ * The first group call of a forward also runs the routers of the per-site path; a second call on the same group
+ * reuses their decisions, so `router` = first − second and `combine` = second there (the fused path decides
+ * in every call).
  *
  * Shape letters: N rows, D width, E experts, K experts per row, r rank.
  */
@@ -65,7 +67,7 @@ function siteWidths(base: Transformer, site: SiteName): { inFeatures: number; ou
   return { inFeatures: w.shape[0], outFeatures: w.shape[1] }; // sites store W as [I, O]
 }
 
-/** Kernels of the first (router + combine) and second (combine only) siteOutput call at one site. */
+/** Kernels of the first (router + combine) and second (combine only) groupOutputs call at the site's group. */
 async function siteKernels(
   model: AdaptedModel,
   site: SiteName,
@@ -73,8 +75,10 @@ async function siteKernels(
   strategy: ExecutionStrategy,
 ): Promise<{ first: KernelCount; second: KernelCount; firstMs: number; secondMs: number }> {
   const hooks = model.hooks({ strategy });
-  if (hooks?.siteOutput === undefined || hooks.begin === undefined) throw new Error('routed model has no site hooks');
-  const { inFeatures, outFeatures } = siteWidths(model.base, site);
+  if (hooks?.groupOutputs === undefined || hooks.begin === undefined) throw new Error('routed model has no site hooks');
+  const group = model.base.groups.find((g) => g.sites.includes(site));
+  if (group === undefined) throw new Error(`no site group holds ${site}`);
+  const { inFeatures } = siteWidths(model.base, site);
   const engine = tf.engine();
   engine.startScope();
   try {
@@ -83,14 +87,15 @@ async function siteKernels(
     hooks.begin(context);
     hooks.beginLayer?.(0, tf.randomNormal([rows, model.base.config.dim], 0, 1, 'float32', 1));
     const x = tf.randomNormal<tf.Rank.R2>([rows, inFeatures], 0, 1, 'float32', 2); // [N, I]
-    const y = tf.randomNormal<tf.Rank.R2>([rows, outFeatures], 0, 1, 'float32', 3); // [N, O]
-    const siteOutput = hooks.siteOutput;
+    const ys = group.sites.map((s, g) => tf.randomNormal<tf.Rank.R2>([rows, siteWidths(model.base, s).outFeatures], 0, 1, 'float32', 3 + g)); // G × [N, O_g]
+    const xs = group.sites.map(() => x); // G × [N, I]
+    const groupOutputs = hooks.groupOutputs;
     // tf.profile returns the engine's one profile object, refilled by the next call: count before profiling again.
     let start = performance.now();
-    const first = countKernels((await tf.profile(() => siteOutput(0, site, x, y))).kernels);
+    const first = countKernels((await tf.profile(() => groupOutputs(0, group, xs, ys) as tf.Tensor[])).kernels);
     const firstMs = performance.now() - start;
     start = performance.now();
-    const second = countKernels((await tf.profile(() => siteOutput(0, site, x, y))).kernels);
+    const second = countKernels((await tf.profile(() => groupOutputs(0, group, xs, ys) as tf.Tensor[])).kernels);
     const secondMs = performance.now() - start;
     return { first, second, firstMs, secondMs };
   } finally {

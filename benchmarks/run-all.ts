@@ -136,7 +136,7 @@ lines.push('');
 const ops = results.find((r) => r.name === 'ops-per-site');
 if (ops !== undefined) {
   const details = ops.details as { perSite: Record<string, unknown>[]; forward: Record<string, unknown>[] };
-  lines.push('## Kernels per routed site (tf.profile around one siteOutput hook call)');
+  lines.push('## Kernels per routed site group (tf.profile around one groupOutputs hook call)');
   lines.push('');
   lines.push('| E | k | strategy | site | rows N | kernels | router | combine |');
   lines.push('|---|---|---|---|---|---|---|---|');

@@ -17,7 +17,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { allChoiceIds, capacityOf, checkRouterInput, discrete, GatedRouter, gateLogits } from './top-k.js';
+import { allChoiceIds, capacityOf, checkRouterInput, discrete, GatedRouter, gateLogits } from '../src/routing/gating.js';
 
 export const ExpertChoiceRouterConfig = z
   .object({

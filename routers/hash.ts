@@ -17,7 +17,7 @@ import { z } from 'zod';
 import { RoutedPeftError } from '../src/errors.js';
 import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
 import { fixedDecision, rowIds } from './task.js';
-import { checkRouterInput } from './top-k.js';
+import { checkRouterInput } from '../src/routing/gating.js';
 
 /** Knuth's multiplier ⌊2³² / φ⌋ (odd), split in 16-bit halves. */
 const HASH_MULTIPLIER = 0x9e3779b1;

@@ -17,7 +17,7 @@ import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
 import type { LinearTopK, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { checkK, checkRouterInput, createGateWeight, GatedRouter, topKDecision } from './top-k.js';
+import { checkK, checkRouterInput, createGateWeight, GatedRouter, topKDecision } from '../src/routing/gating.js';
 
 export const NoisyTopKRouterConfig = z
   .object({
@@ -50,11 +50,11 @@ class NoisyTopKRouter extends GatedRouter {
     const { temperature, k } = this.config;
     const clean = tf.matMul(input.features, this.gate); // [R, E]
     const logits = tf.div<tf.Tensor2D>(clean, temperature); // [R, E]
-    if (!input.training || this.noiseScale === 0) return topKDecision(logits, logits, input.mask, k, input.training);
+    if (!input.training || this.noiseScale === 0) return topKDecision(logits, logits, input.mask, { k, training: input.training });
     const noiseStd = tf.mul(tf.softplus(tf.matMul(input.features, this.noiseGate)), this.noiseScale); // [R, E]
     const epsilon = tf.randomNormal([rows, this.choices], 0, 1, 'float32', this.nextNoiseSeed++); // [R, E]
     const noisy = tf.div<tf.Tensor2D>(tf.add(clean, tf.mul(epsilon, noiseStd)), temperature); // [R, E]
-    return topKDecision(logits, noisy, input.mask, k);
+    return topKDecision(logits, noisy, input.mask, { k, training: true });
   }
 
   /** At inference the noise is off: the decision is the clean linear top-k gate. */

@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
 import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { allChoiceIds, checkRouterInput, GatedRouter, gateLogits, maskRows } from './top-k.js';
+import { allChoiceIds, checkRouterInput, GatedRouter, gateLogits, maskRows } from '../src/routing/gating.js';
 
 export const SoftRouterConfig = z
   .object({

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { ConfigError, RoutedPeftError, ShapeError, formatShape } from '../src/errors.js';
 import type { Router, RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { checkRouterInput, maskRows, oneHotFloat } from './top-k.js';
+import { checkRouterInput, maskRows, oneHotFloat } from '../src/routing/gating.js';
 
 /** Stand-in for log 0 in the logits of fixed routers: exp(−1e4) is exactly 0 in float32. */
 export const FIXED_ROUTE_LOG_ZERO = -1e4;

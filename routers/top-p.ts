@@ -14,7 +14,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import type { RouterInput, RouterKind, RouterShape, RoutingDecision } from '../src/routing/router.js';
-import { checkRouterInput, discrete, GatedRouter, gateLogits, maskRows, oneHotFloat, readSlots, renormalisedSoftmax, topKIds } from './top-k.js';
+import { checkRouterInput, discrete, GatedRouter, gateLogits, maskRows, oneHotFloat, readSlots, renormalisedSoftmax, topKIds } from '../src/routing/gating.js';
 
 export const TopPRouterConfig = z
   .object({

@@ -3,9 +3,10 @@ export * from './errors.js';
 export { selectBackend, getBackendReport, type BackendReport, type BackendPreference, type BackendName } from './backend.js';
 
 export { ModelConfig, headDim } from './base/config.js';
-export { SITE_NAMES, FAMILY_SITES, type SiteName, type BlockName, type ModelFamily } from './base/sites.js';
+export { SITE_NAMES, FAMILY_SITES, FAMILY_SITE_GROUPS, type SiteName, type SiteGroup, type BlockName, type ModelFamily } from './base/sites.js';
 export { Transformer, type ForwardOptions, type ForwardOutput } from './base/transformer.js';
-export type { ForwardHooks, ForwardContext, AttentionPrefix } from './base/hooks.js';
+export type { ForwardHooks, ForwardContext, AttentionPrefix, PerSiteHooks } from './base/hooks.js';
+export { perSiteHooks } from './base/hooks.js';
 export { KVCache } from './base/kv-cache.js';
 export { loadBaseModel, buildTransformer, type LoadedModel, type CheckpointFormat } from './base/checkpoints/load-model.js';
 export { generate, generateSteps, padLeft, type GenerateOptions } from './base/generate.js';
@@ -38,7 +39,9 @@ export { RouterRegistry } from './routing/router-registry.js';
 export { loadBalancingLoss, routerZLoss, importanceLoss, routingEntropy, auxLossTotal } from './routing/aux-losses.js';
 export type { RoutingTraceEntry } from './routing/trace.js';
 
-export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type AdapterSelection, type ParameterReport } from './model/adapted-model.js';
+export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type ParameterReport } from './model/adapted-model.js';
+export { Selection, type SelectionInput } from './model/selection.js';
+export type { RoutingOptions } from './routing/routing-pass.js';
 
 export {
   Trainer,

@@ -22,3 +22,29 @@ export function isSiteName(value: string): value is SiteName {
 
 /** Sub-blocks of a layer whose outputs (before the residual add) may be adapted, e.g. by bottleneck adapters. */
 export type BlockName = 'attn' | 'mlp';
+
+/**
+ * A group of sites that read the same input in the base forward, in call order: the Transformer asks its hooks
+ * for adapter outputs once per group (so q, k and v, or gate and up, can be adapted — and routed — together).
+ */
+export interface SiteGroup {
+  /** Position of the group in its family's list (0 q/k/v, 1 o, 2 the FFN input sites, 3 down). */
+  readonly index: number;
+  readonly sites: readonly SiteName[];
+}
+
+/** Each family's site groups, in forward order; every site of the family is in exactly one group. */
+export const FAMILY_SITE_GROUPS: Readonly<Record<ModelFamily, readonly SiteGroup[]>> = {
+  llama: [
+    { index: 0, sites: ['attn.q', 'attn.k', 'attn.v'] },
+    { index: 1, sites: ['attn.o'] },
+    { index: 2, sites: ['mlp.gate', 'mlp.up'] },
+    { index: 3, sites: ['mlp.down'] },
+  ],
+  gpt2: [
+    { index: 0, sites: ['attn.q', 'attn.k', 'attn.v'] },
+    { index: 1, sites: ['attn.o'] },
+    { index: 2, sites: ['mlp.up'] },
+    { index: 3, sites: ['mlp.down'] },
+  ],
+};

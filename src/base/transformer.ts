@@ -15,7 +15,7 @@ import type { ForwardContext, ForwardHooks } from './hooks.js';
 import { KVCache } from './kv-cache.js';
 import { geluTanh, layerNorm, rmsNorm } from './layers.js';
 import { applyRope, ropeTables, type RopeTables } from './rope.js';
-import { FAMILY_SITES, type SiteName } from './sites.js';
+import { FAMILY_SITE_GROUPS, FAMILY_SITES, type SiteGroup, type SiteName } from './sites.js';
 import { countParameters, disposeWeights, type NormWeights, type TransformerWeights } from './weights.js';
 
 export type ForwardOutput = 'logits' | 'last-logits' | 'hidden';
@@ -35,6 +35,8 @@ export interface ForwardOptions {
 
 export class Transformer {
   readonly sites: readonly SiteName[];
+  /** The family's site groups (sites that read one input), in forward order. */
+  readonly groups: readonly SiteGroup[];
   private readonly rope: RopeTables | undefined;
   private disposed = false;
 
@@ -47,6 +49,7 @@ export class Transformer {
     options: { readonly owned?: readonly tf.Tensor[]; readonly rope?: RopeTables } = {},
   ) {
     this.sites = FAMILY_SITES[config.family];
+    this.groups = FAMILY_SITE_GROUPS[config.family];
     this.owned = options.owned ?? 'all';
     this.rope = options.rope ?? (config.family === 'llama' ? ropeTables(headDim(config), config.maxSeqLen, config.ropeTheta) : undefined);
   }
@@ -130,17 +133,25 @@ export class Transformer {
     } catch (error) {
       cache?.rollback();
       throw error;
+    } finally {
+      hooks?.release?.();
     }
   }
 
-  /** Applies one site's frozen linear map with its hooks: x [N, I] → [N, O]. */
-  applySite(layer: number, site: SiteName, x: tf.Tensor2D, hooks: ForwardHooks | undefined): tf.Tensor2D {
-    const linear = this.layer(layer).sites[site];
-    if (linear === undefined) throw new Error(`layer ${layer} has no site ${site}`);
-    const input = hooks?.siteInput ? hooks.siteInput(layer, site, x) : x; // [N, I]
-    const projected: tf.Tensor2D = tf.matMul(input, linear.weight); // [N, I]·[I, O] → [N, O]
-    const base = linear.bias === undefined ? projected : tf.add<tf.Tensor2D>(projected, linear.bias); // [N, O]
-    return hooks?.siteOutput ? hooks.siteOutput(layer, site, input, base) : base; // [N, O]
+  /**
+   * Applies the frozen linear maps of a group of sites that share the input x, with the group's hooks:
+   * x [N, I] → one output [N, O_g] per site of the group, in group order.
+   */
+  applyGroup(layer: number, group: SiteGroup, x: tf.Tensor2D, hooks: ForwardHooks | undefined): readonly tf.Tensor2D[] {
+    const sites = this.layer(layer).sites;
+    const inputs = hooks?.groupInputs ? hooks.groupInputs(layer, group, x) : group.sites.map(() => x); // G × [N, I]
+    const outputs = group.sites.map((site, g) => {
+      const linear = sites[site];
+      if (linear === undefined) throw new Error(`layer ${layer} has no site ${site}`);
+      const projected: tf.Tensor2D = tf.matMul(inputs[g] as tf.Tensor2D, linear.weight); // [N, I]·[I, O] → [N, O]
+      return linear.bias === undefined ? projected : tf.add<tf.Tensor2D>(projected, linear.bias); // [N, O]
+    });
+    return hooks?.groupOutputs ? hooks.groupOutputs(layer, group, inputs, outputs) : outputs; // G × [N, O_g]
   }
 
   dispose(): void {
@@ -186,9 +197,10 @@ export class Transformer {
     const { nHeads, nKvHeads } = this.config;
     const dh = headDim(this.config);
     const hooks = options.hooks;
-    let q = tf.reshape<tf.Rank.R4>(this.applySite(layer, 'attn.q', x, hooks), [batch, tokens, nHeads, dh]); // [B, T, H, Dh]
-    let k = tf.reshape<tf.Rank.R4>(this.applySite(layer, 'attn.k', x, hooks), [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
-    let v = tf.reshape<tf.Rank.R4>(this.applySite(layer, 'attn.v', x, hooks), [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
+    const [qx, kx, vx] = this.applyGroup(layer, this.group(0), x, hooks) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]; // [N, D], [N, Hk·Dh] ×2
+    let q = tf.reshape<tf.Rank.R4>(qx, [batch, tokens, nHeads, dh]); // [B, T, H, Dh]
+    let k = tf.reshape<tf.Rank.R4>(kx, [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
+    let v = tf.reshape<tf.Rank.R4>(vx, [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
     if (this.rope !== undefined) {
       q = applyRope(q, positions, this.rope); // [B, T, H, Dh]
       k = applyRope(k, positions, this.rope); // [B, T, Hk, Dh]
@@ -212,18 +224,28 @@ export class Transformer {
     }
     const bias = attentionBias(keyMask, tokens, past, prefixSlots); // [B, 1, 1, T, P+S]
     const mixed = groupedQueryAttention(q, k, v, bias); // [B, T, D]
-    return this.applySite(layer, 'attn.o', tf.reshape<tf.Rank.R2>(mixed, [batch * tokens, nHeads * dh]), hooks); // [N, D]
+    return this.applySingle(layer, 1, tf.reshape<tf.Rank.R2>(mixed, [batch * tokens, nHeads * dh]), hooks); // [N, D]
   }
 
   private mlp(layer: number, x: tf.Tensor2D, hooks: ForwardHooks | undefined): tf.Tensor2D {
     if (this.config.family === 'llama') {
-      const gate = this.applySite(layer, 'mlp.gate', x, hooks); // [N, F]
-      const up = this.applySite(layer, 'mlp.up', x, hooks); // [N, F]
+      const [gate, up] = this.applyGroup(layer, this.group(2), x, hooks) as [tf.Tensor2D, tf.Tensor2D]; // [N, F] each
       const intermediate = tf.mul<tf.Tensor2D>(tf.mul(gate, tf.sigmoid(gate)), up); // [N, F]  SwiGLU (Shazeer 2020)
-      return this.applySite(layer, 'mlp.down', intermediate, hooks); // [N, D]
+      return this.applySingle(layer, 3, intermediate, hooks); // [N, D]
     }
-    const intermediate = geluTanh(this.applySite(layer, 'mlp.up', x, hooks)); // [N, F]
-    return this.applySite(layer, 'mlp.down', intermediate, hooks); // [N, D]
+    const intermediate = geluTanh(this.applySingle(layer, 2, x, hooks)); // [N, F]
+    return this.applySingle(layer, 3, intermediate, hooks); // [N, D]
+  }
+
+  /** A group of one site (o, down; gpt2's up): x [N, I] → [N, O]. */
+  private applySingle(layer: number, groupIndex: number, x: tf.Tensor2D, hooks: ForwardHooks | undefined): tf.Tensor2D {
+    return this.applyGroup(layer, this.group(groupIndex), x, hooks)[0] as tf.Tensor2D; // [N, O]
+  }
+
+  private group(index: number): SiteGroup {
+    const group = this.groups[index];
+    if (group === undefined) throw new Error(`no site group ${index}`);
+    return group;
   }
 
   /** Absolute position of every new token: real tokens count up from the cache's length; padding sits at 0. */

@@ -31,7 +31,8 @@ export const forwardCommand: CliCommand = {
     let attached: Awaited<ReturnType<typeof loadCliAdapters>> | undefined;
     try {
       attached = await loadCliAdapters(loaded, values, context, io);
-      const logits = attached.model === undefined ? loaded.model.forward({ ids: [ids] }) : attached.model.forward({ ids: [ids], taskIds: attached.taskIds }); // [1, T, V]
+      const logits =
+        attached.model === undefined ? loaded.model.forward({ ids: [ids] }) : attached.model.forward({ ids: [ids], routing: { taskIds: attached.taskIds } }); // [1, T, V]
       const rows = (await logits.array()) as number[][][];
       logits.dispose();
       io.stdout(`${JSON.stringify({ logits: rows[0] })}\n`);

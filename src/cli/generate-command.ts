@@ -81,7 +81,7 @@ export const generateCommand: CliCommand = {
       const steps =
         attached.model === undefined
           ? generateSteps(loaded.model, [prompt], sampling)
-          : attached.model.generateSteps([prompt], { ...sampling, taskIds: attached.taskIds, trace });
+          : attached.model.generateSteps([prompt], { ...sampling, routing: { taskIds: attached.taskIds, trace } });
       for (const [token] of steps) {
         if (token === undefined || token < 0) break;
         sequence.push(token);

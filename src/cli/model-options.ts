@@ -8,6 +8,7 @@ import type { AdapterInstance } from '../adapters/instance.js';
 import { readPeftAdapter } from '../io/peft-adapter.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
+import { staticComposition } from '../model/selection.js';
 import { toChoice, toInt, toNumber } from './args.js';
 import type { CliContext } from './command.js';
 import type { CliIo } from './io.js';
@@ -37,7 +38,7 @@ export const ADAPTER_FLAGS = {
 
 export const ADAPTER_USAGE = `  --adapter DIR        A PEFT LoRA adapter directory (repeatable)
   --combine MODE       How several --adapter combine: stack | parallel (default) | average
-  --weights LIST       Weights for --combine average, comma-separated (default: equal)
+  --weights LIST       Weights of each adapter's delta for --combine parallel or average, comma-separated
   --routed DIR         A routed-model directory (routed-peft.json); not with --adapter
   --task-id N          Task id given to task routers`;
 
@@ -110,7 +111,7 @@ export async function loadCliAdapters(
   }
   const combine = toChoice('combine', values.combine ?? 'parallel', ['stack', 'parallel', 'average'] as const);
   const weights = values.weights === undefined ? undefined : values.weights.split(',').map((w) => toNumber('weights', w.trim()));
-  if (weights !== undefined && combine !== 'average') throw new UsageError('--weights applies to --combine average');
+  if (weights !== undefined && combine === 'stack') throw new UsageError('--weights applies to --combine parallel or average (a stack takes no weights)');
   if (weights !== undefined && weights.length !== adapters.length)
     throw new UsageError(`--weights has ${weights.length} values for ${adapters.length} adapters`);
   const instances: AdapterInstance[] = [];
@@ -125,12 +126,8 @@ export async function loadCliAdapters(
       instances.push(read.instance);
     }
     const names = instances.map((i) => i.name);
-    const composition =
-      names.length === 1
-        ? names[0]
-        : combine === 'average'
-          ? { kind: combine, children: names, ...(weights === undefined ? {} : { weights }) }
-          : { kind: combine, children: names };
+    // The library's selection vocabulary (model/selection.ts), as RoutedRuntime calls take it.
+    const composition = staticComposition(names.length === 1 ? { adapter: names[0] as string } : { combine, adapters: names, weights });
     const model = AdaptedModel.create(loaded.model, { adapters: instances.map((i) => i.spec), composition });
     for (const instance of instances.splice(0)) model.replaceAdapter(instance);
     return { model, taskIds };

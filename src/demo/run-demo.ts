@@ -23,7 +23,8 @@ import type { Transformer } from '../base/transformer.js';
 import { RoutedPeftError } from '../errors.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
-import { AdaptedModel, type AdapterSelection } from '../model/adapted-model.js';
+import { AdaptedModel } from '../model/adapted-model.js';
+import type { SelectionInput } from '../model/selection.js';
 import { loadTokenizer } from '../tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import { makeBatches, seededShuffle, tokenizeExamples } from '../train/batches.js';
@@ -180,7 +181,7 @@ export interface DemoSummary {
   readonly sizes: DemoSizes;
   readonly setups: Readonly<Record<SetupName, SetupSummary>>;
   readonly routing: RoutingSummary;
-  /** The routed model against the bare base (use: 'none') on pretraining-style text. */
+  /** The routed model against the bare base (select: 'base') on pretraining-style text. */
   readonly retention: BaseRetention;
   /** routed mean accuracy − shared mean accuracy, averaged over the runs (the demo's claim: > 0). */
   readonly margin: number;
@@ -368,7 +369,7 @@ function serve(
 }
 
 /** Mean token loss on documents (text with EOS), for base retention. */
-function documentLoss(model: AdaptedModel, use: AdapterSelection, tokenizer: Tokenizer, documents: readonly string[], maxLength: number): number {
+function documentLoss(model: AdaptedModel, select: SelectionInput, tokenizer: Tokenizer, documents: readonly string[], maxLength: number): number {
   const tokenized = tokenizeExamples(
     documents.map((text, i) => ({ kind: 'text' as const, text, line: i + 1 })),
     tokenizer,
@@ -379,7 +380,7 @@ function documentLoss(model: AdaptedModel, use: AdapterSelection, tokenizer: Tok
   let targets = 0;
   for (const batch of batches) {
     const n = batch.lossMask.reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
-    const loss = tf.tidy(() => causalLmLoss(model.forward({ ids: batch.ids, mask: batch.mask, use }), batch).dataSync()[0] as number);
+    const loss = tf.tidy(() => causalLmLoss(model.forward({ ids: batch.ids, mask: batch.mask, select }), batch).dataSync()[0] as number);
     weighted += loss * n;
     targets += n;
   }
@@ -501,8 +502,8 @@ function runOnce(context: RunContext, seed: number): RunResult {
       const predicted = serve(model, setup, prepared, tokenizer, sizes, trace);
       let retentionDelta: number | null = null;
       if (!setup.usesTaskIds) {
-        const adaptedLoss = documentLoss(model, 'default', tokenizer, retentionDocs, base.config.maxSeqLen);
-        const baseLoss = documentLoss(model, 'none', tokenizer, retentionDocs, base.config.maxSeqLen);
+        const adaptedLoss = documentLoss(model, 'spec', tokenizer, retentionDocs, base.config.maxSeqLen);
+        const baseLoss = documentLoss(model, 'base', tokenizer, retentionDocs, base.config.maxSeqLen);
         retentionDelta = adaptedLoss - baseLoss;
         if (setup.name === 'routed') retention = baseRetention(adaptedLoss, baseLoss);
       }

@@ -19,33 +19,18 @@ import { ConfigError } from '../errors.js';
 import { compositionHooks } from './composition-hooks.js';
 import { checkComposition, effectiveComposition, parseAdaptedModelSpec, type AdaptedModelSpec } from '../compose/model-spec.js';
 import { AdapterInstance, createAdapter } from '../adapters/instance.js';
-import { CompositionNode, routesIn, type CompositionInput, type RouteNode } from '../compose/spec.js';
-import { RouteRuntime, type RoutingCall } from '../routing/route-runtime.js';
-import type { ExecutionStrategy } from '../routing/routed-layer.js';
+import { type CompositionNode, type RouteNode, routesIn } from '../compose/spec.js';
+import { RouterSet } from '../routing/router-set.js';
+import type { RoutingOptions } from '../routing/routing-pass.js';
+import { Selection, type SelectionInput, staticComposition } from './selection.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 
-/** What a call applies: the spec's composition, nothing (the bare base), or a composition of resident adapters. */
-export type AdapterSelection = 'default' | 'none' | CompositionInput;
-
 export interface AdaptedCallOptions {
-  readonly use?: AdapterSelection | undefined;
-  /** Task id per batch row (task routers). */
-  readonly taskIds?: readonly number[] | undefined;
-  /** Receives one entry per routed decision and token. */
-  readonly trace?: RoutingTraceEntry[] | undefined;
-  /** Receives the kept auxiliary-loss scalars of a training forward (the caller disposes them). */
-  readonly auxLosses?: tf.Scalar[] | undefined;
-  /** Forces an execution strategy on every route. */
-  readonly strategy?: ExecutionStrategy | undefined;
-  /**
-   * [B, T] 1 on the tokens whose features sequence-level routers pool (default: every real token). Give
-   * the prompt tokens when training on prompt/completion pairs in one forward: routers then decide from
-   * what they see when serving (the prompt alone), never from the answer. Token-level routes ignore it.
-   */
-  readonly routingMask?: readonly (readonly number[])[] | undefined;
-  /** Shared-input fusion of per-site top-k routes at inference (default on); false takes the per-site path. */
-  readonly fusion?: boolean | 'device' | undefined;
+  /** What to apply (selection.ts); default 'spec', the model's own composition. */
+  readonly select?: SelectionInput | undefined;
+  /** How the call routes (task ids, trace, auxiliary losses, strategy, routing mask, fusion), passed whole. */
+  readonly routing?: RoutingOptions | undefined;
 }
 
 /** An adapter spec as users write it (defaults may be omitted). */
@@ -93,7 +78,7 @@ export class AdaptedModel {
    */
   readonly traces$: Observable<RoutingTraceEvent> = this.traceSubject.asObservable();
   private readonly adapterMap = new Map<string, AdapterInstance>();
-  private readonly routeMap = new Map<RouteNode, RouteRuntime>();
+  private readonly routeMap = new Map<RouteNode, RouterSet>();
   /** Routes by their JSON, so a per-call composition can name a spec route by value. */
   private readonly routesByJson = new Map<string, RouteNode>();
   private disposed = false;
@@ -119,7 +104,7 @@ export class AdaptedModel {
         });
       }
       routes.forEach((route, i) => {
-        model.routeMap.set(route, new RouteRuntime(route, i, model.adapterMap, base.config, options.routers as RouterRegistry, parsed.seed));
+        model.routeMap.set(route, new RouterSet(route, i, model.adapterMap, base.config, options.routers as RouterRegistry, parsed.seed));
         model.routesByJson.set(JSON.stringify(route), route);
       });
     } catch (error) {
@@ -133,28 +118,28 @@ export class AdaptedModel {
     return this.adapterMap;
   }
 
-  get routes(): readonly RouteRuntime[] {
+  get routes(): readonly RouterSet[] {
     return [...this.routeMap.values()];
   }
 
   /** Runs the model with the selected adapters. The returned tensor belongs to the caller. */
   forward(options: AdaptedForwardOptions): tf.Tensor {
-    const { use, taskIds, trace, auxLosses, strategy, routingMask, fusion, ...forward } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask, fusion });
+    const { select, routing, ...forward } = options;
+    const hooks = this.hooks({ select, routing });
     return this.base.forward(hooks === undefined ? forward : { ...forward, hooks });
   }
 
   /** Generates with the selected adapters (see base/generate.ts). */
   generate(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): number[][] {
-    const { use, taskIds, trace, auxLosses, strategy, routingMask, fusion, ...rest } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask, fusion });
+    const { select, routing, ...rest } = options;
+    const hooks = this.hooks({ select, routing });
     return generate(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
   /** Step-by-step generation (each yield: one new token per row, −1 once a row stopped). */
   generateSteps(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Generator<number[], void, undefined> {
-    const { use, taskIds, trace, auxLosses, strategy, routingMask, fusion, ...rest } = options;
-    const hooks = this.hooks({ use, taskIds, trace, auxLosses, strategy, routingMask, fusion });
+    const { select, routing, ...rest } = options;
+    const hooks = this.hooks({ select, routing });
     return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
@@ -247,42 +232,40 @@ export class AdaptedModel {
   }
 
   /** Resolves a per-call selection to a validated composition, or undefined for the bare base. */
-  resolveSelection(use: AdapterSelection | undefined): CompositionNode | undefined {
-    if (use === 'none') return undefined;
-    if (use === undefined || use === 'default') return this.composition;
-    const node = parseConfig(CompositionNode, use, 'use');
-    checkComposition(node, [...this.adapterMap.keys()], 'use');
+  resolveSelection(select: SelectionInput | undefined): CompositionNode | undefined {
+    if (select === undefined || select === 'spec') return this.composition;
+    if (select === 'base') return undefined;
+    const parsed = parseConfig(Selection, select, 'select');
+    if (parsed === 'base') return undefined;
+    if (parsed === 'spec') return this.composition;
+    if ('routed' in parsed) {
+      throw new ConfigError(`an AdaptedModel has no routed targets (select.routed = ${JSON.stringify(parsed.routed)})`, {
+        path: 'select.routed',
+        hint: "Use 'spec' for this model's own routed composition; { routed } names a routed model loaded into a RoutedRuntime",
+      });
+    }
+    const node = 'composition' in parsed ? parsed.composition : staticComposition(parsed);
+    const path = 'composition' in parsed ? 'select.composition' : 'adapter' in parsed ? 'select.adapter' : 'select.adapters';
+    checkComposition(node, [...this.adapterMap.keys()], path);
     return this.bindRoutes(node);
   }
 
   /** Hooks that apply the selection to base forwards; undefined when nothing applies (the bare base). */
   hooks(options: AdaptedCallOptions = {}): ForwardHooks | undefined {
     if (this.disposed) throw new Error('AdaptedModel used after dispose()');
-    const root = this.resolveSelection(options.use);
+    const root = this.resolveSelection(options.select);
     if (root === undefined) return undefined;
-    const routes = routesIn(root).map((r) => this.routeMap.get(r) as RouteRuntime);
+    const routed = routesIn(root).length > 0;
     /** Where this forward's entries go, and where they start, when traces$ is observed. */
     let streamed: { readonly sink: RoutingTraceEntry[]; readonly start: number } | undefined;
     let pastLength = 0;
-    return compositionHooks(root, this.adapterMap, this.routeMap, {
-      begin: (forward: ForwardContext) => {
+    return compositionHooks(root, this.adapterMap, {
+      routes: this.routeMap,
+      optionsFor: (forward: ForwardContext) => {
         pastLength = forward.pastLength;
-        const sink = options.trace ?? (routes.length > 0 && this.traceSubject.observed ? [] : undefined);
+        const sink = options.routing?.trace ?? (routed && this.traceSubject.observed ? [] : undefined);
         streamed = sink !== undefined && this.traceSubject.observed ? { sink, start: sink.length } : undefined;
-        const call: RoutingCall = {
-          context: forward,
-          cache: forward.cache,
-          taskIds: options.taskIds,
-          auxLosses: options.auxLosses,
-          trace: sink,
-          strategy: options.strategy,
-          routingMask: options.routingMask,
-          fusion: options.fusion,
-        };
-        for (const route of routes) route.begin(call);
-      },
-      beginLayer: (layer: number, hidden: tf.Tensor2D) => {
-        for (const route of routes) route.beginLayer(layer, hidden);
+        return { ...options.routing, trace: sink };
       },
       end: () => {
         if (streamed !== undefined) this.traceSubject.next({ pastLength, entries: streamed.sink.slice(streamed.start) });
@@ -298,8 +281,8 @@ export class AdaptedModel {
       const bound = this.routesByJson.get(JSON.stringify(node));
       if (bound === undefined) {
         throw new ConfigError('a per-call composition may only use routes the model spec defines', {
-          path: 'use',
-          hint: "Use 'default' for the spec's routed composition, or a static composition (stack, parallel, average)",
+          path: 'select.composition',
+          hint: "Use 'spec' for the spec's routed composition, or a static composition (stack, parallel, average)",
         });
       }
       return bound;

@@ -1,20 +1,25 @@
 /**
- * Evaluates a composition at one point of one layer: the delta it adds (stack, parallel, average, route)
- * and, at the attention-prefix point, the key/value slots it contributes.
+ * Evaluates a composition in one layer: the deltas it adds to a site group's outputs (all sites of the group
+ * at once, so routes can decide and mix them together), the delta at any other point (site inputs, block
+ * outputs), and, at the attention-prefix point, the key/value slots it contributes.
  *
- * Shape letters: N rows, I/O in/out width, B batch, P prefix slots, Hk key/value heads, Dh head width,
- * E route choices.
+ * Shape letters: N rows, I/O in/out width (O_g: site g's), G sites of a group, B batch, P prefix slots,
+ * Hk key/value heads, Dh head width, E route choices.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { AdapterPoint, ModuleContext } from '../adapters/adapter.js';
 import type { AttentionPrefix } from '../base/hooks.js';
-import type { RouteRuntime } from '../routing/route-runtime.js';
+import type { SiteGroup } from '../base/sites.js';
+import type { RouterSet } from '../routing/router-set.js';
+import type { RoutingPass } from '../routing/routing-pass.js';
 import type { AdapterInstance } from '../adapters/instance.js';
 import type { CompositionNode, RouteNode } from '../compose/spec.js';
 
 export interface CompositionParts {
   readonly adapters: ReadonlyMap<string, AdapterInstance>;
-  readonly routes: ReadonlyMap<RouteNode, RouteRuntime>;
+  readonly routes: ReadonlyMap<RouteNode, RouterSet>;
+  /** This forward's routing pass (undefined: the composition has no route). */
+  readonly pass: RoutingPass | undefined;
 }
 
 /** At site inputs and block outputs the value being adapted is also the adapter's input. */
@@ -66,8 +71,75 @@ export function compositionDelta(
         return delta === undefined ? total : addOptional(total, tf.mul<tf.Tensor2D>(delta, weights[i] ?? 0)); // [N, O]
       }, undefined);
     }
-    case 'route':
-      return parts.routes.get(node)?.delta(layer, point, x, y);
+    case 'route': {
+      const set = parts.routes.get(node);
+      return set === undefined ? undefined : parts.pass?.pointDelta(set, layer, point, x, y);
+    }
+  }
+}
+
+type Deltas = (tf.Tensor2D | undefined)[];
+
+function addEach(a: Deltas, b: Deltas): Deltas {
+  return a.map((d, g) => addOptional(d, b[g]));
+}
+
+/**
+ * The composition's deltas at a site group's outputs: xs G × [N, I] (the sites' inputs), ys G × [N, O_g] (their
+ * base outputs) → per site [N, O_g], or undefined where nothing applies.
+ */
+export function compositionGroupDeltas(
+  node: CompositionNode,
+  parts: CompositionParts,
+  layer: number,
+  group: SiteGroup,
+  xs: readonly tf.Tensor2D[],
+  ys: readonly tf.Tensor2D[],
+  context: ModuleContext,
+): Deltas {
+  switch (node.kind) {
+    case 'adapter': {
+      const instance = parts.adapters.get(node.adapter);
+      return group.sites.map((site, g) => {
+        const module = instance?.module(layer, { kind: 'site-output', site });
+        return module?.role === 'delta' ? module.delta(xs[g] as tf.Tensor2D, ys[g] as tf.Tensor2D, context) : undefined; // [N, O_g]
+      });
+    }
+    case 'stack': {
+      let current: readonly tf.Tensor2D[] = ys;
+      let total: Deltas = group.sites.map(() => undefined);
+      for (const child of node.children) {
+        const deltas = compositionGroupDeltas(child, parts, layer, group, xs, current, context);
+        current = current.map((y, g) => {
+          const d = deltas[g];
+          return d === undefined ? y : tf.add<tf.Tensor2D>(y, d); // [N, O_g]
+        });
+        total = addEach(total, deltas);
+      }
+      return total;
+    }
+    case 'parallel':
+      return node.children.reduce<Deltas>(
+        (total, child) => addEach(total, compositionGroupDeltas(child, parts, layer, group, xs, ys, context)),
+        group.sites.map(() => undefined),
+      );
+    case 'average': {
+      const weights = node.weights ?? node.children.map(() => 1 / node.children.length);
+      return node.children.reduce<Deltas>(
+        (total, child, i) => {
+          const deltas = compositionGroupDeltas(child, parts, layer, group, xs, ys, context);
+          return addEach(
+            total,
+            deltas.map((d) => (d === undefined ? undefined : tf.mul<tf.Tensor2D>(d, weights[i] ?? 0))),
+          ); // [N, O_g]
+        },
+        group.sites.map(() => undefined),
+      );
+    }
+    case 'route': {
+      const set = parts.routes.get(node);
+      return set === undefined || parts.pass === undefined ? group.sites.map(() => undefined) : parts.pass.groupDeltas(set, layer, group, xs, ys);
+    }
   }
 }
 
@@ -92,7 +164,7 @@ function collectPrefixes(node: CompositionNode, parts: CompositionParts, layer: 
     }
     case 'route': {
       const route = parts.routes.get(node);
-      const gates = route?.sequenceGates(layer); // [B, E]
+      const gates = route === undefined ? undefined : parts.pass?.sequenceGates(route, layer); // [B, E]
       if (route === undefined || gates === undefined) return [];
       const out: ScaledPrefix[] = [];
       route.experts.forEach((expert, e) => {

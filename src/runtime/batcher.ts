@@ -32,7 +32,7 @@ import { sampleToken, type SamplingOptions } from '../base/sampling.js';
 import type { Transformer } from '../base/transformer.js';
 import { RoutedPeftError } from '../errors.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
-import type { LoraTerms } from './batched-lora.js';
+import type { LoraTerms } from '../model/lora-terms.js';
 import { passHooks, type HookGroup } from './mixed-hooks.js';
 import type { BatchEvent, FinishReason } from './types.js';
 
@@ -51,7 +51,7 @@ export interface ExecutionPlan {
   hooks(options: { readonly taskIds: readonly number[] | undefined; readonly trace: RoutingTraceEntry[] | undefined }): ForwardHooks | undefined;
   /** moduleKeys of the points where the hooks may change a value (undefined: any): mixed passes skip the rest. */
   readonly points?: ReadonlySet<string> | undefined;
-  /** The selection as LoRA terms, when it is exactly that: mixed passes batch such groups (batched-lora.ts). */
+  /** The selection as LoRA terms, when it is exactly that: mixed passes give such groups one choice of a LoRA bank (mixed-hooks.ts). */
   readonly lora?: LoraTerms | undefined;
   /** Releases the leases (idempotent). */
   release(): void;

@@ -2,10 +2,11 @@
  * Hooks for one forward pass whose rows belong to different selections (adapters, combinations, routed
  * models, the bare base). Every row gets exactly what its selection gives it alone. Two ways, per group:
  *
- *  - Batched LoRA (batched-lora.ts): groups whose selection is a static composition of LoRA adapters (the
- *    multi-tenant serving case) are not run through their own hooks. At each site one of them adapts, one
- *    batched product computes every row's own delta (a few kernels whatever the number of groups, no row
- *    copies). Inference only: a training forward runs these groups the general way.
+ *  - LoRA bank (adapters/lora/bank.ts): groups whose selection is a static composition of LoRA adapters (the
+ *    multi-tenant serving case, model/lora-terms.ts) are not run through their own hooks. Each such group is one
+ *    choice of a bank per site group, the gates are row membership (1 on the row's own group), and one bank
+ *    product computes every row's own delta (a few kernels whatever the number of groups, no row copies).
+ *    Inference only: a training forward runs these groups the general way.
  *  - General (row copies): any other group (routed models, other adapter kinds) gets its own hooks and sees
  *    only its own rows, as if it ran alone: at a point the group's rows are gathered, its hooks adapt them,
  *    and the groups' outputs are put back into row order with one gather over a concatenation (as the
@@ -22,16 +23,18 @@
  * Prefix adapters are not mixed: a prefix adds key/value slots to every row of the pass, so a selection
  * with prefixes runs in passes of its own (the batcher arranges that); mixing one here is an error.
  *
- * Shape letters: B rows of the pass, T tokens per row, N = B·T token rows, n a group's rows, I/O widths.
+ * Shape letters: B rows of the pass, T tokens per row, N = B·T token rows, n a group's rows, I/O widths,
+ * G sites of a site group, L LoRA groups (the bank's choices).
  */
 import * as tf from '@tensorflow/tfjs';
 import type { AdapterPoint } from '../adapters/adapter.js';
+import { moduleKey } from '../adapters/instance.js';
+import { LoraBank } from '../adapters/lora/bank.js';
 import type { AttentionPrefix, ForwardContext, ForwardHooks } from '../base/hooks.js';
 import { KVCache } from '../base/kv-cache.js';
-import type { BlockName, SiteName } from '../base/sites.js';
-import { moduleKey } from '../adapters/instance.js';
+import type { BlockName, SiteGroup } from '../base/sites.js';
 import { RoutedPeftError } from '../errors.js';
-import { BatchedLora, type LoraTerms } from './batched-lora.js';
+import type { LoraTerms } from '../model/lora-terms.js';
 
 export interface HookGroup {
   /** Batch rows of the group, ascending. */
@@ -80,10 +83,69 @@ export function passHooks(groups: readonly HookGroup[], batch: number, nLayers: 
   return { hooks: mixed, dispose: () => mixed.dispose() };
 }
 
+/**
+ * The LoRA groups of one pass as banks: per site group of a layer, a bank whose choice l holds LoRA group l's
+ * terms there; the gates are row membership [N, L], built once per forward.
+ */
+class MembershipBanks {
+  private readonly banks = new Map<string, { readonly bank: LoraBank; readonly sites: readonly number[] } | null>();
+  /** Membership of the current forward, [N, L] (lives in the forward's tidy), and its memo of gates · S. */
+  private membership: tf.Tensor2D | undefined;
+  private memo = new Map<string, tf.Tensor2D>();
+
+  constructor(private readonly groups: readonly { readonly rows: readonly number[]; readonly terms: LoraTerms }[]) {}
+
+  /** Starts a forward over `batch` rows of `tokens` tokens. Call inside the forward's tidy. */
+  begin(batch: number, tokens: number): void {
+    const count = this.groups.length;
+    const member = new Float32Array(batch * tokens * count);
+    this.groups.forEach((group, l) => {
+      for (const b of group.rows) for (let t = 0; t < tokens; t++) member[(b * tokens + t) * count + l] = 1;
+    });
+    this.membership = tf.tensor2d(member, [batch * tokens, count]); // [N, L]
+    this.memo = new Map();
+  }
+
+  /** Every row's own LoRA delta at each site of the group: x [N, I] → per site [N, O_g], undefined where no group has a term. */
+  deltas(layer: number, group: SiteGroup, x: tf.Tensor2D): (tf.Tensor2D | undefined)[] {
+    if (this.membership === undefined) throw new Error('mixed LoRA used before begin()');
+    const entry = this.bankFor(layer, group);
+    if (entry === null) return group.sites.map(() => undefined);
+    const deltas = entry.bank.mix(x, { kind: 'dense', gates: this.membership, memo: this.memo }, { training: false }); // per bank site [N, O_g]
+    return group.sites.map((_, g) => {
+      const at = entry.sites.indexOf(g);
+      return at < 0 ? undefined : deltas[at];
+    });
+  }
+
+  dispose(): void {
+    for (const entry of this.banks.values()) entry?.bank.dispose();
+    this.banks.clear();
+  }
+
+  private bankFor(layer: number, group: SiteGroup): { readonly bank: LoraBank; readonly sites: readonly number[] } | null {
+    const key = `${layer}|${group.index}`;
+    const cached = this.banks.get(key);
+    if (cached !== undefined) return cached;
+    const sites: number[] = [];
+    const terms = group.sites.flatMap((site, g) => {
+      const here = this.groups.flatMap((lg, l) =>
+        (lg.terms.get(moduleKey(layer, { kind: 'site-output', site })) ?? []).map((t) => ({ lora: t.module, choice: l, weight: t.weight })),
+      );
+      if (here.length === 0) return [];
+      sites.push(g);
+      return [here];
+    });
+    const entry = terms.length === 0 ? null : { bank: new LoraBank(terms, this.groups.length), sites };
+    this.banks.set(key, entry);
+    return entry;
+  }
+}
+
 export class MixedHooks implements ForwardHooks {
   private readonly groups: ActiveGroup[];
-  /** The groups given as LoRA terms, batched; undefined when there are none. */
-  private readonly lora: BatchedLora | undefined;
+  /** The groups given as LoRA terms, as banks; undefined when there are none. */
+  private readonly lora: MembershipBanks | undefined;
   /** Whether the current forward uses `lora` (not in training). */
   private batched = false;
   /** Groups run through their own hooks in the current forward. */
@@ -107,7 +169,7 @@ export class MixedHooks implements ForwardHooks {
       shadow: undefined,
     }));
     const loraGroups = this.groups.flatMap((g) => (g.lora === undefined ? [] : [{ rows: g.rows, terms: g.lora }]));
-    this.lora = loraGroups.length === 0 ? undefined : new BatchedLora(loraGroups);
+    this.lora = loraGroups.length === 0 ? undefined : new MembershipBanks(loraGroups);
   }
 
   begin(context: ForwardContext): void {
@@ -138,15 +200,20 @@ export class MixedHooks implements ForwardHooks {
     for (const group of this.general) group.hooks.beginLayer?.(layer, tf.gather(hidden, this.indexOf(group))); // [n·T, D]
   }
 
-  siteInput(layer: number, site: SiteName, x: tf.Tensor2D): tf.Tensor2D {
-    return this.mix({ kind: 'site-input', site }, layer, x, x, (hooks, xg) => hooks.siteInput?.(layer, site, xg)); // [N, I]
+  groupInputs(layer: number, group: SiteGroup, x: tf.Tensor2D): readonly tf.Tensor2D[] {
+    const xs = group.sites.map(() => x); // G × [N, I]
+    return this.mixGroup(layer, group, 'site-input', xs, xs, (hooks, xgs) => hooks.groupInputs?.(layer, group, xgs[0] as tf.Tensor2D));
   }
 
-  siteOutput(layer: number, site: SiteName, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
-    const point: AdapterPoint = { kind: 'site-output', site };
-    const mixed = this.mix(point, layer, x, y, (hooks, xg, yg) => hooks.siteOutput?.(layer, site, xg, yg)); // [N, O]
-    const delta = this.batched ? this.lora?.delta(moduleKey(layer, point), x) : undefined; // [N, O]
-    return delta === undefined ? mixed : tf.add(mixed, delta); // [N, O]
+  groupOutputs(layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[], ys: readonly tf.Tensor2D[]): readonly tf.Tensor2D[] {
+    const mixed = this.mixGroup(layer, group, 'site-output', xs, ys, (hooks, xgs, ygs) => hooks.groupOutputs?.(layer, group, xgs, ygs)); // G × [N, O_g]
+    if (!this.batched || this.lora === undefined) return mixed;
+    const x = xs[0] as tf.Tensor2D;
+    const deltas = xs.every((xg) => xg === x) ? this.lora.deltas(layer, group, x) : this.siteByDelta(layer, group, xs); // per site [N, O_g]
+    return mixed.map((y, g) => {
+      const delta = deltas[g];
+      return delta === undefined ? y : tf.add<tf.Tensor2D>(y, delta); // [N, O_g]
+    });
   }
 
   blockOutput(layer: number, block: BlockName, h: tf.Tensor2D): tf.Tensor2D {
@@ -168,12 +235,66 @@ export class MixedHooks implements ForwardHooks {
     for (const group of this.general) group.hooks.end?.();
   }
 
+  release(): void {
+    for (const group of this.general) group.hooks.release?.();
+  }
+
   dispose(): void {
     this.lora?.dispose();
     for (const group of this.groups) {
       group.shadow?.dispose();
       group.shadow = undefined;
     }
+  }
+
+  /** When an input adapter gave the sites different inputs: each site's membership delta from its own input. */
+  private siteByDelta(layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] {
+    return group.sites.map((_, g) => this.lora?.deltas(layer, group, xs[g] as tf.Tensor2D)[g]);
+  }
+
+  /**
+   * The hooks of each general group acting at any of the group's points, on its own rows; every other row
+   * unchanged. xs G × [N, I], ys G × [N, O_g] → G × [N, O_g]; returns ys itself when nothing changed.
+   */
+  private mixGroup(
+    layer: number,
+    group: SiteGroup,
+    kind: 'site-input' | 'site-output',
+    xs: readonly tf.Tensor2D[],
+    ys: readonly tf.Tensor2D[],
+    apply: (hooks: ForwardHooks, xgs: readonly tf.Tensor2D[], ygs: readonly tf.Tensor2D[]) => readonly tf.Tensor2D[] | undefined,
+  ): readonly tf.Tensor2D[] {
+    const keys = group.sites.map((site) => moduleKey(layer, { kind, site }));
+    const acting = this.general.filter((g) => g.points === undefined || keys.some((key) => g.points?.has(key)));
+    if (acting.length === 0) return ys;
+    const outputs: (readonly tf.Tensor2D[])[] = [];
+    const changed = group.sites.map(() => false);
+    for (const member of acting) {
+      const index = this.indexOf(member);
+      const gathered = new Map<tf.Tensor2D, tf.Tensor2D>();
+      const rowsOf = (t: tf.Tensor2D): tf.Tensor2D => {
+        let g = gathered.get(t);
+        if (g === undefined) {
+          g = tf.gather(t, index); // [n·T, ·]
+          gathered.set(t, g);
+        }
+        return g;
+      };
+      const xgs = xs.map(rowsOf); // G × [n·T, I]
+      const ygs = ys.map(rowsOf); // G × [n·T, O_g]
+      const out = apply(member.hooks, xgs, ygs) ?? ygs;
+      out.forEach((o, g) => {
+        if (o !== ygs[g]) changed[g] = true;
+      });
+      outputs.push(out);
+    }
+    if (!changed.some(Boolean)) return ys;
+    const index = this.combineIndex(acting);
+    return ys.map((y, g) => {
+      if (!changed[g]) return y;
+      const stacked = tf.concat<tf.Tensor2D>([...outputs.map((o) => o[g] as tf.Tensor2D), y], 0); // [Σn·T + N, O_g]
+      return tf.gather(stacked, index); // [N, O_g]
+    });
   }
 
   /**

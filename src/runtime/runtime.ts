@@ -37,7 +37,8 @@ import type { AdaptedModel } from '../model/adapted-model.js';
 import { toAsyncIterable } from './async-iterable.js';
 import { Batcher, type ExecutionPlan, type GenerateRequest, type GenerationEnd, type Isolation, type PassOutput } from './batcher.js';
 import { compositionHasPrefix, compositionHooks, presentPoints } from '../model/composition-hooks.js';
-import { staticLoraTerms } from './batched-lora.js';
+import { staticLoraTerms } from '../model/lora-terms.js';
+import { selectionLabel, staticComposition } from '../model/selection.js';
 import { TargetRegistry, type ClassificationHead, type Lease } from './registry.js';
 import {
   HeadSpec,
@@ -91,11 +92,21 @@ const GenerateSettings = z
   })
   .loose();
 
-function selectionLabel(select: Selection): string {
-  if (select === 'base') return 'base';
-  if ('adapter' in select) return `adapter:${select.adapter}`;
-  if ('routed' in select) return `routed:${select.routed}`;
-  return `${select.combine}(${select.adapters.join(',')}${select.weights === undefined ? '' : `;${select.weights.join(',')}`})`;
+/** The selections a runtime serves: its targets are named, so `'spec'` and `{ composition }` are refused. */
+type TargetSelection = Exclude<Selection, 'spec' | { readonly composition: unknown }>;
+
+function parseTargetSelection(value: unknown): TargetSelection {
+  const select = parseConfig(Selection, value, 'select');
+  if (select === 'spec' || (typeof select === 'object' && 'composition' in select)) {
+    throw new ConfigError(
+      `a RoutedRuntime serves named targets; select ${select === 'spec' ? "'spec'" : '{ composition }'} names an AdaptedModel's own adapters`,
+      {
+        path: 'select',
+        hint: "Use 'base', { adapter }, { combine, adapters, weights? } or { routed }",
+      },
+    );
+  }
+  return select as TargetSelection;
 }
 
 export class RoutedRuntime {
@@ -211,7 +222,7 @@ export class RoutedRuntime {
   /** Classifies each row by a registered head on its last token's final hidden state. */
   async classify(ids: readonly (readonly number[])[], options: ClassifyOptions): Promise<Classification[]> {
     this.checkRows(ids, 'ids');
-    const select = parseConfig(Selection, options.select, 'select');
+    const select = parseTargetSelection(options.select);
     const headName =
       options.head ?? (select !== 'base' && 'adapter' in select ? select.adapter : select !== 'base' && 'routed' in select ? select.routed : undefined);
     const head = headName === undefined ? undefined : this.registry.head(headName);
@@ -374,7 +385,7 @@ export class RoutedRuntime {
   /** Validates a call's selection and task ids, and leases what it uses. */
   private async plan(options: CallOptions, rows: readonly (readonly number[])[]): Promise<ExecutionPlan> {
     this.assertOpen();
-    const select = parseConfig(Selection, options.select, 'select');
+    const select = parseTargetSelection(options.select);
     const taskIds = options.taskIds;
     if (taskIds !== undefined && (taskIds.length !== rows.length || taskIds.some((t) => !Number.isInteger(t) || t < 0))) {
       throw new ShapeError(`taskIds must hold one non-negative integer per row (${rows.length}), got ${JSON.stringify(taskIds)}`, { path: 'taskIds' });
@@ -405,7 +416,7 @@ export class RoutedRuntime {
     return leases;
   }
 
-  private async resolve(select: Selection): Promise<ExecutionPlan & { readonly needsTaskIds: boolean }> {
+  private async resolve(select: TargetSelection): Promise<ExecutionPlan & { readonly needsTaskIds: boolean }> {
     const label = selectionLabel(select);
     if (select === 'base') {
       return { key: 'base', label, model: this.base, isolation: 'shared', needsTaskIds: false, hooks: () => undefined, release: () => undefined };
@@ -428,7 +439,7 @@ export class RoutedRuntime {
         label,
         model: this.base,
         ...traits,
-        hooks: ({ taskIds, trace }) => model.hooks({ use: 'default', taskIds, trace }),
+        hooks: ({ taskIds, trace }) => model.hooks({ select: 'spec', routing: { taskIds, trace } }),
         points: presentPoints(model.composition, model.adapters),
         release,
       };
@@ -464,12 +475,7 @@ export class RoutedRuntime {
         };
       }
     }
-    const root: CompositionNode =
-      'adapter' in select
-        ? { kind: 'adapter', adapter: select.adapter }
-        : select.weights === undefined
-          ? { kind: select.combine, children: select.adapters.map((adapter) => ({ kind: 'adapter' as const, adapter })) }
-          : { kind: 'average', children: select.adapters.map((adapter) => ({ kind: 'adapter' as const, adapter })), weights: select.weights };
+    const root: CompositionNode = staticComposition(select);
     const isolation: Isolation = compositionHasPrefix(root, adapters) ? 'selection' : 'shared';
     return {
       key: `${label}@${versions}`,

@@ -6,34 +6,17 @@
  * Shape letters: B rows of a call, T tokens (the call's longest row), V vocabulary, D width, C classes.
  */
 import { z } from 'zod';
+import type { Selection } from '../model/selection.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 
 /**
- * What a call runs:
- *  - `'base'`: the bare base model;
- *  - `{ adapter }`: one loaded PEFT adapter target;
- *  - `{ combine, adapters, weights? }`: loaded PEFT adapter targets combined statically (`stack`, `parallel`,
- *    `average`; `weights` scale each adapter's delta — for `parallel` that makes it a weighted sum, for
- *    `stack` they are not allowed);
- *  - `{ routed }`: a loaded routed model (or instance) with its own composition and routers (auto routing).
+ * What a call runs (the library's one selection vocabulary, model/selection.ts): `'base'`, `{ adapter }` (a loaded
+ * PEFT adapter target), `{ combine, adapters, weights? }` (loaded PEFT targets combined statically) or
+ * `{ routed }` (a loaded routed model with its own composition and routers). `'spec'` and `{ composition }` name
+ * an AdaptedModel's own adapters and are refused here.
  */
-export const Selection = z.union([
-  z.literal('base'),
-  z.object({ adapter: z.string().min(1) }).strict(),
-  z
-    .object({
-      combine: z.enum(['stack', 'parallel', 'average']),
-      adapters: z.array(z.string().min(1)).min(1),
-      weights: z.array(z.number().refine(Number.isFinite, 'must be finite')).optional(),
-    })
-    .strict()
-    .refine((s) => s.weights === undefined || s.weights.length === s.adapters.length, { message: 'weights needs one entry per adapter', path: ['weights'] })
-    .refine((s) => s.weights === undefined || s.combine !== 'stack', { message: 'a stack takes no weights (use parallel or average)', path: ['weights'] })
-    .refine((s) => new Set(s.adapters).size === s.adapters.length, { message: 'each adapter may appear once', path: ['adapters'] }),
-  z.object({ routed: z.string().min(1) }).strict(),
-]);
-export type Selection = z.infer<typeof Selection>;
+export { Selection } from '../model/selection.js';
 
 export interface CallOptions {
   readonly select: Selection;

@@ -11,14 +11,15 @@
  *    sequence's task with its top (largest-weight) expert, and purity and normalised mutual information
  *    are computed over those assignments (metrics.ts routingPurity);
  *  - base retention, when base-domain texts are given: their loss with the model against the bare base
- *    (`use: 'none'`).
+ *    (`select: 'base'`).
  *
  * Scoring forwards run with training false (no router noise, no dropout), batch by batch, each in a tidy.
  * Shape letters: B batch, T tokens, V vocabulary.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
-import type { AdaptedModel, AdapterSelection } from '../model/adapted-model.js';
+import type { AdaptedModel } from '../model/adapted-model.js';
+import type { SelectionInput } from '../model/selection.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
@@ -44,7 +45,7 @@ export interface EvaluateOptions {
   /** Longest scored row, BOS and EOS included (default: the model's maxSeqLen). */
   readonly maxLength?: number;
   /** Adapters applied (default: the spec's composition). */
-  readonly use?: AdapterSelection | undefined;
+  readonly select?: SelectionInput | undefined;
   /** Base-domain texts: their loss with the model vs the bare base gives `baseRetention`. */
   readonly baseText?: readonly string[];
 }
@@ -119,7 +120,7 @@ interface Scored {
 }
 
 /** Scores tokenized examples (in their order) with the selection; traces routing when asked. */
-function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batchSize: number, use: AdapterSelection | undefined, withTrace: boolean): Scored {
+function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batchSize: number, select: SelectionInput | undefined, withTrace: boolean): Scored {
   const perExample = tokenized.map(() => ({ loss: 0, tokens: 0 }));
   const trace: RoutingTraceEntry[] = [];
   let lossSum = 0;
@@ -129,11 +130,9 @@ function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batc
     const logits = model.forward({
       ids: batch.ids,
       mask: batch.mask,
-      routingMask: batch.routingMask,
       training: false,
-      taskIds: batch.taskIds,
-      use,
-      trace: batchTrace,
+      routing: { routingMask: batch.routingMask, taskIds: batch.taskIds, trace: batchTrace },
+      select,
     }); // [B, T, V]
     try {
       const { sums, counts } = rowLosses(logits, batch);
@@ -181,7 +180,7 @@ function exactMatches(
     const taskIds = chunk.every((j) => j.task !== undefined) ? chunk.map((j) => j.task as number) : undefined;
     const outputs = model.generate(
       chunk.map((j) => j.prompt),
-      { maxNewTokens, temperature: 0, eosId: tokenizer.eosId ?? null, taskIds, use: options.use },
+      { maxNewTokens, temperature: 0, eosId: tokenizer.eosId ?? null, routing: { taskIds }, select: options.select },
     );
     chunk.forEach((job, b) => {
       const generated = (outputs[b] ?? []).slice(job.prompt.length, job.prompt.length + job.budget);
@@ -244,8 +243,8 @@ export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
   const maxLength = options.maxLength ?? model.base.config.maxSeqLen;
   const examples = dataset.examples;
   const tokenized = tokenizeExamples(examples, tokenizer, { maxLength });
-  const routed = model.resolveSelection(options.use) !== undefined && model.routes.length > 0;
-  const scored = score(model, tokenized, batchSize, options.use, routed);
+  const routed = model.resolveSelection(options.select) !== undefined && model.routes.length > 0;
+  const scored = score(model, tokenized, batchSize, options.select, routed);
 
   const completionIndices = examples.flatMap((e, i) => (e.kind === 'prompt-completion' ? [i] : []));
   const matches = options.maxNewTokens === 0 ? new Map<number, boolean>() : exactMatches(options, examples, tokenized, completionIndices);
@@ -283,8 +282,8 @@ export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
 
   const baseExamples: Example[] = options.baseText.map((text, i) => ({ kind: 'text', text, line: i + 1 }));
   const baseTokenized = tokenizeExamples(baseExamples, tokenizer, { maxLength });
-  const withModel = score(model, baseTokenized, batchSize, options.use, false);
-  const bare = score(model, baseTokenized, batchSize, 'none', false);
+  const withModel = score(model, baseTokenized, batchSize, options.select, false);
+  const bare = score(model, baseTokenized, batchSize, 'base', false);
   if (withModel.tokens === 0) return result;
   return { ...result, baseRetention: baseRetention(withModel.lossSum / withModel.tokens, bare.lossSum / bare.tokens) };
 }

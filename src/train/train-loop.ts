@@ -207,7 +207,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       batchSize,
       maxLength,
       maxNewTokens: options.validation?.maxNewTokens ?? 0,
-      use: options.trainerOptions?.use,
+      select: options.trainerOptions?.select,
     });
     const tasks: ValidationRecord['tasks'] = {};
     for (const [name, t] of Object.entries(result.tasks)) tasks[name] = { loss: t.loss, accuracy: t.accuracy, count: t.count };

@@ -25,7 +25,8 @@ import { z } from 'zod';
 import { listWeightTensors } from '../base/weights.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError, ShapeError } from '../errors.js';
-import type { AdaptedModel, AdapterSelection } from '../model/adapted-model.js';
+import type { AdaptedModel } from '../model/adapted-model.js';
+import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
 import { clipByGlobalNorm, globalNorm } from './clip.js';
 import { TrainingError } from './errors.js';
@@ -85,7 +86,7 @@ export interface TrainBatch {
 /** Programmatic options that are not configuration data. */
 export interface TrainerOptions {
   /** Which adapters the forward applies (default: the spec's composition). */
-  readonly use?: AdapterSelection;
+  readonly select?: SelectionInput;
   /**
    * Test and debug hook: replaces each micro-batch's objective before it is differentiated (e.g. multiply
    * by NaN to exercise the non-finite guard). Runs inside the gradient tape.
@@ -338,10 +339,8 @@ export class Trainer {
           ids: batch.ids,
           mask: batch.mask,
           training: true,
-          auxLosses: sink,
-          taskIds: batch.taskIds,
-          routingMask: batch.routingMask,
-          use: this.options.use,
+          routing: { auxLosses: sink, taskIds: batch.taskIds, routingMask: batch.routingMask },
+          select: this.options.select,
           output: head === undefined ? 'logits' : 'hidden',
         }); // [B, T, V] or [B, T, D]
         const taskLoss =

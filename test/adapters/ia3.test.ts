@@ -9,7 +9,7 @@ import { AdapterSpec, adapterKind } from '../../src/adapters/registry.js';
 import { resolveLayers, resolveSites } from '../../src/adapters/targets.js';
 import { ModelConfig, headDim } from '../../src/base/config.js';
 import { generate, padLeft } from '../../src/base/generate.js';
-import type { ForwardContext, ForwardHooks } from '../../src/base/hooks.js';
+import { type ForwardContext, type ForwardHooks, perSiteHooks } from '../../src/base/hooks.js';
 import type { SiteName } from '../../src/base/sites.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { parseConfig } from '../../src/config/parse.js';
@@ -219,7 +219,7 @@ function ia3Hooks(modules: readonly Ia3Module[], training = false): ForwardHooks
   let forward: ForwardContext | undefined;
   const find = (layer: number, site: SiteName, kind: AdapterPoint['kind']): Ia3Module | undefined =>
     modules.find((m) => m.layer === layer && m.site === site && m.point.kind === kind);
-  return {
+  return perSiteHooks({
     begin: (context) => {
       forward = context;
     },
@@ -231,7 +231,7 @@ function ia3Hooks(modules: readonly Ia3Module[], training = false): ForwardHooks
       const m = find(layer, site, 'site-output');
       return m === undefined ? y : tf.add(y, m.delta(x, y, { training, forward: forward as ForwardContext })); // [N, O]
     },
-  };
+  });
 }
 
 describe.each([

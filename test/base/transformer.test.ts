@@ -5,7 +5,7 @@ import { fc, test as fcTest } from '@fast-check/vitest';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { generate, generateSteps, padLeft } from '../../src/base/generate.js';
-import type { ForwardHooks } from '../../src/base/hooks.js';
+import { type ForwardHooks, perSiteHooks } from '../../src/base/hooks.js';
 import { argmax, sampleToken, seededRandom, type SamplingOptions } from '../../src/base/sampling.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { ShapeError } from '../../src/errors.js';
@@ -153,13 +153,17 @@ describe.each(FAMILIES)('%s', (_name, build) => {
         expect(context.mask.shape).toEqual([2, 4]);
       },
       beginLayer: () => count('beginLayer'),
-      siteInput: (_l, _s, x) => {
-        count('siteInput');
-        return x;
+      groupInputs: (_l, group, x) => {
+        count('groupInputs');
+        return group.sites.map(() => x);
       },
-      siteOutput: (_l, _s, _x, y) => {
-        count('siteOutput');
-        return y;
+      groupOutputs: (_l, group, xs, ys) => {
+        count('groupOutputs');
+        // One call per group: every site of the group, its input shared, its base output of the site's width.
+        expect(xs.length).toBe(group.sites.length);
+        expect(xs.every((x) => x === xs[0])).toBe(true);
+        expect(ys.map((y) => y.shape[1])).toEqual(group.sites.map((site) => model.weights.layers[0]?.sites[site]?.weight.shape[1]));
+        return ys;
       },
       blockOutput: (_l, _b, h) => {
         count('blockOutput');
@@ -177,8 +181,8 @@ describe.each(FAMILIES)('%s', (_name, build) => {
     expect(calls).toEqual({
       begin: 1,
       beginLayer: layers,
-      siteInput: layers * model.sites.length,
-      siteOutput: layers * model.sites.length,
+      groupInputs: layers * model.groups.length,
+      groupOutputs: layers * model.groups.length,
       blockOutput: layers * 2,
       attentionPrefix: layers,
     });
@@ -190,8 +194,8 @@ describe.each(FAMILIES)('%s', (_name, build) => {
     // A constant added to the residual stream is invisible to gpt2 (every read of it goes through a
     // shift-invariant LayerNorm), so the constant goes into mlp.up, before the nonlinearity.
     const variants: ForwardHooks[] = [
-      { siteOutput: (l, s, _x, y) => (l === 1 && s === 'mlp.up' ? tf.add(y, 0.5) : y) },
-      { siteInput: (l, s, x) => (l === 0 && s === 'mlp.down' ? tf.mul(x, 1.5) : x) },
+      perSiteHooks({ siteOutput: (l, s, _x, y) => (l === 1 && s === 'mlp.up' ? tf.add(y, 0.5) : y) }),
+      perSiteHooks({ siteInput: (l, s, x) => (l === 0 && s === 'mlp.down' ? tf.mul(x, 1.5) : x) }),
       { blockOutput: (l, b, h) => (l === 0 && b === 'attn' ? tf.mul(h, 1.5) : h) },
     ];
     for (const hooks of variants) {
@@ -287,14 +291,14 @@ describe.each(FAMILIES)('%s', (_name, build) => {
       for (const output of ['logits', 'last-logits', 'hidden'] as const) model.forward({ ids: [[1, 2, 3]], output }).dispose();
       generate(model, prompts, { maxNewTokens: 5, temperature: 0.8, seed: 1, eosId: null });
       generate(model, prompts, { maxNewTokens: 3, temperature: 0, eosId: null, noCache: true });
-      generate(model, [[1, 2]], { maxNewTokens: 3, hooks: { siteOutput: (_l, _s, _x, y) => tf.mul(y, 1.01) }, eosId: null });
-      const boom: ForwardHooks = {
+      generate(model, [[1, 2]], { maxNewTokens: 3, hooks: perSiteHooks({ siteOutput: (_l, _s, _x, y) => tf.mul(y, 1.01) }), eosId: null });
+      const boom: ForwardHooks = perSiteHooks({
         siteOutput: (layer, _s, _x, y) => {
           const scaled = tf.mul<tf.Tensor2D>(y, 2); // created, then abandoned by the throw
           if (layer === 1) throw new Error('boom in layer 1');
           return scaled;
         },
-      };
+      });
       expect(() => model.forward({ ids: [[1, 2, 3]], hooks: boom })).toThrow('boom in layer 1');
       const cache = model.newCache(1);
       model.forward({ ids: [[1, 2]], cache }).dispose();
@@ -390,12 +394,12 @@ describe('KV cache after a failed forward', () => {
     const cache = model.newCache(1);
     model.forward({ ids: [[1, 2, 3]], cache }).dispose();
     const before = tf.memory().numTensors;
-    const failing = {
+    const failing = perSiteHooks({
       siteOutput: (layer: number, _site: SiteName, _x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D => {
         if (layer === 1) throw new Error('boom');
         return y;
       },
-    };
+    });
     expect(() => model.forward({ ids: [[4]], cache, hooks: failing })).toThrow('boom');
     expect(tf.memory().numTensors).toBe(before);
     expect(cache.length).toBe(3);

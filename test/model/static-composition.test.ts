@@ -7,6 +7,7 @@ import { loadBaseModel } from '../../src/base/checkpoints/load-model.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { ConfigError } from '../../src/errors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
+import { adaptSite } from '../helpers/site-hooks.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { SHARED_MODELS_SKIP_NOTE, hasSharedModels, stories260kPath, tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 
@@ -99,7 +100,7 @@ describe.each([
     const dB = moduleB.delta(x, y, context);
     const hooks = model.hooks({ use: { kind: 'average', children: ['a', 'b'], weights: [0.25, -2] } });
     hooks?.begin?.(context.forward);
-    const adapted = hooks?.siteOutput?.(0, 'attn.q', x, y) as tf.Tensor2D;
+    const adapted = adaptSite(hooks, base, 0, 'attn.q', x, y);
     const expected = tf.add(y, tf.add(tf.mul(dA, 0.25), tf.mul(dB, -2)));
     expectClose(adapted.dataSync(), expected.dataSync(), { rtol: 1e-5, atol: 1e-6 });
     tf.dispose([x, y, dA, dB, adapted, expected, context.forward.mask]);

@@ -9,6 +9,7 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import type { RoutingTraceEntry } from '../../src/routing/trace.js';
 import type { Router } from '../../src/routing/router.js';
+import { adaptSite } from '../helpers/site-hooks.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { tinyLlama } from '../helpers/tiny-models.js';
 
@@ -160,7 +161,7 @@ describe('routed LoRA experts on a tiny llama', () => {
     const y = tf.randomNormal([6, base.config.dim], 0, 1, 'float32', 6) as tf.Tensor2D;
     const forward = { batch: 1, tokens: 6, ids: [[1, 2, 3, 4, 5, 6]], mask: tf.ones([1, 6]) as tf.Tensor2D, pastLength: 0, cache: undefined, training: false };
     hooks?.begin?.(forward);
-    const adapted = hooks?.siteOutput?.(0, 'attn.q', x, y) as tf.Tensor2D;
+    const adapted = adaptSite(hooks, base, 0, 'attn.q', x, y);
     const dropped = trace.filter((e) => e.dropped).map((e) => e.token);
     expect(dropped.length).toBeGreaterThanOrEqual(3);
     const yv = y.arraySync();

@@ -3,6 +3,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { DeltaModule, ModuleContext, ModulePlacement } from '../adapter.js';
+import { type LoraWeights, singleLoraDelta } from './bank.js';
 import type { SiteName } from '../../base/sites.js';
 import { trainableVariable } from '../../variables.js';
 
@@ -18,7 +19,7 @@ export function loraScale(alpha: number, rank: number, rslora: boolean): number 
   return rslora ? alpha / Math.sqrt(rank) : alpha / rank;
 }
 
-export class LoraModule implements DeltaModule {
+export class LoraModule implements DeltaModule, LoraWeights {
   readonly kind = 'lora';
   readonly role = 'delta';
   readonly adapter: string;
@@ -55,16 +56,7 @@ export class LoraModule implements DeltaModule {
   }
 
   delta(x: tf.Tensor2D, _y: tf.Tensor2D, context: ModuleContext): tf.Tensor2D {
-    const input = context.training && this.dropout > 0 ? tf.dropout(x, this.dropout) : x; // [N, I]
-    // Transposing the small matrices first keeps both matmuls on tfjs-wasm's fast (untransposed) path.
-    const down = tf.matMul(input, tf.transpose(this.a)); // [N, I]·[I, r] → [N, r]
-    const up: tf.Tensor2D = tf.matMul(down, tf.transpose(this.b)); // [N, r]·[r, O] → [N, O]
-    return tf.mul(up, this.scale); // [N, O]
-  }
-
-  /** ΔW = s · B·A in the base weight's [O, I] layout (for merging). */
-  deltaWeight(): tf.Tensor2D {
-    return tf.tidy(() => tf.mul<tf.Tensor2D>(tf.matMul(this.b, this.a), this.scale)); // [O, I]
+    return singleLoraDelta(this, x, context); // [N, O]
   }
 
   variables(): readonly tf.Variable[] {

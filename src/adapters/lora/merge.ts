@@ -18,6 +18,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { Transformer } from '../../base/transformer.js';
 import type { AdapterInstance } from '../instance.js';
 import { ConfigError, ShapeError, formatShape } from '../../errors.js';
+import { LoraBank } from './bank.js';
 import { LoraModule } from './layer.js';
 
 export interface LoraMergeEntry {
@@ -94,12 +95,13 @@ export function mergeLora(base: Transformer, adapters: readonly LoraMergeEntry[]
   });
 
   const sites = [...bySite];
-  const merged = tf.tidy(() =>
-    sites.map(([, { base: weight, terms }]) => {
-      const deltas = terms.map((t) => tf.mul<tf.Tensor2D>(tf.matMul(t.module.a, t.module.b, true, true), t.module.scale * t.weight)); // each [I, O]  w·s·(B·A)ᵀ = w·s·Aᵀ·Bᵀ
-      const delta = deltas.length === 1 ? (deltas[0] as tf.Tensor2D) : tf.addN<tf.Tensor2D>(deltas); // [I, O]
-      return tf.add<tf.Tensor2D>(weight, delta); // [I, O]  a new tensor; W itself is untouched
-    }),
-  );
+  const merged = sites.map(([, { base: weight, terms }]) => {
+    const bank = new LoraBank([terms.map((t) => ({ lora: t.module, choice: 0, weight: t.weight }))], 1); // one site, one choice
+    const delta = bank.deltaWeight(0); // [I, O]  Σ w·s·Aᵀ·Bᵀ
+    const sum = tf.add<tf.Tensor2D>(weight, delta); // [I, O]  a new tensor; W itself is untouched
+    delta.dispose();
+    bank.dispose();
+    return sum;
+  });
   return base.withSiteWeights(new Map(sites.map(([key], i) => [key, merged[i] as tf.Tensor2D])));
 }

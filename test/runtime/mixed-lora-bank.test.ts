@@ -1,4 +1,4 @@
-// Mixed passes batch the LoRA groups (src/runtime/batched-lora.ts): every row of a pass mixing static LoRA
+// Mixed passes give each LoRA group one choice of a LoRA bank (src/runtime/mixed-hooks.ts): every row of a pass mixing static LoRA
 // selections (single adapters, parallel, average, stack; different ranks, scales and sites), a non-LoRA
 // selection and bare-base rows equals its solo forward (logits within 1e-4 relative, as the mixed-batching
 // tests), the LoRA groups' own hooks are never called (the batched path is really taken) and the pass copies
@@ -14,7 +14,7 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { compositionHooks, presentPoints } from '../../src/model/composition-hooks.js';
 import type { CompositionNode } from '../../src/compose/spec.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
-import { staticLoraTerms } from '../../src/runtime/batched-lora.js';
+import { staticLoraTerms } from '../../src/model/lora-terms.js';
 import { passHooks, type HookGroup } from '../../src/runtime/mixed-hooks.js';
 import { RoutedRuntime } from '../../src/runtime/runtime.js';
 import type { BatchEvent, ForwardResult, GenerationEvent, Selection } from '../../src/runtime/types.js';
@@ -69,8 +69,8 @@ describe('batched LoRA in a mixed pass (passHooks)', () => {
   function counted(hooks: ForwardHooks): { hooks: ForwardHooks; calls: () => number } {
     let calls = 0;
     const wrapped: ForwardHooks = { ...hooks };
-    for (const name of ['siteInput', 'siteOutput', 'blockOutput'] as const) {
-      const inner = hooks[name] as ((...args: unknown[]) => tf.Tensor2D) | undefined;
+    for (const name of ['groupInputs', 'groupOutputs', 'blockOutput'] as const) {
+      const inner = hooks[name] as ((...args: unknown[]) => unknown) | undefined;
       if (inner !== undefined) {
         (wrapped as Record<string, unknown>)[name] = (...args: unknown[]) => {
           calls++;

@@ -1,0 +1,317 @@
+/**
+ * What the routes of a composition decide during ONE forward: their decisions, traces and auxiliary losses.
+ * A pass is created when the forward begins and released when it ends (succeeded or not), so nothing of one
+ * forward survives into the next; routers and banks are built once, in RouterSets (router-set.ts).
+ *
+ * Decisions are made once per router per forward and reused by every point that shares the router. With
+ * sequence granularity, a decision made at prefill is kept in the KV cache's routing memory and reused for
+ * every decoding step, so generation routes a sequence exactly as a full forward does.
+ *
+ * Shape letters: B batch, T tokens, N = B·T rows, D feature width, E choices (experts, then null), G sites.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { AdapterPoint } from '../adapters/adapter.js';
+import { pointKey } from '../adapters/adapter.js';
+import type { ForwardContext } from '../base/hooks.js';
+import type { SiteGroup } from '../base/sites.js';
+import { ShapeError } from '../errors.js';
+import { auxLossTotal } from './aux-losses.js';
+import { fusedGroupDeltas } from './fused-group.js';
+import { decisionGates } from './gating.js';
+import { chooseStrategy, type ExecutionStrategy, routedDelta } from './routed-layer.js';
+import type { LinearTopK, RouterInput } from './router.js';
+import { type RouterSet, siteKey } from './router-set.js';
+import { type RoutingTraceEntry, traceEntries } from './trace.js';
+
+/** How a call routes: one object, passed whole from the public API down to the pass. */
+export interface RoutingOptions {
+  /** Task id per batch row (task routers). */
+  readonly taskIds?: readonly number[] | undefined;
+  /** Receives one entry per routed decision and token. */
+  readonly trace?: RoutingTraceEntry[] | undefined;
+  /** Receives the kept auxiliary-loss scalars of a training forward (the caller disposes them). */
+  readonly auxLosses?: tf.Scalar[] | undefined;
+  /** Forces an execution strategy on every route (benchmarks, equivalence tests). */
+  readonly strategy?: ExecutionStrategy | undefined;
+  /**
+   * [B, T] 1 on the tokens whose features sequence-level routers pool (default: every real token). Give the
+   * prompt tokens when training on prompt/completion pairs in one forward: routers then decide from what they
+   * see when serving (the prompt alone), never from the answer. Token-level routes ignore it.
+   */
+  readonly routingMask?: readonly (readonly number[])[] | undefined;
+  /**
+   * Shared-input fusion of per-site top-k routes at inference (fused-group.ts): on unless false; 'device' also
+   * keeps the decision on the device where it would run on the host. Tests compare every variant.
+   */
+  readonly fusion?: boolean | 'device' | undefined;
+}
+
+/** The routing option names, for callers that split them from other options. */
+export const ROUTING_OPTION_KEYS = ['taskIds', 'trace', 'auxLosses', 'strategy', 'routingMask', 'fusion'] as const;
+
+/** Token-level gates of one decision: [N, E]. */
+type Gates = tf.Tensor2D;
+
+export class RoutingPass {
+  /** Decisions by route index and router key. */
+  private readonly decisions = new Map<string, Gates>();
+  /** The token mask repeated per group member, by group size: [N·G]. */
+  private readonly groupMasks = new Map<number, tf.Tensor1D>();
+  private maskValues: ArrayLike<number> | undefined;
+  private released = false;
+
+  constructor(
+    readonly context: ForwardContext,
+    readonly options: RoutingOptions,
+  ) {}
+
+  /** Forgets this forward's decisions (their tensors belong to the forward's tidy). */
+  release(): void {
+    this.released = true;
+    this.decisions.clear();
+    this.groupMasks.clear();
+    this.maskValues = undefined;
+  }
+
+  /** Layer- and model-level routers decide from the residual stream entering the layer. hidden [N, D] */
+  beginLayer(set: RouterSet, layer: number, hidden: tf.Tensor2D): void {
+    const { placement, readLayer } = set.node;
+    if (placement === 'model') {
+      if (layer === readLayer) this.decide(set, 'model', layer, 'model', hidden);
+      return;
+    }
+    if (placement === 'layer') {
+      if (set.router(`${layer}`) !== undefined) this.decide(set, `${layer}`, layer, 'layer', hidden);
+      return;
+    }
+    // Per-site routing of prefixes reads the layer input: a prefix has no input of its own.
+    const prefixKey = siteKey(layer, { kind: 'attention-prefix' });
+    if (set.router(prefixKey) !== undefined) this.decide(set, prefixKey, layer, 'attn:prefix', hidden);
+  }
+
+  /**
+   * The routed deltas of a site group: xs G × [N, I], ys G × [N, O_g] → per site [N, O_g], or undefined where
+   * the route adds nothing. Takes the fused path when the group allows it, else decides and combines per site.
+   */
+  groupDeltas(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[], ys: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] {
+    const fused = this.fusedDeltas(set, layer, group, xs);
+    if (fused !== undefined) return fused;
+    const { bank, sites } = set.groupBank(layer, group);
+    return group.sites.map((site, g) => {
+      const point: AdapterPoint = { kind: 'site-output', site };
+      const at = sites.indexOf(site);
+      return this.pointDelta(set, layer, point, xs[g] as tf.Tensor2D, ys[g] as tf.Tensor2D, bank === undefined || at < 0 ? undefined : { bank, site: at });
+    });
+  }
+
+  /** The routed delta at one point: x [N, I], y [N, O] → [N, O], or undefined when nothing applies. */
+  pointDelta(
+    set: RouterSet,
+    layer: number,
+    point: AdapterPoint,
+    x: tf.Tensor2D,
+    y: tf.Tensor2D,
+    lora?: Parameters<typeof routedDelta>[6],
+  ): tf.Tensor2D | undefined {
+    const experts = set.expertModules(layer, point);
+    if (experts.every((e) => e === undefined)) return undefined;
+    const gates = this.gatesFor(set, layer, point, x);
+    if (gates === undefined) return undefined;
+    const strategy = this.options.strategy ?? chooseStrategy(set.node.strategy, set.experts.length);
+    return routedDelta(experts, gates, x, y, { training: this.context.training, forward: this.context }, strategy, lora);
+  }
+
+  /** Per-sequence gates [B, E] for prefix experts of a layer (sequence granularity only). */
+  sequenceGates(set: RouterSet, layer: number): tf.Tensor2D | undefined {
+    const { placement, readLayer } = set.node;
+    if (placement === 'model' && layer < readLayer) return undefined;
+    const key = placement === 'model' ? 'model' : placement === 'layer' ? `${layer}` : siteKey(layer, { kind: 'attention-prefix' });
+    const gates = this.decisions.get(`${set.index}|${key}`);
+    if (gates === undefined) return undefined;
+    const { batch, tokens } = this.context;
+    return tf.reshape(tf.slice(tf.reshape(gates, [batch, tokens, set.choices]), [0, 0, 0], [batch, 1, set.choices]), [batch, set.choices]); // [B, E]
+  }
+
+  /**
+   * The fused path's deltas (fused-group.ts), or undefined when this group cannot take it: training, another
+   * placement or granularity, routers that are not linear top-k gates with one k and τ, non-LoRA experts,
+   * different rank layouts, or sites whose inputs differ (an input adapter changed one).
+   */
+  private fusedDeltas(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] | undefined {
+    const { node } = set;
+    const { context, options } = this;
+    if (options.fusion === false || context.training || node.placement !== 'site' || node.granularity !== 'token' || set.needsTokenIds || set.needsTaskIds)
+      return undefined;
+    if ((options.strategy ?? chooseStrategy(node.strategy, set.experts.length)) !== 'dense') return undefined;
+    const { members, sites, bank, fused } = set.groupBank(layer, group);
+    if (bank === undefined || !bank.uniformLayout || sites.length !== members.length) return undefined;
+    const x = xs[group.sites.indexOf(sites[0] as (typeof sites)[number])] as tf.Tensor2D;
+    if (sites.some((site) => xs[group.sites.indexOf(site)] !== x)) return undefined;
+    const gates: LinearTopK[] = [];
+    for (const site of sites) {
+      const gate = set.router(siteKey(layer, { kind: 'site-output', site }))?.linearTopK?.();
+      if (gate === undefined) return undefined;
+      gates.push(gate);
+    }
+    const first = gates[0] as LinearTopK;
+    if (gates.some((g) => g.k !== first.k || g.temperature !== first.temperature)) return undefined;
+    const tracing = options.trace !== undefined && x.shape[0] > 0;
+    const result = fusedGroupDeltas(gates, bank, fused, x, {
+      hostMask: () => this.hostMask(),
+      deviceMask: (count) => this.groupMask(count),
+      trace: tracing,
+      hostRouting: options.fusion !== 'device',
+    });
+    if (tracing && result.traceGates !== undefined) {
+      const rows = x.shape[0];
+      sites.forEach((site, g) => {
+        const siteGates = new Float32Array(rows * set.choices); // [N, E]
+        for (let n = 0; n < rows; n++)
+          siteGates.set(result.traceGates?.subarray((n * sites.length + g) * set.choices, (n * sites.length + g + 1) * set.choices) ?? [], n * set.choices);
+        options.trace?.push(...this.trace(set, layer, site, siteGates, new Float32Array(rows)));
+      });
+    }
+    return group.sites.map((site) => {
+      const at = sites.indexOf(site);
+      return at < 0 ? undefined : result.deltas[at];
+    });
+  }
+
+  /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
+  private hostMask(): ArrayLike<number> | undefined {
+    if (this.context.padded === false) return undefined;
+    this.maskValues ??= this.context.mask.dataSync();
+    return this.maskValues;
+  }
+
+  /** The forward's token mask repeated for each of G group members: [N·G]; undefined without padding. */
+  private groupMask(count: number): tf.Tensor1D | undefined {
+    const { batch, tokens, mask, padded } = this.context;
+    if (padded === false) return undefined;
+    let rowMask = this.groupMasks.get(count);
+    if (rowMask === undefined) {
+      const column = tf.reshape<tf.Rank.R2>(mask, [batch * tokens, 1]); // [N, 1]
+      rowMask = tf.reshape<tf.Rank.R1>(count === 1 ? column : tf.tile(column, [1, count]), [batch * tokens * count]); // [N·G]
+      this.groupMasks.set(count, rowMask);
+    }
+    return rowMask;
+  }
+
+  private gatesFor(set: RouterSet, layer: number, point: AdapterPoint, x: tf.Tensor2D): Gates | undefined {
+    const { placement, readLayer } = set.node;
+    if (placement === 'model') return layer < readLayer ? undefined : this.decisions.get(`${set.index}|model`);
+    if (placement === 'layer') return this.decisions.get(`${set.index}|${layer}`);
+    const key = siteKey(layer, point);
+    return this.decisions.get(`${set.index}|${key}`) ?? this.decide(set, key, layer, pointKey(point), x);
+  }
+
+  /** Runs a router on token features [N, D] (pooled per sequence when asked); returns token gates [N, E]. */
+  private decide(set: RouterSet, key: string, layer: number, site: string, features: tf.Tensor2D): Gates {
+    if (this.released) throw new Error('a routing pass was used after its forward ended');
+    const router = set.router(key);
+    if (router === undefined) throw new Error(`no router for ${key}`);
+    const { context, options } = this;
+    const { batch, tokens, mask, pastLength, cache } = context;
+    const memoryKey = `route${set.index}|${key}`;
+    const sequence = set.node.granularity === 'sequence';
+    let gates: tf.Tensor2D; // [R, E], R = N (token) or B (sequence)
+    const remembered = sequence && pastLength > 0 ? cache?.routingMemory.get(memoryKey) : undefined;
+    if (remembered !== undefined) {
+      gates = remembered as tf.Tensor2D;
+    } else {
+      const flatMask = tf.reshape(mask, [batch * tokens]) as tf.Tensor1D; // [N]
+      const input = sequence ? this.sequenceInput(set, features) : this.tokenInput(set, features, flatMask);
+      const decision = router.route(input);
+      gates = decisionGates(decision, set.choices); // [R, E]
+      if (options.auxLosses !== undefined && context.training) options.auxLosses.push(tf.keep(auxLossTotal(decision, input.mask, set.node.aux)));
+      if (sequence && cache !== undefined) cache.routingMemory.set(memoryKey, gates);
+      if (options.trace !== undefined) options.trace.push(...this.trace(set, layer, site, gates.dataSync(), decision.dropped.dataSync()));
+    }
+    const tokenGates = sequence
+      ? (tf.reshape(tf.tile(tf.expandDims(gates, 1), [1, tokens, 1]), [batch * tokens, set.choices]) as tf.Tensor2D) // [N, E]
+      : gates; // [N, E]
+    this.decisions.set(`${set.index}|${key}`, tokenGates);
+    return tokenGates;
+  }
+
+  private tokenInput(set: RouterSet, features: tf.Tensor2D, mask: tf.Tensor1D): RouterInput {
+    const { ids, tokens, training } = this.context;
+    const taskIds = set.needsTaskIds ? this.options.taskIds : undefined;
+    return {
+      features, // [N, D]
+      mask, // [N]
+      ...(set.needsTokenIds ? { tokenIds: tf.tensor1d(ids.flat(), 'int32') } : {}), // [N]
+      ...(taskIds === undefined
+        ? {}
+        : {
+            taskIds: tf.tensor1d(
+              taskIds.flatMap((t) => Array.from({ length: tokens }, () => t)),
+              'int32',
+            ),
+          }), // [N]
+      training,
+    };
+  }
+
+  /** Mean-pools token features over each sequence's real tokens (those of the routing mask when given): [N, D] → [B, D]. */
+  private sequenceInput(set: RouterSet, features: tf.Tensor2D): RouterInput {
+    const { batch, tokens, training } = this.context;
+    const mask = this.poolingMask(); // [B, T]
+    const width = features.shape[1];
+    const perSequence = tf.reshape(features, [batch, tokens, width]); // [B, T, D]
+    const counts = tf.sum(mask, 1, true); // [B, 1]
+    const summed = tf.sum(tf.mul(perSequence, tf.expandDims(mask, 2)), 1); // [B, D]
+    const pooled = tf.div(summed, tf.maximum(counts, 1)) as tf.Tensor2D; // [B, D]
+    const rowMask = tf.cast(tf.greater(tf.reshape(counts, [batch]), 0), 'float32') as tf.Tensor1D; // [B]
+    const taskIds = set.needsTaskIds ? this.options.taskIds : undefined;
+    return {
+      features: pooled,
+      mask: rowMask,
+      ...(taskIds === undefined ? {} : { taskIds: tf.tensor1d([...taskIds], 'int32') }), // [B]
+      training,
+    };
+  }
+
+  /** The context's mask of real tokens, times the call's routing mask when there is one: [B, T]. */
+  private poolingMask(): tf.Tensor2D {
+    const { batch, tokens, mask } = this.context;
+    const routing = this.options.routingMask;
+    if (routing === undefined) return mask; // [B, T]
+    if (routing.length !== batch || routing.some((row) => row.length !== tokens)) {
+      const rows = routing.map((row) => row.length);
+      throw new ShapeError(`routingMask must be [${batch}, ${tokens}] like the ids, got ${routing.length} rows of lengths ${[...new Set(rows)].join('/')}`, {
+        path: 'routingMask',
+        hint: 'Give one 0/1 entry per token of every row (padding included), 1 on the tokens routers should read',
+      });
+    }
+    return tf.mul(
+      mask,
+      tf.tensor2d(
+        routing.map((row) => [...row]),
+        [batch, tokens],
+        'float32',
+      ),
+    ); // [B, T]
+  }
+
+  private trace(set: RouterSet, layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>): RoutingTraceEntry[] {
+    const { batch, tokens, cache } = this.context;
+    const maskRows = this.context.mask.dataSync();
+    const rows: ([number, number] | undefined)[] = [];
+    for (let b = 0; b < batch; b++) {
+      let position = cache?.positionsOf(b) ?? 0;
+      for (let t = 0; t < tokens; t++) rows.push(maskRows[b * tokens + t] === 1 ? [b, position++] : undefined);
+    }
+    const sequence = set.node.granularity === 'sequence';
+    return traceEntries({
+      layer,
+      site,
+      route: set.index,
+      expertNames: set.expertNames,
+      gates,
+      dropped,
+      rows,
+      decisionRow: (n) => (sequence ? Math.floor(n / tokens) : n),
+    });
+  }
+}
