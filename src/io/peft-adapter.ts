@@ -1,8 +1,7 @@
 /**
  * Hugging Face PEFT LoRA adapters on disk: read them into routed-peft LoRA modules and write our LoRA
- * adapters so that `PeftModel.from_pretrained` loads them unchanged (facts: REFERENCE.md "PEFT LoRA
- * adapter"; huggingface/peft `tuners/lora/{config,layer}.py`, `utils/save_and_load.py`,
- * `tuners/tuners_utils.py`).
+ * adapters so that `PeftModel.from_pretrained` loads them unchanged (facts from huggingface/peft
+ * `tuners/lora/{config,layer}.py`, `utils/save_and_load.py`, `tuners/tuners_utils.py`).
  *
  * A directory holds `adapter_config.json` (see peft-config.ts) and `adapter_model.safetensors` (metadata
  * {"format":"pt"}), with one pair of tensors per adapted module:

@@ -6,17 +6,9 @@
  * Shape letters: R rows, K slots, E choices (experts, plus the null expert when enabled).
  */
 import * as tf from '@tensorflow/tfjs';
+import { oneHotFloat } from '../base/one-hot.js';
 import type { AuxLossWeights } from '../compose/spec.js';
 import type { RoutingDecision } from './router.js';
-
-/**
- * float32 one-hot [..., E] of int32 ids. tf.oneHot(…, 'float32') is wrong on wasm (integer bits in a float
- * buffer) and tf.oneHot rejects depth 1, so: cast an int32 one-hot, or ones for a single choice.
- */
-function oneHotFloat(ids: tf.Tensor, choices: number): tf.Tensor {
-  if (choices === 1) return tf.onesLike(tf.cast(tf.expandDims(ids, -1), 'float32')); // [..., 1]
-  return tf.cast(tf.oneHot(ids, choices), 'float32'); // [..., E]
-}
 
 /** Number of real rows, at least 1 (so empty batches give 0 instead of NaN). */
 function realRows(mask: tf.Tensor1D): tf.Scalar {

@@ -14,6 +14,7 @@
  * Shape letters: R rows, D feature width, E choices, K slots.
  */
 import * as tf from '@tensorflow/tfjs';
+import { oneHotFloat } from '../base/one-hot.js';
 import { ConfigError, ShapeError, formatShape } from '../errors.js';
 import type { Router, RouterInput, RouterShape, RoutingDecision } from './router.js';
 
@@ -114,14 +115,7 @@ export function discrete<I extends tf.Tensor[], T extends tf.Tensor>(inputs: [..
   return op(...inputs);
 }
 
-/**
- * float32 one-hot of int32 ids: [...] → [..., E]. Not tf.oneHot(…, 'float32'): the wasm OneHot kernel writes
- * the integer bit pattern into a float buffer (1 reads as 1.4e−45); and tf.oneHot rejects depth 1 (one choice).
- */
-export function oneHotFloat<T extends tf.Tensor>(ids: tf.Tensor, choices: number): T {
-  if (choices === 1) return tf.onesLike(tf.cast(tf.expandDims(ids, -1), 'float32')) as T; // [..., 1]
-  return tf.cast(tf.oneHot(ids, choices), 'float32') as T; // [..., E]
-}
+export { oneHotFloat } from '../base/one-hot.js';
 
 /** Ids of the k largest entries per row, descending (ties: lower index first). */
 export function topKIds(scores: tf.Tensor2D, k: number): tf.Tensor2D {

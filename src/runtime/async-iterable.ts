@@ -1,5 +1,5 @@
 /**
- * The AsyncIterable twin of an Observable (DESIGN principle 9): `for await` users get the same values.
+ * The AsyncIterable twin of an Observable (ARCHITECTURE.md, "Events are plain data"): `for await` users get the same values.
  * Subscribes on the first next(); values are queued until read; breaking out of the loop (return())
  * unsubscribes, which cancels whatever the subscription started.
  */

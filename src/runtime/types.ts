@@ -1,7 +1,7 @@
 /**
  * Public types of the routed inference runtime (runtime.ts): what a call selects, its options, and what it
  * returns. Every result and event is plain data (numbers, typed arrays, copied arrays), never a live tensor
- * (DESIGN principle 9).
+ * (ARCHITECTURE.md, "Events are plain data").
  *
  * Shape letters: B rows of a call, T tokens (the call's longest row), V vocabulary, D width, C classes.
  */

@@ -17,6 +17,7 @@
  * Shape letters: B batch, T tokens, V vocabulary.
  */
 import * as tf from '@tensorflow/tfjs';
+import { oneHotFloat } from '../base/one-hot.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
 import type { SelectionInput } from '../model/selection.js';
@@ -101,8 +102,7 @@ function rowLosses(logits: tf.Tensor, batch: TrainBatch): { sums: Float32Array; 
       [rows, tokens - 1],
       'int32',
     ); // [B, T−1]
-    // One-hot built as int32 then cast (tf.oneHot with a float dtype is wrong on wasm; see losses.ts).
-    const targets = vocab === 1 ? tf.onesLike(logProbs) : tf.cast(tf.oneHot(targetIds, vocab), 'float32'); // [B, T−1, V]
+    const targets = oneHotFloat<tf.Tensor3D>(targetIds, vocab); // [B, T−1, V]
     const nll = tf.neg(tf.sum(tf.mul(targets, logProbs), -1)); // [B, T−1]
     const w = tf.tensor2d(weights, [rows, tokens - 1], 'float32'); // [B, T−1]
     return tf.sum(tf.mul(nll, w), 1); // [B]

@@ -15,16 +15,11 @@
  * Shape letters: B batch, T tokens, V vocabulary, D width, C classes.
  */
 import * as tf from '@tensorflow/tfjs';
+import { oneHotFloat } from '../base/one-hot.js';
 import { ShapeError, formatShape } from '../errors.js';
 import { trainableVariable } from '../variables.js';
 
 type Rows = readonly (readonly number[])[];
-
-/** float32 one-hot [..., K] of int32 ids (depth ≥ 1). */
-function oneHotFloat(ids: tf.Tensor, depth: number): tf.Tensor {
-  if (depth === 1) return tf.onesLike(tf.cast(tf.expandDims(ids, -1), 'float32')); // [..., 1]
-  return tf.cast(tf.oneHot(ids, depth), 'float32'); // [..., K]
-}
 
 /** Per-target weights [B][T−1]: lossMask at the target, and both the target and its source are real tokens. */
 export function lmTargetWeights(mask: Rows | undefined, lossMask: Rows): number[][] {

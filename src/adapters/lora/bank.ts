@@ -24,6 +24,7 @@
  * K slots per row, r one term's rank, Σr a site's total rank.
  */
 import * as tf from '@tensorflow/tfjs';
+import { oneHotFloat } from '../../base/one-hot.js';
 
 /** What the bank reads of a LoRA module (LoraModule satisfies it). */
 export interface LoraWeights {
@@ -241,7 +242,7 @@ export class LoraBank {
     }
     // Many rows: dense gates from one-hot slots (gathering Σr floats per slot would copy N·G·K·Σr), then per site
     // its own A and spread matmuls (no column slices of wide activations, which wasm copies through JS).
-    const dense = tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, oneHotIds(ids, this.choices)), [rows, count * this.choices]); // [N·G, 1, E] → [N, G·E]
+    const dense = tf.reshape<tf.Rank.R2>(tf.matMul(slotWeights, oneHotFloat<tf.Tensor3D>(ids, this.choices)), [rows, count * this.choices]); // [N·G, 1, E] → [N, G·E]
     return operands.sites.map((site, g) => {
       const siteGates = count === 1 ? dense : tf.slice(dense, [0, g * this.choices], [rows, this.choices]); // [N, E]
       return tf.matMul(tf.mul<tf.Tensor2D>(tf.matMul(x, site.aT), tf.matMul(siteGates, site.spread)), site.bT); // [N, O_g]
@@ -368,10 +369,4 @@ function choiceSegments(spread: Float32Array, choices: number, totalRank: number
     }
     return out;
   });
-}
-
-/** float32 one-hot rows of slot ids: [R, K] int32 → [R, K, E] (wasm's OneHot writes int32 bits, hence the cast). */
-function oneHotIds(ids: tf.Tensor2D, choices: number): tf.Tensor3D {
-  if (choices === 1) return tf.onesLike(tf.cast(tf.expandDims(ids, -1), 'float32')) as tf.Tensor3D; // [R, K, 1]
-  return tf.cast(tf.oneHot(ids, choices), 'float32') as tf.Tensor3D; // [R, K, E]
 }

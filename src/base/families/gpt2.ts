@@ -1,6 +1,6 @@
 /**
  * The gpt2 family: Hugging Face config and weight names → ModelConfig and frozen tensors.
- * Names (REFERENCE.md): wte.weight [V, D], wpe.weight [P, D], h.{i}.ln_1, h.{i}.attn.c_attn ([D, 3D] Conv1D,
+ * Names (transformers `models/gpt2/modeling_gpt2.py`): wte.weight [V, D], wpe.weight [P, D], h.{i}.ln_1, h.{i}.attn.c_attn ([D, 3D] Conv1D,
  * q|k|v along the output), h.{i}.attn.c_proj, h.{i}.ln_2, h.{i}.mlp.c_fc, h.{i}.mlp.c_proj, ln_f; optionally
  * prefixed by `transformer.`. Conv1D weights are [in, out], the layout sites store (weights.ts); c_attn
  * is split by columns into the q, k and v sites.

@@ -1,6 +1,6 @@
 /**
  * The llama family: Hugging Face config and weight names → ModelConfig and frozen tensors.
- * Names (REFERENCE.md): model.embed_tokens.weight, model.layers.{i}.self_attn.{q,k,v,o}_proj.weight,
+ * Names (transformers `models/llama/modeling_llama.py`): model.embed_tokens.weight, model.layers.{i}.self_attn.{q,k,v,o}_proj.weight,
  * model.layers.{i}.mlp.{gate,up,down}_proj.weight, model.layers.{i}.{input,post_attention}_layernorm.weight,
  * model.norm.weight, lm_head.weight (absent when tied).
  */
