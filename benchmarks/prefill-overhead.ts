@@ -95,7 +95,7 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       const cases: Case[] = [baseCase];
       for (const v of VARIANTS.filter((x) => x.group === group)) {
         const model = modelFor(v);
-        const strategy = v.strategy === undefined ? {} : { strategy: v.strategy };
+        const strategy = v.strategy === undefined ? {} : { routing: { strategy: v.strategy } };
         cases.push({
           name: v.id,
           run: () => model.forward({ ids, output: 'last-logits', ...strategy }),

@@ -56,8 +56,17 @@ export function compositionHooks(root: CompositionNode, adapters: ReadonlyMap<st
     const delta = compositionDelta(root, parts, layer, point, x, y, context); // [N, O]
     return delta === undefined ? y : tf.add(y, delta); // [N, O]
   };
-  const presentIn = (layer: number, group: SiteGroup, kind: 'site-input' | 'site-output'): boolean =>
-    group.sites.some((site) => present.has(moduleKey(layer, { kind, site })));
+  /** Whether the composition has a module at some site of a group, by (layer, group, kind), computed once. */
+  const groupPresence = new Map<number, boolean>();
+  const presentIn = (layer: number, group: SiteGroup, kind: 'site-input' | 'site-output'): boolean => {
+    const key = (layer * 64 + group.index) * 2 + (kind === 'site-input' ? 1 : 0);
+    let found = groupPresence.get(key);
+    if (found === undefined) {
+      found = group.sites.some((site) => present.has(moduleKey(layer, { kind, site })));
+      groupPresence.set(key, found);
+    }
+    return found;
+  };
   return {
     begin: (forward: ForwardContext) => {
       parts?.pass?.release();

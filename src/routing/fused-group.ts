@@ -29,9 +29,11 @@ export class FusedRouters {
 
   /** W side by side [I, G·E] and [W | A_catᵀ] [I, G·E + G·Σr] for `gates` over `bank`. */
   get(gates: readonly LinearTopK[], bank: LoraBank, aCat: tf.Tensor2D): { readonly gates: tf.Tensor2D; readonly joint: tf.Tensor2D } {
-    const key: (object | number)[] = [...gates.map((g) => g.gate.dataId), bank.version];
     const cached = this.entry;
-    if (cached !== undefined && cached.key.length === key.length && cached.key.every((k, i) => k === key[i])) return cached;
+    const n = gates.length;
+    if (cached !== undefined && cached.key.length === n + 1 && cached.key[n] === bank.version && gates.every((g, i) => cached.key[i] === g.gate.dataId))
+      return cached;
+    const key: (object | number)[] = [...gates.map((g) => g.gate.dataId), bank.version];
     this.dispose();
     const built = tf.tidy(() => {
       const w =

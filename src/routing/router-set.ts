@@ -27,6 +27,8 @@ export interface GroupBank {
   /** The bank's sites: the members whose experts are all LoRA with one dropout rate, in group order. */
   readonly sites: readonly SiteName[];
   readonly bank: LoraBank | undefined;
+  /** The per-site router of each bank site (site placement), in the bank's order. */
+  readonly routers: readonly (Router | undefined)[];
   /** The fast path's cached router operands for this group. */
   readonly fused: FusedRouters;
 }
@@ -165,7 +167,8 @@ export class RouterSet {
       sites.push(site);
       terms.push(lora);
     }
-    const entry: GroupBank = { members, sites, bank: terms.length === 0 ? undefined : new LoraBank(terms, this.choices), fused: new FusedRouters() };
+    const routers = sites.map((site) => this.routers.get(siteKey(layer, { kind: 'site-output', site })));
+    const entry: GroupBank = { members, sites, bank: terms.length === 0 ? undefined : new LoraBank(terms, this.choices), routers, fused: new FusedRouters() };
     this.banks.set(key, entry);
     return entry;
   }

@@ -143,13 +143,13 @@ export class RoutingPass {
     if (options.fusion === false || context.training || node.placement !== 'site' || node.granularity !== 'token' || set.needsTokenIds || set.needsTaskIds)
       return undefined;
     if ((options.strategy ?? chooseStrategy(node.strategy, set.experts.length)) !== 'dense') return undefined;
-    const { members, sites, bank, fused } = set.groupBank(layer, group);
+    const { members, sites, bank, routers, fused } = set.groupBank(layer, group);
     if (bank === undefined || !bank.uniformLayout || sites.length !== members.length) return undefined;
-    const x = xs[group.sites.indexOf(sites[0] as (typeof sites)[number])] as tf.Tensor2D;
-    if (sites.some((site) => xs[group.sites.indexOf(site)] !== x)) return undefined;
+    const x = xs[0] as tf.Tensor2D;
+    if (xs.some((xg) => xg !== x)) return undefined; // an input adapter changed a site's input
     const gates: LinearTopK[] = [];
-    for (const site of sites) {
-      const gate = set.router(siteKey(layer, { kind: 'site-output', site }))?.linearTopK?.();
+    for (const router of routers) {
+      const gate = router?.linearTopK?.();
       if (gate === undefined) return undefined;
       gates.push(gate);
     }

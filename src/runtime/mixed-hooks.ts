@@ -27,7 +27,6 @@
  * G sites of a site group, L LoRA groups (the bank's choices).
  */
 import * as tf from '@tensorflow/tfjs';
-import type { AdapterPoint } from '../adapters/adapter.js';
 import { moduleKey } from '../adapters/instance.js';
 import { LoraBank } from '../adapters/lora/bank.js';
 import type { AttentionPrefix, ForwardContext, ForwardHooks } from '../base/hooks.js';
@@ -202,11 +201,13 @@ export class MixedHooks implements ForwardHooks {
 
   groupInputs(layer: number, group: SiteGroup, x: tf.Tensor2D): readonly tf.Tensor2D[] {
     const xs = group.sites.map(() => x); // G × [N, I]
-    return this.mixGroup(layer, group, 'site-input', xs, xs, (hooks, xgs) => hooks.groupInputs?.(layer, group, xgs[0] as tf.Tensor2D));
+    const keys = group.sites.map((site) => moduleKey(layer, { kind: 'site-input', site }));
+    return this.mixRows(keys, xs, xs, (hooks, xgs) => hooks.groupInputs?.(layer, group, xgs[0] as tf.Tensor2D));
   }
 
   groupOutputs(layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[], ys: readonly tf.Tensor2D[]): readonly tf.Tensor2D[] {
-    const mixed = this.mixGroup(layer, group, 'site-output', xs, ys, (hooks, xgs, ygs) => hooks.groupOutputs?.(layer, group, xgs, ygs)); // G × [N, O_g]
+    const keys = group.sites.map((site) => moduleKey(layer, { kind: 'site-output', site }));
+    const mixed = this.mixRows(keys, xs, ys, (hooks, xgs, ygs) => hooks.groupOutputs?.(layer, group, xgs, ygs)); // G × [N, O_g]
     if (!this.batched || this.lora === undefined) return mixed;
     const x = xs[0] as tf.Tensor2D;
     const deltas = xs.every((xg) => xg === x) ? this.lora.deltas(layer, group, x) : this.siteByDelta(layer, group, xs); // per site [N, O_g]
@@ -217,7 +218,11 @@ export class MixedHooks implements ForwardHooks {
   }
 
   blockOutput(layer: number, block: BlockName, h: tf.Tensor2D): tf.Tensor2D {
-    return this.mix({ kind: 'block-output', block }, layer, h, h, (hooks, hg) => hooks.blockOutput?.(layer, block, hg)); // [N, D]
+    const apply = (hooks: ForwardHooks, hgs: readonly tf.Tensor2D[]) => {
+      const out = hooks.blockOutput?.(layer, block, hgs[0] as tf.Tensor2D); // [n·T, D]
+      return out === undefined ? undefined : [out];
+    };
+    return this.mixRows([moduleKey(layer, { kind: 'block-output', block })], [h], [h], apply)[0] as tf.Tensor2D; // [N, D]
   }
 
   attentionPrefix(layer: number): AttentionPrefix | undefined {
@@ -253,77 +258,41 @@ export class MixedHooks implements ForwardHooks {
   }
 
   /**
-   * The hooks of each general group acting at any of the group's points, on its own rows; every other row
-   * unchanged. xs G × [N, I], ys G × [N, O_g] → G × [N, O_g]; returns ys itself when nothing changed.
+   * The hooks of each general group acting at any of `keys` (the points of xs/ys), on its own rows; every other
+   * row unchanged. xs P × [N, I], ys P × [N, O_p] → P × [N, O_p]; returns ys itself when nothing changed.
    */
-  private mixGroup(
-    layer: number,
-    group: SiteGroup,
-    kind: 'site-input' | 'site-output',
+  private mixRows(
+    keys: readonly string[],
     xs: readonly tf.Tensor2D[],
     ys: readonly tf.Tensor2D[],
     apply: (hooks: ForwardHooks, xgs: readonly tf.Tensor2D[], ygs: readonly tf.Tensor2D[]) => readonly tf.Tensor2D[] | undefined,
   ): readonly tf.Tensor2D[] {
-    const keys = group.sites.map((site) => moduleKey(layer, { kind, site }));
     const acting = this.general.filter((g) => g.points === undefined || keys.some((key) => g.points?.has(key)));
     if (acting.length === 0) return ys;
     const outputs: (readonly tf.Tensor2D[])[] = [];
-    const changed = group.sites.map(() => false);
+    const changed = ys.map(() => false);
     for (const member of acting) {
       const index = this.indexOf(member);
-      const gathered = new Map<tf.Tensor2D, tf.Tensor2D>();
+      const gathered = new Map<tf.Tensor2D, tf.Tensor2D>(); // one gather per distinct tensor (xs are usually one)
       const rowsOf = (t: tf.Tensor2D): tf.Tensor2D => {
-        let g = gathered.get(t);
-        if (g === undefined) {
-          g = tf.gather(t, index); // [n·T, ·]
-          gathered.set(t, g);
-        }
+        const g = gathered.get(t) ?? tf.gather(t, index); // [n·T, ·]
+        gathered.set(t, g);
         return g;
       };
-      const xgs = xs.map(rowsOf); // G × [n·T, I]
-      const ygs = ys.map(rowsOf); // G × [n·T, O_g]
-      const out = apply(member.hooks, xgs, ygs) ?? ygs;
-      out.forEach((o, g) => {
-        if (o !== ygs[g]) changed[g] = true;
+      const ygs = ys.map(rowsOf); // P × [n·T, O_p]
+      const out = apply(member.hooks, xs.map(rowsOf), ygs) ?? ygs;
+      out.forEach((o, p) => {
+        if (o !== ygs[p]) changed[p] = true;
       });
       outputs.push(out);
     }
     if (!changed.some(Boolean)) return ys;
     const index = this.combineIndex(acting);
-    return ys.map((y, g) => {
-      if (!changed[g]) return y;
-      const stacked = tf.concat<tf.Tensor2D>([...outputs.map((o) => o[g] as tf.Tensor2D), y], 0); // [Σn·T + N, O_g]
-      return tf.gather(stacked, index); // [N, O_g]
+    return ys.map((y, p) => {
+      if (!changed[p]) return y;
+      const stacked = tf.concat<tf.Tensor2D>([...outputs.map((o) => o[p] as tf.Tensor2D), y], 0); // [Σn·T + N, O_p]
+      return tf.gather(stacked, index); // [N, O_p]
     });
-  }
-
-  /**
-   * x [N, I], y [N, O] → [N, O]: the hooks of each general group acting at the point, on its own rows; every
-   * other row unchanged. Returns y itself when nothing changed.
-   */
-  private mix(
-    point: AdapterPoint,
-    layer: number,
-    x: tf.Tensor2D,
-    y: tf.Tensor2D,
-    apply: (hooks: ForwardHooks, xg: tf.Tensor2D, yg: tf.Tensor2D) => tf.Tensor2D | undefined,
-  ): tf.Tensor2D {
-    const key = moduleKey(layer, point);
-    const acting = this.general.filter((g) => g.points?.has(key) ?? true);
-    if (acting.length === 0) return y;
-    const outputs: tf.Tensor2D[] = [];
-    let changed = false;
-    for (const group of acting) {
-      const index = this.indexOf(group);
-      const xg: tf.Tensor2D = tf.gather(x, index); // [n·T, I]
-      const yg: tf.Tensor2D = y === x ? xg : tf.gather(y, index); // [n·T, O]
-      const out = apply(group.hooks, xg, yg) ?? yg; // [n·T, O]
-      if (out !== yg) changed = true;
-      outputs.push(out);
-    }
-    if (!changed) return y;
-    const stacked = tf.concat<tf.Tensor2D>([...outputs, y], 0); // [Σn·T + N, O]
-    return tf.gather(stacked, this.combineIndex(acting)); // [N, O]
   }
 
   /** For concat(outputs of `acting`..., y): each token row's own group output, or its row of y. [N] int32 */

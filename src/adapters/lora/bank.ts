@@ -158,9 +158,9 @@ export class LoraBank {
   /** The bank's operands: cached at inference, built in the forward when training. */
   operands(context: MixContext): BankOperands {
     if (context.training) return this.build();
-    const key = this.terms.flatMap((site) => site.flatMap((t) => [t.lora.a.dataId, t.lora.b.dataId]));
     const cached = this.cached;
-    if (cached !== undefined && cached.key.length === key.length && cached.key.every((k, i) => k === key[i])) return cached.operands;
+    if (cached !== undefined && this.current(cached.key)) return cached.operands; // the decode path: no allocation
+    const key = this.terms.flatMap((site) => site.flatMap((t) => [t.lora.a.dataId, t.lora.b.dataId]));
     let operands: BankOperands | undefined;
     tf.tidy(() => {
       operands = this.build();
@@ -172,6 +172,15 @@ export class LoraBank {
     this.cached = { key, operands };
     this.version++;
     return operands;
+  }
+
+  /** True when every term's variables still hold the data the key was built from. */
+  private current(key: readonly object[]): boolean {
+    let i = 0;
+    for (const site of this.terms) {
+      for (const { lora } of site) if (key[i++] !== lora.a.dataId || key[i++] !== lora.b.dataId) return false;
+    }
+    return i === key.length;
   }
 
   /** Δ_g for every site from one shared input: x [N, I] → G × [N, O_g]. Runs inside the forward's tidy. */
@@ -186,8 +195,12 @@ export class LoraBank {
         return operands.sites.map((_, g) => this.mixSite(g, x, gates, context));
       case 'slots':
         return this.mixSlots(operands, x, gates.ids, gates.weights);
-      case 'host-slots':
-        return this.mixHostSlots(operands, x, gates.slots);
+      case 'host-slots': {
+        const rows = x.shape[0];
+        return this.hostRanks(operands, x, gates.slots).map((ranks, g) =>
+          tf.matMul(tf.tensor2d(ranks, [rows, this.totalRanks[0] as number]), (operands.sites[g] as SiteOperands).bT),
+        ); // [N, Σr]·[Σr, O] → [N, O_g]
+      }
     }
   }
 
@@ -253,7 +266,8 @@ export class LoraBank {
    * Host slots: the gated rank activations are formed on the host (products rounded once to float32, as the
    * device's), so each site costs one B matmul; x·A_catᵀ is read back unless the caller already holds it.
    */
-  private mixHostSlots(operands: BankOperands, x: tf.Tensor2D, slots: HostSlots): tf.Tensor2D[] {
+  /** The gated rank activations of host slots on the host: G × [N, Σr], zero on unchosen experts' columns. */
+  private hostRanks(operands: BankOperands, x: tf.Tensor2D, slots: HostSlots): Float32Array[] {
     this.requireUniform('host-slots');
     const rows = x.shape[0]; // N
     const count = this.siteCount; // G
@@ -264,6 +278,7 @@ export class LoraBank {
       if (operands.aCat === undefined) throw new Error('host slots need the group A operand');
       down = { values: tf.matMul(x, operands.aCat).dataSync(), stride: count * totalRank, offset: 0 }; // [N, G·Σr] on the host
     }
+    const values = down.values;
     const perSite = Array.from({ length: count }, () => new Float32Array(rows * totalRank)); // G × [N, Σr], zero where not chosen
     for (let n = 0; n < rows; n++) {
       for (let g = 0; g < count; g++) {
@@ -272,15 +287,17 @@ export class LoraBank {
         for (let slot = 0; slot < k; slot++) {
           const w = weights[(n * count + g) * k + slot] as number;
           if (w === 0) continue;
-          for (const { start, end, factor } of this.segments[ids[(n * count + g) * k + slot] as number] ?? []) {
+          const segments = this.segments[ids[(n * count + g) * k + slot] as number] as readonly Segment[];
+          for (let s = 0; s < segments.length; s++) {
+            const { start, end, factor } = segments[s] as Segment;
             const gate = Math.fround(w * factor); // float32, as gates · spread on the device
-            for (let c = start; c < end; c++)
-              out[n * totalRank + c] = Math.fround((out[n * totalRank + c] as number) + Math.fround((down.values[base + c] as number) * gate));
+            const row = n * totalRank;
+            for (let c = start; c < end; c++) out[row + c] = (out[row + c] as number) + Math.fround((values[base + c] as number) * gate); // the store rounds to float32
           }
         }
       }
     }
-    return operands.sites.map((site, g) => tf.matMul(tf.tensor2d(perSite[g] as Float32Array, [rows, totalRank]), site.bT)); // [N, Σr]·[Σr, O] → [N, O_g]
+    return perSite;
   }
 
   private requireUniform(kind: string): void {
