@@ -160,10 +160,14 @@ export class RoutedServer {
       for (const controller of this.ctx.inflight) controller.abort(new Error('drain timeout'));
     }, this.drainTimeoutMs);
     timer.unref();
+    // Keep-alive connections go idle as their last response ends; close them then, not at the client's timeout.
+    const sweep = setInterval(() => this.app.server.closeIdleConnections(), 50);
+    sweep.unref();
     try {
       await this.app.close();
     } finally {
       clearTimeout(timer);
+      clearInterval(sweep);
       this.batches.unsubscribe();
     }
   }
