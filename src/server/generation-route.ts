@@ -134,7 +134,10 @@ export async function serveGeneration(ctx: ServerContext, request: FastifyReques
     try {
       release = await ctx.admission.acquire(controller.signal);
     } catch (error) {
-      if (error instanceof ClientGone) return reply.hijack();
+      if (error instanceof ClientGone) {
+        ctx.metrics.cancelled.inc({ model: job.model.name, stage: 'queued' });
+        return reply.hijack();
+      }
       if (error instanceof ServerError && error.status === 429) ctx.metrics.rejected.inc({ reason: 'queue_full' });
       throw error;
     }
@@ -178,7 +181,7 @@ export async function serveGeneration(ctx: ServerContext, request: FastifyReques
       const generated = results.reduce((s, r) => s + r.tokens.length, 0);
       ctx.metrics.generationTokens.inc({ model: job.model.name }, generated);
       const cancelled = results.filter((r) => r.finishReason === 'cancelled').length;
-      if (cancelled > 0) ctx.metrics.cancelled.inc({ model: job.model.name }, cancelled);
+      if (cancelled > 0) ctx.metrics.cancelled.inc({ model: job.model.name, stage: 'running' }, cancelled);
       return generated;
     };
 

@@ -10,11 +10,14 @@
  *   routed_peft_time_to_first_token_seconds{model}          time from arrival to the first token (histogram)
  *   routed_peft_queue_depth / routed_peft_running_requests  admission state, read at scrape time
  *   routed_peft_rejected_total{reason}                      429s (queue_full) and 503s (draining)
- *   routed_peft_cancelled_total{model}                      generations cancelled because the client went away
+ *   routed_peft_cancelled_total{model,stage}                clients gone before the answer: queued, or running
+ *                                                           (the runtime ended the generation as cancelled)
  *   routed_peft_batch_rows{kind} / routed_peft_batch_groups{kind}   rows and distinct selections per runtime pass
  *   routed_peft_target_evictions_total, _target_reloads_total, _target_swaps_total, _resident_bytes, _targets
+ *   routed_peft_tensors / routed_peft_tensor_bytes          live tfjs tensors (flat when idle: a rise is a leak)
  * plus prom-client's default process metrics (CPU, memory, event-loop lag) under the same prefix.
  */
+import * as tf from '@tensorflow/tfjs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RuntimeStats } from '../runtime/types.js';
 
@@ -35,7 +38,7 @@ export class ServerMetrics {
   readonly duration: Histogram<'endpoint' | 'model'>;
   readonly firstToken: Histogram<'model'>;
   readonly rejected: Counter<'reason'>;
-  readonly cancelled: Counter<'model'>;
+  readonly cancelled: Counter<'model' | 'stage'>;
   readonly batchRows: Histogram<'kind'>;
   readonly batchGroups: Histogram<'kind'>;
 
@@ -72,8 +75,8 @@ export class ServerMetrics {
     });
     this.cancelled = new Counter({
       name: 'routed_peft_cancelled_total',
-      help: 'Generations cancelled because the client disconnected',
-      labelNames: ['model'],
+      help: 'Requests whose client disconnected before the answer: stage=queued (left the queue) or running (the runtime cancelled the generation)',
+      labelNames: ['model', 'stage'],
       registers,
     });
     this.batchRows = new Histogram({ name: 'routed_peft_batch_rows', help: 'Rows per runtime pass', labelNames: ['kind'], buckets: BATCH_BUCKETS, registers });
@@ -128,6 +131,22 @@ export class ServerMetrics {
     counterFromStats('routed_peft_target_reloads_total', 'Evicted targets reloaded on demand (since start)', (s) => s.reloads);
     counterFromStats('routed_peft_target_swaps_total', 'Hot swaps (since start)', (s) => s.swaps);
     fromStats('routed_peft_resident_bytes', 'Bytes of resident target weights', (s) => s.residentBytes);
+    new Gauge({
+      name: 'routed_peft_tensors',
+      help: 'Live tfjs tensors in this process (steady between requests; growth is a leak)',
+      registers,
+      collect() {
+        this.set(tf.memory().numTensors);
+      },
+    });
+    new Gauge({
+      name: 'routed_peft_tensor_bytes',
+      help: 'Bytes held by live tfjs tensors in this process',
+      registers,
+      collect() {
+        this.set(tf.memory().numBytes);
+      },
+    });
     fromStats('routed_peft_targets', 'Loaded targets (adapters and routed models)', (s) => s.targets.length);
   }
 

@@ -146,7 +146,7 @@ describe('pressure', () => {
     await stillServes(); // warm, then compare tensors
     const tensors = tf.memory().numTensors;
     const metricsText = async (): Promise<string> => (await fetch(`${running.url}/metrics`, { headers: { authorization: `Bearer ${KEY}` } })).text();
-    const before = metricValue(await metricsText(), 'routed_peft_cancelled_total');
+    const before = metricValue(await metricsText(), 'routed_peft_cancelled_total', { stage: 'running' });
     const generatedBefore = metricValue(await metricsText(), 'routed_peft_generation_tokens_total');
     // streaming: read one chunk, then abort
     const controller = new AbortController();
@@ -157,7 +157,10 @@ describe('pressure', () => {
     const iterator = stream[Symbol.asyncIterator]();
     await iterator.next();
     controller.abort();
-    await waitFor(async () => metricValue(await metricsText(), 'routed_peft_cancelled_total') === before + 1, 'the streamed cancellation');
+    await waitFor(
+      async () => metricValue(await metricsText(), 'routed_peft_cancelled_total', { stage: 'running' }) === before + 1,
+      'the streamed cancellation',
+    );
     // not streaming: give up while it generates
     const plain = new AbortController();
     const pending = fetch(`${running.url}/v1/completions`, {
@@ -170,7 +173,7 @@ describe('pressure', () => {
     await new Promise((r) => setTimeout(r, 30));
     plain.abort();
     await pending;
-    await waitFor(async () => metricValue(await metricsText(), 'routed_peft_cancelled_total') === before + 2, 'two cancellations');
+    await waitFor(async () => metricValue(await metricsText(), 'routed_peft_cancelled_total', { stage: 'running' }) === before + 2, 'two cancellations');
     await waitFor(() => running.server.load.running === 0, 'slots freed');
     const text = await metricsText();
     expect(metricValue(text, 'routed_peft_generation_tokens_total') - generatedBefore).toBeLessThan(80); // both stopped early
