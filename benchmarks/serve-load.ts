@@ -337,6 +337,8 @@ async function main(): Promise<number> {
         PROMPTS,
         MAX_TOKENS,
         CANCEL_EVERY,
+        CANCEL_TOKENS,
+        CANCEL_AFTER_MS,
         model: 'demo-model (3-layer llama, D=64, 48-token char vocabulary)',
       },
       ratios: [],
