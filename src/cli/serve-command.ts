@@ -34,7 +34,7 @@ ${MODEL_USAGE}
   --routed NAME=DIR        Serve the routed-model directory DIR as model NAME (repeatable)
   --host HOST              Address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
   --port N                 Port (default 8000; 0 picks a free one)
-  --api-key KEY            Require "Authorization: Bearer KEY" on every request but GET /health
+  --api-key KEY            Require "Authorization: Bearer KEY" on every request but GET /health and /metrics
                            (default: the ${API_KEY_ENV_VAR} environment variable; unset: no key)
   --max-concurrency N      Requests generating at once (default 32); the runtime batches them
   --max-queue N            Requests waiting beyond those before 429 + Retry-After (default 64)

@@ -1,13 +1,14 @@
 /**
  * API-key check: when the server has a key, every request except GET /health (the load balancer's and
- * Kubernetes' probe) must send `Authorization: Bearer <key>`. Keys are compared through their SHA-256
+ * Kubernetes' probe) and GET /metrics (Prometheus' scrape; as in vLLM, the key guards the API, not the
+ * monitoring endpoints — restrict those at the network level) must send `Authorization: Bearer <key>`. Keys are compared through their SHA-256
  * digests with timingSafeEqual, so the comparison takes the same time whatever the guess.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { ServerError } from './errors.js';
 
 /** Paths that answer without a key. */
-export const PUBLIC_PATHS: ReadonlySet<string> = new Set(['/health']);
+export const PUBLIC_PATHS: ReadonlySet<string> = new Set(['/health', '/metrics']);
 
 const digest = (text: string): Buffer => createHash('sha256').update(text, 'utf8').digest();
 

@@ -49,7 +49,7 @@ export interface RoutedServerOptions {
   readonly runtime: RoutedRuntime;
   /** Defaults to the runtime's tokenizer. */
   readonly tokenizer?: Tokenizer | undefined;
-  /** Bearer key every request but GET /health must send. */
+  /** Bearer key every request but GET /health and GET /metrics must send. */
   readonly apiKey?: string | undefined;
   /** Requests generating at once (default 32); the runtime batches them. */
   readonly maxConcurrency?: number | undefined;

@@ -104,14 +104,14 @@ describe('bad requests get the right 4xx and the server keeps serving', () => {
     await expect(running.client.completions.create({ model: 'a', prompt: 'x', max_tokens: 1000 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
   });
 
-  test('a missing or wrong API key is a 401; /health needs none', async () => {
+  test('a missing or wrong API key is a 401; /health and /metrics need none', async () => {
     const wrong = new OpenAI({ baseURL: `${running.url}/v1`, apiKey: 'wrong', maxRetries: 0 });
     await expect(wrong.models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
     const none = await fetch(`${running.url}/v1/models`);
     expect(none.status).toBe(401);
     expect(((await none.json()) as ErrorBody).error.code).toBe('invalid_api_key');
     const metrics = await fetch(`${running.url}/metrics`);
-    expect(metrics.status).toBe(401);
+    expect(metrics.status).toBe(200);
     const health = await fetch(`${running.url}/health`);
     expect(health.status).toBe(200);
     await stillServes();
