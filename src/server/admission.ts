@@ -13,7 +13,6 @@ export interface AdmissionOptions {
 
 interface Waiter {
   readonly admit: () => void;
-  readonly reject: (error: unknown) => void;
 }
 
 /** Frees the slot (idempotent). */
@@ -62,7 +61,6 @@ export class Admission {
           signal.removeEventListener('abort', onAbort);
           resolve(this.grant());
         },
-        reject,
       };
       const onAbort = (): void => {
         const i = this.waiting.indexOf(waiter);

@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import type { ServerContext } from './context.js';
 import { badField, parseBody } from './errors.js';
 import { resolveMaxTokens, serveGeneration, type PreparedPrompt } from './generation-route.js';
-import { CompletionRequest } from './schemas.js';
+import { CompletionRequest, SCHEMA_LIMITS } from './schemas.js';
 
 const DEFAULT_MAX_TOKENS = 16;
 
@@ -42,6 +42,14 @@ export function registerCompletionsRoute(app: FastifyInstance, ctx: ServerContex
       throw badField('echo', 'echo with logprobs is not supported', 'Ask for one of them');
     }
     const prompts = preparePrompts(ctx, body);
+    const generations = prompts.length * (body.n ?? 1);
+    if (generations > SCHEMA_LIMITS.maxGenerations) {
+      throw badField(
+        'n',
+        `${prompts.length} prompts × n ${body.n ?? 1} is ${generations} generations, more than ${SCHEMA_LIMITS.maxGenerations} per request`,
+        'Send fewer prompts or a smaller n per request',
+      );
+    }
     const maxTokens = resolveMaxTokens(
       ctx,
       prompts.map((p) => p.ids.length),

@@ -225,7 +225,13 @@ export async function serveGeneration(ctx: ServerContext, request: FastifyReques
       return reply;
     }
 
-    const results = await Promise.all(requests.map((choice) => runChoice(ctx.runtime, ctx.tokenizer, choice, { onText: onFirstToken })));
+    let results: ChoiceResult[];
+    try {
+      results = await Promise.all(requests.map((choice) => runChoice(ctx.runtime, ctx.tokenizer, choice, { onText: onFirstToken })));
+    } catch (error) {
+      if (job.model.kind !== 'base') ctx.targets.resolve(job.model.name); // unloaded meanwhile: a 404, like any unknown model
+      throw error;
+    }
     const generated = account(results);
     if (controller.signal.aborted) {
       if (controller.signal.reason instanceof ClientGone) return reply.hijack();

@@ -15,6 +15,8 @@ export const SCHEMA_LIMITS = {
   maxChoices: 8,
   /** Most prompts in one completions request. */
   maxPrompts: 16,
+  /** Most generations one request may start (prompts × n): a request holds one admission slot. */
+  maxGenerations: 16,
   /** Most stop sequences (OpenAI allows 4). */
   maxStops: 4,
   /** Longest stop sequence, in characters. */

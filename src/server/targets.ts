@@ -53,6 +53,8 @@ const PLAIN_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 export class ServedTargets {
   private readonly created = new Map<string, number>();
+  /** The adapter directory with symlinks resolved (known after the first load). */
+  private realAdapterDir: string | undefined;
   private readonly startedAt = Math.floor(Date.now() / 1000);
 
   constructor(
@@ -161,6 +163,7 @@ export class ServedTargets {
     let realRoot: string;
     try {
       realRoot = await realpath(root);
+      this.realAdapterDir = realRoot;
       real = await realpath(join(root, entry));
     } catch {
       throw notFound();
@@ -172,8 +175,8 @@ export class ServedTargets {
 
   /** A load failure, with the server's directories left out of the message. */
   private loadFailed(name: string, entry: string, error: unknown): ServerError {
-    const root = this.adapterDir ?? '';
-    const scrub = (text: string): string => (root === '' ? text : text.split(root).join('<adapter-dir>'));
+    const roots = [this.realAdapterDir, this.adapterDir].filter((r): r is string => r !== undefined && r !== '');
+    const scrub = (text: string): string => roots.reduce((t, root) => t.split(root).join('<adapter-dir>'), text);
     const message = error instanceof Error ? scrub(error.message) : String(error);
     const conflict = error instanceof RoutedPeftError && /already loaded/.test(error.message);
     return new ServerError(`could not load ${JSON.stringify(entry)} as ${JSON.stringify(name)}: ${message}`, {

@@ -72,6 +72,8 @@ describe('bad requests get the right 4xx and the server keeps serving', () => {
     ['a token id outside the vocabulary', { model: 'a', prompt: [1, 999] }, 400, 'prompt[1]', /outside the vocabulary/],
     ['an unsupported penalty', { model: 'a', prompt: 'ab', presence_penalty: 0.5 }, 400, 'presence_penalty', /not supported/],
     ['tools', { model: 'a', messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'function' }] }, 400, 'tools', /tool calling/],
+    ['too many generations', { model: 'a', prompt: ['a', 'b', 'c'], n: 6 }, 400, 'n', /18 generations, more than 16/],
+    ['stop sequences too long', { model: 'a', prompt: 'ab', stop: ['x'.repeat(65)] }, 400, 'stop[0]', /stop\[0\]/],
     ['an unknown model', { model: 'nope', prompt: 'ab' }, 404, 'model', /"nope" does not exist.*Served models: base, a, b, moe/],
   ])('%s', async (_what, body, status, param, message) => {
     const path = 'messages' in body ? '/v1/chat/completions' : '/v1/completions';
