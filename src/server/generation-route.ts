@@ -127,6 +127,7 @@ export async function serveGeneration(ctx: ServerContext, request: FastifyReques
     if (!reply.raw.writableFinished) controller.abort(new ClientGone());
   };
   reply.raw.on('close', onClose);
+  if (reply.raw.destroyed || request.raw.socket.destroyed) controller.abort(new ClientGone()); // gone while the body was parsed
   ctx.inflight.add(controller);
   (request as ServedRequest).servedModel = job.model.name;
   let release: (() => void) | undefined;
@@ -217,6 +218,7 @@ export async function serveGeneration(ctx: ServerContext, request: FastifyReques
         }
         sse.done();
       } catch (error) {
+        controller.abort(error); // stop this request's other choices
         const failure = toServerError(error);
         request.log.error({ err: error }, 'generation failed mid-stream');
         sse.send(failure.body());
@@ -229,6 +231,7 @@ export async function serveGeneration(ctx: ServerContext, request: FastifyReques
     try {
       results = await Promise.all(requests.map((choice) => runChoice(ctx.runtime, ctx.tokenizer, choice, { onText: onFirstToken })));
     } catch (error) {
+      controller.abort(error); // stop this request's other choices
       if (job.model.kind !== 'base') ctx.targets.resolve(job.model.name); // unloaded meanwhile: a 404, like any unknown model
       throw error;
     }
