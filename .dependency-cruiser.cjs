@@ -1,5 +1,5 @@
 // The layers of src/, lowest first. A file may import its own layer and any layer below it, never one above
-// (ARCHITECTURE.md explains each layer). `npm test` runs this check (`npm run deps`); an upward import or an
+// (ARCHITECTURE.md explains each layer). `npm test` runs this check (`npm run lint`); an upward import or an
 // import cycle fails it with the offending pair of files named.
 const LAYERS = [
   ['leaf', '^src/(errors|variables|version)\\.ts$|^src/config/'],
@@ -11,6 +11,7 @@ const LAYERS = [
   ['model', '^src/model/'],
   ['io', '^src/io/'],
   ['serving-and-training', '^src/(runtime|train)/'],
+  ['server', '^src/server/'],
   ['apps', '^src/(cli|demo)/|^src/index\\.ts$'],
 ];
 
@@ -25,6 +26,7 @@ module.exports = {
     ...upward,
     { name: 'no-cycles', severity: 'error', comment: 'Import cycles hide layering mistakes', from: {}, to: { circular: true } },
     { name: 'serving-not-training', severity: 'error', comment: 'runtime/ (serving) and train/ are siblings', from: { path: '^src/runtime/' }, to: { path: '^src/train/' } },
+    { name: 'server-not-training', severity: 'error', comment: 'the HTTP server (server/) builds on runtime/, not on train/', from: { path: '^src/server/' }, to: { path: '^src/train/' } },
     { name: 'training-not-serving', severity: 'error', comment: 'runtime/ (serving) and train/ are siblings', from: { path: '^src/train/' }, to: { path: '^src/runtime/' } },
     { name: 'src-not-routers', severity: 'error', comment: 'src/ never imports the router plug-ins; a registry wires them', from: { path: '^src/' }, to: { path: '^routers/' } },
     {

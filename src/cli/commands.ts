@@ -11,6 +11,7 @@ import { initCommand } from './init-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { trainCommand } from './train-command.js';
 import { evalCommand } from './eval-command.js';
+import { serveCommand } from './serve-command.js';
 
 /** Every command, in the order `--help` lists them. */
 export const commands: Readonly<Record<string, CliCommand>> = {
@@ -22,6 +23,7 @@ export const commands: Readonly<Record<string, CliCommand>> = {
   train: trainCommand,
   eval: evalCommand,
   demo: demoCommand,
+  serve: serveCommand,
 };
 
 export function findCommand(name: string): CliCommand | undefined {
