@@ -74,7 +74,7 @@ async function siteKernels(
   rows: number,
   strategy: ExecutionStrategy,
 ): Promise<{ first: KernelCount; second: KernelCount; firstMs: number; secondMs: number }> {
-  const hooks = model.hooks({ strategy });
+  const hooks = model.hooks({ routing: { strategy } });
   if (hooks?.groupOutputs === undefined || hooks.begin === undefined) throw new Error('routed model has no site hooks');
   const group = model.base.groups.find((g) => g.sites.includes(site));
   if (group === undefined) throw new Error(`no site group holds ${site}`);
@@ -201,8 +201,8 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
           }
           const cache = base.newCache(FORWARD.batch);
           try {
-            const prefill = await forwardKernels(() => model.forward({ ids: fwdIds, cache, output: 'last-logits', strategy }));
-            const step = await forwardKernels(() => model.forward({ ids: nextIds, cache, output: 'last-logits', strategy }));
+            const prefill = await forwardKernels(() => model.forward({ ids: fwdIds, cache, output: 'last-logits', routing: { strategy } }));
+            const step = await forwardKernels(() => model.forward({ ids: nextIds, cache, output: 'last-logits', routing: { strategy } }));
             forward.push({
               model: `routed E=${experts} k=${k}`,
               experts,

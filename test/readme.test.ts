@@ -43,7 +43,7 @@ describe.skipIf(!hasSharedModels)(`README examples${SHARED_MODELS_SKIP_NOTE}`, (
     expect(step?.type === 'step' && Number.isFinite(step.taskLoss) && step.gradNorm !== null && step.gradNorm > 0).toBe(true);
 
     const trace: RoutingTraceEntry[] = [];
-    const [ids] = routed.generate([tokenizer.encode('Once upon a time', { addBos: true })], { maxNewTokens: 20, temperature: 0, trace });
+    const [ids] = routed.generate([tokenizer.encode('Once upon a time', { addBos: true })], { maxNewTokens: 20, temperature: 0, routing: { trace } });
     expect(tokenizer.decode(ids ?? []).startsWith('Once upon a time')).toBe(true);
     expect(trace[0]).toMatchObject({ layer: 0, site: 'attn.q', route: 0, batch: 0, token: 0 });
     expect(routed.parameterReport().trainable).toBeGreaterThan(0);

@@ -7,7 +7,7 @@
 // Properties, per family × kind:
 //   identity   a freshly initialised module leaves the logits bit-identical to the base (prefix exempt: see
 //              its case; for it only finiteness is checked)
-//   none       use: 'none' is the base bit for bit, whatever the adapter's (randomised) variables
+//   none       select: 'base' is the base bit for bit, whatever the adapter's (randomised) variables
 //   frozen     a training forward + a gradient step on every adapter variable leaves every base tensor
 //              byte-identical (and the base's output too); base tensors are never tf.Variables
 //   json       spec → JSON → parse round-trips to an equal config; so does an AdaptedModelSpec with a composition
@@ -268,7 +268,7 @@ describe.each([
       );
     });
 
-    test("use: 'none' is exactly the base output whatever the adapter's weights", () => {
+    test("select: 'base' is exactly the base output whatever the adapter's weights", () => {
       fc.assert(
         fc.property(caseFor(kind).config(family), batches(), specSeed, (config, batch, seed) => {
           const model = AdaptedModel.create(base, { seed, adapters: [config] });
@@ -276,9 +276,9 @@ describe.each([
             randomise(model, seed);
             const expected = logits(() => base.forward({ ids: batch.ids, mask: batch.mask }));
             expectSameBits(
-              logits(() => model.forward({ ids: batch.ids, mask: batch.mask, use: 'none' })),
+              logits(() => model.forward({ ids: batch.ids, mask: batch.mask, select: 'base' })),
               expected,
-              "use: 'none' vs base",
+              "select: 'base' vs base",
             );
             // Not vacuous: the randomised adapter does change the output when applied.
             expect(logits(() => model.forward({ ids: batch.ids, mask: batch.mask }))).not.toEqual(expected);

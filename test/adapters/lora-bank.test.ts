@@ -277,7 +277,7 @@ describe('LoraBank', () => {
     expect(bank.uniformLayout).toBe(false);
     const x = tf.randomNormal<tf.Rank.R2>([2, I], 0, 1, 'float32', 6);
     expect(() =>
-      tf.tidy(() => bank.mix(x, { kind: 'host-slots', slots: { ids: new Int32Array(4), weights: new Float32Array(4), k: 1 } }, { training: false })),
+      tf.tidy(() => [...bank.mix(x, { kind: 'host-slots', slots: { ids: new Int32Array(4), weights: new Float32Array(4), k: 1 } }, { training: false })]),
     ).toThrow(/same rank layout/);
     tf.dispose(x);
     bank.dispose();

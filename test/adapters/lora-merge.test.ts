@@ -96,7 +96,7 @@ describe.each([
   });
 
   test('merged and unmerged outputs agree (random LoRAs on all-linear, weighted): relative error < 1e-5', () => {
-    const unmerged = logits(() => model.forward({ ids, mask, use: { kind: 'average', children: names, weights } }));
+    const unmerged = logits(() => model.forward({ ids, mask, select: { combine: 'average', adapters: names, weights } }));
     const view = mergeLora(
       base,
       names.map((name, i) => ({ instance: adapter(model, name), weight: weights[i] as number })),

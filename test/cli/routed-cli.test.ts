@@ -145,7 +145,7 @@ describe.skipIf(!hasSharedModels)(`PEFT adapters through --adapter${SHARED_MODEL
   });
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
-  test('forward with --adapter equals the library with the same adapters; --combine average weighs them', async () => {
+  test('forward with --adapter equals the library with the same adapters; --combine average and parallel weigh them, stack refuses weights', async () => {
     const tf = await import('@tensorflow/tfjs');
     const { loadBaseModel } = await import('../../src/base/checkpoints/load-model.js');
     const { writePeftAdapter } = await import('../../src/io/peft-adapter.js');
@@ -155,7 +155,7 @@ describe.skipIf(!hasSharedModels)(`PEFT adapters through --adapter${SHARED_MODEL
     const model = AdaptedModel.create(base, { seed: 5, adapters: [lora('a'), lora('b')] });
     await writePeftAdapter(join(dir, 'a'), model.adapters.get('a') as never, base);
     await writePeftAdapter(join(dir, 'b'), model.adapters.get('b') as never, base);
-    const expected = model.forward({ ids: [[1, 403, 407]], use: { kind: 'average', children: ['a', 'b'], weights: [0.75, 0.25] } });
+    const expected = model.forward({ ids: [[1, 403, 407]], select: { combine: 'average', adapters: ['a', 'b'], weights: [0.75, 0.25] } });
     const expectedRows = (await expected.array()) as number[][][];
     tf.dispose(expected);
     model.dispose();
@@ -180,7 +180,30 @@ describe.skipIf(!hasSharedModels)(`PEFT adapters through --adapter${SHARED_MODEL
     rows.forEach((row, t) => row.forEach((v, i) => expect(v).toBeCloseTo(expectedRows[0]?.[t]?.[i] ?? NaN, 4)));
     const inspect = await run('inspect', '--model', stories260kPath, '--adapter', join(dir, 'a'), '--format', 'json');
     expect((JSON.parse(inspect.out) as { trainable: number }).trainable).toBe(5 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4));
-    const bad = await run('forward', '--model', stories260kPath, '--adapter', join(dir, 'a'), '--weights', '1', '--ids', '1');
+    // --weights with parallel (the default --combine) is a weighted sum: the same as average with those weights.
+    const weighted = (combine: string | undefined) =>
+      run(
+        'forward',
+        '--model',
+        stories260kPath,
+        '--adapter',
+        join(dir, 'a'),
+        '--adapter',
+        join(dir, 'b'),
+        ...(combine === undefined ? [] : ['--combine', combine]),
+        '--weights',
+        '0.75,0.25',
+        '--ids',
+        '1,403,407',
+      );
+    for (const combine of ['parallel', undefined]) {
+      const parallel = await weighted(combine);
+      expect(parallel.code, parallel.err).toBe(0);
+      expect((JSON.parse(parallel.out) as { logits: number[][] }).logits).toEqual(rows);
+    }
+    // A stack takes no weights.
+    const bad = await weighted('stack');
     expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/stack takes no weights/);
   });
 });

@@ -92,7 +92,7 @@ function moduleDelta(module: LoraModule, x: Float32Array, n: number): Float32Arr
 }
 
 function logits(model: AdaptedModel, adapter: string): Float32Array {
-  const out = model.forward({ ids, use: { kind: 'adapter', adapter } });
+  const out = model.forward({ ids, select: { adapter } });
   const values = (out.dataSync() as Float32Array).slice();
   out.dispose();
   return values;

@@ -10,8 +10,8 @@ import { tinyLlama } from '../helpers/tiny-models.js';
 
 const lora = (name: string) => ({ kind: 'lora' as const, name, r: 2, init: 'random' as const, targets: { sites: ['attn.q', 'attn.v'] } });
 
-function logits(model: AdaptedModel, use: Parameters<AdaptedModel['forward']>[0]['use']): Float32Array {
-  const out = model.forward({ ids: [[1, 2, 3]], use });
+function logits(model: AdaptedModel, select: Parameters<AdaptedModel['forward']>[0]['select']): Float32Array {
+  const out = model.forward({ ids: [[1, 2, 3]], select });
   const values = out.dataSync() as Float32Array;
   out.dispose();
   return values;
@@ -26,13 +26,13 @@ describe('resident adapters', () => {
 
   test('adapters added at run time are selectable per call, and the base is never reloaded', () => {
     const model = AdaptedModel.create(base, { adapters: [lora('a')] });
-    const before = logits(model, 'none');
+    const before = logits(model, 'base');
     model.addAdapter(lora('b'));
     model.addAdapter(lora('c'));
     expect([...model.adapters.keys()]).toEqual(['a', 'b', 'c']);
-    expect(logits(model, 'b')).not.toEqual(logits(model, 'c'));
-    expect(logits(model, { kind: 'parallel', children: ['a', 'c'] })).not.toEqual(logits(model, 'a'));
-    expect(logits(model, 'none')).toEqual(before);
+    expect(logits(model, { adapter: 'b' })).not.toEqual(logits(model, { adapter: 'c' }));
+    expect(logits(model, { combine: 'parallel', adapters: ['a', 'c'] })).not.toEqual(logits(model, { adapter: 'a' }));
+    expect(logits(model, 'base')).toEqual(before);
     expect(model.base).toBe(base);
     model.dispose();
   });
@@ -41,15 +41,15 @@ describe('resident adapters', () => {
     const start = tf.memory().numTensors;
     const model = AdaptedModel.create(base, { adapters: [lora('a')] });
     model.addAdapter(lora('b'));
-    const oldB = logits(model, 'b');
+    const oldB = logits(model, { adapter: 'b' });
     const replacement = createAdapter(AdapterSpec.parse(lora('b')), base.config, 99, 'replacement');
     model.replaceAdapter(replacement);
-    expect(logits(model, 'b')).not.toEqual(oldB);
+    expect(logits(model, { adapter: 'b' })).not.toEqual(oldB);
     expect(() => model.addAdapter(lora('b'))).toThrow(/already resident/);
     expect(() => model.removeAdapter('a')).toThrow(/part of the model's spec/);
     model.removeAdapter('b');
-    expect(() => logits(model, 'b')).toThrow(ConfigError);
-    expect(() => logits(model, 'b')).toThrow(/Known adapters: a/);
+    expect(() => logits(model, { adapter: 'b' })).toThrow(ConfigError);
+    expect(() => logits(model, { adapter: 'b' })).toThrow(/Known adapters: a/);
     expect(() => model.removeAdapter('zzz')).toThrow(/Resident: a/);
     model.dispose();
     expect(tf.memory().numTensors).toBe(start);

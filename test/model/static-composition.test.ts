@@ -20,8 +20,8 @@ const mask = [
   [0, 0, 1, 1, 1],
 ];
 
-function logits(model: AdaptedModel, use: Parameters<AdaptedModel['forward']>[0]['use']): Float32Array {
-  const out = model.forward({ ids, mask, use });
+function logits(model: AdaptedModel, select: Parameters<AdaptedModel['forward']>[0]['select']): Float32Array {
+  const out = model.forward({ ids, mask, select });
   const values = out.dataSync() as Float32Array;
   out.dispose();
   return values;
@@ -54,11 +54,11 @@ describe.each([
   });
   afterAll(() => base.dispose());
 
-  test('a fresh (B = 0) LoRA leaves the output bit-identical to the base; use "none" is the base exactly', () => {
+  test('a fresh (B = 0) LoRA leaves the output bit-identical to the base; select "base" is the base exactly', () => {
     const model = AdaptedModel.create(base, { adapters: [{ kind: 'lora', name: 'fresh', targets: { sites: 'all-linear' } }] });
     const expected = baseLogits(base);
-    expect(logits(model, 'default')).toEqual(expected);
-    expect(logits(model, 'none')).toEqual(expected);
+    expect(logits(model, 'spec')).toEqual(expected);
+    expect(logits(model, 'base')).toEqual(expected);
     model.dispose();
   });
 
@@ -66,17 +66,17 @@ describe.each([
     const model = AdaptedModel.create(base, { seed: 3, adapters: [lora('a'), lora('b')] });
     const b0 = baseLogits(base);
     // LoRA deltas depend on each site's input only, so stacking LoRAs equals running them in parallel.
-    const a = logits(model, 'a');
+    const a = logits(model, { adapter: 'a' });
     expect(a).not.toEqual(b0);
-    expect(logits(model, 'b')).not.toEqual(a);
-    const parallel = logits(model, { kind: 'parallel', children: ['a', 'b'] });
-    const stack = logits(model, { kind: 'stack', children: ['a', 'b'] });
+    expect(logits(model, { adapter: 'b' })).not.toEqual(a);
+    const parallel = logits(model, { combine: 'parallel', adapters: ['a', 'b'] });
+    const stack = logits(model, { combine: 'stack', adapters: ['a', 'b'] });
     expectClose(stack, parallel, { rtol: 1e-5, atol: 1e-6 });
-    const averageEqualToParallel = logits(model, { kind: 'average', children: ['a', 'b'], weights: [1, 1] });
+    const averageEqualToParallel = logits(model, { combine: 'average', adapters: ['a', 'b'], weights: [1, 1] });
     expectClose(averageEqualToParallel, parallel, { rtol: 1e-6, atol: 1e-7 });
-    const onlyA = logits(model, { kind: 'average', children: ['a', 'b'], weights: [1, 0] });
+    const onlyA = logits(model, { combine: 'average', adapters: ['a', 'b'], weights: [1, 0] });
     expectClose(onlyA, a, { rtol: 1e-6, atol: 1e-7 });
-    const nothing = logits(model, { kind: 'average', children: ['a', 'b'], weights: [0, 0] });
+    const nothing = logits(model, { combine: 'average', adapters: ['a', 'b'], weights: [0, 0] });
     expectClose(nothing, b0, { rtol: 1e-6, atol: 1e-7 });
     model.dispose();
   });
@@ -98,7 +98,7 @@ describe.each([
     if (moduleA?.role !== 'delta' || moduleB?.role !== 'delta') throw new Error('modules missing');
     const dA = moduleA.delta(x, y, context);
     const dB = moduleB.delta(x, y, context);
-    const hooks = model.hooks({ use: { kind: 'average', children: ['a', 'b'], weights: [0.25, -2] } });
+    const hooks = model.hooks({ select: { combine: 'average', adapters: ['a', 'b'], weights: [0.25, -2] } });
     hooks?.begin?.(context.forward);
     const adapted = adaptSite(hooks, base, 0, 'attn.q', x, y);
     const expected = tf.add(y, tf.add(tf.mul(dA, 0.25), tf.mul(dB, -2)));
@@ -111,7 +111,7 @@ describe.each([
     const before = listWeightTensors(base.weights).map((t) => t.dataSync().slice());
     const start = tf.memory().numTensors;
     const model = AdaptedModel.create(base, { adapters: [lora('a'), lora('b')] });
-    for (let i = 0; i < 3; i++) logits(model, { kind: 'stack', children: ['a', 'b'] });
+    for (let i = 0; i < 3; i++) logits(model, { combine: 'stack', adapters: ['a', 'b'] });
     model.generate([[1, 2], [3]], { maxNewTokens: 4, temperature: 0, eosId: null });
     model.dispose();
     expect(tf.memory().numTensors).toBe(start);
@@ -126,7 +126,9 @@ describe.each([
     expect(() => AdaptedModel.create(base, { adapters: [lora('a', { targets: { layers: [99] } })] })).toThrow(/layer 99 does not exist/);
     expect(() => AdaptedModel.create(base, { adapters: [lora('a', { r: 0 })] })).toThrow(/spec.adapters\[0\].r/);
     const model = AdaptedModel.create(base, { adapters: [lora('a')] });
-    expect(() => model.forward({ ids, use: { kind: 'route', experts: ['a'], router: { kind: 'top-k' } } })).toThrow(/only use routes the model spec defines/);
+    expect(() => model.forward({ ids, select: { composition: { kind: 'route', experts: ['a'], router: { kind: 'top-k' } } } })).toThrow(
+      /only use routes the model spec defines/,
+    );
     model.dispose();
   });
 });
@@ -161,12 +163,12 @@ describe('stack applies modules one after the other', () => {
     if (first?.role !== 'delta' || second?.role !== 'delta') throw new Error('modules missing');
     const h1 = tf.add(h, first.delta(h, h, context)) as tf.Tensor2D;
     const byHand = tf.add(h1, second.delta(h1, h1, context)) as tf.Tensor2D;
-    const hooks = model.hooks({ use: { kind: 'stack', children: ['first', 'second'] } });
+    const hooks = model.hooks({ select: { combine: 'stack', adapters: ['first', 'second'] } });
     hooks?.begin?.(forward);
     const stacked = hooks?.blockOutput?.(0, 'mlp', h) as tf.Tensor2D;
     expectClose(stacked.dataSync(), byHand.dataSync(), { rtol: 1e-6, atol: 1e-7 });
     // Order matters for non-linear modules: the reverse stack differs.
-    const reversed = model.hooks({ use: { kind: 'stack', children: ['second', 'first'] } });
+    const reversed = model.hooks({ select: { combine: 'stack', adapters: ['second', 'first'] } });
     reversed?.begin?.(forward);
     const other = reversed?.blockOutput?.(0, 'mlp', h) as tf.Tensor2D;
     expect(Array.from(other.dataSync())).not.toEqual(Array.from(stacked.dataSync()));

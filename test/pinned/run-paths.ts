@@ -5,8 +5,9 @@
 //
 // This is the ONE file to update when a public option or name changes: library code is reached only
 // through the public entry points (src/index.ts, routers/index.ts) and the test helpers. Options this file
-// depends on: AdaptedModel.create(base, spec, { routers }); forward/generate options `use`, `fusion`,
-// `strategy`, `trace`, `routingMask`, `training`, `auxLosses`, `cache`, `output`, `mask`; spec fields
+// depends on: AdaptedModel.create(base, spec, { routers }); forward/generate options `select` ('base',
+// 'spec', `adapter`, `combine`, `adapters`, `weights`, `composition`), `routing` (`fusion`, `strategy`,
+// `trace`, `routingMask`, `auxLosses`), `training`, `cache`, `output`, `mask`; spec fields
 // (`kind`, `name`, `r`, `alpha`, `init`, `targets.sites`, `placement`, `reductionFactor`, route `experts`,
 // `router.kind/k/temperature`, `nullExpert`, `granularity`, `placement`, `readLayer`, `strategy`);
 // `namedVariables()`; RoutedRuntime `load` sources `peft` / `instance`, `select` (`adapter`, `combine`,
@@ -35,10 +36,10 @@ import {
   padLeft,
   writePeftAdapter,
   type AdapterInstance,
-  type AdapterSelection,
   type BatchEvent,
   type RoutingTraceEntry,
   type Selection,
+  type SelectionInput,
   type Transformer,
 } from '../../src/index.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
@@ -265,8 +266,8 @@ interface CallOptions {
 }
 
 function adaptedLogits(model: AdaptedModel, ids: number[][], options: CallOptions = {}): PinnedTensor {
-  const { mask, pinTrace: _pinTrace, ...rest } = options;
-  return read(model.forward({ ids, ...(mask === undefined ? {} : { mask }), ...rest }));
+  const { mask, pinTrace: _pinTrace, ...routing } = options;
+  return read(model.forward({ ids, ...(mask === undefined ? {} : { mask }), routing }));
 }
 
 /** One output per call variant on the same input, and the traces of the variants that ask for it. */
@@ -433,7 +434,7 @@ function decodeCase(spec: unknown): Promise<PinnedCase> {
   return withModel(llama, spec, (base, model) => {
     const generated = model.generate(PROMPTS, { maxNewTokens: NEW_TOKENS, temperature: 0, eosId: null });
     const tokens = generated.map((row, b) => row.slice((PROMPTS[b] as number[]).length));
-    const perSite = model.generate(PROMPTS, { maxNewTokens: NEW_TOKENS, temperature: 0, eosId: null, fusion: false });
+    const perSite = model.generate(PROMPTS, { maxNewTokens: NEW_TOKENS, temperature: 0, eosId: null, routing: { fusion: false } });
     const steps = cachedSteps(base, (o) => model.forward({ ...o, output: 'last-logits' }), tokens);
     const baseSteps = cachedSteps(base, (o) => base.forward({ ...o, output: 'last-logits' }), tokens);
     return {
@@ -454,7 +455,7 @@ export function decodeSequence(): Promise<PinnedCase> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Static compositions (AdaptedModel `use`)
+// Static compositions (AdaptedModel `select`)
 
 const STATIC_SPEC = {
   seed: 13,
@@ -470,18 +471,18 @@ const STATIC_SPEC = {
 export function staticCompositions(): Promise<PinnedCase> {
   return withModel(llama, STATIC_SPEC, (base, model) => {
     const baseOut = baseLogits(base, 'llama/padded-2x6', PADDED_IDS, PADDED_MASK);
-    const uses: Record<string, AdapterSelection> = {
-      single: 'a',
-      stack: { kind: 'stack', children: ['a', 'b'] },
-      parallel: { kind: 'parallel', children: ['a', 'b', 'c'] },
-      average: { kind: 'average', children: ['a', 'c'], weights: [0.3, -0.7] },
-      stackBottleneck: { kind: 'stack', children: ['a', 'bn'] },
-      nested: { kind: 'average', children: [{ kind: 'stack', children: ['bn', 'b'] }, 'c'] }, // default weights 1/2
-      default: 'default',
+    const selections: Record<string, SelectionInput> = {
+      single: { adapter: 'a' },
+      stack: { combine: 'stack', adapters: ['a', 'b'] },
+      parallel: { combine: 'parallel', adapters: ['a', 'b', 'c'] },
+      average: { combine: 'average', adapters: ['a', 'c'], weights: [0.3, -0.7] },
+      stackBottleneck: { combine: 'stack', adapters: ['a', 'bn'] },
+      nested: { composition: { kind: 'average', children: [{ kind: 'stack', children: ['bn', 'b'] }, 'c'] } }, // default weights 1/2
+      default: 'spec',
     };
     const outputs: Record<string, PinnedOutput> = {};
-    for (const [name, use] of Object.entries(uses)) {
-      outputs[name] = { logits: read(model.forward({ ids: PADDED_IDS, mask: PADDED_MASK, use })), base: baseOut };
+    for (const [name, select] of Object.entries(selections)) {
+      outputs[name] = { logits: read(model.forward({ ids: PADDED_IDS, mask: PADDED_MASK, select })), base: baseOut };
     }
     return { outputs };
   });
@@ -529,7 +530,7 @@ export function trainingForward(): Promise<PinnedCase> {
     const stableName = new Map([...named].map(([name, v]) => [v.name, name]));
     try {
       const { value, grads } = tf.variableGrads(() => {
-        const output = model.forward({ ids: PADDED_IDS, mask: PADDED_MASK, training: true, auxLosses: sink });
+        const output = model.forward({ ids: PADDED_IDS, mask: PADDED_MASK, training: true, routing: { auxLosses: sink } });
         const task = causalLmLoss(output, batch);
         kept.push(tf.keep(task));
         return sink.length === 0 ? task : tf.add(task, tf.addN(sink));

@@ -55,14 +55,14 @@ type Fusion = boolean | 'device';
 
 function forward(model: AdaptedModel, ids: number[][], mask: number[][] | undefined, fusion: Fusion): { logits: Float32Array; trace: RoutingTraceEntry[] } {
   const trace: RoutingTraceEntry[] = [];
-  const out = model.forward({ ids, ...(mask === undefined ? {} : { mask }), fusion, trace });
+  const out = model.forward({ ids, ...(mask === undefined ? {} : { mask }), routing: { fusion, trace } });
   const logits = out.dataSync() as Float32Array;
   out.dispose();
   return { logits, trace };
 }
 
 function logitsOnly(model: AdaptedModel, ids: number[][], mask: number[][] | undefined, fusion: Fusion): Float32Array {
-  const out = model.forward({ ids, ...(mask === undefined ? {} : { mask }), fusion });
+  const out = model.forward({ ids, ...(mask === undefined ? {} : { mask }), routing: { fusion } });
   const logits = out.dataSync() as Float32Array;
   out.dispose();
   return logits;
@@ -140,11 +140,11 @@ describe('shared-input fused inference path', () => {
           ]) {
             const traceFused: RoutingTraceEntry[] = [];
             const tracePerSite: RoutingTraceEntry[] = [];
-            const a = model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, fusion: true, trace: traceFused });
-            const b = model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, fusion: false, trace: tracePerSite });
+            const a = model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, routing: { fusion: true, trace: traceFused } });
+            const b = model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, routing: { fusion: false, trace: tracePerSite } });
             expect(a).toEqual(b);
             expectSameTraces(traceFused, tracePerSite);
-            expect(model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, fusion: 'device' })).toEqual(b);
+            expect(model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null, routing: { fusion: 'device' } })).toEqual(b);
             expect(model.generate(prompts, { maxNewTokens: 4, temperature: 0, eosId: null })).toEqual(b);
           }
         } finally {
@@ -167,12 +167,12 @@ describe('shared-input fused inference path', () => {
       logitsOnly(model, longIds, undefined, true);
       forward(model, ids, mask, true);
       forward(model, ids, mask, 'device');
-      model.generate([[1, 2, 3], [4]], { maxNewTokens: 3, temperature: 0, eosId: null, trace: [] });
+      model.generate([[1, 2, 3], [4]], { maxNewTokens: 3, temperature: 0, eosId: null, routing: { trace: [] } });
       expect(tf.memory().numTensors).toBe(built);
     }
     // The fused path is really taken: far fewer kernels per forward than the per-site path.
     const kernels = async (fusion: boolean): Promise<number> => {
-      const info = await tf.profile(() => model.forward({ ids: [[1]], fusion }));
+      const info = await tf.profile(() => model.forward({ ids: [[1]], routing: { fusion } }));
       tf.dispose(info.result);
       return info.kernels.length;
     };

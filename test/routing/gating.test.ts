@@ -50,7 +50,7 @@ describe('the one gating function', () => {
         const scores = tf.randomNormal<tf.Rank.R2>([rows, choices], 0, 1, 'float32', seed);
         const maskValues = Array.from({ length: rows }, (_, n) => (n % 4 === 3 ? 0 : 1));
         const slots = topKSlots(scores, tf.tensor1d(maskValues), { k: 1, weighting: 'probability', capacityFactor: factor, training: false });
-        const real = maskValues.reduce((s, m) => s + m, 0);
+        const real = maskValues.reduce<number>((s, m) => s + m, 0);
         const capacity = Math.ceil((real * factor) / choices - 1e-9);
         const ids = slots.expertIds.dataSync();
         const kept = slots.kept?.dataSync() ?? new Float32Array();

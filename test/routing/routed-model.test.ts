@@ -63,7 +63,7 @@ describe('routed LoRA experts on a tiny llama', () => {
       { adapters: experts(3), composition: { kind: 'route', experts: names(3), nullExpert: true, router: { kind: 'task', mapping: { '0': 3 } } } },
       { routers },
     );
-    expect(run(model, { taskIds: [0, 0] })).toEqual(baseLogits);
+    expect(run(model, { routing: { taskIds: [0, 0] } })).toEqual(baseLogits);
     model.dispose();
   });
 
@@ -75,15 +75,15 @@ describe('routed LoRA experts on a tiny llama', () => {
     );
     // Padding rows get no routing weight (they do not count as tokens), so compare real positions only.
     const vocab = base.config.vocabSize;
-    expectClose(realRows(run(model), vocab), realRows(run(model, { use: 'e0' }), vocab), { rtol: 1e-5, atol: 1e-6 });
+    expectClose(realRows(run(model), vocab), realRows(run(model, { select: { adapter: 'e0' } }), vocab), { rtol: 1e-5, atol: 1e-6 });
     model.dispose();
   });
 
   test.each(['top-k', 'soft', 'top-p', 'switch', 'expert-choice', 'hash', 'noisy-top-k'])('dense and grouped execution agree for %s', (kind) => {
     const router = kind === 'top-k' ? { kind, k: 2 } : { kind };
     const model = AdaptedModel.create(base, { seed: 11, adapters: experts(4), composition: { kind: 'route', experts: names(4), router } }, { routers });
-    const dense = run(model, { strategy: 'dense' });
-    const grouped = run(model, { strategy: 'grouped' });
+    const dense = run(model, { routing: { strategy: 'dense' } });
+    const grouped = run(model, { routing: { strategy: 'grouped' } });
     expectClose(grouped, dense, { rtol: 1e-5, atol: 1e-6 });
     expect(dense).not.toEqual(baseLogits);
     model.dispose();
@@ -98,7 +98,7 @@ describe('routed LoRA experts on a tiny llama', () => {
     const model = AdaptedModel.create(base, spec, { routers });
     for (const v of model.adapters.get('i')?.modules.values() ?? [])
       for (const variable of v.variables()) variable.assign(tf.randomUniform(variable.shape, 0.5, 1.5, 'float32', 3));
-    expectClose(run(model, { strategy: 'grouped' }), run(model, { strategy: 'dense' }), { rtol: 1e-5, atol: 1e-6 });
+    expectClose(run(model, { routing: { strategy: 'grouped' } }), run(model, { routing: { strategy: 'dense' } }), { rtol: 1e-5, atol: 1e-6 });
     model.dispose();
   });
 
@@ -156,7 +156,7 @@ describe('routed LoRA experts on a tiny llama', () => {
       { routers },
     );
     const trace: RoutingTraceEntry[] = [];
-    const hooks = model.hooks({ trace });
+    const hooks = model.hooks({ routing: { trace } });
     const x = tf.randomNormal([6, base.config.dim], 0, 1, 'float32', 5) as tf.Tensor2D;
     const y = tf.randomNormal([6, base.config.dim], 0, 1, 'float32', 6) as tf.Tensor2D;
     const forward = { batch: 1, tokens: 6, ids: [[1, 2, 3, 4, 5, 6]], mask: tf.ones([1, 6]) as tf.Tensor2D, pastLength: 0, cache: undefined, training: false };
@@ -184,7 +184,7 @@ describe('routed LoRA experts on a tiny llama', () => {
     const trace: RoutingTraceEntry[] = [];
     const auxLosses: tf.Scalar[] = [];
     const { grads, value } = tf.variableGrads(
-      () => tf.sum(tf.square(model.forward({ ids, mask, training: true, trace, auxLosses }))) as tf.Scalar,
+      () => tf.sum(tf.square(model.forward({ ids, mask, training: true, routing: { trace, auxLosses } }))) as tf.Scalar,
       model.variables(),
     );
     const selected = new Set(trace.filter((e) => e.layer === 0 && e.site === 'attn.q').flatMap((e) => e.experts));
@@ -210,7 +210,7 @@ describe('routed LoRA experts on a tiny llama', () => {
       { routers },
     );
     const trace: RoutingTraceEntry[] = [];
-    run(model, { trace });
+    run(model, { routing: { trace } });
     const sites = new Set(trace.map((e) => `${e.layer}|${e.site}`));
     expect(sites.size).toBe(base.config.nLayers * 3);
     expect(trace.length).toBe(sites.size * (6 + 4));
@@ -249,7 +249,7 @@ describe('routed LoRA experts on a tiny llama', () => {
     const spec = { adapters: experts(3), composition: { kind: 'route', experts: names(3), router: { kind: 'top-k', k: 1 }, placement: 'model', readLayer: 0 } };
     const model = AdaptedModel.create(base, spec, { routers });
     const trace: RoutingTraceEntry[] = [];
-    const logits = run(model, { trace });
+    const logits = run(model, { routing: { trace } });
     expect(new Set(trace.map((e) => e.site))).toEqual(new Set(['model']));
     expect(trace).toHaveLength(10);
     expect(realRows(logits, base.config.vocabSize)).not.toEqual(realRows(baseLogits, base.config.vocabSize));
@@ -264,9 +264,9 @@ describe('routed LoRA experts on a tiny llama', () => {
       { routers },
     );
     const auxLosses: tf.Scalar[] = [];
-    run(model, { trace: [], training: true, auxLosses });
-    run(model, { strategy: 'grouped' });
-    model.generate([[1, 2]], { maxNewTokens: 3, temperature: 0, eosId: null, trace: [] });
+    run(model, { training: true, routing: { trace: [], auxLosses } });
+    run(model, { routing: { strategy: 'grouped' } });
+    model.generate([[1, 2]], { maxNewTokens: 3, temperature: 0, eosId: null, routing: { trace: [] } });
     tf.dispose(auxLosses);
     model.dispose();
     expect(tf.memory().numTensors).toBe(start);
@@ -282,7 +282,7 @@ describe('routed LoRA experts on a tiny llama', () => {
     const events: { pastLength: number; entries: readonly RoutingTraceEntry[] }[] = [];
     const subscription = model.traces$.subscribe((event) => events.push(event));
     const explicit: RoutingTraceEntry[] = [];
-    run(model, { trace: explicit });
+    run(model, { routing: { trace: explicit } });
     model.generate([[1, 2, 3]], { maxNewTokens: 3, temperature: 0, eosId: null });
     subscription.unsubscribe();
     run(model);

@@ -76,7 +76,7 @@ describe('routingMask', () => {
       const served = completionLogits(values(model.forward({ ids: completion, mask: completionMask, cache })), vocab, 3, 0);
       cache.dispose();
 
-      const marked = completionLogits(values(model.forward({ ids, mask, routingMask })), vocab, 7, 4);
+      const marked = completionLogits(values(model.forward({ ids, mask, routing: { routingMask } })), vocab, 7, 4);
       const unmarked = completionLogits(values(model.forward({ ids, mask })), vocab, 7, 4);
       expect(tf.memory().numTensors).toBe(start);
 
@@ -95,12 +95,12 @@ describe('routingMask', () => {
       composition: { kind: 'route', experts: ['e0', 'e1', 'e2', 'e3'], router: { kind: 'soft' }, granularity: 'sequence', placement: 'model' },
     };
     const model = AdaptedModel.create(base, spec, { routers });
-    const prefill: Parameters<AdaptedModel['forward']>[0]['trace'] = [];
+    const prefill: NonNullable<Parameters<AdaptedModel['forward']>[0]['routing']>['trace'] = [];
     const cache = base.newCache(2);
-    model.forward({ ids: prompt, mask: promptMask, cache, trace: prefill }).dispose();
+    model.forward({ ids: prompt, mask: promptMask, cache, routing: { trace: prefill } }).dispose();
     cache.dispose();
     const whole: NonNullable<typeof prefill> = [];
-    model.forward({ ids, mask, routingMask, trace: whole }).dispose();
+    model.forward({ ids, mask, routing: { routingMask, trace: whole } }).dispose();
     const firstOf = (entries: NonNullable<typeof prefill>, b: number) => entries.find((e) => e.batch === b && e.token === 0);
     for (const b of [0, 1]) {
       const a = firstOf(prefill ?? [], b);
@@ -118,15 +118,17 @@ describe('routingMask', () => {
     };
     const model = AdaptedModel.create(base, spec, { routers });
     const start = tf.memory().numTensors;
-    expect(() => model.forward({ ids, mask, routingMask: [[1, 1, 1]] })).toThrow(ShapeError);
+    expect(() => model.forward({ ids, mask, routing: { routingMask: [[1, 1, 1]] } })).toThrow(ShapeError);
     expect(() =>
       model.forward({
         ids,
         mask,
-        routingMask: [
-          [1, 1, 1],
-          [1, 1, 1],
-        ],
+        routing: {
+          routingMask: [
+            [1, 1, 1],
+            [1, 1, 1],
+          ],
+        },
       }),
     ).toThrow(/routingMask must be \[2, 7\].*2 rows of lengths 3/);
     expect(tf.memory().numTensors).toBe(start);

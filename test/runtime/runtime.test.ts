@@ -31,8 +31,8 @@ afterAll(async () => {
   await fx.dispose();
 });
 
-function reference(use: Parameters<RuntimeFixture['source']['forward']>[0]['use'], ids: number[][]): Float32Array {
-  const out = fx.source.forward({ ids, use });
+function reference(select: Parameters<RuntimeFixture['source']['forward']>[0]['select'], ids: number[][]): Float32Array {
+  const out = fx.source.forward({ ids, select });
   const values = out.dataSync() as Float32Array;
   out.dispose();
   return values;
@@ -43,13 +43,13 @@ describe('RoutedRuntime', () => {
     const ids = [prompt(5), prompt(5, 1)];
     const a = await runtime.forward(ids, { select: { adapter: 'a' } });
     expect(a.shape).toEqual([2, 5, 32]);
-    expectClose(a.logits, reference('a', ids), { rtol: 1e-5, atol: 1e-5 });
+    expectClose(a.logits, reference({ adapter: 'a' }, ids), { rtol: 1e-5, atol: 1e-5 });
     const avg = await runtime.forward(ids, { select: { combine: 'average', adapters: ['b', 'c'], weights: [0.25, 0.75] } });
-    expectClose(avg.logits, reference({ kind: 'average', children: ['b', 'c'], weights: [0.25, 0.75] }, ids), { rtol: 1e-5, atol: 1e-5 });
+    expectClose(avg.logits, reference({ combine: 'average', adapters: ['b', 'c'], weights: [0.25, 0.75] }, ids), { rtol: 1e-5, atol: 1e-5 });
     const stack = await runtime.forward(ids, { select: { combine: 'stack', adapters: ['a', 'c'] } });
-    expectClose(stack.logits, reference({ kind: 'stack', children: ['a', 'c'] }, ids), { rtol: 1e-5, atol: 1e-5 });
+    expectClose(stack.logits, reference({ combine: 'stack', adapters: ['a', 'c'] }, ids), { rtol: 1e-5, atol: 1e-5 });
     const base = await runtime.forward(ids, { select: 'base' });
-    expectClose(base.logits, reference('none', ids), { rtol: 0, atol: 0 });
+    expectClose(base.logits, reference('base', ids), { rtol: 0, atol: 0 });
     expect(a.logits).not.toEqual(base.logits);
   });
 
@@ -75,6 +75,9 @@ describe('RoutedRuntime', () => {
     await expect(runtime.forward([[3, 4]], { select: { routed: 'a' } })).rejects.toThrow(ConfigError);
     await expect(runtime.forward([[3, 4]], { select: { adapter: 'moe' } })).rejects.toThrow(/routed model/);
     await expect(runtime.forward([[3, 4]], { select: { combine: 'stack', adapters: ['a', 'b'], weights: [1, 2] } })).rejects.toThrow(ConfigError);
+    // A runtime serves named targets: an AdaptedModel's own 'spec' and free { composition } are refused.
+    await expect(runtime.forward([[3, 4]], { select: 'spec' })).rejects.toThrow(ConfigError);
+    await expect(runtime.forward([[3, 4]], { select: { composition: { kind: 'adapter', adapter: 'a' } } })).rejects.toThrow(/serves named targets/);
     await expect(runtime.forward([[3, 99]], { select: 'base' })).rejects.toThrow(/outside the vocabulary/);
     await expect(runtime.load('a', { kind: 'peft', dir: fx.peft.b })).rejects.toThrow(/already loaded/);
     expect(runtime.stats().targets.map((t) => t.inUse)).toEqual([0, 0, 0, 0]);
@@ -86,7 +89,7 @@ describe('RoutedRuntime', () => {
     const result = await runtime.score(context, continuation, { select: { adapter: 'c' } });
     const ids = [[...context, ...continuation]];
     const expected = tf.tidy(() => {
-      const logProbs = tf.logSoftmax(fx.source.forward({ ids, use: 'c' })); // [1, T, V]
+      const logProbs = tf.logSoftmax(fx.source.forward({ ids, select: { adapter: 'c' } })); // [1, T, V]
       return continuation.map((token, j) => (logProbs.arraySync() as number[][][])[0]?.[context.length - 1 + j]?.[token] as number);
     });
     expectClose(result.tokenLogProbs, expected, { rtol: 1e-4, atol: 1e-5 });
@@ -113,7 +116,7 @@ describe('RoutedRuntime', () => {
     await runtime.load('cls', { kind: 'peft', dir: fx.peft.a }, { head: { weight, bias: [0.5, 0, -0.5] } });
     const ids = [prompt(3, 7), prompt(5, 8)];
     const out = await runtime.classify(ids, { select: { adapter: 'cls' } });
-    const hidden = tf.tidy(() => fx.source.forward({ ids: [ids[1] as number[]], use: 'a', output: 'hidden' }).arraySync() as number[][][]);
+    const hidden = tf.tidy(() => fx.source.forward({ ids: [ids[1] as number[]], select: { adapter: 'a' }, output: 'hidden' }).arraySync() as number[][][]);
     const last = hidden[0]?.[4] as number[];
     const manual = [0, 1, 2].map((c) => last.reduce((s, h, d) => s + h * (weight[d]?.[c] as number), [0.5, 0, -0.5][c] as number));
     expectClose(out[1]?.logits ?? [], manual, { rtol: 1e-4, atol: 1e-5 });
@@ -140,7 +143,7 @@ describe('RoutedRuntime', () => {
     expect((await runtime.generate(prompt(3, 2), greedy)).tokens).toEqual(tokensBefore);
     // Combinations including a merged adapter still apply it through hooks.
     const combined = await runtime.forward(ids, { select: { combine: 'parallel', adapters: ['a', 'b'] } });
-    expectClose(combined.logits, reference({ kind: 'parallel', children: ['a', 'b'] }, ids), { rtol: 1e-5, atol: 1e-5 });
+    expectClose(combined.logits, reference({ combine: 'parallel', adapters: ['a', 'b'] }, ids), { rtol: 1e-5, atol: 1e-5 });
     expect(labels).toContain('merged:a');
     runtime.unmerge('a');
     sub.unsubscribe();
@@ -164,7 +167,7 @@ describe('RoutedRuntime', () => {
 
   test('generation equals AdaptedModel.generate for the same adapter (greedy)', async () => {
     const p = prompt(4, 11);
-    const expected = fx.source.generate([p], { use: 'b', maxNewTokens: 12, temperature: 0, eosId: null })[0]?.slice(p.length);
+    const expected = fx.source.generate([p], { select: { adapter: 'b' }, maxNewTokens: 12, temperature: 0, eosId: null })[0]?.slice(p.length);
     const result = await runtime.generate(p, { select: { adapter: 'b' }, maxNewTokens: 12, temperature: 0, eosId: null });
     expect(result.tokens).toEqual(expected);
   });

@@ -43,7 +43,7 @@ describe('Trainer on tiny llama', () => {
   });
   afterAll(() => base.dispose());
 
-  test('a LoRA memorises two sequences: loss falls; base bytes and use "none" logits unchanged; events are plain data', async () => {
+  test('a LoRA memorises two sequences: loss falls; base bytes and select "base" logits unchanged; events are plain data', async () => {
     const baseBytes = listWeightTensors(base.weights).map((t) => Buffer.from(Float32Array.from(t.dataSync() as Float32Array).buffer));
     const before = base.forward({ ids: batch.ids, mask: batch.mask });
     const baseLogits = Array.from(before.dataSync());
@@ -83,7 +83,7 @@ describe('Trainer on tiny llama', () => {
     listWeightTensors(base.weights).forEach((t, i) => {
       expect(Buffer.from(Float32Array.from(t.dataSync() as Float32Array).buffer).equals(baseBytes[i] as Buffer)).toBe(true);
     });
-    const after = model.forward({ ids: batch.ids, mask: batch.mask, use: 'none' });
+    const after = model.forward({ ids: batch.ids, mask: batch.mask, select: 'base' });
     expect(Array.from(after.dataSync())).toEqual(baseLogits);
     after.dispose();
     expect(() => trainer.step(batch)).toThrow(TrainingError);
