@@ -119,7 +119,7 @@ export async function loadCliAdapters(
     const used = new Set<string>();
     for (const dir of adapters) {
       let name = basename(resolve(dir)).replace(/[^A-Za-z0-9_.-]/g, '_') || 'adapter';
-      for (let n = 2; used.has(name) || name === 'default' || name === 'none'; n++) name = `${basename(resolve(dir))}-${n}`;
+      for (let n = 2; used.has(name); n++) name = `${basename(resolve(dir))}-${n}`;
       used.add(name);
       const read = await readPeftAdapter(dir, loaded.model, { name });
       for (const w of read.warnings) io.stderr(`warning: ${dir}: ${w}\n`);
@@ -127,7 +127,9 @@ export async function loadCliAdapters(
     }
     const names = instances.map((i) => i.name);
     // The library's selection vocabulary (model/selection.ts), as RoutedRuntime calls take it.
-    const composition = staticComposition(names.length === 1 ? { adapter: names[0] as string } : { combine, adapters: names, weights });
+    const composition = staticComposition(
+      names.length === 1 && weights === undefined ? { adapter: names[0] as string } : { combine, adapters: names, weights },
+    );
     const model = AdaptedModel.create(loaded.model, { adapters: instances.map((i) => i.spec), composition });
     for (const instance of instances.splice(0)) model.replaceAdapter(instance);
     return { model, taskIds };

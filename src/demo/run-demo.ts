@@ -354,8 +354,7 @@ function serve(
     const generated = model.generate(prompts, {
       maxNewTokens: 9,
       temperature: 0,
-      ...(setup.usesTaskIds ? { taskIds: tasks } : {}),
-      ...(entries === undefined ? {} : { trace: entries }),
+      routing: { ...(setup.usesTaskIds ? { taskIds: tasks } : {}), ...(entries === undefined ? {} : { trace: entries }) },
     });
     if (entries !== undefined) trace?.push(entries);
     generated.forEach((ids, b) => {

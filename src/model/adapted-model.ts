@@ -1,11 +1,12 @@
 /**
  * A frozen base model with adapters (and routers) attached. It never changes the base: every forward
- * computes the base output at each point and adds the composition's delta through hooks. `use: 'none'`
+ * computes the base output at each point and adds the composition's delta through hooks. `select: 'base'`
  * runs the bare base, bit for bit.
  *
- * Many adapters may be resident at once; each call chooses what to apply (`use`): the spec's composition
- * (`'default'`), none, or any composition of resident adapters (routes must be ones the spec defines,
- * since routers are trained with their experts).
+ * Many adapters may be resident at once; each call chooses what to apply (`select`, model/selection.ts): the
+ * spec's composition (`'spec'`, the default), the bare base, one adapter, a static combination, or any
+ * composition of resident adapters (routes must be ones the spec defines, since routers are trained with their
+ * experts). How the call routes is one `routing` object (routing/routing-pass.ts RoutingOptions).
  */
 import type * as tf from '@tensorflow/tfjs';
 import { Subject, type Observable } from 'rxjs';
@@ -21,7 +22,7 @@ import { checkComposition, effectiveComposition, parseAdaptedModelSpec, type Ada
 import { AdapterInstance, createAdapter } from '../adapters/instance.js';
 import { type CompositionNode, type RouteNode, routesIn } from '../compose/spec.js';
 import { RouterSet } from '../routing/router-set.js';
-import type { RoutingOptions } from '../routing/routing-pass.js';
+import { ROUTING_OPTION_KEYS, type RoutingOptions } from '../routing/routing-pass.js';
 import { Selection, type SelectionInput, staticComposition } from './selection.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
@@ -124,6 +125,7 @@ export class AdaptedModel {
 
   /** Runs the model with the selected adapters. The returned tensor belongs to the caller. */
   forward(options: AdaptedForwardOptions): tf.Tensor {
+    refuseLooseOptions(options);
     const { select, routing, ...forward } = options;
     const hooks = this.hooks({ select, routing });
     return this.base.forward(hooks === undefined ? forward : { ...forward, hooks });
@@ -131,6 +133,7 @@ export class AdaptedModel {
 
   /** Generates with the selected adapters (see base/generate.ts). */
   generate(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): number[][] {
+    refuseLooseOptions(options);
     const { select, routing, ...rest } = options;
     const hooks = this.hooks({ select, routing });
     return generate(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
@@ -138,6 +141,7 @@ export class AdaptedModel {
 
   /** Step-by-step generation (each yield: one new token per row, −1 once a row stopped). */
   generateSteps(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Generator<number[], void, undefined> {
+    refuseLooseOptions(options);
     const { select, routing, ...rest } = options;
     const hooks = this.hooks({ select, routing });
     return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
@@ -180,7 +184,7 @@ export class AdaptedModel {
     };
   }
 
-  /** Adds an adapter (not part of the spec's composition; select it per call with `use`). */
+  /** Adds an adapter (not part of the spec's composition; select it per call with `select: { adapter }`). */
   addAdapter(spec: AdapterSpecInput | AdapterInstance): AdapterInstance {
     const instance =
       spec instanceof AdapterInstance ? spec : createAdapter(parseConfig(AdapterSpec, spec, 'adapter'), this.base.config, this.spec.seed, 'adapter');
@@ -253,6 +257,7 @@ export class AdaptedModel {
   /** Hooks that apply the selection to base forwards; undefined when nothing applies (the bare base). */
   hooks(options: AdaptedCallOptions = {}): ForwardHooks | undefined {
     if (this.disposed) throw new Error('AdaptedModel used after dispose()');
+    refuseLooseOptions(options);
     const root = this.resolveSelection(options.select);
     if (root === undefined) return undefined;
     const routed = routesIn(root).length > 0;
@@ -288,5 +293,22 @@ export class AdaptedModel {
       return bound;
     }
     return { ...node, children: node.children.map((c) => this.bindRoutes(c)) };
+  }
+}
+
+/** Options of the former vocabulary, refused by name so that a call never silently ignores them. */
+const LOOSE_ROUTING_OPTIONS: ReadonlySet<string> = new Set(ROUTING_OPTION_KEYS);
+
+function refuseLooseOptions(options: object): void {
+  if ('use' in options) {
+    throw new ConfigError("the call option 'use' is now 'select'", {
+      path: 'use',
+      hint: "Write select: 'spec' | 'base' | { adapter } | { combine, adapters, weights? } | { composition } (model/selection.ts)",
+    });
+  }
+  for (const key of Object.keys(options)) {
+    if (LOOSE_ROUTING_OPTIONS.has(key)) {
+      throw new ConfigError(`the call option '${key}' belongs in routing`, { path: key, hint: `Pass it as routing: { ${key} } (RoutingOptions)` });
+    }
   }
 }

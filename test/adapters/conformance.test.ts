@@ -52,7 +52,7 @@ interface KindCase {
 const record = <T extends Config>(model: { [K in keyof T]: fc.Arbitrary<T[K]> }, required: (keyof T)[]): fc.Arbitrary<Config> =>
   fc.record(model, { requiredKeys: required, noNullPrototype: true }) as fc.Arbitrary<Config>;
 
-const adapterName = fc.stringMatching(/^[a-z][a-z0-9_.-]{0,7}$/).filter((n) => n !== 'default' && n !== 'none');
+const adapterName = fc.stringMatching(/^[a-z][a-z0-9_.-]{0,7}$/);
 const layers = fc.oneof(fc.constant('all'), fc.shuffledSubarray(LAYERS, { minLength: 1 }));
 
 /** Site entries every form: default (absent), all-linear, names, a glob, a /regex/. */
