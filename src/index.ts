@@ -62,6 +62,7 @@ export { tokenizeExamples, makeBatches, packExamples, splitTrainValidation } fro
 export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualInformation, expertLoad, baseRetention } from './train/metrics.js';
 
 export { RoutedRuntime, type RoutedRuntimeOptions } from './runtime/runtime.js';
+export { MemoryBudgetError } from './runtime/registry.js';
 export * from './runtime/types.js';
 export { saveCheckpoint, loadCheckpoint, readCheckpoint, resumeTrainer, restoreTrainer, type TrainingState } from './train/checkpoint.js';
 export { trainFromDataset } from './train/train-loop.js';
