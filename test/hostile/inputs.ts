@@ -198,7 +198,21 @@ function mutateJson(base: Json): fc.Arbitrary<Json> {
 // 1. safetensors files
 
 const DTYPES: readonly SafetensorsDtype[] = ['BOOL', 'U8', 'I8', 'I16', 'U16', 'F16', 'BF16', 'I32', 'U32', 'F32', 'F64', 'I64', 'U64'];
-const DTYPE_BYTES: Readonly<Record<SafetensorsDtype, number>> = { BOOL: 1, U8: 1, I8: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4, F32: 4, F64: 8, I64: 8, U64: 8 };
+const DTYPE_BYTES: Readonly<Record<SafetensorsDtype, number>> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+};
 
 const validSafetensors: fc.Arbitrary<Uint8Array> = fc
   .array(
@@ -250,29 +264,27 @@ export const safetensorsCase: fc.Arbitrary<Uint8Array> = fc.oneof(
   { weight: 4, arbitrary: validSafetensors.chain((bytes) => mutateJson(headerOf(bytes)).map((h) => withHeader(bytes, JSON.stringify(h)))) },
   {
     weight: 2,
-    arbitrary: fc
-      .tuple(validSafetensors, fc.constantFrom('dup', 'deep', 'bom', 'nul', 'proto', 'huge-offsets', 'trailing'))
-      .map(([bytes, how]) => {
-        const text = JSON.stringify(headerOf(bytes));
-        const inner = text.slice(1, -1);
-        const first = inner === '' ? '' : `${inner},`;
-        switch (how) {
-          case 'dup':
-            return withHeader(bytes, `{${first}"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`);
-          case 'deep':
-            return withHeader(bytes, `{${first}"d":${deepJsonText(50_000)}}`);
-          case 'bom':
-            return withHeader(bytes, `\ufeff${text}`);
-          case 'nul':
-            return withHeader(bytes, `${text}\u0000\u0000`);
-          case 'proto':
-            return withHeader(bytes, `{${first}"__proto__":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"__metadata__":{"__proto__":"x"}}`);
-          case 'huge-offsets':
-            return withHeader(bytes, `{"a":{"dtype":"F32","shape":[1e15,1e15],"data_offsets":[0,9007199254740993]}}`);
-          default:
-            return withHeader(bytes, `${text}   x`);
-        }
-      }),
+    arbitrary: fc.tuple(validSafetensors, fc.constantFrom('dup', 'deep', 'bom', 'nul', 'proto', 'huge-offsets', 'trailing')).map(([bytes, how]) => {
+      const text = JSON.stringify(headerOf(bytes));
+      const inner = text.slice(1, -1);
+      const first = inner === '' ? '' : `${inner},`;
+      switch (how) {
+        case 'dup':
+          return withHeader(bytes, `{${first}"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`);
+        case 'deep':
+          return withHeader(bytes, `{${first}"d":${deepJsonText(50_000)}}`);
+        case 'bom':
+          return withHeader(bytes, `\ufeff${text}`);
+        case 'nul':
+          return withHeader(bytes, `${text}\u0000\u0000`);
+        case 'proto':
+          return withHeader(bytes, `{${first}"__proto__":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"__metadata__":{"__proto__":"x"}}`);
+        case 'huge-offsets':
+          return withHeader(bytes, `{"a":{"dtype":"F32","shape":[1e15,1e15],"data_offsets":[0,9007199254740993]}}`);
+        default:
+          return withHeader(bytes, `${text}   x`);
+      }
+    }),
   },
   {
     weight: 2,
@@ -287,13 +299,11 @@ export const safetensorsCase: fc.Arbitrary<Uint8Array> = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(validSafetensors, fc.nat()).map(([bytes, cut]) => bytes.subarray(0, cut % (bytes.length + 1))) },
   {
     weight: 1,
-    arbitrary: fc
-      .tuple(validSafetensors, fc.constantFrom(0n, 1n, 7n, 2n ** 32n, 100_000_001n, 2n ** 63n, 2n ** 64n - 1n))
-      .map(([bytes, n]) => {
-        const out = Uint8Array.from(bytes);
-        new DataView(out.buffer).setBigUint64(0, n, true);
-        return out;
-      }),
+    arbitrary: fc.tuple(validSafetensors, fc.constantFrom(0n, 1n, 7n, 2n ** 32n, 100_000_001n, 2n ** 63n, 2n ** 64n - 1n)).map(([bytes, n]) => {
+      const out = Uint8Array.from(bytes);
+      new DataView(out.buffer).setBigUint64(0, n, true);
+      return out;
+    }),
   },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 64 }) },
 );
@@ -313,7 +323,11 @@ const patternKey = fc.oneof(
   { weight: 1, arbitrary: hostileString },
 );
 /** Mostly a valid small size, sometimes a hostile number or value (one bad field per spec reaches deeper code). */
-const size = fc.oneof({ weight: 14, arbitrary: fc.integer({ min: 1, max: 8 }) }, { weight: 1, arbitrary: hostileNumber }, { weight: 1, arbitrary: hostileLeaf });
+const size = fc.oneof(
+  { weight: 14, arbitrary: fc.integer({ min: 1, max: 8 }) },
+  { weight: 1, arbitrary: hostileNumber },
+  { weight: 1, arbitrary: hostileLeaf },
+);
 
 const adapterSpec = fc.record(
   {
@@ -325,8 +339,16 @@ const adapterSpec = fc.record(
     alphaPattern: fc.dictionary(patternKey, size, { maxKeys: 2, noNullPrototype: true }),
     targets: fc.record(
       {
-        sites: fc.oneof({ weight: 8, arbitrary: fc.array(siteEntry, { minLength: 1, maxLength: 3 }) }, { weight: 2, arbitrary: fc.constant('all-linear') }, { weight: 1, arbitrary: hostileLeaf }),
-        layers: fc.oneof({ weight: 6, arbitrary: fc.constant('all') }, { weight: 3, arbitrary: fc.array(fc.integer({ min: 0, max: 1 }), { minLength: 1, maxLength: 2 }) }, { weight: 1, arbitrary: fc.array(size, { minLength: 1, maxLength: 2 }) }),
+        sites: fc.oneof(
+          { weight: 8, arbitrary: fc.array(siteEntry, { minLength: 1, maxLength: 3 }) },
+          { weight: 2, arbitrary: fc.constant('all-linear') },
+          { weight: 1, arbitrary: hostileLeaf },
+        ),
+        layers: fc.oneof(
+          { weight: 6, arbitrary: fc.constant('all') },
+          { weight: 3, arbitrary: fc.array(fc.integer({ min: 0, max: 1 }), { minLength: 1, maxLength: 2 }) },
+          { weight: 1, arbitrary: fc.array(size, { minLength: 1, maxLength: 2 }) },
+        ),
       },
       { requiredKeys: [] },
     ),
@@ -366,16 +388,28 @@ const compositionTree: fc.Arbitrary<unknown> = fc.letrec<{ node: unknown }>((tie
     { depthSize: 'small', withCrossShrink: true },
     { weight: 8, arbitrary: fc.constantFrom(...NAMES) },
     { weight: 1, arbitrary: hostileLeaf },
-    { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom('stack', 'parallel', 'average'), children: fc.array(tie('node'), { minLength: 0, maxLength: 3 }) }) },
+    {
+      weight: 2,
+      arbitrary: fc.record({ kind: fc.constantFrom('stack', 'parallel', 'average'), children: fc.array(tie('node'), { minLength: 0, maxLength: 3 }) }),
+    },
     {
       weight: 2,
       arbitrary: fc.record(
         {
           kind: fc.constant('route'),
-          experts: fc.oneof({ weight: 8, arbitrary: fc.shuffledSubarray([...NAMES], { minLength: 1 }) }, { weight: 1, arbitrary: fc.array(hostileString, { maxLength: 2 }) }),
+          experts: fc.oneof(
+            { weight: 8, arbitrary: fc.shuffledSubarray([...NAMES], { minLength: 1 }) },
+            { weight: 1, arbitrary: fc.array(hostileString, { maxLength: 2 }) },
+          ),
           router: fc.oneof(
             { weight: 4, arbitrary: fc.constantFrom({ kind: 'top-k', k: 1 }, { kind: 'soft' }, { kind: 'switch' }, { kind: 'hash' }) },
-            { weight: 1, arbitrary: fc.record({ kind: fc.oneof(fc.constantFrom('top-k', 'top-p', 'task'), hostileString), k: size, p: hostileLeaf, mapping: hostileLeaf }, { requiredKeys: ['kind'] }) },
+            {
+              weight: 1,
+              arbitrary: fc.record(
+                { kind: fc.oneof(fc.constantFrom('top-k', 'top-p', 'task'), hostileString), k: size, p: hostileLeaf, mapping: hostileLeaf },
+                { requiredKeys: ['kind'] },
+              ),
+            },
           ),
           placement: fc.constantFrom('site', 'layer', 'model'),
           readLayer: fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 0, max: 2 }) }, { weight: 1, arbitrary: hostileNumber }),
@@ -478,7 +512,13 @@ export const adapterConfigCase: fc.Arbitrary<unknown> = fc.oneof(
       lora_alpha: size,
       target_modules: fc.oneof(
         { weight: 3, arbitrary: fc.constantFrom(...HOSTILE_REGEXES) },
-        { weight: 3, arbitrary: fc.array(fc.oneof({ weight: 6, arbitrary: fc.constantFrom('q_proj', 'v_proj', 'o_proj') }, { weight: 1, arbitrary: hostileString }), { minLength: 1, maxLength: 3 }) },
+        {
+          weight: 3,
+          arbitrary: fc.array(fc.oneof({ weight: 6, arbitrary: fc.constantFrom('q_proj', 'v_proj', 'o_proj') }, { weight: 1, arbitrary: hostileString }), {
+            minLength: 1,
+            maxLength: 3,
+          }),
+        },
         { weight: 1, arbitrary: hostileLeaf },
       ),
       rank_pattern: fc.dictionary(fc.oneof(fc.constantFrom(...HOSTILE_REGEXES), fc.constantFrom('q_proj', 'model.layers.0.self_attn.q_proj')), fc.constant(2), {
@@ -486,7 +526,11 @@ export const adapterConfigCase: fc.Arbitrary<unknown> = fc.oneof(
         noNullPrototype: true,
       }),
       alpha_pattern: fc.dictionary(fc.constantFrom(...HOSTILE_REGEXES), size, { maxKeys: 2, noNullPrototype: true }),
-      layers_to_transform: fc.oneof({ weight: 4, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.array(size, { maxLength: 2 }) }, { weight: 1, arbitrary: size }),
+      layers_to_transform: fc.oneof(
+        { weight: 4, arbitrary: fc.constant(null) },
+        { weight: 1, arbitrary: fc.array(size, { maxLength: 2 }) },
+        { weight: 1, arbitrary: size },
+      ),
       use_dora: fc.oneof({ weight: 12, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
       layer_replication: fc.oneof({ weight: 12, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: hostileLeaf }),
     }),
@@ -519,12 +563,14 @@ export function manifestCase(valid: Record<string, unknown>): fc.Arbitrary<unkno
     { weight: 5, arbitrary: mutateJson(valid) },
     {
       weight: 3,
-      arbitrary: fc.tuple(fc.constantFrom(...MANIFEST_PATHS), fc.constantFrom(...MANIFEST_PATHS), fc.constantFrom('peft', 'native', 'x')).map(([a, r, format]) => {
-        const adapters = { ...(valid['adapters'] as Record<string, { path: string; format: string }>) };
-        const first = Object.keys(adapters)[0] as string;
-        adapters[first] = { path: a, format };
-        return { ...valid, adapters, routers: r };
-      }),
+      arbitrary: fc
+        .tuple(fc.constantFrom(...MANIFEST_PATHS), fc.constantFrom(...MANIFEST_PATHS), fc.constantFrom('peft', 'native', 'x'))
+        .map(([a, r, format]) => {
+          const adapters = { ...(valid['adapters'] as Record<string, { path: string; format: string }>) };
+          const first = Object.keys(adapters)[0] as string;
+          adapters[first] = { path: a, format };
+          return { ...valid, adapters, routers: r };
+        }),
     },
     {
       weight: 2,
@@ -547,9 +593,25 @@ const idValue = fc.oneof(fc.integer({ min: 0, max: 5 }), fc.constantFrom('a', 'b
 
 const jsonlRow = fc.oneof(
   { weight: 3, arbitrary: fc.record({ text: rowText, task: idValue }, { requiredKeys: ['text'] }).map((r) => JSON.stringify(r)) },
-  { weight: 3, arbitrary: fc.record({ prompt: rowText, completion: rowText, task: idValue }, { requiredKeys: ['prompt', 'completion'] }).map((r) => JSON.stringify(r)) },
+  {
+    weight: 3,
+    arbitrary: fc.record({ prompt: rowText, completion: rowText, task: idValue }, { requiredKeys: ['prompt', 'completion'] }).map((r) => JSON.stringify(r)),
+  },
   { weight: 2, arbitrary: fc.record({ text: rowText, label: idValue, task: idValue }, { requiredKeys: ['text', 'label'] }).map((r) => JSON.stringify(r)) },
-  { weight: 1, arbitrary: fc.constantFrom('{', '[]', 'null', '{"text": }', '1e999', '"x"', '{"text":"a","task":1e9}', '{"text":"a","label":1e9}', '{"text":"a","task":10000000}') },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      '{',
+      '[]',
+      'null',
+      '{"text": }',
+      '1e999',
+      '"x"',
+      '{"text":"a","task":1e9}',
+      '{"text":"a","label":1e9}',
+      '{"text":"a","task":10000000}',
+    ),
+  },
   { weight: 1, arbitrary: fc.constant(deepJsonText(20_000)) },
   { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 30 }) },
 );

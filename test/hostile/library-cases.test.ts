@@ -176,7 +176,18 @@ describe('untyped errors → typed: sizes, recursion', () => {
   test('a rank within the field limit but too large for the model is refused before allocating, naming the parameter limit', async () => {
     const big = parseConfig(
       ModelConfig,
-      { family: 'llama', vocabSize: 32000, dim: 8192, hiddenDim: 28672, nLayers: 80, nHeads: 64, nKvHeads: 8, maxSeqLen: 4096, normEps: 1e-5, tiedEmbeddings: false },
+      {
+        family: 'llama',
+        vocabSize: 32000,
+        dim: 8192,
+        hiddenDim: 28672,
+        nLayers: 80,
+        nHeads: 64,
+        nKvHeads: 8,
+        maxSeqLen: 4096,
+        normEps: 1e-5,
+        tiedEmbeddings: false,
+      },
       'config',
     );
     const spec = parseConfig(AdapterSpec, lora({ r: 65_536, targets: { sites: 'all-linear' } }), 'adapter');
