@@ -13,7 +13,8 @@
  *   node --import tsx benchmarks/fuzz-inputs.ts --seed 7 --only spec,jsonl
  *
  * Writes benchmarks/results/fuzz-inputs.json (counts per kind, the slowest case, the first untyped errors).
- * Exit 1 when any case was untyped or hung.
+ * Exit 1 when any case was untyped or hung. FUZZ_INJECT_HANG=<index> makes that case spin for ever, to
+ * check the watchdog (`--cases 20 --only jsonl --hang-ms 1000` then reports 1 hang).
  */
 import { fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -39,7 +40,8 @@ type ChildMessage =
   | { readonly type: 'ready' }
   | { readonly type: 'start'; readonly index: number }
   | { readonly type: 'result'; readonly index: number; readonly outcome: Outcome; readonly ms: number; readonly detail?: string }
-  | { readonly type: 'done' };
+  | { readonly type: 'done' }
+  | { readonly type: 'fatal'; readonly message: string };
 
 /** Cases are generated per chunk, so a restarted child regenerates exactly the same ones. */
 const CHUNK = 250;
@@ -61,11 +63,19 @@ async function child(): Promise<void> {
     const arbitrary = arbitraryOf(job.kind, context);
     for (let chunkStart = Math.floor(job.start / CHUNK) * CHUNK; chunkStart < job.cases; chunkStart += CHUNK) {
       const count = Math.min(CHUNK, job.cases - chunkStart);
-      const inputs = fc.sample(arbitrary, { seed: job.seed * 1_000_003 + chunkStart, numRuns: count });
+      let inputs: unknown[];
+      try {
+        inputs = fc.sample(arbitrary, { seed: job.seed * 1_000_003 + chunkStart, numRuns: count });
+      } catch (error) {
+        // A bug of the generators, not an outcome of the library: stop the run and say so.
+        send({ type: 'fatal', message: `generating ${job.kind} cases failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}` });
+        process.exit(2);
+      }
       for (let i = 0; i < count; i++) {
         const index = chunkStart + i;
         if (index < job.start) continue;
         send({ type: 'start', index });
+        if (process.env['FUZZ_INJECT_HANG'] === String(index)) for (;;);
         const result = await runCase(job.kind, inputs[i], context);
         send({ type: 'result', index, outcome: result.outcome, ms: result.ms, ...(result.detail === undefined ? {} : { detail: result.detail }) });
       }
@@ -103,7 +113,7 @@ function runKind(kind: Kind, seed: number, cases: number, hangMs: number): Promi
         resolve(report);
         return;
       }
-      const proc = fork(SELF, ['--child'], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      const proc = fork(SELF, ['--child'], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
       let current: number | undefined;
       let timer: ReturnType<typeof setTimeout> | undefined;
       let finished = false;
@@ -131,6 +141,11 @@ function runKind(kind: Kind, seed: number, cases: number, hangMs: number): Promi
           report.slowestMs = Math.max(report.slowestMs, message.ms);
           if (message.outcome === 'untyped' && report.untypedExamples.length < 10) report.untypedExamples.push(`#${message.index}: ${message.detail ?? ''}`);
           arm();
+        } else if (message.type === 'fatal') {
+          finished = true;
+          if (timer !== undefined) clearTimeout(timer);
+          proc.kill('SIGKILL');
+          reject(new Error(message.message));
         } else if (message.type === 'done') {
           finished = true;
           if (timer !== undefined) clearTimeout(timer);
@@ -142,6 +157,10 @@ function runKind(kind: Kind, seed: number, cases: number, hangMs: number): Promi
         if (finished) return;
         finished = true;
         if (timer !== undefined) clearTimeout(timer);
+        if (current === undefined) {
+          reject(new Error(`the fuzz child exited (${signal ?? `exit ${code}`}) before running a case`));
+          return;
+        }
         // Died without a result (an abort, out of memory): count it as an untyped failure of the current case.
         const died = current ?? start;
         report.untyped++;

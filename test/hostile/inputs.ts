@@ -373,7 +373,8 @@ function tidyAdapter(a: Record<string, unknown>, keepAll: boolean): Record<strin
     prefix: ['prefixLength', 'reparameterize', 'reparamHiddenDim'],
     ia3: [],
   };
-  const keep = new Set([...common, ...(byKind[String(a['kind'])] ?? [])]);
+  const kind = String(a['kind']);
+  const keep = new Set([...common, ...(Object.hasOwn(byKind, kind) ? (byKind[kind] as string[]) : [])]);
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(a)) if (keep.has(k)) out[k] = v;
   if (a['kind'] === 'bottleneck' || a['kind'] === 'prefix') {
