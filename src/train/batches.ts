@@ -124,7 +124,7 @@ interface Pieces {
 }
 
 /** Cuts prefix and target to `budget` tokens: the prompt loses its start first, then the target its end. */
-function fit(prefix: number[], target: number[], budget: number): { prefix: number[]; target: number[]; fromStart: number; fromEnd: number } {
+function fitToBudget(prefix: number[], target: number[], budget: number): { prefix: number[]; target: number[]; fromStart: number; fromEnd: number } {
   const excess = prefix.length + target.length - budget;
   const fromStart = excess > 0 ? Math.min(prefix.length, excess) : 0;
   const fromEnd = excess > fromStart ? excess - fromStart : 0;
@@ -140,7 +140,7 @@ function completionPieces(
   kc: number,
   eosId: number | undefined,
   budget: number,
-): (Pieces & { readonly enough: boolean }) | undefined {
+): Pieces & { readonly enough: boolean } {
   const promptWindow = tail(prompt, kp);
   const completionWindow = head(completion, kc);
   const promptCut = promptWindow.length < prompt.length;
@@ -155,7 +155,7 @@ function completionPieces(
   if (completionCut && target.length < budget) return { prefix, target, fromStart: 0, fromEnd: 0, exact: false, enough: false };
   const kept = Math.min(target.length, budget);
   if (promptCut && prefix.length < budget - kept) return { prefix, target, fromStart: 0, fromEnd: 0, exact: false, enough: false };
-  const fitted = fit(prefix, target, budget);
+  const fitted = fitToBudget(prefix, target, budget);
   prefix = fitted.prefix;
   target = fitted.target;
   return { prefix, target, fromStart: fitted.fromStart, fromEnd: fitted.fromEnd, exact: !promptCut && !completionCut, enough: true };
@@ -174,14 +174,14 @@ function examplePieces(example: Example, tokenizer: Tokenizer, eosId: number | u
       const boundary = commonPrefixLength(whole, promptOnly);
       const target = whole.slice(boundary);
       if (eos !== undefined) target.push(eos);
-      return { ...fit(whole.slice(0, boundary), target, budget), exact: true };
+      return { ...fitToBudget(whole.slice(0, boundary), target, budget), exact: true };
     }
     let kp = Math.min(prompt.length, window);
     let kc = Math.min(completion.length, window);
     let previous: Pieces | undefined;
     for (;;) {
       const pieces = completionPieces(tokenizer, prompt, completion, kp, kc, eos, budget);
-      if (pieces !== undefined && pieces.enough) {
+      if (pieces.enough) {
         if (pieces.exact) return pieces;
         if (previous !== undefined && sameIds(previous.prefix, pieces.prefix) && sameIds(previous.target, pieces.target)) return pieces;
         previous = pieces;
@@ -195,7 +195,7 @@ function examplePieces(example: Example, tokenizer: Tokenizer, eosId: number | u
   if (text.length <= 2 * window) {
     const target = tokenizer.encode(text);
     if (eos !== undefined) target.push(eos);
-    return { ...fit([], target, budget), exact: true };
+    return { ...fitToBudget([], target, budget), exact: true };
   }
   // Keep the start: encode growing windows of the start until the first `budget` tokens are stable.
   let k = window;
@@ -204,7 +204,7 @@ function examplePieces(example: Example, tokenizer: Tokenizer, eosId: number | u
     if (k >= text.length) {
       const target = tokenizer.encode(text);
       if (eos !== undefined) target.push(eos);
-      return { ...fit([], target, budget), exact: true };
+      return { ...fitToBudget([], target, budget), exact: true };
     }
     const ids = tokenizer.encode(head(text, k));
     if (ids.length >= budget + WINDOW_MARGIN) {
