@@ -46,6 +46,33 @@ export class TokenizerError extends RoutedPeftError {}
 /** Bad command-line arguments (the CLI exits 2 on these). */
 export class UsageError extends RoutedPeftError {}
 
+/**
+ * A tensor holds NaN or ±Infinity where finite values are required: weights read from a file (refused at
+ * load unless the caller opts out with `allowNonFinite`), or a model output. `tensor` and `index` name the
+ * first offending element.
+ */
+export class NonFiniteError extends RoutedPeftError {
+  readonly tensor: string | undefined;
+  readonly index: number | undefined;
+
+  constructor(message: string, details: ErrorDetails & { readonly tensor?: string; readonly index?: number } = {}) {
+    super(message, details);
+    this.tensor = details.tensor;
+    this.index = details.index;
+  }
+}
+
+/** An output file or directory cannot be written (read-only, no space, no permission); `path` names it. */
+export class OutputError extends RoutedPeftError {
+  /** The operating system's error code (EROFS, ENOSPC, EACCES, …), when there is one. */
+  readonly code: string | undefined;
+
+  constructor(message: string, details: ErrorDetails & { readonly code?: string } = {}) {
+    super(message, details);
+    this.code = details.code;
+  }
+}
+
 /** Formats a shape for messages: [2, 3, 4]. */
 export function formatShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;

@@ -21,8 +21,10 @@ export { readHfModelDirectory } from './base/checkpoints/hf-model-dir.js';
 export { readLlama2cCheckpoint, parseLlama2cCheckpoint } from './base/checkpoints/llama2c-checkpoint.js';
 export { readPeftAdapter, writePeftAdapter, peftTargetsToSites } from './io/peft-adapter.js';
 export { parsePeftLoraConfig, PeftLoraConfig } from './io/peft-config.js';
-export { saveRoutedModel, loadRoutedModel, readRoutedModelManifest, RoutedModelManifest } from './io/routed-model-dir.js';
+export { saveRoutedModel, loadRoutedModel, readRoutedModelManifest, resolveRoutedModelDir, RoutedModelManifest } from './io/routed-model-dir.js';
 export { writeFileAtomic, replaceDirectoryAtomic } from './formats/atomic-write.js';
+export { replaceDirectoryVersioned, resolveVersionedDirectory } from './formats/versioned-dir.js';
+export { checkOutputDirectory } from './formats/output.js';
 
 export type { AdapterKind, AdapterModule, AdapterPoint, DeltaModule, PrefixModule, ModulePlacement, ModuleContext } from './adapters/adapter.js';
 export { ADAPTER_KINDS, AdapterSpec } from './adapters/registry.js';
@@ -31,7 +33,8 @@ export { LoraConfig, LoraModule, loraScale } from './adapters/lora/index.js';
 export { mergeLora, type LoraMergeEntry } from './adapters/lora/merge.js';
 
 export { CompositionNode, RouteNode, AuxLossWeights, type CompositionInput } from './compose/spec.js';
-export { AdaptedModelSpec, parseAdaptedModelSpec } from './compose/model-spec.js';
+export { AdaptedModelSpec, parseAdaptedModelSpec, checkSpecAgainstModel } from './compose/model-spec.js';
+export { RegexError } from './config/safe-regex.js';
 export { AdapterInstance } from './adapters/instance.js';
 
 export type { Router, RouterKind, RouterInput, RouterShape, RoutingDecision } from './routing/router.js';
@@ -65,6 +68,7 @@ export { tokenizeExamples, makeBatches, packExamples, splitTrainValidation } fro
 export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualInformation, expertLoad, baseRetention } from './train/metrics.js';
 
 export { RoutedRuntime, type RoutedRuntimeOptions } from './runtime/runtime.js';
+export { MemoryBudgetError } from './runtime/registry.js';
 export * from './runtime/types.js';
 export { saveCheckpoint, loadCheckpoint, readCheckpoint, resumeTrainer, restoreTrainer, type TrainingState } from './train/checkpoint.js';
 export { trainFromDataset } from './train/train-loop.js';

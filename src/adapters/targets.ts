@@ -7,41 +7,56 @@
 import { z } from 'zod';
 import type { ModelConfig } from '../base/config.js';
 import { FAMILY_SITES, type SiteName } from '../base/sites.js';
+import { compileSafeRegex, escapeRegex } from '../config/safe-regex.js';
 import { ConfigError } from '../errors.js';
+
+/** Most entries a `targets.sites` list (or `feedforwardSites`) may hold. */
+export const MAX_SITE_ENTRIES = 1024;
+/** Most keys a `rankPattern` / `alphaPattern` may hold. */
+export const MAX_PATTERN_KEYS = 1024;
+/** Longest adapter name (it becomes a directory name). */
+export const MAX_ADAPTER_NAME = 128;
 
 export const TargetSpec = z
   .object({
-    sites: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]).optional(),
-    layers: z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all'),
+    sites: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1).max(MAX_SITE_ENTRIES)]).optional(),
+    layers: z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1).max(MAX_SITE_ENTRIES)]).default('all'),
   })
   .strict()
   .readonly();
 export type TargetSpec = z.infer<typeof TargetSpec>;
 
-function globToRegExp(glob: string): RegExp {
-  const escaped = glob
-    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
-    .replace(/\*/g, '[^]*')
-    .replace(/\?/g, '.');
-  return new RegExp(`^${escaped}$`);
+function globToRegex(glob: string): string {
+  let out = '';
+  for (const ch of glob) out += ch === '*' ? '(?s:.*)' : ch === '?' ? '(?s:.)' : escapeRegex(ch);
+  return out;
 }
 
-/** Turns one site entry into a predicate; a malformed regular expression is a ConfigError. */
+/** Compiled predicates by entry: patterns are matched once per module, and compiling RE2 is not free. */
+const predicateCache = new Map<string, (site: string) => boolean>();
+const PREDICATE_CACHE_SIZE = 4096;
+
+/**
+ * Turns one site entry into a predicate: an exact name, a glob, or a /regex/ run by the linear-time RE2 engine
+ * (entries come from spec files, so a catastrophic pattern must not hang). A malformed or unsupported regular
+ * expression is a ConfigError naming the entry.
+ */
 export function sitePattern(entry: string, path: string): (site: string) => boolean {
+  const cached = predicateCache.get(entry);
+  if (cached !== undefined) return cached;
+  let predicate: (site: string) => boolean;
   if (entry.length > 2 && entry.startsWith('/') && entry.endsWith('/')) {
-    let regex: RegExp;
-    try {
-      regex = new RegExp(entry.slice(1, -1));
-    } catch (cause) {
-      throw new ConfigError(`invalid regular expression ${entry}: ${(cause as Error).message}`, { path, cause });
-    }
-    return (site) => regex.test(site);
+    const regex = compileSafeRegex(entry.slice(1, -1), { path, what: 'site regular expression' });
+    predicate = (site) => regex.test(site);
+  } else if (entry.includes('*') || entry.includes('?')) {
+    const regex = compileSafeRegex(globToRegex(entry), { path, what: 'glob' });
+    predicate = (site) => regex.fullMatch(site);
+  } else {
+    predicate = (site) => site === entry;
   }
-  if (entry.includes('*') || entry.includes('?')) {
-    const regex = globToRegExp(entry);
-    return (site) => regex.test(site);
-  }
-  return (site) => site === entry;
+  if (predicateCache.size >= PREDICATE_CACHE_SIZE) predicateCache.clear();
+  predicateCache.set(entry, predicate);
+  return predicate;
 }
 
 /** Resolves site entries against a family's sites, in the family's forward order. */
@@ -94,6 +109,7 @@ export const adapterSpecFields = {
   name: z
     .string()
     .min(1)
+    .max(MAX_ADAPTER_NAME)
     .regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _, . and - (the name becomes a directory name)')
     .refine(
       (name) => !['default', 'none', 'head', '.', '..'].includes(name) && !/^route\d+$/.test(name),

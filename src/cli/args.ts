@@ -42,11 +42,39 @@ export interface ParseOptions {
   readonly allowPositionals?: boolean;
 }
 
+/** A value that looks like a negative number (`-1`, `-0.5`, `-1e3`), not like a flag. */
+const NEGATIVE_NUMBER = /^-(\d|\.\d)/;
+
+/**
+ * `--steps -1`: parseArgs reads `-1` as an option and calls the argument "ambiguous" without naming it; a
+ * string flag followed by something shaped like a negative number takes it as its value (`--steps=-1`), so the
+ * flag's own check can say what is wrong with the value.
+ */
+function joinNegativeValues(args: readonly string[], options: FlagSpecs): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    if (arg === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    const next = args[i + 1];
+    const name = arg.startsWith('--') && !arg.includes('=') ? arg.slice(2) : undefined;
+    if (name !== undefined && Object.hasOwn(options, name) && options[name]?.type === 'string' && next !== undefined && NEGATIVE_NUMBER.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+      continue;
+    }
+    out.push(arg);
+  }
+  return out;
+}
+
 /** parseArgs in strict mode; unknown flags, missing values and unexpected positionals become UsageErrors. */
 export function parseStrict<const O extends FlagSpecs>(args: readonly string[], options: O, parseOptions: ParseOptions = {}): ParsedArgs<O> {
   try {
     const { values, positionals } = parseArgs({
-      args: [...args],
+      args: joinNegativeValues(args, options),
       options: options as ParseArgsConfig['options'],
       strict: true,
       allowPositionals: parseOptions.allowPositionals ?? false,

@@ -102,7 +102,7 @@ export const evalCommand: CliCommand = {
       const maxSeqLen = loaded.model.config.maxSeqLen;
       const maxLength = maxLengthFlag ?? maxSeqLen;
       if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
-      const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, context.routers === undefined ? {} : { routers: context.routers });
+      const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, { routers: context.routers, allowNonFinite: loaded.allowNonFinite });
       for (const w of warnings) io.stderr(`warning: ${w}\n`);
       try {
         const result = evaluateDataset({

@@ -67,6 +67,13 @@ export const generateCommand: CliCommand = {
       attached = await loadCliAdapters(loaded, values, context, io);
       const trace: RoutingTraceEntry[] | undefined = values.trace ? [] : undefined;
       const prompt = promptIds(loaded, values.prompt, ids);
+      const maxSeqLen = loaded.model.config.maxSeqLen;
+      // Refuse up front what would stream up to the context limit and then fail (the last new token needs no slot).
+      if (prompt.length + Math.max(maxNewTokens - 1, 0) > maxSeqLen) {
+        throw new UsageError(
+          `--max-new-tokens ${maxNewTokens} with a ${prompt.length}-token prompt exceeds the model's context of ${maxSeqLen} tokens; at most ${Math.max(maxSeqLen - prompt.length + 1, 0)} new tokens fit`,
+        );
+      }
       const sequence = [...prompt];
       const tokenizer = loaded.tokenizer;
       let printed = format === 'text' && tokenizer !== undefined ? tokenizer.decode(prompt) : '';

@@ -3,6 +3,8 @@
  * as a routed-model directory next to nothing else: the base stays where it is.
  */
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
+import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
+import { checkOutputDirectory } from '../formats/output.js';
 import { saveRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import { UsageError } from '../errors.js';
@@ -34,10 +36,15 @@ export const initCommand: CliCommand = {
     if (values.spec === undefined) throw new UsageError('--spec is required');
     if (values.out === undefined) throw new UsageError('--out is required');
     const spec = await readJsonFile(values.spec, 'spec');
+    // Before any work: a read-only or missing parent fails now, with the path.
+    await checkOutputDirectory(values.out, { what: '--out' });
     const loaded = await loadCliModel(values);
     try {
+      checkSpecAgainstModel(parseAdaptedModelSpec(spec), loaded.model.config);
       const model = AdaptedModel.create(loaded.model, spec, context.routers === undefined ? {} : { routers: context.routers });
       try {
+        // The directory holds the variables (PEFT or native) and the routers: about their bytes.
+        await checkOutputDirectory(values.out, { what: '--out', bytes: model.parameterReport().trainableBytes + (1 << 20) });
         await saveRoutedModel(values.out, model, { basePath: loaded.path });
         const report = model.parameterReport();
         io.stdout(

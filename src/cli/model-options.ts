@@ -21,11 +21,14 @@ import type { Tokenizer } from '../tokenizers/tokenizer.js';
 export const MODEL_FLAGS = {
   model: { type: 'string' },
   tokenizer: { type: 'string' },
+  'allow-non-finite': { type: 'boolean', default: false },
 } as const;
 
 export const MODEL_USAGE = `  --model PATH         Hugging Face model directory (llama, gpt2; safetensors) or llama2.c .bin
   --tokenizer PATH     llama2.c tokenizer .bin, tokenizer.json, or a directory holding it
-                       (default: tokenizer.json inside an HF model directory, when present)`;
+                       (default: tokenizer.json inside an HF model directory, when present)
+  --allow-non-finite   Load weights holding NaN or ±Infinity (refused by default) and print
+                       non-finite outputs as null instead of failing`;
 
 /** Flags that attach adapters: PEFT LoRA directories (static) or a routed-model directory. */
 export const ADAPTER_FLAGS = {
@@ -44,19 +47,26 @@ export const ADAPTER_USAGE = `  --adapter DIR        A PEFT LoRA adapter directo
 
 export interface LoadedCliModel extends LoadedModel {
   readonly tokenizer: Tokenizer | undefined;
+  /** --allow-non-finite: weights with NaN / ±Infinity load, non-finite outputs print as null. */
+  readonly allowNonFinite: boolean;
 }
 
-export async function loadCliModel(values: { readonly model?: string | undefined; readonly tokenizer?: string | undefined }): Promise<LoadedCliModel> {
+export async function loadCliModel(values: {
+  readonly model?: string | undefined;
+  readonly tokenizer?: string | undefined;
+  readonly 'allow-non-finite'?: boolean | undefined;
+}): Promise<LoadedCliModel> {
   if (values.model === undefined) throw new UsageError('--model is required');
+  const allowNonFinite = values['allow-non-finite'] === true;
   await selectBackend();
-  const loaded = await loadBaseModel(values.model);
+  const loaded = await loadBaseModel(values.model, { allowNonFinite });
   try {
     let tokenizerPath = values.tokenizer;
     if (tokenizerPath === undefined && statSync(values.model).isDirectory() && existsSync(join(values.model, 'tokenizer.json'))) {
       tokenizerPath = values.model;
     }
     const tokenizer = tokenizerPath === undefined ? undefined : await loadTokenizer(tokenizerPath, { vocabSize: loaded.model.config.vocabSize });
-    return { ...loaded, tokenizer };
+    return { ...loaded, tokenizer, allowNonFinite };
   } catch (error) {
     loaded.model.dispose();
     throw error;
@@ -101,7 +111,7 @@ export async function loadCliAdapters(
   const adapters = values.adapter ?? [];
   if (values.routed !== undefined && adapters.length > 0) throw new UsageError('give --routed or --adapter, not both');
   if (values.routed !== undefined) {
-    const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, context.routers === undefined ? {} : { routers: context.routers });
+    const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, { routers: context.routers, allowNonFinite: loaded.allowNonFinite });
     for (const w of warnings) io.stderr(`warning: ${w}\n`);
     return { model, taskIds };
   }
@@ -118,10 +128,13 @@ export async function loadCliAdapters(
   try {
     const used = new Set<string>();
     for (const dir of adapters) {
-      let name = basename(resolve(dir)).replace(/[^A-Za-z0-9_.-]/g, '_') || 'adapter';
-      for (let n = 2; used.has(name); n++) name = `${basename(resolve(dir))}-${n}`;
+      let name =
+        basename(resolve(dir))
+          .replace(/[^A-Za-z0-9_.-]/g, '_')
+          .slice(0, 100) || 'adapter';
+      for (let n = 2; used.has(name); n++) name = `${basename(resolve(dir)).slice(0, 100)}-${n}`;
       used.add(name);
-      const read = await readPeftAdapter(dir, loaded.model, { name });
+      const read = await readPeftAdapter(dir, loaded.model, { name, allowNonFinite: loaded.allowNonFinite });
       for (const w of read.warnings) io.stderr(`warning: ${dir}: ${w}\n`);
       instances.push(read.instance);
     }

@@ -12,11 +12,14 @@ import { Writable } from 'node:stream';
 import { SingleBar } from 'cli-progress';
 import { CheckpointError, UsageError } from '../errors.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
+import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
+import { checkOutputDirectory } from '../formats/output.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import { hasCheckpoint, loadCheckpoint, readTrainingState, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { readJsonlDataset } from '../train/dataset.js';
 import { trainFromDataset, type LoopStepReport } from '../train/train-loop.js';
+import { MAX_LEARNING_RATE } from '../train/param-groups.js';
 import type { TrainerConfigInput } from '../train/trainer.js';
 import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
 import type { CliCommand, CliContext } from './command.js';
@@ -134,8 +137,8 @@ export const trainCommand: CliCommand = {
     const steps = optional(values.steps, (raw) => toInt('steps', raw, { min: 1 }), DEFAULT_STEPS);
     const batchSizeFlag = optional(values['batch-size'], (raw) => toInt('batch-size', raw, { min: 1 }), undefined);
     const seedFlag = optional(values.seed, (raw) => toInt('seed', raw), undefined);
-    const lrFlag = optional(values.lr, (raw) => toNumber('lr', raw, { min: 0, minExclusive: true }), undefined);
-    const routerLrFlag = optional(values['router-lr'], (raw) => toNumber('router-lr', raw, { min: 0, minExclusive: true }), undefined);
+    const lrFlag = optional(values.lr, (raw) => toNumber('lr', raw, { min: 0, minExclusive: true, max: MAX_LEARNING_RATE }), undefined);
+    const routerLrFlag = optional(values['router-lr'], (raw) => toNumber('router-lr', raw, { min: 0, minExclusive: true, max: MAX_LEARNING_RATE }), undefined);
     const maxLengthFlag = optional(values['max-length'], (raw) => toInt('max-length', raw, { min: 2 }), undefined);
     const checkpointEvery = toInt('checkpoint-every', values['checkpoint-every'], { min: 0 });
     if (values.data === undefined) throw new UsageError('--data is required');
@@ -152,6 +155,8 @@ export const trainCommand: CliCommand = {
         hint: 'Run once without --resume to start training there',
       });
     }
+    // Before any work (a read-only --out used to fail with a raw EROFS after the first step).
+    await checkOutputDirectory(out, { what: '--out' });
     const saved = resume ? await readTrainingState(out) : undefined;
     const savedOptimizer = (saved?.trainer['optimizer'] ?? {}) as { readonly lr?: number; readonly routerLr?: number };
     const batchSize = saved === undefined ? (batchSizeFlag ?? DEFAULT_BATCH_SIZE) : agree('batch-size', batchSizeFlag, saved.data.batchSize);
@@ -177,17 +182,21 @@ export const trainCommand: CliCommand = {
         saved === undefined ? (maxLengthFlag ?? Math.min(DEFAULT_MAX_LENGTH, maxSeqLen)) : agree('max-length', maxLengthFlag, saved.data.maxLength);
       if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
       const routers = context.routers === undefined ? {} : { routers: context.routers };
+      const finite = { allowNonFinite: loaded.allowNonFinite };
       if (resume) {
-        checkpoint = await loadCheckpoint(out, loaded.model, routers);
+        checkpoint = await loadCheckpoint(out, loaded.model, { ...routers, ...finite });
         for (const w of checkpoint.warnings) io.stderr(`warning: ${w}\n`);
         model = checkpoint.model;
       } else if (values.routed !== undefined) {
-        const routed = await loadRoutedModel(values.routed, loaded.model, routers);
+        const routed = await loadRoutedModel(values.routed, loaded.model, { ...routers, ...finite });
         for (const w of routed.warnings) io.stderr(`warning: ${w}\n`);
         model = routed.model;
       } else {
+        checkSpecAgainstModel(parseAdaptedModelSpec(spec), loaded.model.config);
         model = AdaptedModel.create(loaded.model, spec, routers);
       }
+      // A checkpoint holds the variables, two AdamW moments and the PEFT copy: about 4× the trainable bytes.
+      await checkOutputDirectory(out, { what: '--out', bytes: 4 * model.parameterReport().trainableBytes + (1 << 20) });
       const trainerConfig: TrainerConfigInput = {
         optimizer: { ...(lrFlag === undefined ? {} : { lr: lrFlag }), ...(routerLrFlag === undefined ? {} : { routerLr: routerLrFlag }) },
         schedule: { totalSteps: steps },

@@ -3,16 +3,20 @@
  * `spec` part of routed-peft.json and what `routed-peft init --spec` reads.
  */
 import { z } from 'zod';
+import type { ModelConfig } from '../base/config.js';
 import { AdapterSpec } from '../adapters/registry.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError } from '../errors.js';
-import { CompositionNode, adaptersIn } from './spec.js';
+import { CompositionNode, adaptersIn, routesIn } from './spec.js';
+
+/** Most adapters one spec may define. */
+export const MAX_SPEC_ADAPTERS = 4096;
 
 export const AdaptedModelSpec = z
   .object({
     /** Seed for every module's and router's initialisation. */
     seed: z.number().int().default(0),
-    adapters: z.array(AdapterSpec).min(1),
+    adapters: z.array(AdapterSpec).min(1).max(MAX_SPEC_ADAPTERS),
     /** How the adapters combine at every point; default: all adapters in parallel. */
     composition: CompositionNode.optional(),
   })
@@ -58,4 +62,19 @@ export function parseAdaptedModelSpec(value: unknown, what = 'spec'): AdaptedMod
   }
   if (spec.composition !== undefined) checkComposition(spec.composition, names, `${what}.composition`);
   return spec;
+}
+
+/**
+ * Checks what a spec says about the model it will run on: a model-level route reads the hidden state entering
+ * layer `readLayer`, which must exist. (Adapter sizes and targets are checked when the adapters are built.)
+ */
+export function checkSpecAgainstModel(spec: AdaptedModelSpec, config: ModelConfig, what = 'spec'): void {
+  routesIn(effectiveComposition(spec)).forEach((route, i) => {
+    if (route.placement === 'model' && route.readLayer >= config.nLayers) {
+      throw new ConfigError(`route ${i} reads the hidden state entering layer ${route.readLayer}, but the model has layers 0..${config.nLayers - 1}`, {
+        path: `${what}.composition${routesIn(effectiveComposition(spec)).length === 1 ? '' : ` (route ${i})`}.readLayer`,
+        hint: `Use a readLayer in [0, ${config.nLayers - 1}] (0 reads the embeddings)`,
+      });
+    }
+  });
 }

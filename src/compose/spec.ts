@@ -16,6 +16,13 @@
  */
 import { z } from 'zod';
 
+/** Deepest composition accepted (a stack inside a parallel inside … counts one level each). */
+export const MAX_COMPOSITION_DEPTH = 64;
+/** Most nodes (adapter leaves included) one composition may hold. */
+export const MAX_COMPOSITION_NODES = 10_000;
+/** Most experts one route may list. */
+export const MAX_ROUTE_EXPERTS = 4096;
+
 export const RouterSpec = z.looseObject({ kind: z.string().min(1) });
 export type RouterSpec = z.infer<typeof RouterSpec>;
 
@@ -37,7 +44,7 @@ export type AuxLossWeights = z.infer<typeof AuxLossWeights>;
 export const RouteNode = z
   .object({
     kind: z.literal('route'),
-    experts: z.array(z.string().min(1)).min(1),
+    experts: z.array(z.string().min(1)).min(1).max(MAX_ROUTE_EXPERTS),
     router: RouterSpec,
     /** Adds a null expert: the input may activate no module at all. */
     nullExpert: z.boolean().default(false),
@@ -76,7 +83,53 @@ export type CompositionInput =
 
 const AdapterObject = z.object({ kind: z.literal('adapter'), adapter: z.string().min(1) }).strict();
 
-export const CompositionNode: z.ZodType<CompositionNode, CompositionInput> = z.lazy(() =>
+/**
+ * Checks the tree's shape before zod walks it, without recursion: a composition nested deeper than
+ * MAX_COMPOSITION_DEPTH, holding more than MAX_COMPOSITION_NODES nodes, or containing itself (a cycle, only
+ * possible for objects built in code) is refused here, so neither zod nor any later walk can overflow the stack
+ * or run for ever. Returns the problem and where, or undefined.
+ */
+export function compositionShapeProblem(value: unknown): { readonly message: string; readonly path: (string | number)[] } | undefined {
+  interface Frame {
+    readonly node: unknown;
+    readonly path: (string | number)[];
+    readonly depth: number;
+    readonly exit?: boolean;
+  }
+  const stack: Frame[] = [{ node: value, path: [], depth: 1 }];
+  const onPath = new Set<object>();
+  let nodes = 0;
+  while (stack.length > 0) {
+    const frame = stack.pop() as Frame;
+    if (frame.exit === true) {
+      onPath.delete(frame.node as object);
+      continue;
+    }
+    nodes++;
+    const node = frame.node;
+    if (typeof node !== 'object' || node === null) continue;
+    if (onPath.has(node)) return { message: 'the composition contains itself (a cycle): a node is its own descendant', path: frame.path };
+    if (frame.depth > MAX_COMPOSITION_DEPTH) {
+      return { message: `the composition is nested more than ${MAX_COMPOSITION_DEPTH} levels deep`, path: frame.path };
+    }
+    let children: unknown;
+    try {
+      children = (node as Record<string, unknown>)['children'];
+    } catch {
+      return { message: 'the composition node cannot be read', path: frame.path };
+    }
+    if (!Array.isArray(children)) continue;
+    if (nodes + stack.length + children.length > MAX_COMPOSITION_NODES) {
+      return { message: `the composition holds more than ${MAX_COMPOSITION_NODES} nodes`, path: frame.path };
+    }
+    onPath.add(node);
+    stack.push({ node, path: frame.path, depth: frame.depth, exit: true });
+    for (let i = children.length - 1; i >= 0; i--) stack.push({ node: children[i], path: [...frame.path, 'children', i], depth: frame.depth + 1 });
+  }
+  return undefined;
+}
+
+const CompositionTree: z.ZodType<CompositionNode, CompositionInput> = z.lazy(() =>
   z.union([
     z
       .string()
@@ -84,10 +137,10 @@ export const CompositionNode: z.ZodType<CompositionNode, CompositionInput> = z.l
       .transform((adapter) => ({ kind: 'adapter' as const, adapter })),
     z.discriminatedUnion('kind', [
       AdapterObject,
-      z.object({ kind: z.literal('stack'), children: z.array(CompositionNode).min(1) }).strict(),
-      z.object({ kind: z.literal('parallel'), children: z.array(CompositionNode).min(1) }).strict(),
+      z.object({ kind: z.literal('stack'), children: z.array(CompositionTree).min(1) }).strict(),
+      z.object({ kind: z.literal('parallel'), children: z.array(CompositionTree).min(1) }).strict(),
       z
-        .object({ kind: z.literal('average'), children: z.array(CompositionNode).min(1), weights: z.array(z.number()).optional() })
+        .object({ kind: z.literal('average'), children: z.array(CompositionTree).min(1), weights: z.array(z.number()).optional() })
         .strict()
         .refine((n) => n.weights === undefined || n.weights.length === n.children.length, {
           message: 'average needs one weight per child',
@@ -97,6 +150,14 @@ export const CompositionNode: z.ZodType<CompositionNode, CompositionInput> = z.l
     ]),
   ]),
 );
+
+/** A composition tree; its shape (depth, size, cycles) is checked iteratively before zod parses it. */
+export const CompositionNode = z.preprocess((value, ctx) => {
+  const problem = compositionShapeProblem(value);
+  if (problem === undefined) return value;
+  ctx.addIssue({ code: 'custom', message: problem.message, path: problem.path, input: undefined });
+  return z.NEVER;
+}, CompositionTree) as unknown as z.ZodType<CompositionNode, CompositionInput>;
 
 /** Adapter names a composition refers to, in tree order (duplicates kept, for checking). */
 export function adaptersIn(node: CompositionNode): string[] {

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CheckpointError } from '../errors.js';
+import { toOutputError } from './output.js';
 
 /** A sibling path like `<dir>/.<name>.tmp-<pid>-<random>`; the dot keeps it out of casual listings. */
 function siblingPath(target: string, tag: string): string {
@@ -80,7 +81,7 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
     await rename(tmp, target);
   } catch (err) {
     await rm(tmp, { force: true }).catch(() => undefined);
-    throw err;
+    throw toOutputError(err, target, 'write the file');
   }
   await syncDirectory(dirname(target));
 }
@@ -97,7 +98,9 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
 export async function replaceDirectoryAtomic(targetDir: string, fill: (tmpDir: string) => Promise<void>): Promise<void> {
   const target = resolve(targetDir);
   const parent = dirname(target);
-  await mkdir(parent, { recursive: true });
+  await mkdir(parent, { recursive: true }).catch((error: unknown) => {
+    throw toOutputError(error, parent, 'create the directory');
+  });
   if (await exists(target)) {
     const info = await lstat(target);
     if (!info.isDirectory()) {
@@ -109,13 +112,15 @@ export async function replaceDirectoryAtomic(targetDir: string, fill: (tmpDir: s
   }
 
   const tmp = siblingPath(target, 'tmp');
-  await mkdir(tmp);
+  await mkdir(tmp).catch((error: unknown) => {
+    throw toOutputError(error, target, 'create a temporary directory beside');
+  });
   try {
     await fill(tmp);
     await syncTree(tmp);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    throw err;
+    throw toOutputError(err, target, 'write the directory');
   }
 
   if (!(await exists(target))) {
@@ -123,7 +128,7 @@ export async function replaceDirectoryAtomic(targetDir: string, fill: (tmpDir: s
       await rename(tmp, target);
     } catch (err) {
       await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-      throw err;
+      throw toOutputError(err, target, 'move the new directory into place');
     }
     await syncDirectory(parent);
     return;
@@ -134,7 +139,7 @@ export async function replaceDirectoryAtomic(targetDir: string, fill: (tmpDir: s
     await rename(target, backup);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    throw err;
+    throw toOutputError(err, target, 'move the old directory aside');
   }
   try {
     await rename(tmp, target);
@@ -142,7 +147,7 @@ export async function replaceDirectoryAtomic(targetDir: string, fill: (tmpDir: s
     // Put the old directory back so a failed swap changes nothing.
     await rename(backup, target).catch(() => undefined);
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    throw err;
+    throw toOutputError(err, target, 'move the new directory into place');
   }
   await syncDirectory(parent);
   // The new content is in place; failing to delete the backup should not report the save as failed.

@@ -8,7 +8,7 @@
  * the same order reproduces it byte for byte.
  */
 import { readFile } from 'node:fs/promises';
-import { CheckpointError, SafetensorsError, formatShape } from '../errors.js';
+import { CheckpointError, RoutedPeftError, SafetensorsError, formatShape } from '../errors.js';
 import { writeFileAtomic } from './atomic-write.js';
 import { decodeBf16Bytes, decodeF16Bytes, encodeBf16Bytes, encodeF16Bytes } from './float16.js';
 
@@ -567,6 +567,8 @@ export async function writeSafetensorsFile(path: string, tensors: TensorsToWrite
   try {
     await writeFileAtomic(path, bytes);
   } catch (err) {
+    // writeFileAtomic already names the path and the reason (OutputError: read-only, no space, …).
+    if (err instanceof RoutedPeftError) throw err;
     const why = err instanceof Error ? `: ${err.message}` : '';
     throw new CheckpointError(`cannot write safetensors file${why}`, { path, cause: err });
   }

@@ -66,8 +66,10 @@ import { siteShape } from '../base/site-shape.js';
 import { FAMILY_SITES, type ModelFamily, type SiteName } from '../base/sites.js';
 import { createAdapter, type AdapterInstance } from '../adapters/instance.js';
 import { parseConfig } from '../config/parse.js';
+import { RegexError, compileSafeRegex, type SafeRegex } from '../config/safe-regex.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
 import { replaceDirectoryAtomic } from '../formats/atomic-write.js';
+import { assertFiniteTensor, type FiniteOptions } from '../formats/finite.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, parsePeftLoraConfig, type PeftLoraConfig } from './peft-config.js';
 import { decodeFloat32, readSafetensorsFile, serializeSafetensors, type TensorToWrite } from '../formats/safetensors.js';
@@ -129,12 +131,17 @@ function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
-/** Compiles a PEFT (Python) regex for a full match; undefined when JavaScript cannot compile it. */
-function fullMatchRegExp(source: string): RegExp | undefined {
+/**
+ * Compiles a PEFT (Python) regex for a full match on the linear-time RE2 engine (adapter files are untrusted:
+ * a catastrophic pattern such as `(a+)+$` must not hang the loader); undefined when RE2 cannot compile it
+ * (Python-only syntax, backreferences, lookaround, or longer than MAX_REGEX_SOURCE).
+ */
+function fullMatchRegex(source: string): SafeRegex | undefined {
   try {
-    return new RegExp(`^(?:${source})$`);
-  } catch {
-    return undefined;
+    return compileSafeRegex(source, { what: 'target_modules regex' });
+  } catch (error) {
+    if (error instanceof RegexError) return undefined;
+    throw error;
   }
 }
 
@@ -161,14 +168,14 @@ export function peftTargetsToSites(targetModules: string | readonly string[], fa
 
   if (typeof targetModules === 'string') {
     if (targetModules.toLowerCase() === 'all-linear') return [...FAMILY_SITES[family]];
-    const regex = fullMatchRegExp(targetModules);
+    const regex = fullMatchRegex(targetModules);
     if (regex === undefined) {
-      throw new ConfigError(`target_modules ${JSON.stringify(targetModules)} is not a regular expression JavaScript can compile`, {
+      throw new RegexError(`target_modules ${JSON.stringify(targetModules.slice(0, 200))} is not a regular expression the linear-time engine can compile`, {
         path: 'target_modules',
-        hint: 'Use a list of module names, or a regex without Python-only syntax',
+        hint: 'Use a list of module names, or a regex without backreferences, lookaround or Python-only syntax',
       });
     }
-    for (const { path, module } of paths) if (regex.test(path)) for (const s of module.sites) chosen.add(s);
+    for (const { path, module } of paths) if (regex.fullMatch(path)) for (const s of module.sites) chosen.add(s);
     if (chosen.size === 0) {
       throw new ConfigError(`target_modules regex ${JSON.stringify(targetModules)} matches no module of a ${family} model`, {
         path: 'target_modules',
@@ -190,20 +197,23 @@ export function peftTargetsToSites(targetModules: string | readonly string[], fa
   return FAMILY_SITES[family].filter((s) => chosen.has(s));
 }
 
-/** PEFT's get_pattern_key: the first key with `^(.*\.)?(key)$` matching the module path. */
-function peftPatternValue<T>(patterns: Readonly<Record<string, T>>, path: string, file: string, field: string): T | undefined {
+/** PEFT's get_pattern_key: the first key with `^(.*\.)?(key)$` matching the module path (run on RE2; compiled once per key). */
+function peftPatternValue<T>(patterns: Readonly<Record<string, T>>, path: string, file: string, field: string, cache: Map<string, SafeRegex>): T | undefined {
   for (const [key, value] of Object.entries(patterns)) {
-    let regex: RegExp;
-    try {
-      regex = new RegExp(`^(.*\\.)?(${key})$`);
-    } catch (cause) {
-      throw new CheckpointError(`${field} key ${JSON.stringify(key)} is not a regular expression JavaScript can compile`, {
-        path: file,
-        hint: 'Use module paths such as model.layers.0.self_attn.q_proj as keys',
-        cause,
-      });
+    let regex = cache.get(key);
+    if (regex === undefined) {
+      try {
+        regex = compileSafeRegex(`(.*\\.)?(${key})`, { what: `${field} key` });
+      } catch (cause) {
+        throw new CheckpointError(`${field} key ${JSON.stringify(key.slice(0, 200))} is not a regular expression the linear-time engine can compile`, {
+          path: file,
+          hint: 'Use module paths such as model.layers.0.self_attn.q_proj as keys (no backreferences or lookaround)',
+          cause,
+        });
+      }
+      cache.set(key, regex);
     }
-    if (regex.test(path)) return value;
+    if (regex.fullMatch(path)) return value;
   }
   return undefined;
 }
@@ -458,7 +468,7 @@ export async function writePeftAdapter(
 // ---------------------------------------------------------------------------------------------------------
 // Reading
 
-export interface ReadPeftOptions {
+export interface ReadPeftOptions extends FiniteOptions {
   /** Name of the created adapter; default: the directory's name (characters outside [A-Za-z0-9_.-] become -). */
   readonly name?: string;
 }
@@ -486,12 +496,12 @@ function describeKnownPaths(family: ModelFamily): string {
 }
 
 /** Does the config's target_modules / layers_to_transform select this module (PEFT check_target_module_exists)? */
-function configSelects(config: PeftLoraConfig, path: string, layer: number, regex: RegExp | undefined): boolean {
+function configSelects(config: PeftLoraConfig, path: string, layer: number, regex: SafeRegex | undefined): boolean {
   const targets = config.target_modules;
   if (targets === null) return true;
   if (typeof targets === 'string') {
     if (targets.toLowerCase() === 'all-linear') return true;
-    return regex === undefined ? true : regex.test(path);
+    return regex === undefined ? true : regex.fullMatch(path);
   }
   if (targets.includes(path)) return true;
   if (!listSelects(targets, path)) return false;
@@ -561,7 +571,7 @@ function splitModule(
 }
 
 function sanitizeName(name: string): string {
-  const cleaned = name.replace(/[^A-Za-z0-9_.-]+/g, '-');
+  const cleaned = name.replace(/[^A-Za-z0-9_.-]+/g, '-').slice(0, 100);
   return cleaned === '' || cleaned === '.' || cleaned === '..' ? 'peft-adapter' : cleaned;
 }
 
@@ -627,10 +637,10 @@ export async function readPeftAdapter(dir: string, model: { readonly config: Mod
     );
   }
   const targetRegex =
-    typeof config.target_modules === 'string' && config.target_modules.toLowerCase() !== 'all-linear' ? fullMatchRegExp(config.target_modules) : undefined;
+    typeof config.target_modules === 'string' && config.target_modules.toLowerCase() !== 'all-linear' ? fullMatchRegex(config.target_modules) : undefined;
   if (typeof config.target_modules === 'string' && config.target_modules.toLowerCase() !== 'all-linear' && targetRegex === undefined) {
     warnings.push(
-      `${configPath}: target_modules regex ${JSON.stringify(config.target_modules)} cannot be compiled in JavaScript; every tensor in the file is loaded`,
+      `${configPath}: target_modules regex ${JSON.stringify(config.target_modules.slice(0, 200))} cannot be compiled by the linear-time regex engine (backreferences, lookaround or Python-only syntax); every tensor in the file is loaded`,
     );
   }
 
@@ -682,6 +692,8 @@ export async function readPeftAdapter(dir: string, model: { readonly config: Mod
 
   // 2. Check pairs and shapes, decode, and split into our sites.
   const modules: OurModule[] = [];
+  const rankCache = new Map<string, SafeRegex>();
+  const alphaCache = new Map<string, SafeRegex>();
   const ordered = [...pairs.values()].sort((x, y) => x.layer - y.layer || FAMILY_MODULES[family].indexOf(x.module) - FAMILY_MODULES[family].indexOf(y.module));
   for (const pair of ordered) {
     if (pair.a === undefined || pair.b === undefined) {
@@ -699,8 +711,8 @@ export async function readPeftAdapter(dir: string, model: { readonly config: Mod
       continue;
     }
     const widths = moduleWidths(base, pair.module);
-    const rank = peftPatternValue(config.rank_pattern, pair.path, configPath, 'rank_pattern') ?? config.r;
-    const alpha = peftPatternValue(config.alpha_pattern, pair.path, configPath, 'alpha_pattern') ?? config.lora_alpha;
+    const rank = peftPatternValue(config.rank_pattern, pair.path, configPath, 'rank_pattern', rankCache) ?? config.r;
+    const alpha = peftPatternValue(config.alpha_pattern, pair.path, configPath, 'alpha_pattern', alphaCache) ?? config.lora_alpha;
     const aEntry = file.entries.get(pair.a);
     const bEntry = file.entries.get(pair.b);
     if (aEntry === undefined || bEntry === undefined) throw new Error('unreachable: tensor listed but missing');
@@ -715,6 +727,8 @@ export async function readPeftAdapter(dir: string, model: { readonly config: Mod
     check(pair.b, bEntry.shape, [widths.outFeatures, rank], 'lora_B is [out, r]');
     const a = decodeFloat32(aEntry, { source: weightsPath });
     const b = decodeFloat32(bEntry, { source: weightsPath });
+    assertFiniteTensor(a, pair.a, weightsPath, options);
+    assertFiniteTensor(b, pair.b, weightsPath, options);
     modules.push(...splitModule(pair, rank, alpha, a, b, widths, config.use_rslora));
   }
   if (modules.length === 0) {

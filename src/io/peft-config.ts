@@ -14,8 +14,12 @@
  * Defaults are PEFT's: r 8, lora_alpha 8, lora_dropout 0, bias "none", init_lora_weights true.
  */
 import { z } from 'zod';
-import { formatPath } from '../config/parse.js';
+import { formatPath, previewValue } from '../config/parse.js';
 import { CheckpointError } from '../errors.js';
+import { MAX_ADAPTER_DIM } from '../adapters/limits.js';
+
+/** Most keys a rank_pattern / alpha_pattern may hold (each is a regular expression matched per module). */
+const MAX_PEFT_PATTERN_KEYS = 4096;
 
 /** File names inside an adapter directory (peft `utils/constants.py`: CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME). */
 export const PEFT_CONFIG_FILE = 'adapter_config.json';
@@ -26,7 +30,7 @@ const nonNegativeInt = z.number().int().min(0);
 /** The fields this library reads. Everything else in the file is an ignored (warned-about) field. */
 export const PeftLoraConfig = z.object({
   peft_type: z.literal('LORA'),
-  r: z.number().int().positive().default(8),
+  r: z.number().int().positive().max(MAX_ADAPTER_DIM).default(8),
   lora_alpha: z.number().positive().default(8),
   lora_dropout: z.number().min(0).lt(1).default(0),
   /** Names matched against the last components of module paths, or one regex string (full match); null: PEFT's per-architecture default. */
@@ -40,11 +44,13 @@ export const PeftLoraConfig = z.object({
   use_dora: z.boolean().default(false),
   /** Module path or regex (matched as PEFT's `get_pattern_key`: `^(.*\.)?(key)$`) → rank. */
   rank_pattern: z
-    .record(z.string(), z.number().int().positive())
+    .record(z.string(), z.number().int().positive().max(MAX_ADAPTER_DIM))
+    .refine((p) => Object.keys(p).length <= MAX_PEFT_PATTERN_KEYS, `at most ${MAX_PEFT_PATTERN_KEYS} keys`)
     .nullish()
     .transform((v) => v ?? {}),
   alpha_pattern: z
     .record(z.string(), z.number().positive())
+    .refine((p) => Object.keys(p).length <= MAX_PEFT_PATTERN_KEYS, `at most ${MAX_PEFT_PATTERN_KEYS} keys`)
     .nullish()
     .transform((v) => v ?? {}),
   layers_to_transform: z
@@ -101,9 +107,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 function describe(value: unknown): string {
-  const json = JSON.stringify(value);
-  if (json === undefined) return String(value);
-  return json.length > 80 ? `${json.slice(0, 77)}...` : json;
+  return previewValue(value);
 }
 
 /**

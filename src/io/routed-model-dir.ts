@@ -6,9 +6,11 @@
  *                             other kinds as adapter.safetensors (variables by `<layer>|<point>/<i>`)
  *   routers.safetensors       router variables by `route<i>/<router key>/<j>`
  *
- * Saving writes a temporary sibling directory and swaps it in, the manifest last, so an interrupted save
- * leaves the previous directory intact. Loading validates the manifest, checks the base matches, builds the
- * model from the spec and assigns every saved variable, checking names and shapes.
+ * Saving writes a complete new version beside the current one (the manifest last) and swaps it in with one
+ * atomic rename of a symbolic link (formats/versioned-dir.ts), so every reader, at every moment, finds the
+ * previous or the new content. Loading validates the manifest, requires every path it names to stay inside
+ * the directory, checks the base matches, builds the model from the spec and assigns every saved variable,
+ * checking names, shapes, finiteness, and that PEFT files agree with the spec's ranks and alphas.
  */
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -20,9 +22,14 @@ import type { Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
 import type { AdapterInstance } from '../adapters/instance.js';
+import { LoraModule } from '../adapters/lora/index.js';
+import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import { AdaptedModel } from '../model/adapted-model.js';
-import { replaceDirectoryAtomic, writeFileAtomic } from '../formats/atomic-write.js';
+import { writeFileAtomic } from '../formats/atomic-write.js';
+import { assertFiniteTensor, type FiniteOptions } from '../formats/finite.js';
+import { resolveInside } from '../formats/paths.js';
+import { replaceDirectoryVersioned, resolveVersionedDirectory, type SaveStep } from '../formats/versioned-dir.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { readPeftAdapter, writePeftAdapter } from './peft-adapter.js';
 import { decodeFloat32, readSafetensorsFile, writeSafetensorsFile, type TensorToWrite } from '../formats/safetensors.js';
@@ -54,8 +61,8 @@ export const RoutedModelManifest = z
     base: BaseReference,
     /** The AdaptedModelSpec, validated again when the model is built. */
     spec: z.record(z.string(), z.unknown()),
-    adapters: z.record(z.string(), z.object({ path: z.string(), format: z.enum(['peft', 'native']) }).strict()),
-    routers: z.string().optional(),
+    adapters: z.record(z.string(), z.object({ path: z.string().min(1).max(4096), format: z.enum(['peft', 'native']) }).strict()),
+    routers: z.string().min(1).max(4096).optional(),
   })
   .strict();
 export type RoutedModelManifest = z.infer<typeof RoutedModelManifest>;
@@ -86,8 +93,8 @@ function variablesToWrite(variables: ReadonlyMap<string, tf.Variable>): Map<stri
   return out;
 }
 
-/** Assigns saved values to variables; every variable must be present with its shape, and nothing extra. */
-async function assignFromFile(file: string, variables: ReadonlyMap<string, tf.Variable>): Promise<void> {
+/** Assigns saved values to variables; every variable must be present with its shape and finite values, and nothing extra. */
+async function assignFromFile(file: string, variables: ReadonlyMap<string, tf.Variable>, finite: FiniteOptions): Promise<void> {
   const saved = await readSafetensorsFile(file);
   for (const name of saved.entries.keys()) {
     if (!variables.has(name)) throw new CheckpointError(`unexpected tensor '${name}'`, { path: file, hint: 'The file does not belong to this spec' });
@@ -99,6 +106,7 @@ async function assignFromFile(file: string, variables: ReadonlyMap<string, tf.Va
     if (!same)
       throw new CheckpointError(`tensor '${name}' has shape ${formatShape(entry.shape)} but the model expects ${formatShape(variable.shape)}`, { path: file });
     const values = decodeFloat32(entry, { source: file });
+    assertFiniteTensor(values, name, file, finite);
     tf.tidy(() => variable.assign(tf.tensor(values, variable.shape)));
   }
 }
@@ -162,16 +170,36 @@ export async function writeRoutedModelContent(dir: string, model: AdaptedModel, 
   return manifest;
 }
 
-/** Saves a routed model directory atomically (the previous directory survives an interrupted save). */
-export async function saveRoutedModel(dir: string, model: AdaptedModel, options: { readonly basePath?: string } = {}): Promise<RoutedModelManifest> {
+/**
+ * Saves a routed model directory atomically: readers see the previous or the new directory, never neither
+ * (see formats/versioned-dir.ts). `onStep` is a test hook called at every step of the swap.
+ */
+export async function saveRoutedModel(
+  dir: string,
+  model: AdaptedModel,
+  options: { readonly basePath?: string; readonly onStep?: SaveStep } = {},
+): Promise<RoutedModelManifest> {
   let manifest: RoutedModelManifest | undefined;
-  await replaceDirectoryAtomic(dir, async (tmp) => {
-    manifest = await writeRoutedModelContent(tmp, model, options);
-  });
+  await replaceDirectoryVersioned(
+    dir,
+    async (tmp) => {
+      manifest = await writeRoutedModelContent(tmp, model, options.basePath === undefined ? {} : { basePath: options.basePath });
+    },
+    { onStep: options.onStep },
+  );
   return manifest as RoutedModelManifest;
 }
 
+/**
+ * The directory to read for `dir`: its current version (or, while an interrupted save of an old-style
+ * directory left it missing, the newest complete sibling). Readers resolve once and read everything there.
+ */
+export function resolveRoutedModelDir(dir: string): string {
+  return resolveVersionedDirectory(dir, (candidate) => existsSync(join(candidate, MANIFEST_FILE)));
+}
+
 export async function readRoutedModelManifest(dir: string): Promise<RoutedModelManifest> {
+  dir = resolveRoutedModelDir(dir);
   const path = join(dir, MANIFEST_FILE);
   if (!existsSync(path)) {
     throw new CheckpointError(`no ${MANIFEST_FILE} in the directory`, {
@@ -182,34 +210,79 @@ export async function readRoutedModelManifest(dir: string): Promise<RoutedModelM
   return parseConfig(RoutedModelManifest, await readJsonFile(path, MANIFEST_FILE), path);
 }
 
+/**
+ * Checks that a LoRA read from PEFT files has the modules, ranks and scales the manifest's spec built: a
+ * manifest whose r / alpha disagree with its adapter files is refused rather than silently using either.
+ */
+function checkPeftAgainstSpec(loaded: AdapterInstance, expected: AdapterInstance, file: string): void {
+  for (const [key, module] of expected.modules) {
+    const got = loaded.modules.get(key);
+    if (!(module instanceof LoraModule) || !(got instanceof LoraModule)) continue;
+    const where = `adapter ${JSON.stringify(expected.name)} at layer ${module.layer} ${module.site}`;
+    if (got.rank !== module.rank) {
+      throw new CheckpointError(`${where}: the PEFT files hold rank ${got.rank}, but the manifest's spec says ${module.rank}`, {
+        path: file,
+        hint: 'The manifest and the adapter files disagree (edited or mixed up); save the model again, or fix r / rankPattern in the manifest',
+      });
+    }
+    if (Math.abs(got.scale - module.scale) > 1e-6 * Math.abs(module.scale)) {
+      throw new CheckpointError(`${where}: the PEFT files give scale ${got.scale} (lora_alpha / r), but the manifest's spec gives ${module.scale}`, {
+        path: file,
+        hint: 'The manifest and the adapter files disagree (edited or mixed up); save the model again, or fix alpha / alphaPattern / rslora in the manifest',
+      });
+    }
+  }
+}
+
+export interface LoadRoutedModelOptions extends FiniteOptions {
+  readonly routers?: RouterRegistry | undefined;
+}
+
 /** Rebuilds a routed model on `base` from its directory. */
 export async function loadRoutedModel(
   dir: string,
   base: Transformer,
-  options: { readonly routers?: RouterRegistry } = {},
+  options: LoadRoutedModelOptions = {},
 ): Promise<{ model: AdaptedModel; manifest: RoutedModelManifest; warnings: string[] }> {
-  const manifest = await readRoutedModelManifest(dir);
-  checkBase(manifest.base, base.config, dir);
-  const model = AdaptedModel.create(base, manifest.spec, options);
+  const root = resolveRoutedModelDir(dir);
+  const manifest = await readRoutedModelManifest(root);
+  const manifestPath = join(root, MANIFEST_FILE);
+  checkBase(manifest.base, base.config, root);
+  // Every path the manifest names must stay inside the directory (checked before anything is built).
+  const adapterDirs = new Map<string, string>();
+  for (const [name, entry] of Object.entries(manifest.adapters)) {
+    adapterDirs.set(name, resolveInside(root, entry.path, { file: manifestPath, field: `adapters.${name}.path` }));
+  }
+  const routersPath = manifest.routers === undefined ? undefined : resolveInside(root, manifest.routers, { file: manifestPath, field: 'routers' });
+  const spec = parseAdaptedModelSpec(manifest.spec, `${manifestPath} spec`);
+  checkSpecAgainstModel(spec, base.config, `${manifestPath} spec`);
+  const model = AdaptedModel.create(base, manifest.spec, options.routers === undefined ? {} : { routers: options.routers });
+  const finite: FiniteOptions = { allowNonFinite: options.allowNonFinite };
   const warnings: string[] = [];
   try {
     for (const adapter of model.spec.adapters) {
       const entry = manifest.adapters[adapter.name];
-      if (entry === undefined) throw new CheckpointError(`the manifest lists no files for adapter '${adapter.name}'`, { path: join(dir, MANIFEST_FILE) });
-      const path = join(dir, entry.path);
+      const path = adapterDirs.get(adapter.name);
+      if (entry === undefined || path === undefined)
+        throw new CheckpointError(`the manifest lists no files for adapter '${adapter.name}'`, { path: manifestPath });
       if (entry.format === 'peft') {
-        const loaded = await readPeftAdapter(path, base, { name: adapter.name });
+        const loaded = await readPeftAdapter(path, base, { name: adapter.name, ...finite });
         warnings.push(...loaded.warnings);
-        model.replaceAdapter(loaded.instance);
+        try {
+          checkPeftAgainstSpec(loaded.instance, model.adapters.get(adapter.name) as AdapterInstance, join(path, 'adapter_config.json'));
+          model.replaceAdapter(loaded.instance);
+        } catch (error) {
+          loaded.instance.dispose();
+          throw error;
+        }
       } else {
-        await assignFromFile(join(path, NATIVE_ADAPTER_FILE), adapterVariables(model, adapter.name));
+        await assignFromFile(join(path, NATIVE_ADAPTER_FILE), adapterVariables(model, adapter.name), finite);
       }
     }
     const routers = routerVariables(model);
     if (routers.size > 0) {
-      if (manifest.routers === undefined)
-        throw new CheckpointError('the spec routes but the manifest lists no router file', { path: join(dir, MANIFEST_FILE) });
-      await assignFromFile(join(dir, manifest.routers), routers);
+      if (routersPath === undefined) throw new CheckpointError('the spec routes but the manifest lists no router file', { path: manifestPath });
+      await assignFromFile(routersPath, routers, finite);
     }
   } catch (error) {
     model.dispose();

@@ -18,7 +18,7 @@ import type { ForwardOptions, Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError } from '../errors.js';
 import { compositionHooks } from './composition-hooks.js';
-import { checkComposition, effectiveComposition, parseAdaptedModelSpec, type AdaptedModelSpec } from '../compose/model-spec.js';
+import { type AdaptedModelSpec, checkComposition, checkSpecAgainstModel, effectiveComposition, parseAdaptedModelSpec } from '../compose/model-spec.js';
 import { AdapterInstance, createAdapter } from '../adapters/instance.js';
 import { type CompositionNode, type RouteNode, routesIn } from '../compose/spec.js';
 import { RouterSet } from '../routing/router-set.js';
@@ -93,6 +93,7 @@ export class AdaptedModel {
   /** Validates a spec (plain object) and builds every module and router. */
   static create(base: Transformer, spec: unknown, options: AdaptedModelOptions = {}): AdaptedModel {
     const parsed = parseAdaptedModelSpec(spec);
+    checkSpecAgainstModel(parsed, base.config);
     const composition = effectiveComposition(parsed);
     const model = new AdaptedModel(base, parsed, composition);
     try {

@@ -7,12 +7,17 @@
  * its last lease is released. New requests lease the new version.
  *
  * Budget. A target's bytes are its variables' bytes (plus its merged weights while merged). Live bytes —
- * current versions plus retired versions still leased — are kept ≤ the budget: making room evicts the least
- * recently used targets that no request holds (their weights are disposed, their source kept) and an evicted
- * target is reloaded from its source on its next request. A target larger than the whole budget, or one that
- * cannot fit because everything else is in use, is an error. Instance targets cannot be reloaded and so are
- * never evicted. A target's bytes are known only once it is read, so a load may briefly hold more than the
- * budget while it reads.
+ * current versions plus retired versions still leased, plus room reserved for reloads in flight — are kept ≤
+ * the budget: making room evicts the least recently used targets that no request holds (their weights are
+ * disposed, their source kept) and an evicted target is reloaded from its source on its next request.
+ *
+ * Queueing. When room cannot be made because every other target is in use, the request (or load, swap or
+ * reload) waits in a FIFO queue, as serving systems such as S-LoRA do, and proceeds as soon as finished
+ * requests make a target evictable. The queue is bounded (`maxWaiting`, default 1024) and a wait has a
+ * deadline (`timeoutMs`, default 30 s); either limit is a MemoryBudgetError naming the target. A target larger
+ * than the whole budget can never fit and is an error at once. Instance targets cannot be reloaded and so are
+ * never evicted. A target's bytes are known only once it is read, so a first load (or a swap) may hold more
+ * than the budget while it reads and waits; a reload reserves its last known size before reading.
  */
 import type * as tf from '@tensorflow/tfjs';
 import { LoraModule } from '../adapters/lora/layer.js';
@@ -49,6 +54,8 @@ interface MergedView {
 export class TargetVersion {
   refs = 0;
   retired = false;
+  /** Just (re)loaded for waiting requests and not leased yet: not evictable until its first lease. */
+  fresh = false;
   private merged: MergedView | undefined;
   /** Unmerged views still possibly in use by running requests; freed when refs drops to 0. */
   private readonly staleViews: MergedView[] = [];
@@ -119,6 +126,8 @@ export interface Lease {
 
 interface Entry {
   readonly name: string;
+  /** Bytes of the last version (what a reload reserves before reading). */
+  knownBytes: number;
   source: TargetSource;
   head: ClassificationHead | undefined;
   current: TargetVersion | undefined;
@@ -130,6 +139,22 @@ interface Entry {
 export interface TargetRegistryOptions {
   readonly routers?: RouterRegistry | undefined;
   readonly budgetBytes?: number | undefined;
+  /** Waiting for room under the budget: at most `maxWaiting` waiters (default 1024), each for `timeoutMs` (default 30,000). */
+  readonly queue?: { readonly maxWaiting?: number | undefined; readonly timeoutMs?: number | undefined } | undefined;
+}
+
+/** The memory budget cannot hold a target now (queue full, or the wait timed out) or ever (larger than the budget). */
+export class MemoryBudgetError extends RoutedPeftError {}
+
+export const DEFAULT_QUEUE = { maxWaiting: 1024, timeoutMs: 30_000 } as const;
+
+interface Waiter {
+  readonly name: string;
+  readonly needed: () => number;
+  readonly except: Entry | undefined;
+  readonly resolve: (bytes: number) => void;
+  readonly reject: (error: unknown) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
 }
 
 export class TargetRegistry {
@@ -144,6 +169,11 @@ export class TargetRegistry {
   private swaps = 0;
   private evictions = 0;
   private reloads = 0;
+  /** Bytes reserved for reloads in flight (counted against the budget). */
+  private reserved = 0;
+  private readonly waiters: Waiter[] = [];
+  private queuedTotal = 0;
+  private queueTimeouts = 0;
 
   constructor(
     private readonly base: Transformer,
@@ -169,12 +199,22 @@ export class TargetRegistry {
     try {
       const { version, warnings } = await this.materialize(name, source);
       try {
-        this.makeRoom(version.totalBytes, undefined, name);
+        const bytes = await this.reserve(() => version.totalBytes, undefined, name);
+        this.reserved -= bytes;
       } catch (error) {
         discard(version, source);
         throw error;
       }
-      this.entries.set(name, { name, source, head, current: version, lastUsed: ++this.clock, wantMerged: false, loading: undefined });
+      this.entries.set(name, {
+        name,
+        knownBytes: version.totalBytes,
+        source,
+        head,
+        current: version,
+        lastUsed: ++this.clock,
+        wantMerged: false,
+        loading: undefined,
+      });
       this.loads++;
       return { name, kind: version.content.kind, bytes: version.totalBytes, warnings };
     } finally {
@@ -191,23 +231,33 @@ export class TargetRegistry {
       discard(version, source);
       throw this.missing(name, 'name');
     }
+    let reservedBytes = 0;
     try {
       if (entry.wantMerged && version.content.kind !== 'adapter') entry.wantMerged = false;
       if (entry.wantMerged) this.applyMerge(version);
-      const old = entry.current;
-      const freed = old !== undefined && old.refs === 0 ? old.totalBytes : 0;
-      this.makeRoom(version.totalBytes - freed, entry, name);
+      // The current version is freed by the swap when no request holds it, so its bytes count as room.
+      const needed = (): number => {
+        const old = entry.current;
+        return Math.max(0, version.totalBytes - (old !== undefined && old.refs === 0 ? old.totalBytes : 0));
+      };
+      reservedBytes = await this.reserve(needed, entry, name);
+      if (this.entries.get(name) !== entry) throw this.missing(name, 'name');
     } catch (error) {
+      this.reserved -= reservedBytes;
       discard(version, source);
+      this.pump();
       throw error;
     }
+    this.reserved -= reservedBytes;
     const old = entry.current;
     entry.current = version;
     entry.source = source;
     if (head !== undefined) entry.head = head;
     entry.lastUsed = ++this.clock;
+    entry.knownBytes = version.totalBytes;
     if (old !== undefined) this.retire(old);
     this.swaps++;
+    this.pump();
     return { name, kind: version.content.kind, bytes: version.totalBytes, warnings };
   }
 
@@ -217,6 +267,7 @@ export class TargetRegistry {
     this.entries.delete(name);
     if (entry.current !== undefined) this.retire(entry.current);
     entry.current = undefined;
+    this.pump();
   }
 
   /** Leases the current version of a target, reloading it from its source if it was evicted. */
@@ -226,6 +277,7 @@ export class TargetRegistry {
       const version = entry.current ?? (await this.reload(entry));
       if (version === undefined || version.isDisposed || this.entries.get(name) !== entry || entry.current !== version) continue;
       version.refs++;
+      version.fresh = false;
       entry.lastUsed = ++this.clock;
       let released = false;
       return {
@@ -237,6 +289,8 @@ export class TargetRegistry {
           if (version.refs === 0) {
             version.collect();
             if (version.isDisposed) this.retiredInUse.delete(version);
+            // A target became evictable (or its old version was freed): waiting requests may fit now.
+            this.pump();
           }
         },
       };
@@ -279,6 +333,11 @@ export class TargetRegistry {
     return total;
   }
 
+  /** Requests, loads and swaps waiting for room under the budget. */
+  queued(): number {
+    return this.waiters.length;
+  }
+
   stats(): RuntimeStats {
     const targets: TargetStats[] = [...this.entries.values()].map((e) => ({
       name: e.name,
@@ -298,6 +357,9 @@ export class TargetRegistry {
       evictions: this.evictions,
       reloads: this.reloads,
       retiredInUse: this.retiredInUse.size,
+      queued: this.waiters.length,
+      queuedTotal: this.queuedTotal,
+      queueTimeouts: this.queueTimeouts,
     };
   }
 
@@ -308,6 +370,10 @@ export class TargetRegistry {
       entry.current = undefined;
     }
     this.entries.clear();
+    for (const waiter of this.waiters.splice(0)) {
+      if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+      waiter.reject(new RoutedPeftError('the runtime was disposed while the request waited for memory', { hint: 'Create a new RoutedRuntime' }));
+    }
   }
 
   private entryOf(name: string, path: string): Entry {
@@ -333,7 +399,10 @@ export class TargetRegistry {
   private reload(entry: Entry): Promise<TargetVersion | undefined> {
     entry.loading ??= (async () => {
       const source = entry.source;
+      // Reserve the last known size before reading, so reloads waiting for room hold no weights.
+      let reservedBytes = 0;
       try {
+        reservedBytes = await this.reserve(() => entry.knownBytes, entry, entry.name);
         const { version } = await this.materialize(entry.name, source);
         if (this.entries.get(entry.name) !== entry || entry.current !== undefined || entry.source !== source) {
           version.dispose(); // unloaded, swapped or reloaded meanwhile: the caller looks again
@@ -341,54 +410,159 @@ export class TargetRegistry {
         }
         try {
           if (entry.wantMerged) this.applyMerge(version);
-          this.makeRoom(version.totalBytes, entry, entry.name);
+          // Usually the size reserved; if it grew (the source changed on disk), wait for the difference too.
+          const held = reservedBytes;
+          if (version.totalBytes > held) {
+            const more = await this.reserve(() => version.totalBytes - held, entry, entry.name);
+            reservedBytes = held + more;
+          }
+          if (this.entries.get(entry.name) !== entry || entry.current !== undefined) {
+            version.dispose();
+            return undefined;
+          }
         } catch (error) {
           version.dispose();
           throw error;
         }
+        // The reservation becomes the resident version, in one synchronous step.
+        this.reserved -= reservedBytes;
+        reservedBytes = 0;
+        version.fresh = true;
         entry.current = version;
+        entry.knownBytes = version.totalBytes;
         this.reloads++;
         return version;
       } finally {
+        this.reserved -= reservedBytes;
         entry.loading = undefined;
+        this.pump();
       }
     })();
     return entry.loading;
   }
 
-  /** Evicts least recently used idle targets until `needed` more bytes fit the budget. */
-  private makeRoom(needed: number, except: Entry | undefined, name: string): void {
+  /**
+   * Makes room for `needed()` bytes and reserves them: resolves to the bytes added to `reserved`, which the
+   * caller subtracts once they are resident or the attempt failed. Waits in the FIFO queue while every other target is in
+   * use; MemoryBudgetError when the queue is full, the wait times out, or the target is larger than the budget.
+   */
+  private reserve(needed: () => number, except: Entry | undefined, name: string): Promise<number> {
     const budget = this.options.budgetBytes;
-    if (budget === undefined) return;
-    if (needed > budget) {
-      throw new RoutedPeftError(`target ${JSON.stringify(name)} needs ${needed} bytes, more than the whole memory budget of ${budget} bytes`, {
-        path: 'memoryBudgetBytes',
-        hint: 'Raise memoryBudgetBytes, or load a smaller adapter',
-      });
+    if (budget === undefined) return Promise.resolve(0);
+    const bytes = needed();
+    if (bytes > budget) {
+      return Promise.reject(
+        new MemoryBudgetError(`target ${JSON.stringify(name)} needs ${bytes} bytes, more than the whole memory budget of ${budget} bytes`, {
+          path: 'memoryBudgetBytes',
+          hint: 'Raise memoryBudgetBytes, or load a smaller adapter',
+        }),
+      );
     }
-    while (this.residentBytes() + needed > budget) {
-      let victim: Entry | undefined;
-      for (const entry of this.entries.values()) {
-        const v = entry.current;
-        if (entry === except || v === undefined || v.refs > 0 || entry.source.kind === 'instance') continue;
-        if (victim === undefined || entry.lastUsed < victim.lastUsed) victim = entry;
-      }
-      if (victim === undefined) {
-        const busy = [...this.entries.values()].filter((e) => e.current !== undefined && e !== except).map((e) => e.name);
-        throw new RoutedPeftError(
-          `the memory budget of ${budget} bytes cannot hold target ${JSON.stringify(name)} (${needed} bytes): ${this.residentBytes()} bytes are held by targets in use or not evictable (${busy.join(', ') || 'old versions of running requests'})`,
+    if (this.waiters.length === 0 && this.tryMakeRoom(bytes, except)) {
+      this.reserved += bytes;
+      return Promise.resolve(bytes);
+    }
+    const maxWaiting = this.options.queue?.maxWaiting ?? DEFAULT_QUEUE.maxWaiting;
+    if (this.waiters.length >= maxWaiting) {
+      return Promise.reject(
+        new MemoryBudgetError(
+          `the memory budget of ${budget} bytes cannot hold target ${JSON.stringify(name)} now and ${this.waiters.length} requests already wait for room`,
           {
             path: 'memoryBudgetBytes',
-            hint: 'Retry when running requests finish, unload a target, or raise memoryBudgetBytes',
+            hint: 'Retry later, raise memoryBudgetBytes, or raise the queue limit (memoryQueue.maxWaiting)',
           },
+        ),
+      );
+    }
+    this.queuedTotal++;
+    const timeoutMs = this.options.queue?.timeoutMs ?? DEFAULT_QUEUE.timeoutMs;
+    return new Promise<number>((resolve, reject) => {
+      const waiter: Waiter = { name, needed, except, resolve, reject, timer: undefined };
+      waiter.timer = setTimeout(() => {
+        const i = this.waiters.indexOf(waiter);
+        if (i < 0) return;
+        this.waiters.splice(i, 1);
+        this.queueTimeouts++;
+        const busy = [...this.entries.values()].filter((e) => e.current !== undefined && e !== except).map((e) => e.name);
+        reject(
+          new MemoryBudgetError(
+            `the memory budget of ${budget} bytes could not hold target ${JSON.stringify(name)} (${needed()} bytes) within ${timeoutMs} ms: ${this.residentBytes()} bytes are held by targets in use or not evictable (${busy.join(', ') || 'old versions of running requests'})`,
+            { path: 'memoryBudgetBytes', hint: 'Retry when running requests finish, unload a target, or raise memoryBudgetBytes (or memoryQueue.timeoutMs)' },
+          ),
         );
+        this.pump();
+      }, timeoutMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** Serves waiting reservations in order while room can be made for the first one. */
+  private pump(): void {
+    const budget = this.options.budgetBytes;
+    if (budget === undefined) return;
+    for (;;) {
+      const waiter = this.waiters[0];
+      if (waiter === undefined) return;
+      const bytes = waiter.needed();
+      if (bytes > budget) {
+        this.waiters.shift();
+        if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+        waiter.reject(
+          new MemoryBudgetError(`target ${JSON.stringify(waiter.name)} needs ${bytes} bytes, more than the whole memory budget of ${budget} bytes`, {
+            path: 'memoryBudgetBytes',
+          }),
+        );
+        continue;
       }
+      if (!this.tryMakeRoom(bytes, waiter.except)) return;
+      this.waiters.shift();
+      if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+      this.reserved += bytes;
+      waiter.resolve(bytes);
+    }
+  }
+
+  /** Evicts least recently used idle targets so that `needed` more bytes fit; false (evicting nothing) when they cannot. */
+  private tryMakeRoom(needed: number, except: Entry | undefined): boolean {
+    const budget = this.options.budgetBytes;
+    if (budget === undefined) return true;
+    const deficit = this.residentBytes() + this.reserved + needed - budget;
+    if (deficit <= 0) return true;
+    const idle = [...this.entries.values()]
+      .filter((e) => e !== except && e.current !== undefined && e.current.refs === 0 && !e.current.fresh && e.source.kind !== 'instance')
+      .sort((a, b) => a.lastUsed - b.lastUsed);
+    let freeable = 0;
+    for (const e of idle) freeable += (e.current as TargetVersion).totalBytes;
+    if (freeable < deficit) return false;
+    let freed = 0;
+    for (const victim of idle) {
+      if (freed >= deficit) break;
       const version = victim.current as TargetVersion;
+      freed += version.totalBytes;
       victim.current = undefined;
       version.retired = true;
       version.dispose();
       this.evictions++;
     }
+    return true;
+  }
+
+  /** Evicts least recently used idle targets until `needed` more bytes fit the budget, now (merge() cannot wait). */
+  private makeRoom(needed: number, except: Entry | undefined, name: string): void {
+    const budget = this.options.budgetBytes;
+    if (budget === undefined) return;
+    if (needed > budget) {
+      throw new MemoryBudgetError(`target ${JSON.stringify(name)} needs ${needed} bytes, more than the whole memory budget of ${budget} bytes`, {
+        path: 'memoryBudgetBytes',
+        hint: 'Raise memoryBudgetBytes, or load a smaller adapter',
+      });
+    }
+    if (this.tryMakeRoom(needed, except)) return;
+    const busy = [...this.entries.values()].filter((e) => e.current !== undefined && e !== except).map((e) => e.name);
+    throw new MemoryBudgetError(
+      `the memory budget of ${budget} bytes cannot hold target ${JSON.stringify(name)} (${needed} bytes): ${this.residentBytes()} bytes are held by targets in use or not evictable (${busy.join(', ') || 'old versions of running requests'})`,
+      { path: 'memoryBudgetBytes', hint: 'Retry when running requests finish, unload a target, or raise memoryBudgetBytes' },
+    );
   }
 
   private async materialize(name: string, source: TargetSource): Promise<{ version: TargetVersion; warnings: string[] }> {

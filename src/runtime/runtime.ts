@@ -68,6 +68,10 @@ const RuntimeSettings = z
       .strict()
       .default({ windowMs: 2, maxBatchSize: 16 }),
     memoryBudgetBytes: z.number().positive().optional(),
+    memoryQueue: z
+      .object({ maxWaiting: z.number().int().min(0).optional(), timeoutMs: z.number().min(0).optional() })
+      .strict()
+      .optional(),
     batchCoupledRouters: z.array(z.string()).optional(),
   })
   .strict();
@@ -81,6 +85,11 @@ export interface RoutedRuntimeOptions {
   readonly batching?: { readonly windowMs?: number | undefined; readonly maxBatchSize?: number | undefined } | undefined;
   /** Upper bound on the bytes of resident targets' weights; least recently used idle targets are evicted. */
   readonly memoryBudgetBytes?: number | undefined;
+  /**
+   * Requests that need room while every target is in use wait (FIFO) instead of failing: at most `maxWaiting`
+   * (default 1024) for `timeoutMs` each (default 30,000); beyond either, a MemoryBudgetError.
+   */
+  readonly memoryQueue?: { readonly maxWaiting?: number | undefined; readonly timeoutMs?: number | undefined } | undefined;
   /** Router kinds whose requests run one per pass (default: the kinds whose descriptor says `couplesRows`). */
   readonly batchCoupledRouters?: readonly string[] | undefined;
 }
@@ -124,7 +133,7 @@ export class RoutedRuntime {
     readonly tokenizer: Tokenizer | undefined,
     settings: z.infer<typeof RuntimeSettings>,
   ) {
-    this.registry = new TargetRegistry(base, { routers, budgetBytes: settings.memoryBudgetBytes });
+    this.registry = new TargetRegistry(base, { routers, budgetBytes: settings.memoryBudgetBytes, queue: settings.memoryQueue });
     this.batcher = new Batcher(settings.batching);
     this.batches$ = this.batcher.batches$;
     this.batchCoupled = settings.batchCoupledRouters === undefined ? undefined : new Set(settings.batchCoupledRouters);

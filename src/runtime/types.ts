@@ -147,6 +147,12 @@ export interface RuntimeStats {
   readonly reloads: number;
   /** Old versions kept alive by running requests. */
   readonly retiredInUse: number;
+  /** Requests, loads and swaps waiting now for room under the memory budget. */
+  readonly queued: number;
+  /** How many ever had to wait for room. */
+  readonly queuedTotal: number;
+  /** How many waited longer than the queue's timeout (and failed with MemoryBudgetError). */
+  readonly queueTimeouts: number;
 }
 
 /** One pass the batcher ran (plain data, for monitoring and tests). */

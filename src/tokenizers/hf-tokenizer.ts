@@ -163,6 +163,7 @@ async function readJson(path: string, required: boolean): Promise<unknown> {
     if (!required && (cause as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new TokenizerError('cannot read tokenizer file', { path, cause });
   }
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   try {
     return JSON.parse(text) as unknown;
   } catch (cause) {

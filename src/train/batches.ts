@@ -27,6 +27,11 @@ export interface Truncation {
   readonly fromStart: number;
   /** Tokens dropped from the end: of the completion (EOS included) or of the text. */
   readonly fromEnd: number;
+  /**
+   * `false` when the text was so much longer than maxLength that only a window of it was encoded (tokenising
+   * stays linear in what is used): the counts are then lower bounds — the tokens dropped inside that window.
+   */
+  readonly exact?: false;
 }
 
 export interface TokenizedExample {
@@ -77,13 +82,149 @@ function commonPrefixLength(a: readonly number[], b: readonly number[]): number 
   return i;
 }
 
+function sameIds(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/**
+ * Bounded tokenising. A line far longer than maxLength is never encoded whole (tokenizers can be quadratic
+ * in the length of a word: a 200 KB line took 44 s): only a window of about (budget + WINDOW_MARGIN) ×
+ * WINDOW_CHARS_PER_TOKEN characters next to the part that is kept is encoded, growing ×2 until the kept
+ * tokens come out the same from two window sizes and lie WINDOW_MARGIN tokens away from the cut. Text up to
+ * twice that window is encoded whole, so truncation counts there are exact.
+ */
+const WINDOW_CHARS_PER_TOKEN = 8;
+const WINDOW_MARGIN = 16;
+
+function windowChars(budget: number): number {
+  return (budget + WINDOW_MARGIN) * WINDOW_CHARS_PER_TOKEN;
+}
+
+/** The first `k` UTF-16 units of `text`, not splitting a surrogate pair. */
+function head(text: string, k: number): string {
+  if (k >= text.length) return text;
+  const code = text.charCodeAt(k - 1);
+  return text.slice(0, code >= 0xd800 && code <= 0xdbff ? k - 1 : k);
+}
+
+/** The last `k` UTF-16 units of `text`, not splitting a surrogate pair. */
+function tail(text: string, k: number): string {
+  if (k >= text.length) return text;
+  const start = text.length - k;
+  const code = text.charCodeAt(start);
+  return text.slice(code >= 0xdc00 && code <= 0xdfff ? start + 1 : start);
+}
+
+interface Pieces {
+  readonly prefix: number[];
+  readonly target: number[];
+  readonly fromStart: number;
+  readonly fromEnd: number;
+  readonly exact: boolean;
+}
+
+/** Cuts prefix and target to `budget` tokens: the prompt loses its start first, then the target its end. */
+function fitToBudget(prefix: number[], target: number[], budget: number): { prefix: number[]; target: number[]; fromStart: number; fromEnd: number } {
+  const excess = prefix.length + target.length - budget;
+  const fromStart = excess > 0 ? Math.min(prefix.length, excess) : 0;
+  const fromEnd = excess > fromStart ? excess - fromStart : 0;
+  return { prefix: prefix.slice(fromStart), target: target.slice(0, target.length - fromEnd), fromStart, fromEnd };
+}
+
+/** Prompt/completion pieces from windows of the prompt's end (`kp` units) and the completion's start (`kc`). */
+function completionPieces(
+  tokenizer: Tokenizer,
+  prompt: string,
+  completion: string,
+  kp: number,
+  kc: number,
+  eosId: number | undefined,
+  budget: number,
+): Pieces & { readonly enough: boolean } {
+  const promptWindow = tail(prompt, kp);
+  const completionWindow = head(completion, kc);
+  const promptCut = promptWindow.length < prompt.length;
+  const completionCut = completionWindow.length < completion.length;
+  const whole = tokenizer.encode(promptWindow + completionWindow);
+  const promptOnly = promptWindow === '' ? [] : tokenizer.encode(promptWindow);
+  const boundary = commonPrefixLength(whole, promptOnly);
+  // Tokens near a cut may differ from the full encoding's: drop WINDOW_MARGIN of them on each cut side.
+  let prefix = whole.slice(promptCut ? Math.min(boundary, WINDOW_MARGIN) : 0, boundary);
+  let target = whole.slice(boundary, completionCut ? Math.max(boundary, whole.length - WINDOW_MARGIN) : whole.length);
+  if (!completionCut && eosId !== undefined) target.push(eosId);
+  if (completionCut && target.length < budget) return { prefix, target, fromStart: 0, fromEnd: 0, exact: false, enough: false };
+  const kept = Math.min(target.length, budget);
+  if (promptCut && prefix.length < budget - kept) return { prefix, target, fromStart: 0, fromEnd: 0, exact: false, enough: false };
+  const fitted = fitToBudget(prefix, target, budget);
+  prefix = fitted.prefix;
+  target = fitted.target;
+  return { prefix, target, fromStart: fitted.fromStart, fromEnd: fitted.fromEnd, exact: !promptCut && !completionCut, enough: true };
+}
+
+/** Encodes an example into prompt (`prefix`) and scored (`target`) tokens that fit `budget`. */
+function examplePieces(example: Example, tokenizer: Tokenizer, eosId: number | undefined, addEos: boolean | undefined, budget: number): Pieces {
+  const window = windowChars(budget);
+  if (example.kind === 'prompt-completion') {
+    // Default EOS: on for completions whenever the tokenizer has one.
+    const eos = eosId !== undefined && addEos !== false ? eosId : undefined;
+    const { prompt, completion } = example;
+    if (prompt.length + completion.length <= 2 * window) {
+      const whole = tokenizer.encode(prompt + completion);
+      const promptOnly = prompt === '' ? [] : tokenizer.encode(prompt);
+      const boundary = commonPrefixLength(whole, promptOnly);
+      const target = whole.slice(boundary);
+      if (eos !== undefined) target.push(eos);
+      return { ...fitToBudget(whole.slice(0, boundary), target, budget), exact: true };
+    }
+    let kp = Math.min(prompt.length, window);
+    let kc = Math.min(completion.length, window);
+    let previous: Pieces | undefined;
+    for (;;) {
+      const pieces = completionPieces(tokenizer, prompt, completion, kp, kc, eos, budget);
+      if (pieces.enough) {
+        if (pieces.exact) return pieces;
+        if (previous !== undefined && sameIds(previous.prefix, pieces.prefix) && sameIds(previous.target, pieces.target)) return pieces;
+        previous = pieces;
+      }
+      kp = Math.min(prompt.length, 2 * kp);
+      kc = Math.min(completion.length, 2 * kc);
+    }
+  }
+  const eos = eosId !== undefined && addEos === true ? eosId : undefined;
+  const text = example.text;
+  if (text.length <= 2 * window) {
+    const target = tokenizer.encode(text);
+    if (eos !== undefined) target.push(eos);
+    return { ...fitToBudget([], target, budget), exact: true };
+  }
+  // Keep the start: encode growing windows of the start until the first `budget` tokens are stable.
+  let k = window;
+  let previous: number[] | undefined;
+  for (;;) {
+    if (k >= text.length) {
+      const target = tokenizer.encode(text);
+      if (eos !== undefined) target.push(eos);
+      return { ...fitToBudget([], target, budget), exact: true };
+    }
+    const ids = tokenizer.encode(head(text, k));
+    if (ids.length >= budget + WINDOW_MARGIN) {
+      const kept = ids.slice(0, budget);
+      if (previous !== undefined && sameIds(previous, kept))
+        return { prefix: [], target: kept, fromStart: 0, fromEnd: ids.length - WINDOW_MARGIN - budget, exact: false };
+      previous = kept;
+    }
+    k *= 2;
+  }
+}
+
 /**
  * Tokenises examples for training or scoring. Prompt/completion pairs are encoded as one text
  * (`prompt + completion`, exactly what the model sees when it continues the prompt); the completion starts
  * where that encoding stops agreeing with the prompt's own encoding, so a token straddling the boundary
  * counts as completion. Too long: prompt tokens are dropped from the left (BOS stays); if even the
  * completion does not fit, its end is dropped too (EOS first) and `truncated.fromEnd` says by how much.
- * Text and labelled examples keep their start and lose their end.
+ * Text and labelled examples keep their start and lose their end. Only the part of a very long line that
+ * maxLength can use is encoded (see WINDOW_CHARS_PER_TOKEN), so tokenising is linear in the line's length.
  */
 export function tokenizeExamples(examples: readonly Example[], tokenizer: Tokenizer, options: TokenizeOptions): TokenizedExample[] {
   const opts = parseConfig(TokenizeOptions, options, 'tokenize options');
@@ -98,38 +239,19 @@ export function tokenizeExamples(examples: readonly Example[], tokenizer: Tokeni
       ...(example.kind === 'labelled' ? { label: example.label } : {}),
       line: example.line,
     };
-    let prefix: number[];
-    let target: number[];
-    if (example.kind === 'prompt-completion') {
-      const whole = tokenizer.encode(example.prompt + example.completion);
-      const promptOnly = example.prompt === '' ? [] : tokenizer.encode(example.prompt);
-      const boundary = commonPrefixLength(whole, promptOnly);
-      prefix = whole.slice(0, boundary);
-      target = whole.slice(boundary);
-      // Default EOS: on for completions whenever the tokenizer has one.
-      if (eosId !== undefined && opts.addEos !== false) target.push(eosId);
-    } else {
-      prefix = [];
-      target = tokenizer.encode(example.text);
-      if (eosId !== undefined && opts.addEos === true) target.push(eosId);
-    }
-    const excess = prefix.length + target.length - budget;
-    const fromStart = excess > 0 ? Math.min(prefix.length, excess) : 0;
-    const fromEnd = excess > fromStart ? excess - fromStart : 0;
-    prefix = prefix.slice(fromStart);
-    target = target.slice(0, target.length - fromEnd);
-
+    const { prefix, target, fromStart, fromEnd, exact } = examplePieces(example, tokenizer, eosId, opts.addEos, budget);
     const ids = [...bos, ...prefix, ...target];
     const scored = example.kind === 'labelled' ? 0 : 1;
     const lossMask = [...bos.map(() => 0), ...prefix.map(() => 0), ...target.map(() => scored)];
     if (lossMask.length > 0) lossMask[0] = 0;
     const promptLength = example.kind === 'prompt-completion' ? bos.length + prefix.length : undefined;
+    const truncated = !exact ? { fromStart, fromEnd, exact: false as const } : fromStart + fromEnd > 0 ? { fromStart, fromEnd } : undefined;
     return {
       ids,
       lossMask,
       ...meta,
       ...(promptLength === undefined ? {} : { promptLength }),
-      ...(excess > 0 ? { truncated: { fromStart, fromEnd } } : {}),
+      ...(truncated === undefined ? {} : { truncated }),
     };
   });
 }

@@ -10,27 +10,28 @@
  *   head.safetensors          the classification head, when the objective has one
  *   routed-peft.json          the manifest, written LAST
  *
- * Crash safety: everything is written into a temporary sibling directory, every file is fsynced, and only
- * then is the directory swapped in (io/atomic-write.ts replaceDirectoryAtomic). A save killed at any point
- * leaves the previous checkpoint complete: killed while filling, the previous directory is untouched (the
- * hidden `.<name>.tmp-<pid>-*` sibling is removed by the next save once its process is gone); killed
- * between the two renames of the swap, the previous directory is complete in its `.<name>.old-*` sibling,
- * and loading falls back to it.
+ * Crash safety: everything is written into a new version directory beside the current one, every file is
+ * fsynced, and only then is the version swapped in by renaming a symbolic link over `DIR`
+ * (formats/versioned-dir.ts) — one atomic rename, so there is no moment at which `DIR` holds no complete
+ * checkpoint, for this module's readers or for loadRoutedModel / inspect / eval / serving. A save killed at
+ * any point leaves the previous checkpoint (or the new one) loadable; what a killed save leaves behind (its
+ * hidden `.<name>.v-*` version, temporaries) is removed by the next save once its process is gone.
  *
  * Random state: the data order is a function of (seed, epoch) only (train-loop.ts), so `data.seed` and
  * `data.epoch` are the shuffle's state. Routers that draw random numbers keep their own stream; a router
  * exposing `getRandomState()` / `setRandomState(n)` has it saved and restored (by route and router index).
  * tf.dropout is unseeded in tfjs, so runs with adapter dropout > 0 resume statistically, not bit for bit.
  */
-import { existsSync, readdirSync } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import type { Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
 import { CheckpointError, formatShape } from '../errors.js';
-import { replaceDirectoryAtomic, writeFileAtomic } from '../formats/atomic-write.js';
+import { writeFileAtomic } from '../formats/atomic-write.js';
+import { assertFiniteTensor, type FiniteOptions } from '../formats/finite.js';
+import { replaceDirectoryVersioned, resolveVersionedDirectory, type SaveStep } from '../formats/versioned-dir.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { MANIFEST_FILE, loadRoutedModel, readRoutedModelManifest, writeRoutedModelContent, type RoutedModelManifest } from '../io/routed-model-dir.js';
 import { decodeFloat32, readSafetensorsFile, writeSafetensorsFile, type TensorToWrite } from '../formats/safetensors.js';
@@ -184,6 +185,8 @@ export interface SaveCheckpointOptions {
    * file's name and the temporary directory. The manifest comes last.
    */
   readonly afterFile?: (file: string, tmpDir: string) => void | Promise<void>;
+  /** Test hook, awaited at every step of the save: after each file (`file:<name>`) and each step of the swap. */
+  readonly onStep?: SaveStep;
 }
 
 function toWrite(values: ReadonlyMap<string, HostStateTensor>): Map<string, TensorToWrite> {
@@ -222,14 +225,14 @@ export function trainingState(model: AdaptedModel, trainer: Trainer, loop: LoopS
 }
 
 /**
- * Saves a checkpoint into `dir` (created, or replaced atomically). The model must be the trainer's model.
- * Stale temporaries of killed saves (whose process is gone) are removed first.
+ * Saves a checkpoint into `dir` (created, or replaced atomically: readers see the previous or the new
+ * checkpoint at every moment). The model must be the trainer's model. What killed saves left behind (whose
+ * process is gone) and the previous version are removed once the new one is in place.
  */
 export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, options: SaveCheckpointOptions = {}): Promise<TrainingState> {
   const { model, trainer } = input;
   if (trainer.model !== model)
     throw new CheckpointError('saveCheckpoint: the trainer trains another model', { hint: 'Pass the model the Trainer was created with' });
-  await removeStaleTemporaries(dir);
   // Copy everything to host memory first, so the files describe one instant of training.
   const state = trainingState(model, trainer, input.state);
   const headNames = new Set([...(trainer.head?.namedVariables().keys() ?? [])]);
@@ -237,51 +240,31 @@ export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, op
   const head = hostValues([...trainer.namedVariables()].filter(([name]) => headNames.has(name)));
   const moments = trainer.optimizer.getState().tensors;
   const hook = options.afterFile;
-  await replaceDirectoryAtomic(dir, async (tmp) => {
-    const write = async (file: string, task: Promise<void>): Promise<void> => {
-      await task;
-      await hook?.(file, tmp);
-    };
-    await write(VARIABLES_FILE, writeSafetensorsFile(join(tmp, VARIABLES_FILE), toWrite(variables), { format: 'routed-peft' }));
-    await write(
-      OPTIMIZER_FILE,
-      writeSafetensorsFile(join(tmp, OPTIMIZER_FILE), toWrite(moments), { format: 'routed-peft', step: String(state.optimizer.step) }),
-    );
-    if (head.size > 0) await write(HEAD_FILE, writeSafetensorsFile(join(tmp, HEAD_FILE), toWrite(head), { format: 'routed-peft' }));
-    await write(TRAINING_STATE_FILE, writeFileAtomic(join(tmp, TRAINING_STATE_FILE), `${JSON.stringify(state, null, 2)}\n`));
-    // Adapters, routers, then the manifest last.
-    await write(
-      MANIFEST_FILE,
-      writeRoutedModelContent(tmp, model, options.basePath === undefined ? {} : { basePath: options.basePath }).then(() => undefined),
-    );
-  });
+  const onStep = options.onStep;
+  await replaceDirectoryVersioned(
+    dir,
+    async (tmp) => {
+      const write = async (file: string, task: Promise<void>): Promise<void> => {
+        await task;
+        await hook?.(file, tmp);
+        await onStep?.(`file:${file}`);
+      };
+      await write(VARIABLES_FILE, writeSafetensorsFile(join(tmp, VARIABLES_FILE), toWrite(variables), { format: 'routed-peft' }));
+      await write(
+        OPTIMIZER_FILE,
+        writeSafetensorsFile(join(tmp, OPTIMIZER_FILE), toWrite(moments), { format: 'routed-peft', step: String(state.optimizer.step) }),
+      );
+      if (head.size > 0) await write(HEAD_FILE, writeSafetensorsFile(join(tmp, HEAD_FILE), toWrite(head), { format: 'routed-peft' }));
+      await write(TRAINING_STATE_FILE, writeFileAtomic(join(tmp, TRAINING_STATE_FILE), `${JSON.stringify(state, null, 2)}\n`));
+      // Adapters, routers, then the manifest last.
+      await write(
+        MANIFEST_FILE,
+        writeRoutedModelContent(tmp, model, options.basePath === undefined ? {} : { basePath: options.basePath }).then(() => undefined),
+      );
+    },
+    { onStep },
+  );
   return state;
-}
-
-/** Siblings `.<name>.tmp-<pid>-<hex>` left by saves whose process no longer runs. */
-async function removeStaleTemporaries(dir: string): Promise<void> {
-  const target = resolve(dir);
-  const parent = dirname(target);
-  if (!existsSync(parent)) return;
-  const pattern = new RegExp(`^\\.${escapeRegExp(basename(target))}\\.tmp-(\\d+)-[0-9a-f]+$`);
-  for (const name of await readdir(parent)) {
-    const pid = pattern.exec(name)?.[1];
-    if (pid !== undefined && !processAlive(Number(pid))) await rm(join(parent, name), { recursive: true, force: true }).catch(() => undefined);
-  }
-}
-
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function escapeRegExp(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -311,27 +294,21 @@ export function hasCheckpoint(dir: string): boolean {
   return locateCheckpoint(dir) !== undefined;
 }
 
-/** `dir` when complete; else the backup sibling of an interrupted swap, when that is complete. */
+/** The directory holding `dir`'s checkpoint: its current version, or the newest complete sibling while `dir` is missing. */
 function locateCheckpoint(dir: string): string | undefined {
   const complete = (d: string): boolean => existsSync(join(d, MANIFEST_FILE)) && existsSync(join(d, TRAINING_STATE_FILE));
-  if (complete(dir)) return dir;
-  const target = resolve(dir);
-  if (existsSync(target)) return undefined;
-  const parent = dirname(target);
-  if (!existsSync(parent)) return undefined;
-  const prefix = `.${basename(target)}.old-`;
-  try {
-    const backup = readdirSync(parent).find((name) => name.startsWith(prefix) && complete(join(parent, name)));
-    return backup === undefined ? undefined : join(parent, backup);
-  } catch {
-    return undefined;
-  }
+  const found = resolveVersionedDirectory(dir, complete);
+  return complete(found) ? found : undefined;
 }
 
-async function readF32File(path: string): Promise<Map<string, HostStateTensor>> {
+async function readF32File(path: string, finite: FiniteOptions): Promise<Map<string, HostStateTensor>> {
   const file = await readSafetensorsFile(path);
   const out = new Map<string, HostStateTensor>();
-  for (const [name, entry] of file.entries) out.set(name, { shape: [...entry.shape], values: decodeFloat32(entry, { source: path }) });
+  for (const [name, entry] of file.entries) {
+    const values = decodeFloat32(entry, { source: path });
+    assertFiniteTensor(values, name, path, finite);
+    out.set(name, { shape: [...entry.shape], values });
+  }
   return out;
 }
 
@@ -343,8 +320,8 @@ export async function readTrainingState(dir: string): Promise<TrainingState | un
   return parseConfig(TrainingState, await readJsonFile(path, TRAINING_STATE_FILE), path);
 }
 
-/** Reads a checkpoint into host memory: manifest, training state, variables, optimizer state, head. */
-export async function readCheckpoint(dir: string): Promise<CheckpointData> {
+/** Reads a checkpoint into host memory: manifest, training state, variables, optimizer state, head (all finite unless allowed). */
+export async function readCheckpoint(dir: string, options: FiniteOptions = {}): Promise<CheckpointData> {
   const found = locateCheckpoint(dir);
   if (found === undefined) {
     throw new CheckpointError(`no training checkpoint (${MANIFEST_FILE} + ${TRAINING_STATE_FILE})`, {
@@ -352,13 +329,13 @@ export async function readCheckpoint(dir: string): Promise<CheckpointData> {
       hint: 'Train with a checkpoint directory first (routed-peft train --out DIR), or start without resuming',
     });
   }
-  const warnings = found === dir ? [] : [`${dir} is missing; read the complete previous checkpoint left by an interrupted save in ${found}`];
+  const warnings = existsSync(dir) ? [] : [`${dir} is missing; read the newest complete checkpoint left by an interrupted save in ${found}`];
   const manifest = await readRoutedModelManifest(found);
   const statePath = join(found, TRAINING_STATE_FILE);
   const state = parseConfig(TrainingState, await readJsonFile(statePath, TRAINING_STATE_FILE), statePath);
-  const variables = await readF32File(join(found, VARIABLES_FILE));
-  const tensors = await readF32File(join(found, OPTIMIZER_FILE));
-  const head = existsSync(join(found, HEAD_FILE)) ? await readF32File(join(found, HEAD_FILE)) : undefined;
+  const variables = await readF32File(join(found, VARIABLES_FILE), options);
+  const tensors = await readF32File(join(found, OPTIMIZER_FILE), options);
+  const head = existsSync(join(found, HEAD_FILE)) ? await readF32File(join(found, HEAD_FILE), options) : undefined;
   const optimizer: AdamWState = { step: state.optimizer.step, tensors, paramSteps: new Map(Object.entries(state.optimizer.paramSteps)) };
   return { dir: found, manifest, state, variables, optimizer, head, warnings };
 }
@@ -402,15 +379,19 @@ function sameStructure(model: AdaptedModel, saved: ReadonlyMap<string, HostState
  * Loads a checkpoint onto `base`: the routed-model directory (validated, base checked) with the exact saved
  * variables assigned, plus the training state for a Trainer (see resumeTrainer).
  */
-export async function loadCheckpoint(dir: string, base: Transformer, options: { readonly routers?: RouterRegistry } = {}): Promise<LoadedCheckpoint> {
-  const data = await readCheckpoint(dir);
+export async function loadCheckpoint(
+  dir: string,
+  base: Transformer,
+  options: { readonly routers?: RouterRegistry | undefined } & FiniteOptions = {},
+): Promise<LoadedCheckpoint> {
+  const data = await readCheckpoint(dir, options);
   const loaded = await loadRoutedModel(data.dir, base, options);
   let model = loaded.model;
   try {
     if (!sameStructure(model, data.variables)) {
       // The PEFT files factor some LoRAs differently (gpt2 c_attn); rebuild the spec's exact variables.
       model.dispose();
-      model = AdaptedModel.create(base, data.manifest.spec, options);
+      model = AdaptedModel.create(base, data.manifest.spec, options.routers === undefined ? {} : { routers: options.routers });
     }
     assignVariables(model.namedVariables(), data.variables, join(data.dir, VARIABLES_FILE));
   } catch (error) {

@@ -10,9 +10,12 @@
  * may not be mixed with them.
  *
  * Names become integer ids in order of first appearance: `tasks[id]` and `labels[id]` give the names back.
- * Integers are taken as ids as written (`"task": 2` is task 2; the table then names it "2"); one file may
- * not use both names and integers for tasks (or for labels), since "0" and 0 would be ambiguous. Pass the
- * tables of a training set as `tasks` / `labels` when reading its validation set, so ids agree.
+ * Integers are taken as ids as written (`"task": 2` is task 2; the table then names it "2"), up to
+ * MAX_DATASET_ID (65,535): a larger id is a malformed line, since the tables (and a classification head)
+ * hold one entry per id up to the largest. A file may hold at most MAX_DATASET_ID + 1 distinct task (or
+ * label) names. One file may not use both names and integers for tasks (or for labels), since "0" and 0
+ * would be ambiguous. Pass the tables of a training set as `tasks` / `labels` when reading its validation
+ * set, so ids agree.
  *
  * Malformed lines are reported by line number (1-based) and skipped; blank lines are ignored. A file with
  * more than `maxBadFraction` malformed non-empty lines, or with no examples at all, is refused.
@@ -103,10 +106,25 @@ const FORMAT_HINT =
 const missingOr = (what: string, message: string) => (issue: { readonly input?: unknown }) => (issue.input === undefined ? `${what} is missing` : message);
 const nonBlank = (what: string) =>
   z.string({ error: missingOr(what, `${what} must be a string`) }).refine((s) => s.trim() !== '', { error: `${what} must not be empty` });
-/** A name or a non-negative integer id; null means "no task". */
+/** Largest integer task or label id a dataset line may give; a file holds at most this + 1 distinct names. */
+export const MAX_DATASET_ID = 65_535;
+
+/** A name or a non-negative integer id up to MAX_DATASET_ID; null means "no task". */
 const NameOrId = (what: string) => {
   const error = `${what} must be a non-empty string or a non-negative integer`;
-  return z.union([nonBlank(what), z.number({ error }).int({ error }).min(0, { error })], { error });
+  return z.union(
+    [
+      nonBlank(what),
+      z
+        .number({ error })
+        .int({ error })
+        .min(0, { error })
+        .max(MAX_DATASET_ID, {
+          error: (issue) => `${what} ${String(issue.input)} exceeds the largest id ${MAX_DATASET_ID}; use names, or ids 0..${MAX_DATASET_ID}`,
+        }),
+    ],
+    { error },
+  );
 };
 
 const TextLine = z.object({ text: nonBlank('text'), task: NameOrId('task').nullish() });
@@ -198,6 +216,15 @@ class IdTable {
     const known = this.byName.get(value);
     if (known !== undefined) return known;
     const id = this.names.length;
+    if (id > MAX_DATASET_ID) {
+      throw new DatasetError(
+        `${this.source}: line ${line} gives a ${MAX_DATASET_ID + 2}th distinct ${this.what} name (${JSON.stringify(value.slice(0, 80))}); at most ${MAX_DATASET_ID + 1} are allowed`,
+        {
+          path: this.source,
+          hint: `Use at most ${MAX_DATASET_ID + 1} distinct "${this.what}" values in one dataset`,
+        },
+      );
+    }
     this.names.push(value);
     this.byName.set(value, id);
     return id;

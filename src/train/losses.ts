@@ -16,7 +16,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { oneHotFloat } from '../base/one-hot.js';
-import { ShapeError, formatShape } from '../errors.js';
+import { ConfigError, ShapeError, formatShape } from '../errors.js';
 import { trainableVariable } from '../variables.js';
 
 type Rows = readonly (readonly number[])[];
@@ -75,6 +75,9 @@ export function classificationLoss(logits: tf.Tensor2D, labels: readonly number[
 let heads = 0;
 
 /** A trainable linear classifier over mean-pooled hidden states: W [D, C] ~ N(0, 0.02²) (seeded), b [C] = 0. */
+/** Most weights a classification head may hold (2^28: 1 GiB of float32). */
+export const MAX_HEAD_ELEMENTS = 2 ** 28;
+
 export class ClassificationHead {
   readonly weight: tf.Variable<tf.Rank.R2>; // [D, C]
   readonly bias: tf.Variable<tf.Rank.R1>; // [C]
@@ -84,6 +87,16 @@ export class ClassificationHead {
     readonly classes: number,
     seed = 0,
   ) {
+    // Before allocating: a label table from a hostile dataset must not become a 10⁹-row head.
+    if (!Number.isSafeInteger(dim * classes) || dim * classes > MAX_HEAD_ELEMENTS) {
+      throw new ConfigError(
+        `a classification head of ${classes} classes on width ${dim} would hold ${dim * classes} weights, more than the limit of ${MAX_HEAD_ELEMENTS}`,
+        {
+          path: 'objective.classes',
+          hint: 'Use fewer distinct labels',
+        },
+      );
+    }
     heads += 1;
     this.weight = trainableVariable(`head${heads}/weight`, () => tf.randomNormal<tf.Rank.R2>([dim, classes], 0, 0.02, 'float32', seed)); // [D, C]
     this.bias = trainableVariable(`head${heads}/bias`, () => tf.zeros<tf.Rank.R1>([classes])); // [C]

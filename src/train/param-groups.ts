@@ -13,11 +13,18 @@
 import { z } from 'zod';
 import { parseConfig } from '../config/parse.js';
 
+/**
+ * Largest peak learning rate accepted. AdamW moves every weight by about lr per step whatever the gradient's
+ * scale, so lr > 1 cannot train adapters (weights of order 0.01–1): `--lr 1e30` used to "succeed" with the
+ * loss stuck at ln V. Adapter learning rates are 1e-5 to 1e-1.
+ */
+export const MAX_LEARNING_RATE = 1;
+
 export const paramGroupsFields = {
   /** Peak LR of expert (adapter) variables and heads. */
-  lr: z.number().positive().finite().default(1e-3),
+  lr: z.number().positive().max(MAX_LEARNING_RATE).default(1e-3),
   /** Peak LR of router variables; default: lr. */
-  routerLr: z.number().positive().finite().optional(),
+  routerLr: z.number().positive().max(MAX_LEARNING_RATE).optional(),
   /** Decoupled weight decay of expert variables (AdamW's λ). */
   weightDecay: z.number().min(0).finite().default(0),
   /** Decoupled weight decay of router variables. */

@@ -40,7 +40,7 @@ export type { StepReport, TrainEvent, TrainSummary } from './events.js';
 export const TrainObjective = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('causal-lm') }).strict(),
   /** Sequence classification through a linear head over the mean-pooled final hidden states. */
-  z.object({ kind: z.literal('classification'), classes: z.number().int().min(2) }).strict(),
+  z.object({ kind: z.literal('classification'), classes: z.number().int().min(2).max(65_536) }).strict(),
 ]);
 export type TrainObjective = z.infer<typeof TrainObjective>;
 

@@ -17,6 +17,8 @@ import { fc } from '@fast-check/vitest';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ADAPTER_KINDS, AdapterSpec, adapterKind } from '../../src/adapters/registry.js';
+import { resolveSites, sitePattern } from '../../src/adapters/targets.js';
+import type { ModelConfig } from '../../src/base/config.js';
 import { padLeft } from '../../src/base/generate.js';
 import { FAMILY_SITES, type ModelFamily } from '../../src/base/sites.js';
 import type { Transformer } from '../../src/base/transformer.js';
@@ -68,6 +70,31 @@ const layerTargets = record({ layers }, []);
 
 const sitePatternKey = fc.constantFrom('attn.q', 'attn.*', 'mlp.*', '/^attn\\.[kv]$/', 'layers.1.attn.v', 'layers.0.mlp.down');
 
+/**
+ * Keeps the pattern keys that match a site (and layer) the config targets: a key matching nothing is a
+ * ConfigError (a typo must not silently keep the default rank), which test/hostile covers.
+ */
+function keepMatchingPatterns(family: ModelFamily): (config: Config) => Config {
+  return (config) => {
+    const targets = (config['targets'] ?? {}) as { sites?: 'all-linear' | string[]; layers?: 'all' | number[] };
+    const sites = resolveSites(targets.sites, ['attn.q', 'attn.v'], { family } as ModelConfig, 'targets.sites');
+    const layers = targets.layers === undefined || targets.layers === 'all' ? LAYERS : targets.layers;
+    const keep = (patterns: unknown): Record<string, number> => {
+      const out: Record<string, number> = {};
+      for (const [key, value] of Object.entries((patterns ?? {}) as Record<string, number>)) {
+        const matches = sitePattern(key, key);
+        const hit = /^layers\.\d+\./.test(key) ? layers.some((l) => sites.some((s) => matches(`layers.${l}.${s}`))) : sites.some(matches);
+        if (hit) out[key] = value;
+      }
+      return out;
+    };
+    const out: Config = { ...config };
+    if (config['rankPattern'] !== undefined) out['rankPattern'] = keep(config['rankPattern']);
+    if (config['alphaPattern'] !== undefined) out['alphaPattern'] = keep(config['alphaPattern']);
+    return out;
+  };
+}
+
 const KIND_CASES: Readonly<Partial<Record<string, KindCase>>> = {
   lora: {
     config: (family) =>
@@ -85,7 +112,7 @@ const KIND_CASES: Readonly<Partial<Record<string, KindCase>>> = {
           init: fc.constantFrom('zero-b', 'random'),
         },
         ['kind', 'name'],
-      ),
+      ).map(keepMatchingPatterns(family)),
     identity: { fresh: (config) => ({ ...config, init: 'zero-b' }) },
     // B = 0 at init, so ∂L/∂A = s·Bᵀ·(∂L/∂y)ᵀ·x is exactly zero.
     zeroGradientAtInit: (config) => config['init'] !== 'random',

@@ -2,7 +2,7 @@
 // a run stopped at step 8 and resumed to 16 has the same loss curve as an uninterrupted 16-step run (cpu);
 // a save SIGKILLed part-way leaves the previous checkpoint complete and loadable.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -160,7 +160,7 @@ describe('checkpoint save / load round trip', () => {
     }
   });
 
-  test('missing checkpoint → CheckpointError; a swap interrupted between its renames falls back to the .old sibling', async () => {
+  test('missing checkpoint → CheckpointError; an old-style swap interrupted between its renames falls back to the .old sibling', async () => {
     await expect(readCheckpoint(join(dir, 'nothing-here'))).rejects.toThrow(CheckpointError);
     const model = AdaptedModel.create(base, CHILD_SPEC, { routers });
     const trainer = new Trainer(model, {});
@@ -169,9 +169,11 @@ describe('checkpoint save / load round trip', () => {
     await saveCheckpoint(out, { model, trainer, state: childLoopState(1) });
     trainer.dispose();
     model.dispose();
-    // As if killed after renaming the old directory away and before renaming the new one in.
+    // An old-style (plain directory) checkpoint, as if killed after renaming it away and before renaming the new one in.
     const backup = join(dirname(out), `.${basename(out)}.old-99999-abcdef`);
-    await rename(out, backup);
+    const version = realpathSync(out);
+    await rm(out);
+    await rename(version, backup);
     expect(hasCheckpoint(out)).toBe(true);
     const data = await readCheckpoint(out);
     expect(data.dir).toBe(backup);
@@ -294,7 +296,7 @@ describe('a save killed part-way', () => {
     expect(await exited).toBe('SIGKILL');
 
     // The half-written save sits in a hidden sibling; the checkpoint itself is byte-identical.
-    const siblings = (await readdir(dir)).filter((name) => name.startsWith(`.${basename(out)}.tmp-${child.pid}-`));
+    const siblings = (await readdir(dir)).filter((name) => name.startsWith(`.${basename(out)}.v-`) && name.includes(`-${child.pid}-`));
     expect(siblings).toHaveLength(1);
     expect(await readdir(join(dir, siblings[0] as string))).toContain(OPTIMIZER_FILE);
     expect(await readdir(join(dir, siblings[0] as string))).not.toContain('routed-peft.json');
@@ -311,10 +313,10 @@ describe('a save killed part-way', () => {
       loaded.model.dispose();
     }
 
-    // The next save removes the dead process's temporary directory.
+    // The next save removes the dead process's version; only the current version remains beside the link.
     trainer.step(childBatch);
     await saveCheckpoint(out, { model, trainer, state: childLoopState(2) });
-    expect((await readdir(dir)).filter((name) => name.startsWith(`.${basename(out)}.`))).toEqual([]);
+    expect((await readdir(dir)).filter((name) => name.startsWith(`.${basename(out)}.`))).toEqual([basename(realpathSync(out))]);
     expect((await readCheckpoint(out)).state.step).toBe(2);
     trainer.dispose();
     model.dispose();

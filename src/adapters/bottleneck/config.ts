@@ -9,6 +9,7 @@
  * With `init: 'zero-up'` (default) the up-projection starts at zero, so a fresh adapter is the identity.
  */
 import { z } from 'zod';
+import { MAX_ADAPTER_DIM } from '../limits.js';
 import { adapterSpecFields } from '../targets.js';
 
 export const BottleneckConfig = z
@@ -16,9 +17,9 @@ export const BottleneckConfig = z
     kind: z.literal('bottleneck'),
     ...adapterSpecFields,
     /** D / reductionFactor is the bottleneck width (rounded, at least 1) unless bottleneckDim is given. */
-    reductionFactor: z.number().int().positive().default(16),
+    reductionFactor: z.number().int().positive().max(MAX_ADAPTER_DIM).default(16),
     /** Explicit bottleneck width; overrides reductionFactor. */
-    bottleneckDim: z.number().int().positive().optional(),
+    bottleneckDim: z.number().int().positive().max(MAX_ADAPTER_DIM).optional(),
     /** `houlsby`: after attention and after the FFN; `pfeiffer`: after the FFN only. */
     placement: z.enum(['houlsby', 'pfeiffer']).default('pfeiffer'),
     activation: z.enum(['relu', 'gelu', 'silu', 'tanh']).default('relu'),

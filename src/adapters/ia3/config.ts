@@ -9,14 +9,14 @@
  * other targeted site has its *output* scaled. Entries are site names, globs or /regex/ like targets.sites.
  */
 import { z } from 'zod';
-import { adapterSpecFields } from '../targets.js';
+import { MAX_SITE_ENTRIES, adapterSpecFields } from '../targets.js';
 
 export const Ia3Config = z
   .object({
     kind: z.literal('ia3'),
     ...adapterSpecFields,
     /** Sites scaled at their input (the FFN intermediate); other targeted sites are scaled at their output. */
-    feedforwardSites: z.array(z.string().min(1)).default(['mlp.down']),
+    feedforwardSites: z.array(z.string().min(1)).max(MAX_SITE_ENTRIES).default(['mlp.down']),
   })
   .strict()
   .readonly();

@@ -5,18 +5,25 @@
  * /regex/) or one layer's site (`layers.3.attn.q`), like PEFT's rank_pattern.
  */
 import { z } from 'zod';
-import { adapterSpecFields } from '../targets.js';
+import { MAX_ADAPTER_DIM } from '../limits.js';
+import { MAX_PATTERN_KEYS, adapterSpecFields } from '../targets.js';
 
 export const LoraConfig = z
   .object({
     kind: z.literal('lora'),
     ...adapterSpecFields,
-    r: z.number().int().positive().default(8),
+    r: z.number().int().positive().max(MAX_ADAPTER_DIM).default(8),
     alpha: z.number().positive().default(8),
     dropout: z.number().min(0).lt(1).default(0),
     rslora: z.boolean().default(false),
-    rankPattern: z.record(z.string(), z.number().int().positive()).default({}),
-    alphaPattern: z.record(z.string(), z.number().positive()).default({}),
+    rankPattern: z
+      .record(z.string(), z.number().int().positive().max(MAX_ADAPTER_DIM))
+      .refine((p) => Object.keys(p).length <= MAX_PATTERN_KEYS, `at most ${MAX_PATTERN_KEYS} keys`)
+      .default({}),
+    alphaPattern: z
+      .record(z.string(), z.number().positive())
+      .refine((p) => Object.keys(p).length <= MAX_PATTERN_KEYS, `at most ${MAX_PATTERN_KEYS} keys`)
+      .default({}),
     /** `zero-b` (PEFT's default: B = 0) or `random` (both random; tests and experts that must differ from the start). */
     init: z.enum(['zero-b', 'random']).default('zero-b'),
   })

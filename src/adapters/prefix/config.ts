@@ -15,6 +15,7 @@
  * `targets.sites` does not apply (prefixes attach to attention, not to a site); `targets.layers` does.
  */
 import { z } from 'zod';
+import { MAX_ADAPTER_DIM } from '../limits.js';
 import { adapterSpecFields } from '../targets.js';
 
 export const PrefixConfig = z
@@ -22,11 +23,11 @@ export const PrefixConfig = z
     kind: z.literal('prefix'),
     ...adapterSpecFields,
     /** P: virtual key/value slots per layer. */
-    prefixLength: z.number().int().positive().default(8),
+    prefixLength: z.number().int().positive().max(MAX_ADAPTER_DIM).default(8),
     /** Produce the prefixes with a per-layer MLP (embedding → Linear → tanh → Linear), as the paper does. */
     reparameterize: z.boolean().default(false),
     /** Width of the reparameterisation MLP (its embedding and hidden layer). */
-    reparamHiddenDim: z.number().int().positive().default(64),
+    reparamHiddenDim: z.number().int().positive().max(MAX_ADAPTER_DIM).default(64),
     /** `random`: plain prefixes drawn from N(0, 0.02²); the MLP uses torch's default initialisation. */
     init: z.enum(['random']).default('random'),
   })

@@ -10,6 +10,7 @@ import { CheckpointError } from '../../errors.js';
 import type { ModelConfig } from '../config.js';
 import { gpt2ConfigFromHf } from '../families/gpt2.js';
 import { llamaConfigFromHf } from '../families/llama.js';
+import { assertFiniteTensor, type FiniteOptions } from '../../formats/finite.js';
 import type { HostTensor, TensorSource } from '../../formats/host-tensors.js';
 import { decodeFloat32, readSafetensorsFile, type SafetensorsEntry } from '../../formats/safetensors.js';
 
@@ -19,6 +20,7 @@ export interface HfModelDirectory {
   readonly rawConfig: Readonly<Record<string, unknown>>;
 }
 
+/** Reads and parses a JSON file (a leading UTF-8 BOM is skipped); errors are CheckpointErrors naming the file. */
 export async function readJsonFile(path: string, what: string): Promise<unknown> {
   let text: string;
   try {
@@ -26,6 +28,8 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
   } catch (cause) {
     throw new CheckpointError(`cannot read ${what}: ${(cause as Error).message}`, { path, cause });
   }
+  // A UTF-8 byte-order mark (Windows editors write one) is not part of the JSON; datasets accept it too.
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   try {
     return JSON.parse(text) as unknown;
   } catch (cause) {
@@ -81,7 +85,8 @@ async function safetensorsFiles(dir: string): Promise<string[]> {
   });
 }
 
-export async function readHfModelDirectory(path: string): Promise<HfModelDirectory> {
+/** Reads config.json and lists the tensors; each decodes lazily (and is checked for NaN/±Infinity unless allowed). */
+export async function readHfModelDirectory(path: string, options: FiniteOptions = {}): Promise<HfModelDirectory> {
   const dir = resolve(path);
   const configPath = join(dir, 'config.json');
   const rawConfig = await readJsonFile(configPath, 'config.json');
@@ -100,7 +105,9 @@ export async function readHfModelDirectory(path: string): Promise<HfModelDirecto
     get: (name): HostTensor | undefined => {
       const found = entries.get(name);
       if (found === undefined) return undefined;
-      return { shape: found.entry.shape, values: decodeFloat32(found.entry, { source: found.file }) };
+      const values = decodeFloat32(found.entry, { source: found.file });
+      assertFiniteTensor(values, name, found.file, options);
+      return { shape: found.entry.shape, values };
     },
     names: () => entries.keys(),
   };

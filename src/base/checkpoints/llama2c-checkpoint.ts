@@ -15,6 +15,7 @@ import { CheckpointError } from '../../errors.js';
 import type { ModelConfig } from '../config.js';
 import { parseConfig } from '../../config/parse.js';
 import { ModelConfig as ModelConfigSchema } from '../config.js';
+import { assertFiniteTensor, type FiniteOptions } from '../../formats/finite.js';
 import { mapSource, type HostTensor, type TensorSource } from '../../formats/host-tensors.js';
 
 const HEADER_BYTES = 7 * 4;
@@ -42,7 +43,7 @@ export function adjacentPairsToRotateHalf(values: Float32Array, heads: number, h
   return out;
 }
 
-export function parseLlama2cCheckpoint(bytes: Uint8Array, origin: string): Llama2cCheckpoint {
+export function parseLlama2cCheckpoint(bytes: Uint8Array, origin: string, options: FiniteOptions = {}): Llama2cCheckpoint {
   if (bytes.byteLength < HEADER_BYTES) {
     throw new CheckpointError(`llama2.c checkpoint is ${bytes.byteLength} bytes, shorter than its 28-byte header`, { path: origin });
   }
@@ -103,7 +104,10 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, origin: string): Llama
   const section = new Map<string, Float32Array>();
   let offset = 0;
   for (const [name, count] of sections) {
-    section.set(name, floats.subarray(offset, offset + count));
+    const values = floats.subarray(offset, offset + count);
+    // The RoPE tables are recomputed, never read; every other section is a weight and must be finite.
+    if (name !== 'ropeTables') assertFiniteTensor(values, `${name} (llama2.c section)`, origin, options);
+    section.set(name, values);
     offset += count;
   }
   const get = (name: string): Float32Array => section.get(name) as Float32Array;
@@ -131,12 +135,12 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, origin: string): Llama
   return { config, source: mapSource(origin, tensors) };
 }
 
-export async function readLlama2cCheckpoint(path: string): Promise<Llama2cCheckpoint> {
+export async function readLlama2cCheckpoint(path: string, options: FiniteOptions = {}): Promise<Llama2cCheckpoint> {
   let bytes: Uint8Array;
   try {
     bytes = await readFile(path);
   } catch (cause) {
     throw new CheckpointError(`cannot read llama2.c checkpoint: ${(cause as Error).message}`, { path, cause });
   }
-  return parseLlama2cCheckpoint(bytes, path);
+  return parseLlama2cCheckpoint(bytes, path, options);
 }

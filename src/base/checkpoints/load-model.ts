@@ -6,6 +6,7 @@
 import { existsSync, statSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointError } from '../../errors.js';
+import type { FiniteOptions } from '../../formats/finite.js';
 import type { TensorSource } from '../../formats/host-tensors.js';
 import { readHfModelDirectory } from './hf-model-dir.js';
 import { readLlama2cCheckpoint } from './llama2c-checkpoint.js';
@@ -43,8 +44,9 @@ export function detectCheckpointFormat(path: string): CheckpointFormat {
   });
 }
 
-export async function loadBaseModel(path: string): Promise<LoadedModel> {
+/** Loads a base model; weights holding NaN or ±Infinity are refused unless `options.allowNonFinite`. */
+export async function loadBaseModel(path: string, options: FiniteOptions = {}): Promise<LoadedModel> {
   const format = detectCheckpointFormat(path);
-  const checkpoint = format === 'llama2c' ? await readLlama2cCheckpoint(path) : await readHfModelDirectory(path);
+  const checkpoint = format === 'llama2c' ? await readLlama2cCheckpoint(path, options) : await readHfModelDirectory(path, options);
   return { model: buildTransformer(checkpoint.config, checkpoint.source), format, path };
 }
