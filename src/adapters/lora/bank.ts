@@ -185,8 +185,13 @@ export class LoraBank {
 
   /** Δ_g for every site from one shared input: x [N, I] → G × [N, O_g]. Runs inside the forward's tidy. */
   mix(x: tf.Tensor2D, gates: BankGates, context: MixContext): readonly tf.Tensor2D[] {
+    if (context.training) {
+      // Training builds each site's operands on the gradient tape; slot gates are an inference shortcut.
+      if (gates.kind !== 'ones' && gates.kind !== 'dense') throw new Error(`a training mix takes 'ones' or 'dense' gates, not '${gates.kind}'`);
+      return this.terms.map((_, g) => this.mixSite(g, x, gates, context));
+    }
     const operands = this.operands(context);
-    const kernel = context.training ? undefined : mixKernels.get(tf.getBackend());
+    const kernel = mixKernels.get(tf.getBackend());
     const custom = kernel?.(this, operands, x, gates);
     if (custom !== undefined) return custom;
     switch (gates.kind) {
