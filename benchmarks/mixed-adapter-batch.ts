@@ -14,8 +14,9 @@
  * Both cases are ONE forward pass per step over all 16 rows: every timed call is checked against the
  * runtime's `batches$` events (exactly one pass with 16 requests, 16 rows, and 16 selection groups for the
  * mixed case, 1 for the single case; the benchmark fails otherwise). With 16 groups the batcher runs the pass
- * through MixedHooks (src/runtime/mixed-hooks.ts), which batches LoRA-only groups (src/runtime/batched-lora.ts:
- * per adapted site, every row's own LoRA delta in one product over the concatenated adapters, no row copies);
+ * through MixedHooks (src/runtime/mixed-hooks.ts), which gives LoRA-only groups one choice each of a LoRA bank
+ * (src/adapters/lora/bank.ts: per adapted site, every row's own LoRA delta in one product over the concatenated
+ * adapters, membership gates, no row copies);
  * with one group covering all rows it runs the adapter's hooks directly (passHooks), exactly a solo forward at
  * batch 16. The runtime's default batching (window 2 ms, at most 16 per pass) is used; the 16 requests arrive
  * in one tick, so the pass starts when the 16th arrives.

@@ -316,12 +316,12 @@ export async function routedGrouped(): Promise<PinnedCase> {
   return { outputs: { ...call.outputs, ...spec.outputs } };
 }
 
-/** (c) default fusion, 12 rows — shared-input groups routed on the host (fused-sites.ts hostActivations). */
+/** (c) default fusion, 12 rows — shared-input groups routed on the host (fused-group.ts, host gating). */
 export function routedFusedHost(): Promise<PinnedCase> {
   return routedCase(llama, 'llama', routedSpec(), IDS, undefined, { logits: {} });
 }
 
-/** (d) fusion: 'device', 12 rows — decided on the device, spread gathered per slot (fused-sites.ts). */
+/** (d) fusion: 'device', 12 rows — decided on the device, spread gathered per slot (fused-group.ts, LoRA bank slots). */
 export function routedFusedDevice(): Promise<PinnedCase> {
   return routedCase(llama, 'llama', routedSpec(), IDS, undefined, { logits: { fusion: 'device' } });
 }
@@ -595,7 +595,7 @@ const RUNTIME_REQUESTS: readonly RuntimeRequest[] = [
 
 /**
  * One forward pass whose rows select different PEFT LoRA adapters, static combinations, a routed model and
- * the bare base (mixed-hooks.ts + batched-lora.ts), per request; and every request served alone.
+ * the bare base (mixed-hooks.ts + the LoRA bank), per request; and every request served alone.
  */
 export function mixedBatch(): Promise<PinnedCase> {
   return withModel(
@@ -661,7 +661,7 @@ export function mixedBatch(): Promise<PinnedCase> {
 export const PATHS: Readonly<Record<string, PinnedPath>> = {
   'routed/per-site-dense': { about: "site-routed top-k LoRA, fusion: false, strategy: 'dense' (routed-layer.ts fused dense mixture)", run: routedPerSiteDense },
   'routed/grouped': { about: "strategy 'grouped' as call option and spec field (routed-layer.ts groupedDelta)", run: routedGrouped },
-  'routed/fused-host': { about: 'default fusion, 12 rows: host-routed shared-input groups (fused-sites.ts hostActivations)', run: routedFusedHost },
+  'routed/fused-host': { about: 'default fusion, 12 rows: host-routed shared-input groups (fused-group.ts, host gating)', run: routedFusedHost },
   'routed/fused-device': { about: "fusion: 'device', 12 rows: device top-k, spread gathered per slot", run: routedFusedDevice },
   'routed/many-rows': { about: 'default fusion, 3×22 = 66 rows: device top-k through dense gates, per-site A/spread matmuls', run: routedManyRows },
   'routed/padded': { about: 'left padding: host mask (fused host), device mask (fused device), per-site', run: routedPadded },

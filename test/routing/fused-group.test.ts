@@ -1,4 +1,4 @@
-// The shared-input fused inference path (src/routing/fused-sites.ts) against the per-site path it replaces
+// The shared-input fused inference path (src/routing/fused-group.ts) against the per-site path it replaces
 // (`fusion: false`): the same logits within float round-off, the same traces (experts exactly, weights within
 // round-off), the same greedy generations, for full forwards with padding (many and few rows) and KV-cached
 // decoding, over random route configurations; and a flat tensor count once the fused operands are built.
