@@ -56,16 +56,12 @@ export class FusedRouters {
   }
 }
 
-/** What the fast path needs to know about the forward. */
-export interface FusedForward {
+/** The forward's token masks, as the fast path reads them (a RoutingPass provides them, once per forward). */
+export interface ForwardMasks {
   /** Token mask on the host, [N]; undefined when the forward has no padding. */
-  readonly hostMask: () => ArrayLike<number> | undefined;
+  hostMask(): ArrayLike<number> | undefined;
   /** Token mask repeated for each of G routers, [N·G]; undefined when the forward has no padding. */
-  readonly deviceMask: (routers: number) => tf.Tensor1D | undefined;
-  /** Dense gates on the host are wanted (a trace). */
-  readonly trace: boolean;
-  /** False keeps the decision on the device where it would run on the host (tests, benchmarks). */
-  readonly hostRouting: boolean;
+  groupMask(routers: number): tf.Tensor1D | undefined;
 }
 
 export interface FusedResult {
@@ -79,7 +75,17 @@ export interface FusedResult {
  * The group's deltas for x [N, I]: `gates` are the routers of the bank's sites, in the bank's order, with one k
  * and one temperature (the caller checks). Runs inside the forward's tidy.
  */
-export function fusedGroupDeltas(gates: readonly LinearTopK[], bank: LoraBank, routers: FusedRouters, x: tf.Tensor2D, forward: FusedForward): FusedResult {
+export function fusedGroupDeltas(
+  gates: readonly LinearTopK[],
+  bank: LoraBank,
+  routers: FusedRouters,
+  x: tf.Tensor2D,
+  masks: ForwardMasks,
+  /** Dense gates on the host are wanted (a trace). */
+  trace: boolean,
+  /** False keeps the decision on the device where it would run on the host (tests, benchmarks). */
+  hostRouting: boolean,
+): FusedResult {
   const rows = x.shape[0]; // N
   const count = gates.length; // G
   const choices = bank.choices; // E
@@ -87,20 +93,27 @@ export function fusedGroupDeltas(gates: readonly LinearTopK[], bank: LoraBank, r
   const operands = bank.operands({ training: false });
   if (operands.aCat === undefined) throw new Error('the fused path needs a bank with one rank layout');
   const fused = routers.get(gates, bank, operands.aCat);
-  if (forward.hostRouting && decideOnHost(rows)) {
+  if (hostRouting && decideOnHost(rows)) {
     const width = count * choices + count * (bank.totalRanks[0] as number); // G·E + G·Σr
     const values = tf.matMul(x, fused.joint).dataSync(); // [N, G·E + G·Σr] on the host: logits and x·A_catᵀ
-    const slots = topKSlotsOnHost({ values, stride: width, rows, routers: count, choices }, k, temperature, forward.hostMask());
-    const deltas = bank.mix(x, { kind: 'host-slots', slots: { ...slots, down: { values, stride: width, offset: count * choices } } }, { training: false });
-    return { deltas, traceGates: forward.trace ? slotsToDense(slots.ids, slots.weights, rows * count, k, choices) : undefined };
+    const slots = topKSlotsOnHost({ values, stride: width, rows, routers: count, choices }, k, temperature, masks.hostMask());
+    const deltas = bank.mix(
+      x,
+      { kind: 'host-slots', slots: { ids: slots.ids, weights: slots.weights, k, down: { values, stride: width, offset: count * choices } } },
+      MIX,
+    );
+    return { deltas, traceGates: trace ? slotsToDense(slots.ids, slots.weights, rows * count, k, choices) : undefined };
   }
   const raw: tf.Tensor2D = tf.matMul(x, fused.gates); // [N, G·E]
   const scores: tf.Tensor2D = temperature === 1 ? raw : tf.div<tf.Tensor2D>(raw, temperature); // [N, G·E]
-  const slots = topKSlots(count === 1 ? scores : tf.reshape<tf.Rank.R2>(scores, [rows * count, choices]), forward.deviceMask(count), { k, training: false }); // [N·G, K]
-  const deltas = bank.mix(x, { kind: 'slots', ids: slots.expertIds, weights: slots.weights }, { training: false });
-  const traceGates = forward.trace ? slotsToDense(slots.expertIds.dataSync(), slots.weights.dataSync(), rows * count, k, choices) : undefined;
+  const slots = topKSlots(count === 1 ? scores : tf.reshape<tf.Rank.R2>(scores, [rows * count, choices]), masks.groupMask(count), { k, training: false }); // [N·G, K]
+  const deltas = bank.mix(x, { kind: 'slots', ids: slots.expertIds, weights: slots.weights }, MIX);
+  const traceGates = trace ? slotsToDense(slots.expertIds.dataSync(), slots.weights.dataSync(), rows * count, k, choices) : undefined;
   return { deltas, traceGates };
 }
+
+/** The fast path mixes at inference. */
+const MIX = { training: false } as const;
 
 /** Dense gates [R, E] on the host from slots [R, K]. */
 function slotsToDense(ids: ArrayLike<number>, weights: ArrayLike<number>, rows: number, k: number, choices: number): Float32Array {

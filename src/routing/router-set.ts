@@ -29,6 +29,8 @@ export interface GroupBank {
   readonly bank: LoraBank | undefined;
   /** The per-site router of each bank site (site placement), in the bank's order. */
   readonly routers: readonly (Router | undefined)[];
+  /** For each site of the group, its index in the bank (−1: not a bank site). */
+  readonly bankIndex: readonly number[];
   /** The fast path's cached router operands for this group. */
   readonly fused: FusedRouters;
 }
@@ -168,7 +170,15 @@ export class RouterSet {
       terms.push(lora);
     }
     const routers = sites.map((site) => this.routers.get(siteKey(layer, { kind: 'site-output', site })));
-    const entry: GroupBank = { members, sites, bank: terms.length === 0 ? undefined : new LoraBank(terms, this.choices), routers, fused: new FusedRouters() };
+    const bankIndex = group.sites.map((site) => sites.indexOf(site));
+    const entry: GroupBank = {
+      members,
+      sites,
+      bank: terms.length === 0 ? undefined : new LoraBank(terms, this.choices),
+      routers,
+      bankIndex,
+      fused: new FusedRouters(),
+    };
     this.banks.set(key, entry);
     return entry;
   }

@@ -143,49 +143,43 @@ export class RoutingPass {
     if (options.fusion === false || context.training || node.placement !== 'site' || node.granularity !== 'token' || set.needsTokenIds || set.needsTaskIds)
       return undefined;
     if ((options.strategy ?? chooseStrategy(node.strategy, set.experts.length)) !== 'dense') return undefined;
-    const { members, sites, bank, routers, fused } = set.groupBank(layer, group);
+    const { members, sites, bank, routers, bankIndex, fused } = set.groupBank(layer, group);
     if (bank === undefined || !bank.uniformLayout || sites.length !== members.length) return undefined;
     const x = xs[0] as tf.Tensor2D;
-    if (xs.some((xg) => xg !== x)) return undefined; // an input adapter changed a site's input
+    for (const xg of xs) if (xg !== x) return undefined; // an input adapter changed a site's input
     const gates: LinearTopK[] = [];
     for (const router of routers) {
       const gate = router?.linearTopK?.();
-      if (gate === undefined) return undefined;
+      if (gate === undefined || (gates.length > 0 && (gate.k !== gates[0]?.k || gate.temperature !== gates[0]?.temperature))) return undefined;
       gates.push(gate);
     }
-    const first = gates[0] as LinearTopK;
-    if (gates.some((g) => g.k !== first.k || g.temperature !== first.temperature)) return undefined;
     const tracing = options.trace !== undefined && x.shape[0] > 0;
-    const result = fusedGroupDeltas(gates, bank, fused, x, {
-      hostMask: () => this.hostMask(),
-      deviceMask: (count) => this.groupMask(count),
-      trace: tracing,
-      hostRouting: options.fusion !== 'device',
-    });
-    if (tracing && result.traceGates !== undefined) {
-      const rows = x.shape[0];
-      sites.forEach((site, g) => {
-        const siteGates = new Float32Array(rows * set.choices); // [N, E]
-        for (let n = 0; n < rows; n++)
-          siteGates.set(result.traceGates?.subarray((n * sites.length + g) * set.choices, (n * sites.length + g + 1) * set.choices) ?? [], n * set.choices);
-        options.trace?.push(...this.trace(set, layer, site, siteGates, new Float32Array(rows)));
-      });
-    }
-    return group.sites.map((site) => {
-      const at = sites.indexOf(site);
-      return at < 0 ? undefined : result.deltas[at];
+    const result = fusedGroupDeltas(gates, bank, fused, x, this, tracing, options.fusion !== 'device');
+    if (tracing && result.traceGates !== undefined) this.traceFused(set, layer, sites, result.traceGates, x.shape[0]);
+    const out: (tf.Tensor2D | undefined)[] = [];
+    for (const at of bankIndex) out.push(at < 0 ? undefined : result.deltas[at]);
+    return out;
+  }
+
+  /** Trace entries of the fused path from its dense host gates [N, G, E]. */
+  private traceFused(set: RouterSet, layer: number, sites: readonly string[], traceGates: Float32Array, rows: number): void {
+    const choices = set.choices;
+    sites.forEach((site, g) => {
+      const siteGates = new Float32Array(rows * choices); // [N, E]
+      for (let n = 0; n < rows; n++) siteGates.set(traceGates.subarray((n * sites.length + g) * choices, (n * sites.length + g + 1) * choices), n * choices);
+      this.options.trace?.push(...this.trace(set, layer, site, siteGates, new Float32Array(rows)));
     });
   }
 
   /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
-  private hostMask(): ArrayLike<number> | undefined {
+  hostMask(): ArrayLike<number> | undefined {
     if (this.context.padded === false) return undefined;
     this.maskValues ??= this.context.mask.dataSync();
     return this.maskValues;
   }
 
   /** The forward's token mask repeated for each of G group members: [N·G]; undefined without padding. */
-  private groupMask(count: number): tf.Tensor1D | undefined {
+  groupMask(count: number): tf.Tensor1D | undefined {
     const { batch, tokens, mask, padded } = this.context;
     if (padded === false) return undefined;
     let rowMask = this.groupMasks.get(count);

@@ -284,7 +284,8 @@ export class LoraBank {
       down = { values: tf.matMul(x, operands.aCat).dataSync(), stride: count * totalRank, offset: 0 }; // [N, G·Σr] on the host
     }
     const values = down.values;
-    const perSite = Array.from({ length: count }, () => new Float32Array(rows * totalRank)); // G × [N, Σr], zero where not chosen
+    const perSite: Float32Array[] = []; // G × [N, Σr], zero where not chosen
+    for (let g = 0; g < count; g++) perSite.push(new Float32Array(rows * totalRank));
     for (let n = 0; n < rows; n++) {
       for (let g = 0; g < count; g++) {
         const out = perSite[g] as Float32Array;
