@@ -18,7 +18,7 @@ import { ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
 import { fusedGroupDeltas } from './fused-group.js';
 import { decisionGates } from './gating.js';
-import { chooseStrategy, type ExecutionStrategy, routedDelta } from './routed-layer.js';
+import { type BankSite, chooseStrategy, type ExecutionStrategy, routedDelta } from './routed-layer.js';
 import type { LinearTopK, RouterInput } from './router.js';
 import { type RouterSet, siteKey } from './router-set.js';
 import { type RoutingTraceEntry, traceEntries } from './trace.js';
@@ -96,23 +96,16 @@ export class RoutingPass {
   groupDeltas(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[], ys: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] {
     const fused = this.fusedDeltas(set, layer, group, xs);
     if (fused !== undefined) return fused;
-    const { bank, sites } = set.groupBank(layer, group);
+    const { bank, bankIndex } = set.groupBank(layer, group);
     return group.sites.map((site, g) => {
-      const point: AdapterPoint = { kind: 'site-output', site };
-      const at = sites.indexOf(site);
-      return this.pointDelta(set, layer, point, xs[g] as tf.Tensor2D, ys[g] as tf.Tensor2D, bank === undefined || at < 0 ? undefined : { bank, site: at });
+      const at = bankIndex[g] ?? -1;
+      const lora = bank === undefined || at < 0 ? undefined : { bank, site: at };
+      return this.pointDelta(set, layer, { kind: 'site-output', site }, xs[g] as tf.Tensor2D, ys[g] as tf.Tensor2D, lora);
     });
   }
 
   /** The routed delta at one point: x [N, I], y [N, O] → [N, O], or undefined when nothing applies. */
-  pointDelta(
-    set: RouterSet,
-    layer: number,
-    point: AdapterPoint,
-    x: tf.Tensor2D,
-    y: tf.Tensor2D,
-    lora?: Parameters<typeof routedDelta>[6],
-  ): tf.Tensor2D | undefined {
+  pointDelta(set: RouterSet, layer: number, point: AdapterPoint, x: tf.Tensor2D, y: tf.Tensor2D, lora?: BankSite): tf.Tensor2D | undefined {
     const experts = set.expertModules(layer, point);
     if (experts.every((e) => e === undefined)) return undefined;
     const gates = this.gatesFor(set, layer, point, x);
