@@ -14,7 +14,8 @@ import type { ModelConfig } from '../config.js';
 import { buildGpt2Weights } from '../families/gpt2.js';
 import { buildLlamaWeights } from '../families/llama.js';
 import { Transformer } from '../transformer.js';
-import type { TransformerWeights } from '../weights.js';
+import { disposeWeights, type TransformerWeights } from '../weights.js';
+import { unusedTensors } from './strict-config.js';
 
 export type CheckpointFormat = 'huggingface' | 'llama2c';
 
@@ -25,10 +26,29 @@ export interface LoadedModel {
 }
 
 export function buildTransformer(config: ModelConfig, source: TensorSource): Transformer {
+  const used = new Set<string>();
+  const reading: TensorSource = {
+    ...source,
+    get: (name) => {
+      used.add(name);
+      return source.get(name);
+    },
+  };
   const weights = tf.tidy(() => {
-    const built = config.family === 'llama' ? buildLlamaWeights(config, source) : buildGpt2Weights(config, source);
+    const built = config.family === 'llama' ? buildLlamaWeights(config, reading) : buildGpt2Weights(config, reading);
     return built as unknown as tf.TensorContainer;
   }) as unknown as TransformerWeights;
+  const unused = unusedTensors(source.names(), used, config.family);
+  if (unused.length > 0) {
+    disposeWeights(weights);
+    throw new CheckpointError(
+      `${unused.length} checkpoint tensor(s) are not used by the ${config.family} model: ${unused.slice(0, 8).join(', ')}${unused.length > 8 ? ', …' : ''}`,
+      {
+        path: source.origin,
+        hint: 'The checkpoint holds weights this family does not compute with (biases, extra layers, another architecture); loading it would silently drop them',
+      },
+    );
+  }
   return new Transformer(config, weights);
 }
 

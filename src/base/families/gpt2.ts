@@ -7,11 +7,13 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { parseConfig } from '../../config/parse.js';
+import { checkGpt2Config } from '../checkpoints/strict-config.js';
 import { takeTensor, type TensorSource } from '../../formats/host-tensors.js';
 import { ModelConfig } from '../config.js';
 import type { LayerWeights, NormWeights, TransformerWeights } from '../weights.js';
 
 export function gpt2ConfigFromHf(json: Record<string, unknown>, origin: string): ModelConfig {
+  checkGpt2Config(json, origin);
   const dim = json['n_embd'];
   const heads = json['n_head'];
   return parseConfig(

@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { parseConfig } from '../../config/parse.js';
+import { checkLlamaConfig, ropeThetaFromHf } from '../checkpoints/strict-config.js';
 import { takeTensor, type TensorSource } from '../../formats/host-tensors.js';
 import { ModelConfig } from '../config.js';
 import { siteShape } from '../site-shape.js';
@@ -24,6 +25,7 @@ export const LLAMA_SITE_MODULES: Readonly<Record<SiteName, string>> = {
 };
 
 export function llamaConfigFromHf(json: Record<string, unknown>, origin: string): ModelConfig {
+  checkLlamaConfig(json, origin);
   const heads = json['num_attention_heads'];
   return parseConfig(
     ModelConfig,
@@ -37,7 +39,7 @@ export function llamaConfigFromHf(json: Record<string, unknown>, origin: string)
       nKvHeads: json['num_key_value_heads'] ?? heads,
       maxSeqLen: json['max_position_embeddings'] ?? 2048,
       normEps: json['rms_norm_eps'] ?? 1e-6,
-      ropeTheta: json['rope_theta'] ?? 10000,
+      ropeTheta: ropeThetaFromHf(json, origin),
       tiedEmbeddings: json['tie_word_embeddings'] ?? false,
       ...(typeof json['bos_token_id'] === 'number' ? { bosId: json['bos_token_id'] } : {}),
       ...(typeof json['eos_token_id'] === 'number' ? { eosId: json['eos_token_id'] } : {}),
