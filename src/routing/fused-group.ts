@@ -18,6 +18,7 @@
  * Shape letters: N rows, I input width, G sites in the group, E choices, K slots, Σr one site's total rank.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
 import type { LoraBank } from '../adapters/lora/bank.js';
 import { topKSlots } from './gating.js';
 import { decideOnHost, topKSlotsOnHost } from './host-gating.js';
@@ -89,7 +90,7 @@ export function fusedGroupDeltas(gates: readonly LinearTopK[], bank: LoraBank, r
   const fused = routers.get(gates, bank, operands.aCat);
   if (forward.hostRouting && decideOnHost(rows)) {
     const width = count * choices + count * (bank.totalRanks[0] as number); // G·E + G·Σr
-    const values = tf.matMul(x, fused.joint).dataSync(); // [N, G·E + G·Σr] on the host: logits and x·A_catᵀ
+    const values = readSync(tf.matMul(x, fused.joint), 'Host routing', 'Host routing is taken only where getBackendCapabilities().hostMemory holds'); // [N, G·E + G·Σr] on the host: logits and x·A_catᵀ
     const slots = topKSlotsOnHost({ values, stride: width, rows, routers: count, choices }, k, temperature, forward.hostMask());
     const deltas = bank.mix(x, { kind: 'host-slots', slots: { ...slots, down: { values, stride: width, offset: count * choices } } }, { training: false });
     return { deltas, traceGates: forward.trace ? slotsToDense(slots.ids, slots.weights, rows * count, k, choices) : undefined };
@@ -98,7 +99,23 @@ export function fusedGroupDeltas(gates: readonly LinearTopK[], bank: LoraBank, r
   const scores: tf.Tensor2D = temperature === 1 ? raw : tf.div<tf.Tensor2D>(raw, temperature); // [N, G·E]
   const slots = topKSlots(count === 1 ? scores : tf.reshape<tf.Rank.R2>(scores, [rows * count, choices]), forward.deviceMask(count), { k, training: false }); // [N·G, K]
   const deltas = bank.mix(x, { kind: 'slots', ids: slots.expertIds, weights: slots.weights }, { training: false });
-  const traceGates = forward.trace ? slotsToDense(slots.expertIds.dataSync(), slots.weights.dataSync(), rows * count, k, choices) : undefined;
+  const traceGates = forward.trace
+    ? slotsToDense(
+        readSync(
+          slots.expertIds,
+          'A routing trace',
+          'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
+        ),
+        readSync(
+          slots.weights,
+          'A routing trace',
+          'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
+        ),
+        rows * count,
+        k,
+        choices,
+      )
+    : undefined;
   return { deltas, traceGates };
 }
 

@@ -24,6 +24,7 @@
  * K slots per row, r one term's rank, Σr a site's total rank.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../../backend.js';
 import { oneHotFloat } from '../../base/one-hot.js';
 
 /** What the bank reads of a LoRA module (LoraModule satisfies it). */
@@ -276,7 +277,11 @@ export class LoraBank {
     let down = slots.down;
     if (down === undefined) {
       if (operands.aCat === undefined) throw new Error('host slots need the group A operand');
-      down = { values: tf.matMul(x, operands.aCat).dataSync(), stride: count * totalRank, offset: 0 }; // [N, G·Σr] on the host
+      down = {
+        values: readSync(tf.matMul(x, operands.aCat), "The LoRA bank's 'host-slots' gates", "Use 'slots' gates on a backend without host memory"),
+        stride: count * totalRank,
+        offset: 0,
+      }; // [N, G·Σr] on the host
     }
     const values = down.values;
     const perSite = Array.from({ length: count }, () => new Float32Array(rows * totalRank)); // G × [N, Σr], zero where not chosen
