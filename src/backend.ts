@@ -276,7 +276,9 @@ async function findGpuAdapter(): Promise<GpuAdapterReport> {
     if (scope.navigator === undefined) Object.defineProperty(globalThis, 'navigator', { value: {}, configurable: true, writable: true });
     Object.defineProperty(scope.navigator as object, 'gpu', { value: dawn.create([]), configurable: true });
   }
-  const adapter = await (scope.navigator?.gpu as GpuLike).requestAdapter();
+  const gpu = scope.navigator?.gpu;
+  if (gpu === undefined) throw new Error('navigator.gpu is not available');
+  const adapter = await gpu.requestAdapter();
   if (adapter === null) throw new Error('navigator.gpu.requestAdapter() returned no adapter (no Vulkan/Metal/D3D12 device or driver)');
   const info = adapter.info ?? {};
   const text = (key: string): string => (typeof info[key] === 'string' ? (info[key] as string) : '');
