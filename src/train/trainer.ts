@@ -20,6 +20,7 @@
  * batches and backend give the same weights.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
 import { Subject, type Observable } from 'rxjs';
 import { z } from 'zod';
 import { listWeightTensors } from '../base/weights.js';
@@ -362,7 +363,14 @@ export class Trainer {
         }
         named.set(name, g);
       }
-      const read = (t: tf.Tensor | undefined): number => (t === undefined ? 0 : ((t.dataSync() as Float32Array)[0] ?? Number.NaN));
+      const read = (t: tf.Tensor | undefined): number =>
+        t === undefined
+          ? 0
+          : (readSync(
+              t,
+              'A training step',
+              'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync',
+            )[0] ?? Number.NaN);
       const aux = sink.reduce((s, a) => s + read(a), 0);
       return { loss: read(value), task: read(kept[0]), aux, grads: named };
     } finally {
