@@ -36,3 +36,22 @@ export async function onBackend<T>(backend: 'webgpu' | 'wasm', fn: () => Promise
     await tf.setBackend(previous);
   }
 }
+
+/** Counts WebGPU program dispatches (calls of the webgpu backend's runWebGPUProgram) while fn runs, by shader key prefix. */
+export async function countDispatches<T>(fn: () => Promise<T>): Promise<{ result: T; total: number; byKey: Map<string, number> }> {
+  const backend = tf.findBackend('webgpu') as unknown as { runWebGPUProgram: (p: { shaderKey: string }, ...rest: unknown[]) => unknown };
+  const original = backend.runWebGPUProgram;
+  const byKey = new Map<string, number>();
+  let total = 0;
+  backend.runWebGPUProgram = function (this: unknown, program, ...rest) {
+    total++;
+    const key = program.shaderKey.split('_')[0] ?? program.shaderKey;
+    byKey.set(key, (byKey.get(key) ?? 0) + 1);
+    return original.call(this, program, ...rest);
+  };
+  try {
+    return { result: await fn(), total, byKey };
+  } finally {
+    backend.runWebGPUProgram = original;
+  }
+}
