@@ -55,6 +55,14 @@ export function getBackendCapabilities(backend: string = tf.getBackend()): Backe
   return CAPABILITIES[backend] ?? { hostMemory: false, syncReads: false };
 }
 
+/** Throws the SyncReadError `readSync` would, before any work, when the active backend cannot read synchronously. */
+export function requireSyncReads(what: string, alternative: string): void {
+  const backend = tf.getBackend();
+  if (!getBackendCapabilities(backend).syncReads) {
+    throw new SyncReadError(`${what} reads tensors synchronously, which the '${backend}' backend cannot do`, { hint: alternative });
+  }
+}
+
 /**
  * `tensor.dataSync()` where the active backend reads synchronously; elsewhere a SyncReadError naming `what`
  * needed the read and `alternative` (what to call instead), never the backend's own cryptic failure.

@@ -9,7 +9,7 @@ import { describe, expect, test } from 'vitest';
 import { LoraBank, type LoraTerm, type LoraWeights, registerLoraMixKernel, unregisterLoraMixKernel } from '../../src/adapters/lora/bank.js';
 import { choiceRuns, webgpuLoraMix } from '../../src/adapters/lora/webgpu-mix.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
-import { WEBGPU_SKIP_NOTE, hasWebGpu, onBackend } from '../helpers/webgpu.js';
+import { WEBGPU_SKIP_NOTE, countDispatches, hasWebGpu, onBackend } from '../helpers/webgpu.js';
 
 const CLOSE = { rtol: 1e-4, atol: 1e-5 };
 
@@ -109,7 +109,7 @@ async function countKernelDispatches<T>(fn: () => Promise<T>): Promise<{ result:
   const original = backend.runWebGPUProgram;
   let dispatches = 0;
   backend.runWebGPUProgram = function (program, ...rest) {
-    if (program.shaderKey.startsWith('routedLora')) dispatches++;
+    if (program.shaderKey.startsWith('routedLora') || program.shaderKey.startsWith('denseLora')) dispatches++;
     return original.call(this, program, ...rest);
   };
   try {
@@ -179,18 +179,56 @@ describe.skipIf(!hasWebGpu)(`routed-LoRA WGSL kernel on webgpu${WEBGPU_SKIP_NOTE
     });
   }, 300_000); // lavapipe compiles each new shape's pipelines on the CPU
 
-  test('hands back to the reference what it does not cover: dense gates, training', async () => {
+  test('dense / membership gates (mixed-adapter batches): the variant equals the reference, shared and per-site gates, rows with no adapter', async () => {
+    await onBackend('webgpu', async () => {
+      const start = tf.memory().numTensors;
+      await fc.assert(
+        fc.asyncProperty(caseArb, fc.boolean(), fc.boolean(), async (c, membership, perSite) => {
+          const { bank, x, dispose } = build(c);
+          const E = c.ranks.length;
+          const noise = values(c.rows * E * c.outputs.length, c.seed + 5);
+          const gateRows = (g: number) =>
+            Array.from({ length: c.rows * E }, (_, i) => {
+              const n = Math.floor(i / E);
+              const e = i % E;
+              if (c.zeroRows[n]) return 0; // a row of no adapter (the base's rows in a mixed batch)
+              if (membership) return e === (n + g) % E ? 1 : 0; // one adapter per row
+              const v = noise[g * c.rows * E + i] as number;
+              return Math.abs(v) < 0.4 ? 0 : v; // sparse dense gates
+            });
+          const tensors = Array.from({ length: perSite ? c.outputs.length : 1 }, (_, g) => tf.tensor2d(gateRows(g), [c.rows, E]));
+          const gates = { kind: 'dense' as const, gates: perSite ? tensors : (tensors[0] as tf.Tensor2D) };
+          try {
+            unregisterLoraMixKernel('webgpu');
+            const expected = await read(tf.tidy(() => [...bank.mix(x, gates, { training: false })].map((t) => tf.keep(t))));
+            registerLoraMixKernel('webgpu', webgpuLoraMix);
+            const { result: actual, byKey } = await countDispatches(() =>
+              read(tf.tidy(() => [...bank.mix(x, gates, { training: false })].map((t) => tf.keep(t)))),
+            );
+            expect(byKey.get('denseLora')).toBe(c.outputs.length);
+            actual.forEach((a, g) => expectClose(a, expected[g] as Float32Array, { ...CLOSE, label: `site ${g}` }));
+          } finally {
+            registerLoraMixKernel('webgpu', webgpuLoraMix);
+            tf.dispose(tensors);
+            dispose();
+          }
+        }),
+        { numRuns: 20, seed: 21 },
+      );
+      expect(tf.memory().numTensors).toBe(start);
+    });
+  }, 300_000);
+
+  test('hands back to the reference what it does not cover: ones gates, training', async () => {
     await onBackend('webgpu', async () => {
       const c: Case = { rows: 3, inputWidth: 5, outputs: [4], ranks: [2, 3], k: 1, zeroRows: [false, false, false], seed: 1 };
       const { bank, x, gates, dispose } = build(c);
       try {
-        const dense = { kind: 'dense' as const, gates: tf.ones([3, 2]) as tf.Tensor2D };
         const { dispatches } = await countKernelDispatches(async () => {
-          await read(tf.tidy(() => [...bank.mix(x, dense, { training: false })].map((t) => tf.keep(t))));
+          await read(tf.tidy(() => [...bank.mix(x, { kind: 'ones' }, { training: false })].map((t) => tf.keep(t))));
           return read(tf.tidy(() => [...bank.mix(x, gates, { training: true })].map((t) => tf.keep(t))));
         });
         expect(dispatches).toBe(0);
-        dense.gates.dispose();
       } finally {
         dispose();
       }

@@ -11,6 +11,8 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { SyncReadError } from '../../src/errors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { RoutedRuntime } from '../../src/runtime/runtime.js';
+import type { Selection } from '../../src/runtime/types.js';
+import { Trainer } from '../../src/train/trainer.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 import { WEBGPU_SKIP_NOTE, hasWebGpu, onBackend } from '../helpers/webgpu.js';
@@ -140,6 +142,22 @@ describe.skipIf(!hasWebGpu)(`webgpu against wasm${WEBGPU_SKIP_NOTE}`, () => {
     );
   });
 
+  test('a training step on webgpu fails with a SyncReadError that says to train on wasm/cpu (training uses the reference ops)', async () => {
+    const spec = SPECS['routed LoRA, top-2 of 4 experts + null expert (fused group path)'];
+    await onBackend('webgpu', () =>
+      withModel(tinyLlama, spec, async (model) => {
+        const trainer = new Trainer(model, { optimizer: { lr: 1e-3 }, maxGradNorm: 1 });
+        try {
+          const row = [1, 5, 9, 3, 7];
+          expect(() => trainer.step({ ids: [row], mask: [row.map(() => 1)], lossMask: [row.map((_, i) => (i === 0 ? 0 : 1))] })).toThrow(SyncReadError);
+          expect(() => trainer.step({ ids: [row], mask: [row.map(() => 1)], lossMask: [row.map((_, i) => (i === 0 ? 0 : 1))] })).toThrow(/wasm or cpu/);
+        } finally {
+          trainer.dispose();
+        }
+      }),
+    );
+  });
+
   describe("the runtime's mixed batches", () => {
     let fx: RuntimeFixture;
     beforeAll(async () => {
@@ -156,7 +174,7 @@ describe.skipIf(!hasWebGpu)(`webgpu against wasm${WEBGPU_SKIP_NOTE}`, () => {
         await runtime.load('a', { kind: 'peft', dir: fx.peft.a });
         await runtime.load('b', { kind: 'peft', dir: fx.peft.b });
         await runtime.load('moe', { kind: 'routed', dir: fx.routed });
-        const selects = ['base', { adapter: 'a' }, { adapter: 'b' }, { combine: 'average', adapters: ['a', 'b'] }, { routed: 'moe' }] as const;
+        const selects: Selection[] = ['base', { adapter: 'a' }, { adapter: 'b' }, { combine: 'average', adapters: ['a', 'b'] }, { routed: 'moe' }];
         const forwards = selects.map((select, i) => runtime.forward([[1, 4 + i, 9, 3]], { select }));
         const generations = selects.map((select, i) => runtime.generate([1, 6 + i, 2 + i], { select, maxNewTokens: 6, temperature: 0, eosId: null }));
         const logits = (await Promise.all(forwards)).map((f) => Float32Array.from(f.logits as ArrayLike<number>));

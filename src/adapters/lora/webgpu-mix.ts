@@ -11,10 +11,15 @@
  *
  * An expert's rank columns (start, rank) and factor (weight · scale) are constants of the bank's layout, so
  * they are written into the shader (exact float bits) and each layout compiles once; ranks may differ per
- * expert, and the null expert (no columns) or a zero weight contributes nothing. The kernel hands the call
- * back (undefined) to the reference for anything else: dense, membership or 'ones' gates, an expert whose
- * columns are not one run with one factor, more rows than one dispatch dimension, or too many slot columns
- * for workgroup memory. Inference only: training always uses the reference ops (their gradients).
+ * expert, and the null expert (no columns) or a zero weight contributes nothing.
+ *
+ * Dense gates [N, E] (mixed-adapter batches: membership, 1 on the row's own adapter; S-LoRA's MBGMV) take a
+ * variant: each row reads its E gates and shrinks/expands only the columns of choices it gates non-zero,
+ * with each site's own layout (no uniform layout needed).
+ *
+ * The kernel hands the call back (undefined) to the reference for anything else: 'ones' and host slots, a
+ * choice whose columns are not one run with one factor, more rows than one dispatch dimension, or more
+ * columns than workgroup memory holds. Inference only: training always uses the reference ops (gradients).
  *
  * Shape letters: N rows, I input width, O_g site g's output width, G sites, E choices, K slots per row,
  * Σr a site's total rank, R the largest expert rank.
@@ -31,13 +36,14 @@ export interface MixBank {
 }
 /** What the kernel reads of the bank's operands. */
 export interface MixOperands {
-  readonly sites: readonly { readonly bT: tf.Tensor2D }[];
+  readonly sites: readonly { readonly aT: tf.Tensor2D; readonly bT: tf.Tensor2D }[];
   readonly aCat: tf.Tensor2D | undefined;
 }
-/** The bank's gates; only device top-k slots are taken. */
+/** The bank's gates; device top-k slots and dense (e.g. membership) gates are taken. */
 export type MixGates =
   | { readonly kind: 'slots'; readonly ids: tf.Tensor2D; readonly weights: tf.Tensor2D }
-  | { readonly kind: 'ones' | 'dense' | 'host-slots' };
+  | { readonly kind: 'dense'; readonly gates: tf.Tensor2D | readonly tf.Tensor2D[] }
+  | { readonly kind: 'ones' | 'host-slots' };
 
 /** The part of tfjs-backend-webgpu's WebGPUProgram this file fills in (the package stays an optional dependency). */
 interface WebGpuProgram {
@@ -102,6 +108,21 @@ function bankRuns(bank: MixBank): ChoiceRun[] | undefined {
     runsOfBank.set(bank, runs);
   }
   return runs ?? undefined;
+}
+
+const siteRunsOfBank = new WeakMap<MixBank, (ChoiceRun[] | null)[]>();
+
+/** Site g's own runs (dense gates need no uniform layout), computed once per bank and site. */
+function siteRuns(bank: MixBank, g: number): ChoiceRun[] | undefined {
+  let all = siteRunsOfBank.get(bank);
+  if (all === undefined) {
+    all = Array.from({ length: bank.siteCount }, (_, site) => {
+      const spread = bank.spreadOf(site);
+      return spread === undefined ? null : (choiceRuns(spread, bank.choices, bank.totalRanks[site] as number) ?? null);
+    });
+    siteRunsOfBank.set(bank, all);
+  }
+  return all[g] ?? undefined;
 }
 
 /** Exact f32 literal for WGSL. */
@@ -188,12 +209,115 @@ function routedLoraProgram(p: {
   };
 }
 
+/** Most rank columns of a site the dense variant holds in workgroup memory. */
+export const MAX_DENSE_COLUMNS = 4096;
+/** Most choices the dense variant reads per row. */
+export const MAX_DENSE_CHOICES = 256;
+
+/**
+ * The dense-gate (membership, BGMV) variant for one site: each row reads its E gates and touches only the
+ * choices whose gate is non-zero — in a mixed-adapter batch, the row's own adapter. Output [N, O].
+ */
+function denseLoraProgram(p: { rows: number; inputWidth: number; outputWidth: number; totalRank: number; runs: readonly ChoiceRun[] }): WebGpuProgram {
+  const { inputWidth: I, outputWidth: O, totalRank: SR, runs } = p;
+  const E = runs.length;
+  const owner = new Array<number>(SR).fill(-1);
+  runs.forEach((r, e) => {
+    for (let j = 0; j < r.rank; j++) owner[r.start + j] = e;
+  });
+  const starts = runs.map((r) => `${r.start}`).join(', ');
+  const ranks = runs.map((r) => `${r.rank}`).join(', ');
+  const factors = runs.map((r) => f32(r.factor)).join(', ');
+  return {
+    outputShape: [p.rows, O],
+    shaderKey: `denseLora_${I}_${O}_${SR}_${starts}_${ranks}_${runs.map((r) => r.factor).join(',')}`,
+    dispatchLayout: { x: [0], y: [1] },
+    dispatch: [p.rows, 1, 1],
+    variableNames: ['X', 'AT', 'Gates', 'BT'],
+    workgroupSize: [WORKGROUP, 1, 1],
+    getUserCode: () => `
+      var<private> RUN_START : array<i32, ${E}> = array<i32, ${E}>(${starts});
+      var<private> RUN_RANK : array<i32, ${E}> = array<i32, ${E}>(${ranks});
+      var<private> RUN_FACTOR : array<f32, ${E}> = array<f32, ${E}>(${factors});
+      var<private> OWNER : array<i32, ${SR}> = array<i32, ${SR}>(${owner.join(', ')});
+      var<workgroup> shrunk : array<f32, ${SR}>;
+      var<workgroup> gate : array<f32, ${E}>;
+
+      fn main() {
+        let n = i32(workgroupId.x);
+        let rows = uniforms.outShape[0]; // (reading it keeps the uniforms binding in the pipeline layout)
+        let lane = i32(localId.x);
+        for (var e = lane; e < ${E}; e = e + ${WORKGROUP}) { gate[e] = Gates[n * ${E} + e]; }
+        workgroupBarrier();
+        // Shrink: only the columns of choices this row gates (its own adapter in a mixed batch).
+        for (var c = lane; c < ${SR}; c = c + ${WORKGROUP}) {
+          let e = OWNER[c];
+          var value = 0.0;
+          if (e >= 0 && gate[e] != 0.0) {
+            var acc = 0.0;
+            for (var i = 0; i < ${I}; i = i + 1) {
+              acc = acc + X[n * ${I} + i] * AT[i * ${SR} + c];
+            }
+            value = acc * (gate[e] * RUN_FACTOR[e]);
+          }
+          shrunk[c] = value;
+        }
+        workgroupBarrier();
+        // Expand: the same columns of B, choice by choice.
+        for (var o = lane; o < ${O} && n < rows; o = o + ${WORKGROUP}) {
+          var acc = 0.0;
+          for (var e = 0; e < ${E}; e = e + 1) {
+            if (gate[e] == 0.0) { continue; }
+            let start = RUN_START[e];
+            for (var j = 0; j < RUN_RANK[e]; j = j + 1) {
+              acc = acc + shrunk[start + j] * BT[(start + j) * ${O} + o];
+            }
+          }
+          setOutputAtIndex(n * ${O} + o, acc);
+        }
+      }
+    `,
+  };
+}
+
+/** Dense gates: per site its own runs and A; undefined hands back when any site is not covered. */
+function denseMix(
+  bank: MixBank,
+  operands: MixOperands,
+  x: tf.Tensor2D,
+  gates: tf.Tensor2D | readonly tf.Tensor2D[],
+  backend: WebGpuBackendLike,
+): tf.Tensor2D[] | undefined {
+  const rows = x.shape[0];
+  const plans = operands.sites.map((site, g) => {
+    const runs = siteRuns(bank, g);
+    const siteGates = Array.isArray(gates) ? (gates as readonly tf.Tensor2D[])[g] : (gates as tf.Tensor2D);
+    const totalRank = bank.totalRanks[g] as number;
+    if (runs === undefined || siteGates === undefined || totalRank === 0 || totalRank > MAX_DENSE_COLUMNS || bank.choices > MAX_DENSE_CHOICES) return undefined;
+    if (siteGates.shape[0] !== rows || siteGates.shape[1] !== bank.choices) return undefined;
+    return { site, runs, siteGates, totalRank };
+  });
+  if (plans.some((plan) => plan === undefined)) return undefined;
+  const input = x.dtype === 'float32' ? x : tf.cast(x, 'float32'); // [N, I]
+  return plans.map((plan) => {
+    const { site, runs, siteGates, totalRank } = plan as NonNullable<(typeof plans)[number]>;
+    const program = denseLoraProgram({ rows, inputWidth: x.shape[1], outputWidth: site.bT.shape[1], totalRank, runs });
+    const g32 = siteGates.dtype === 'float32' ? siteGates : tf.cast(siteGates, 'float32');
+    const info = backend.runWebGPUProgram(program, [input, site.aT, g32, site.bT], 'float32');
+    return tf.engine().makeTensorFromTensorInfo(info) as tf.Tensor2D; // [N, O_g]
+  });
+}
+
 /** Δ_g for every site of a bank over device top-k slots, one dispatch per site; undefined hands back to the reference. */
 export function webgpuLoraMix(bank: MixBank, operands: MixOperands, x: tf.Tensor2D, gates: MixGates): tf.Tensor2D[] | undefined {
-  if (gates.kind !== 'slots' || !bank.uniformLayout || operands.aCat === undefined) return undefined;
   const rows = x.shape[0];
-  const k = gates.ids.shape[1];
   if (rows === 0 || rows > MAX_ROWS) return undefined;
+  if (gates.kind === 'dense') {
+    const dense = tf.backend() as unknown as WebGpuBackendLike;
+    return typeof dense.runWebGPUProgram === 'function' ? denseMix(bank, operands, x, gates.gates, dense) : undefined;
+  }
+  if (gates.kind !== 'slots' || !bank.uniformLayout || operands.aCat === undefined) return undefined;
+  const k = gates.ids.shape[1];
   const runs = bankRuns(bank);
   if (runs === undefined) return undefined;
   const maxRank = Math.max(1, ...runs.map((r) => r.rank));
