@@ -2,7 +2,8 @@
  * The library's WGSL kernels against their composed-tfjs-ops references, on the same backend (webgpu):
  *
  *  - routed LoRA (src/adapters/lora/webgpu-mix.ts) vs the bank's tfjs ops, for a decode row and a prefill,
- *    one site and a q/k/v group: time ratio kernel / reference;
+ *    one site and a q/k/v group: time ratio kernel / reference; the same for membership gates (mixed-adapter
+ *    batches, the dense-gate variant);
  *  - top-k gating (src/routing/webgpu-gating.ts) vs gating.ts topKSlots with tfjs ops: time ratio;
  *  - dispatches of one KV-cached decode step: the bare base, the routed model with the kernels and with the
  *    reference ops, per routed site group (counted at the backend, runWebGPUProgram), and their step times.
@@ -117,7 +118,39 @@ async function loraCases(s: typeof FULL) {
         ratio: round(kernel / reference),
       });
       console.log(`${name.padEnd(28)} kernel ${kernel.toFixed(2)} ms  reference ${reference.toFixed(2)} ms  ratio ${(kernel / reference).toFixed(2)}`);
-      tf.dispose([x, scores, ids, weights]);
+      // Membership gates of a mixed-adapter batch: row n uses adapter n mod E (the dense-gate variant).
+      const membership = tf.tidy(() =>
+        tf
+          .oneHot(
+            tf.tensor1d(
+              Array.from({ length: rows }, (_, n) => n % s.experts),
+              'int32',
+            ),
+            s.experts,
+          )
+          .toFloat(),
+      ) as tf.Tensor2D;
+      const mixDense = () => tf.tidy(() => [...bank.mix(x, { kind: 'dense', gates: membership }, { training: false })]);
+      unregisterLoraMixKernel('webgpu');
+      const denseReference = await time(mixDense, s.warmup, s.rounds);
+      registerLoraMixKernel('webgpu', webgpuLoraMix);
+      const denseKernel = await time(mixDense, s.warmup, s.rounds);
+      const denseName = `lora-membership/${sites === 1 ? 'site' : 'qkv-group'}-${rows === 1 ? 'decode' : `prefill${rows}`}`;
+      out.push({
+        id: denseName,
+        rows,
+        sites,
+        experts: s.experts,
+        rank: s.rank,
+        width: s.width,
+        kernelMs: round(denseKernel),
+        referenceMs: round(denseReference),
+        ratio: round(denseKernel / denseReference),
+      });
+      console.log(
+        `${denseName.padEnd(28)} kernel ${denseKernel.toFixed(2)} ms  reference ${denseReference.toFixed(2)} ms  ratio ${(denseKernel / denseReference).toFixed(2)}`,
+      );
+      tf.dispose([x, scores, ids, weights, membership]);
     }
     bank.dispose();
     tf.dispose(loras.flatMap((l) => [l.a, l.b]));

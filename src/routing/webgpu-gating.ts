@@ -52,7 +52,7 @@ function topKProgram(rows: number, choices: number, k: number, masked: boolean, 
           var best = -1;
           var bestValue = 0.0;
           for (var e = 0; e < ${E}; e = e + 1) {
-            let v = Scores[r * ${E} + e];
+            let v = f32(Scores[r * ${E} + e]); // f32(): a cast int32 tensor keeps its i32 buffer
             if (!taken[e] && (best < 0 || v > bestValue)) { best = e; bestValue = v; }
           }
           taken[best] = true;
@@ -61,7 +61,7 @@ function topKProgram(rows: number, choices: number, k: number, masked: boolean, 
         }
         var total = 0.0;
         for (var slot = 0; slot < ${K}; slot = slot + 1) { total = total + exp(vals[slot] - vals[0]); }
-        let rowMask = ${masked ? 'Mask[r]' : '1.0'};
+        let rowMask = ${masked ? 'f32(Mask[r])' : '1.0'};
         for (var slot = 0; slot < ${K}; slot = slot + 1) {
           ${emit === 'ids' ? 'setOutputAtIndexI32(r * K_ + slot, ids[slot]);' : 'setOutputAtIndex(r * K_ + slot, exp(vals[slot] - vals[0]) / total * rowMask);'}
         }

@@ -45,7 +45,7 @@ describe.skipIf(!hasWebGpu)(`dispatches per routed decode step${WEBGPU_SKIP_NOTE
         console.log(
           `decode step dispatches on webgpu: base ${bare.total}, routed ${routed.total} (${groups} routed site groups: +${perGroup.toFixed(2)} per group); routed by kernel:`,
           JSON.stringify(Object.fromEntries(routed.byKey)),
-          "base:",
+          'base:',
           JSON.stringify(Object.fromEntries(bare.byKey)),
         );
         expect(routed.byKey.get('routedLora')).toBe(base.config.nLayers * 4); // one per routed site (q, k, v, down)

@@ -219,6 +219,26 @@ describe.skipIf(!hasWebGpu)(`routed-LoRA WGSL kernel on webgpu${WEBGPU_SKIP_NOTE
     });
   }, 300_000);
 
+  test('membership gates from a cast one-hot (tfjs-webgpu keeps the int32 buffer under a float32 tensor) still equal the reference', async () => {
+    await onBackend('webgpu', async () => {
+      const c: Case = { rows: 5, inputWidth: 7, outputs: [9, 4], ranks: [2, 3, 1], k: 1, zeroRows: [false, false, false, false, false], seed: 4 };
+      const { bank, x, dispose } = build(c);
+      const membership = tf.tidy(() => tf.oneHot(tf.tensor1d([0, 1, 2, 1, 0], 'int32'), 3).toFloat()) as tf.Tensor2D;
+      try {
+        const gates = { kind: 'dense' as const, gates: membership };
+        unregisterLoraMixKernel('webgpu');
+        const expected = await read(tf.tidy(() => [...bank.mix(x, gates, { training: false })].map((t) => tf.keep(t))));
+        registerLoraMixKernel('webgpu', webgpuLoraMix);
+        const actual = await read(tf.tidy(() => [...bank.mix(x, gates, { training: false })].map((t) => tf.keep(t))));
+        actual.forEach((a, g) => expectClose(a, expected[g] as Float32Array, { ...CLOSE, label: `site ${g}` }));
+      } finally {
+        registerLoraMixKernel('webgpu', webgpuLoraMix);
+        membership.dispose();
+        dispose();
+      }
+    });
+  });
+
   test('hands back to the reference what it does not cover: ones gates, training', async () => {
     await onBackend('webgpu', async () => {
       const c: Case = { rows: 3, inputWidth: 5, outputs: [4], ranks: [2, 3], k: 1, zeroRows: [false, false, false], seed: 1 };

@@ -20,6 +20,8 @@
  * The kernel hands the call back (undefined) to the reference for anything else: 'ones' and host slots, a
  * choice whose columns are not one run with one factor, more rows than one dispatch dimension, or more
  * columns than workgroup memory holds. Inference only: training always uses the reference ops (gradients).
+ * Inputs are read through f32()/i32(): tfjs-backend-webgpu's cast int32 → float32 keeps the int32 buffer
+ * (only the tensor's dtype changes), so a "float32" gate tensor may arrive as array<i32>.
  *
  * Shape letters: N rows, I input width, O_g site g's output width, G sites, E choices, K slots per row,
  * Σr a site's total rank, R the largest expert rank.
@@ -169,8 +171,8 @@ function routedLoraProgram(p: {
         let lane = i32(localId.x);
         let slotRow = (n * ${G} + ${g}) * ${K};
         if (lane < ${K}) {
-          let e = Ids[slotRow + lane];
-          let w = W[slotRow + lane];
+          let e = i32(Ids[slotRow + lane]);
+          let w = f32(W[slotRow + lane]);
           expert[lane] = select(-1, e, w != 0.0 && e >= 0 && e < ${E});
         }
         workgroupBarrier();
@@ -184,9 +186,9 @@ function routedLoraProgram(p: {
             let column = ${g * SR} + RUN_START[e] + j;
             var acc = 0.0;
             for (var i = 0; i < ${I}; i = i + 1) {
-              acc = acc + X[n * ${I} + i] * ACat[i * ${G * SR} + column];
+              acc = acc + f32(X[n * ${I} + i]) * f32(ACat[i * ${G * SR} + column]);
             }
-            value = acc * (W[slotRow + slot] * RUN_FACTOR[e]);
+            value = acc * (f32(W[slotRow + slot]) * RUN_FACTOR[e]);
           }
           shrunk[idx] = value;
         }
@@ -199,7 +201,7 @@ function routedLoraProgram(p: {
             if (e < 0) { continue; }
             let start = RUN_START[e];
             for (var j = 0; j < RUN_RANK[e]; j = j + 1) {
-              acc = acc + shrunk[slot * ${R} + j] * BT[(start + j) * ${O} + o];
+              acc = acc + shrunk[slot * ${R} + j] * f32(BT[(start + j) * ${O} + o]);
             }
           }
           setOutputAtIndex(n * ${O} + o, acc);
@@ -247,7 +249,7 @@ function denseLoraProgram(p: { rows: number; inputWidth: number; outputWidth: nu
         let n = i32(workgroupId.x);
         let rows = uniforms.outShape[0]; // (reading it keeps the uniforms binding in the pipeline layout)
         let lane = i32(localId.x);
-        for (var e = lane; e < ${E}; e = e + ${WORKGROUP}) { gate[e] = Gates[n * ${E} + e]; }
+        for (var e = lane; e < ${E}; e = e + ${WORKGROUP}) { gate[e] = f32(Gates[n * ${E} + e]); }
         workgroupBarrier();
         // Shrink: only the columns of choices this row gates (its own adapter in a mixed batch).
         for (var c = lane; c < ${SR}; c = c + ${WORKGROUP}) {
@@ -256,7 +258,7 @@ function denseLoraProgram(p: { rows: number; inputWidth: number; outputWidth: nu
           if (e >= 0 && gate[e] != 0.0) {
             var acc = 0.0;
             for (var i = 0; i < ${I}; i = i + 1) {
-              acc = acc + X[n * ${I} + i] * AT[i * ${SR} + c];
+              acc = acc + f32(X[n * ${I} + i]) * f32(AT[i * ${SR} + c]);
             }
             value = acc * (gate[e] * RUN_FACTOR[e]);
           }
@@ -270,7 +272,7 @@ function denseLoraProgram(p: { rows: number; inputWidth: number; outputWidth: nu
             if (gate[e] == 0.0) { continue; }
             let start = RUN_START[e];
             for (var j = 0; j < RUN_RANK[e]; j = j + 1) {
-              acc = acc + shrunk[start + j] * BT[(start + j) * ${O} + o];
+              acc = acc + shrunk[start + j] * f32(BT[(start + j) * ${O} + o]);
             }
           }
           setOutputAtIndex(n * ${O} + o, acc);
