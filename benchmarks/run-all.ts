@@ -27,6 +27,7 @@ const BENCHMARKS: readonly { name: string; requires?: string }[] = [
   { name: 'training-step', requires: 'src/train/trainer.ts' },
   { name: 'mixed-adapter-batch' },
   { name: 'resident-adapters' },
+  { name: 'webgpu-kernels' },
 ];
 /**
  * Targets from the issue, by ratio id (a ratio's own `target` in its JSON takes precedence): `max` bounds a

@@ -2,30 +2,89 @@
  * tfjs backend selection.
  *
  * `selectBackend()` picks the backend named by the `preference` option or the `ROUTED_PEFT_BACKEND`
- * environment variable (`tensorflow` | `wasm` | `cpu` | `auto`, default `auto`):
+ * environment variable (`tensorflow` | `webgpu` | `wasm` | `cpu` | `auto`, default `auto`):
  *
  * - `auto` tries `@tensorflow/tfjs-node-gpu`, then `@tensorflow/tfjs-node` (both register the native
- *   `tensorflow` backend), then `@tensorflow/tfjs-backend-wasm`, then the pure-JS `cpu` backend, and
- *   records why each one that did not load failed.
+ *   `tensorflow` backend), then `webgpu` on a hardware adapter only, then `@tensorflow/tfjs-backend-wasm`,
+ *   then the pure-JS `cpu` backend, and records why each one that did not load failed.
+ * - `webgpu` (optional packages `webgpu` and `@tensorflow/tfjs-backend-webgpu`): in a browser it uses
+ *   `navigator.gpu`; in Node the `webgpu` package's Dawn build (`dawn.node`) provides it. `auto` never picks a
+ *   software adapter (lavapipe, SwiftShader: slower than wasm); `ROUTED_PEFT_BACKEND=webgpu` forces it.
+ *   The adapter (vendor, architecture, limits) is recorded on the attempt.
  * - An explicit preference never falls back: if it cannot load, a BackendError says why and how to fix it.
+ *
+ * `getBackendCapabilities()` says what the active backend allows: host-side shortcuts (decisions read back
+ * on the host) and synchronous reads are taken only where it says so, never by checking backend names.
  *
  * The result is remembered (`getBackendReport()`); asking again for the same preference does not
  * re-initialise anything. Whatever tfjs prints while a backend loads goes to stderr, never stdout.
  */
 import * as tf from '@tensorflow/tfjs';
 import { format } from 'node:util';
-import { BackendError } from './errors.js';
+import { BackendError, SyncReadError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
 
 /** What the user asked for. */
-export type BackendPreference = 'tensorflow' | 'wasm' | 'cpu' | 'auto';
+export type BackendPreference = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu' | 'auto';
 /** The tfjs backend that ended up active. */
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 /** One thing that was tried: the two native packages are reported separately. */
-export type BackendAttemptName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
+export type BackendAttemptName = 'tensorflow-gpu' | 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 
 export const BACKEND_ENV_VAR = 'ROUTED_PEFT_BACKEND';
-export const BACKEND_PREFERENCES: readonly BackendPreference[] = ['tensorflow', 'wasm', 'cpu', 'auto'];
+export const BACKEND_PREFERENCES: readonly BackendPreference[] = ['tensorflow', 'webgpu', 'wasm', 'cpu', 'auto'];
+
+/** What a backend allows the library to do. */
+export interface BackendCapabilities {
+  /** Tensors live in host memory: a read-back is a copy, so small decisions are best made on the host. */
+  readonly hostMemory: boolean;
+  /** `dataSync()` works (webgpu reads only asynchronously in Node: use the async paths there). */
+  readonly syncReads: boolean;
+}
+
+const CAPABILITIES: Readonly<Record<string, BackendCapabilities>> = {
+  wasm: { hostMemory: true, syncReads: true },
+  cpu: { hostMemory: true, syncReads: true },
+  tensorflow: { hostMemory: false, syncReads: true },
+  webgpu: { hostMemory: false, syncReads: false },
+  webgl: { hostMemory: false, syncReads: true },
+};
+
+/** The capabilities of `backend` (default: the active tfjs backend); unknown backends get the safe answer (device memory, async reads). */
+export function getBackendCapabilities(backend: string = tf.getBackend()): BackendCapabilities {
+  return CAPABILITIES[backend] ?? { hostMemory: false, syncReads: false };
+}
+
+/** Throws the SyncReadError `readSync` would, before any work, when the active backend cannot read synchronously. */
+export function requireSyncReads(what: string, alternative: string): void {
+  const backend = tf.getBackend();
+  if (!getBackendCapabilities(backend).syncReads) {
+    throw new SyncReadError(`${what} reads tensors synchronously, which the '${backend}' backend cannot do`, { hint: alternative });
+  }
+}
+
+/**
+ * `tensor.dataSync()` where the active backend reads synchronously; elsewhere a SyncReadError naming `what`
+ * needed the read and `alternative` (what to call instead), never the backend's own cryptic failure.
+ */
+export function readSync(tensor: tf.Tensor, what: string, alternative: string): Float32Array | Int32Array | Uint8Array {
+  const backend = tf.getBackend();
+  if (!getBackendCapabilities(backend).syncReads) {
+    throw new SyncReadError(`${what} reads a tensor synchronously, which the '${backend}' backend cannot do`, { hint: alternative });
+  }
+  return tensor.dataSync() as Float32Array | Int32Array | Uint8Array; // numeric tensors only (no strings here)
+}
+
+/** The WebGPU adapter found while trying `webgpu`. */
+export interface GpuAdapterReport {
+  readonly vendor: string;
+  readonly architecture: string;
+  readonly device: string;
+  readonly description: string;
+  /** A software rasteriser (lavapipe/llvmpipe, SwiftShader, WARP) or a fallback adapter. */
+  readonly software: boolean;
+  readonly limits: Readonly<Record<string, number>>;
+}
 
 export interface BackendAttempt {
   readonly backend: BackendAttemptName;
@@ -34,6 +93,8 @@ export interface BackendAttempt {
   readonly reason?: string;
   /** Wall time spent on this attempt, in milliseconds. */
   readonly ms: number;
+  /** `webgpu` only: the adapter that was found, when one was. */
+  readonly adapter?: GpuAdapterReport;
 }
 
 export interface BackendReport {
@@ -54,16 +115,33 @@ interface Candidate {
   readonly backend: BackendName;
   /** Package to import first; it registers the backend with tfjs. */
   readonly packageName?: string;
+  /** Runs before the package import; may record an adapter and refuse (throw) with a reason. */
+  readonly prepare?: (preference: BackendPreference, found: { adapter?: GpuAdapterReport }) => Promise<void>;
 }
 
 const TF_NODE_GPU: Candidate = { attempt: 'tensorflow-gpu', backend: 'tensorflow', packageName: '@tensorflow/tfjs-node-gpu' };
 const TF_NODE: Candidate = { attempt: 'tensorflow', backend: 'tensorflow', packageName: '@tensorflow/tfjs-node' };
 const WASM: Candidate = { attempt: 'wasm', backend: 'wasm', packageName: '@tensorflow/tfjs-backend-wasm' };
 const CPU: Candidate = { attempt: 'cpu', backend: 'cpu' };
+const WEBGPU: Candidate = {
+  attempt: 'webgpu',
+  backend: 'webgpu',
+  packageName: '@tensorflow/tfjs-backend-webgpu',
+  prepare: async (preference, found) => {
+    const adapter = await findGpuAdapter();
+    found.adapter = adapter;
+    if (preference === 'auto' && adapter.software) {
+      throw new Error(
+        `the WebGPU adapter is a software one (${adapter.device || adapter.description || adapter.vendor}, architecture ${adapter.architecture || 'unknown'}), slower than wasm; set ${BACKEND_ENV_VAR}=webgpu to use it anyway`,
+      );
+    }
+  },
+};
 
 const PLANS: Readonly<Record<BackendPreference, readonly Candidate[]>> = {
-  auto: [TF_NODE_GPU, TF_NODE, WASM, CPU],
+  auto: [TF_NODE_GPU, TF_NODE, WEBGPU, WASM, CPU],
   tensorflow: [TF_NODE_GPU, TF_NODE],
+  webgpu: [WEBGPU],
   wasm: [WASM],
   cpu: [CPU],
 };
@@ -72,6 +150,9 @@ const FIX_HINTS: Readonly<Record<BackendPreference, string>> = {
   tensorflow:
     'On a Linux machine with an NVIDIA GPU and CUDA, run `npm install @tensorflow/tfjs-node-gpu` ' +
     '(or `npm install @tensorflow/tfjs-node` for native CPU), or choose ROUTED_PEFT_BACKEND=wasm or cpu',
+  webgpu:
+    'Install the optional packages (`npm install webgpu @tensorflow/tfjs-backend-webgpu`) and a Vulkan, Metal or D3D12 driver ' +
+    '(on Debian without a GPU: mesa-vulkan-drivers 25 or newer, lavapipe), or choose ROUTED_PEFT_BACKEND=wasm',
   wasm: 'Reinstall dependencies (`npm ci`) so @tensorflow/tfjs-backend-wasm and its .wasm files are present, or choose ROUTED_PEFT_BACKEND=cpu',
   cpu: 'Reinstall dependencies (`npm ci`) so @tensorflow/tfjs is complete',
   auto: 'Reinstall dependencies (`npm ci`)',
@@ -134,7 +215,7 @@ async function selectNow(preference: BackendPreference): Promise<BackendReport> 
   }
   const attempts: BackendAttempt[] = [];
   for (const candidate of PLANS[preference]) {
-    const attempt = await tryCandidate(candidate);
+    const attempt = await tryCandidate(candidate, preference);
     attempts.push(attempt);
     if (attempt.ok) {
       lastReport = { chosen: candidate.backend, preference, attempts };
@@ -144,12 +225,15 @@ async function selectNow(preference: BackendPreference): Promise<BackendReport> 
   throw failure(preference, attempts);
 }
 
-async function tryCandidate(candidate: Candidate): Promise<BackendAttempt> {
+async function tryCandidate(candidate: Candidate, preference: BackendPreference): Promise<BackendAttempt> {
   const start = performance.now();
   const ms = (): number => Math.round((performance.now() - start) * 10) / 10;
   const warnings: string[] = [];
+  const found: { adapter?: GpuAdapterReport } = {};
+  const withAdapter = (): { adapter?: GpuAdapterReport } => (found.adapter === undefined ? {} : { adapter: found.adapter });
   try {
     await quietly(async () => {
+      await candidate.prepare?.(preference, found);
       if (candidate.packageName !== undefined) await importPackage(candidate.packageName);
       if (tf.findBackendFactory(candidate.backend) == null) {
         throw new Error(`loading ${candidate.packageName ?? '@tensorflow/tfjs'} did not register the '${candidate.backend}' backend`);
@@ -162,10 +246,62 @@ async function tryCandidate(candidate: Candidate): Promise<BackendAttempt> {
       await tf.ready();
       if (candidate.backend === 'wasm') registerWasmFallbacks();
     }, warnings);
-    return { backend: candidate.attempt, ok: true, ms: ms() };
+    return { backend: candidate.attempt, ok: true, ms: ms(), ...withAdapter() };
   } catch (error) {
-    return { backend: candidate.attempt, ok: false, reason: errorMessage(error), ms: ms() };
+    return { backend: candidate.attempt, ok: false, reason: errorMessage(error), ms: ms(), ...withAdapter() };
   }
+}
+
+/** The subset of the WebGPU API read here (no dependency on @webgpu/types). */
+interface GpuLike {
+  requestAdapter(options?: object): Promise<GpuAdapterLike | null>;
+}
+interface GpuAdapterLike {
+  readonly info?: Readonly<Record<string, unknown>>;
+  readonly isFallbackAdapter?: boolean;
+  readonly limits: object;
+}
+
+const REPORTED_LIMITS = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+/**
+ * Provides `navigator.gpu` (in Node from the `webgpu` package's Dawn build, once) and returns its adapter's
+ * description. Throws when there is no WebGPU or no adapter.
+ */
+async function findGpuAdapter(): Promise<GpuAdapterReport> {
+  const scope = globalThis as { navigator?: { gpu?: GpuLike } };
+  if (scope.navigator?.gpu === undefined) {
+    const dawn = (await importPackage('webgpu')) as { create(options: string[]): GpuLike; globals: object };
+    Object.assign(globalThis, dawn.globals); // GPUBufferUsage and friends, which tfjs-backend-webgpu reads as globals
+    if (scope.navigator === undefined) Object.defineProperty(globalThis, 'navigator', { value: {}, configurable: true, writable: true });
+    Object.defineProperty(scope.navigator as object, 'gpu', { value: dawn.create([]), configurable: true });
+  }
+  const gpu = scope.navigator?.gpu;
+  if (gpu === undefined) throw new Error('navigator.gpu is not available');
+  const adapter = await gpu.requestAdapter();
+  if (adapter === null) throw new Error('navigator.gpu.requestAdapter() returned no adapter (no Vulkan/Metal/D3D12 device or driver)');
+  const info = adapter.info ?? {};
+  const text = (key: string): string => (typeof info[key] === 'string' ? (info[key] as string) : '');
+  const [vendor, architecture, device, description] = [text('vendor'), text('architecture'), text('device'), text('description')];
+  const software =
+    adapter.isFallbackAdapter === true ||
+    info.isFallbackAdapter === true ||
+    /software|cpu/i.test(architecture) ||
+    /llvmpipe|lavapipe|swiftshader|warp|software/i.test(`${vendor} ${device} ${description}`);
+  const limits: Record<string, number> = {};
+  for (const name of REPORTED_LIMITS) {
+    const value = (adapter.limits as Record<string, unknown>)[name];
+    if (typeof value === 'number') limits[name] = value;
+  }
+  return { vendor, architecture, device, description, software, limits };
 }
 
 /** Imports a package by a runtime specifier (so optional, uninstalled packages do not break type checking or bundling). */

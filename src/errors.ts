@@ -40,6 +40,12 @@ export class ShapeError extends RoutedPeftError {}
 /** A requested tfjs backend cannot be loaded. */
 export class BackendError extends RoutedPeftError {}
 
+/**
+ * A synchronous read (`dataSync`) was asked of a backend that reads only asynchronously (webgpu in Node):
+ * the message names what needed it and the async alternative.
+ */
+export class SyncReadError extends BackendError {}
+
 /** A tokenizer file is malformed or cannot encode/decode the input. */
 export class TokenizerError extends RoutedPeftError {}
 

@@ -1,6 +1,15 @@
 // routed-peft: the public API. Re-exports only; the built-in routers are in 'routed-peft/routers'.
 export * from './errors.js';
-export { selectBackend, getBackendReport, type BackendReport, type BackendPreference, type BackendName } from './backend.js';
+export {
+  selectBackend,
+  getBackendReport,
+  getBackendCapabilities,
+  type BackendCapabilities,
+  type BackendReport,
+  type BackendPreference,
+  type BackendName,
+  type GpuAdapterReport,
+} from './backend.js';
 
 export { ModelConfig, headDim } from './base/config.js';
 export { SITE_NAMES, FAMILY_SITES, FAMILY_SITE_GROUPS, type SiteName, type SiteGroup, type BlockName, type ModelFamily } from './base/sites.js';
@@ -9,7 +18,7 @@ export type { ForwardHooks, ForwardContext, AttentionPrefix, PerSiteHooks } from
 export { perSiteHooks } from './base/hooks.js';
 export { KVCache } from './base/kv-cache.js';
 export { loadBaseModel, buildTransformer, type LoadedModel, type CheckpointFormat } from './base/checkpoints/load-model.js';
-export { generate, generateSteps, padLeft, type GenerateOptions } from './base/generate.js';
+export { generate, generateAsync, generateSteps, generateStepsAsync, padLeft, type GenerateOptions } from './base/generate.js';
 export { SamplingOptions, sampleToken, seededRandom } from './base/sampling.js';
 export { listWeightTensors, countParameters, type TransformerWeights } from './base/weights.js';
 

@@ -5,8 +5,17 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
-import { BackendError } from '../src/errors.js';
-import { BACKEND_ENV_VAR, getBackendReport, isBackendPreference, resolveBackendPreference, selectBackend } from '../src/backend.js';
+import { BackendError, SyncReadError } from '../src/errors.js';
+import { WEBGPU_SKIP_NOTE, hasWebGpu } from './helpers/webgpu.js';
+import {
+  BACKEND_ENV_VAR,
+  getBackendCapabilities,
+  getBackendReport,
+  isBackendPreference,
+  readSync,
+  resolveBackendPreference,
+  selectBackend,
+} from '../src/backend.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 /** These tests describe a machine without the native tfjs-node packages (like this one and CI). */
@@ -35,8 +44,12 @@ describe('auto', () => {
     expect(report.chosen).toBe('wasm');
     expect(report.preference).toBe('auto');
     expect(tf.getBackend()).toBe('wasm');
-    expect(report.attempts.map((a) => a.backend)).toEqual(['tensorflow-gpu', 'tensorflow', 'wasm']);
-    const [gpu, node, wasm] = report.attempts;
+    expect(report.attempts.map((a) => a.backend)).toEqual(['tensorflow-gpu', 'tensorflow', 'webgpu', 'wasm']);
+    const [gpu, node, webgpu, wasm] = report.attempts;
+    // No hardware WebGPU adapter here: either none at all, or a software one that auto refuses.
+    expect(webgpu?.ok).toBe(false);
+    expect(webgpu?.reason).toMatch(/adapter|webgpu/i);
+    if (webgpu?.adapter !== undefined) expect(webgpu.reason).toMatch(/software/);
     expect(gpu?.ok).toBe(false);
     expect(gpu?.reason).toMatch(/tfjs-node-gpu/);
     expect(node?.ok).toBe(false);
@@ -107,7 +120,7 @@ describe('invalid values', () => {
     const error = await selectBackend().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(BackendError);
     expect((error as Error).message).toMatch(/ROUTED_PEFT_BACKEND value 'metal'/);
-    expect((error as Error).message).toMatch(/tensorflow, wasm, cpu, auto/);
+    expect((error as Error).message).toMatch(/tensorflow, webgpu, wasm, cpu, auto/);
   });
 
   test('an invalid preference option throws BackendError', () => {
@@ -158,5 +171,56 @@ describe('stdout stays clean', () => {
     expect(result.status, result.stderr).toBe(0);
     expect(result.stdout).toBe('');
     expect(result.stderr).toMatch(/running TensorFlow.js in Node.js/);
+  });
+});
+
+describe('capabilities', () => {
+  test('host memory and synchronous reads are capabilities of the backend, not name checks', () => {
+    expect(getBackendCapabilities('wasm')).toEqual({ hostMemory: true, syncReads: true });
+    expect(getBackendCapabilities('cpu')).toEqual({ hostMemory: true, syncReads: true });
+    expect(getBackendCapabilities('webgpu')).toEqual({ hostMemory: false, syncReads: false });
+    expect(getBackendCapabilities('some-future-backend')).toEqual({ hostMemory: false, syncReads: false });
+    expect(getBackendCapabilities()).toEqual(getBackendCapabilities(tf.getBackend()));
+  });
+
+  test('readSync reads on a backend with synchronous reads', () => {
+    const t = tf.tensor1d([1, 2, 3]);
+    expect([...readSync(t, 'a test', 'use data()')]).toEqual([1, 2, 3]);
+    t.dispose();
+  });
+});
+
+describe(`webgpu${WEBGPU_SKIP_NOTE}`, () => {
+  test.skipIf(!hasWebGpu)('ROUTED_PEFT_BACKEND=webgpu forces it and records the adapter', async () => {
+    vi.stubEnv(BACKEND_ENV_VAR, 'webgpu');
+    const report = await selectBackend();
+    expect(report.chosen).toBe('webgpu');
+    expect(tf.getBackend()).toBe('webgpu');
+    const [attempt] = report.attempts;
+    expect(attempt?.ok).toBe(true);
+    expect(attempt?.adapter?.limits.maxStorageBufferBindingSize).toBeGreaterThan(0);
+    expect(typeof attempt?.adapter?.architecture).toBe('string');
+    const t = tf.tensor1d([1, 2, 3]);
+    expect([...(await t.data())]).toEqual([1, 2, 3]);
+    let error: unknown;
+    try {
+      readSync(t, 'A test read', 'Use await tensor.data()');
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(SyncReadError);
+    expect((error as Error).message).toMatch(/A test read reads a tensor synchronously, which the 'webgpu' backend cannot do\. Use await tensor\.data\(\)/);
+    t.dispose();
+    await selectBackend({ preference: 'wasm' });
+  });
+
+  test.skipIf(!hasWebGpu)('auto never picks a software adapter, and says why', async () => {
+    const report = await selectBackend({ preference: 'auto' });
+    const webgpu = report.attempts.find((a) => a.backend === 'webgpu');
+    if (webgpu?.adapter?.software === true) {
+      expect(webgpu.ok).toBe(false);
+      expect(webgpu.reason).toMatch(/software.*ROUTED_PEFT_BACKEND=webgpu/);
+      expect(report.chosen).not.toBe('webgpu');
+    } else expect(report.chosen === 'webgpu' || report.chosen === 'tensorflow').toBe(true);
   });
 });

@@ -6,7 +6,7 @@ import { optional, parseStrict, toChoice, toInt, toIntList, toNumber } from './a
 import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { ADAPTER_FLAGS, ADAPTER_USAGE, MODEL_FLAGS, MODEL_USAGE, loadCliAdapters, loadCliModel, promptIds } from './model-options.js';
-import { generateSteps } from '../base/generate.js';
+import { generateStepsAsync } from '../base/generate.js';
 import { UsageError } from '../errors.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 import { expertLoad } from '../train/metrics.js';
@@ -87,9 +87,9 @@ export const generateCommand: CliCommand = {
       };
       const steps =
         attached.model === undefined
-          ? generateSteps(loaded.model, [prompt], sampling)
-          : attached.model.generateSteps([prompt], { ...sampling, routing: { taskIds: attached.taskIds, trace } });
-      for (const [token] of steps) {
+          ? generateStepsAsync(loaded.model, [prompt], sampling)
+          : attached.model.generateStepsAsync([prompt], { ...sampling, routing: { taskIds: attached.taskIds, trace } }); // async reads: every backend
+      for await (const [token] of steps) {
         if (token === undefined || token < 0) break;
         sequence.push(token);
         if (format !== 'text') continue;

@@ -21,7 +21,7 @@ Options:
   --format text|json   Output format (default text); json prints one object on stdout
 
 Environment:
-  ${BACKEND_ENV_VAR}  tensorflow | wasm | cpu | auto (default auto)
+  ${BACKEND_ENV_VAR}  tensorflow | webgpu | wasm | cpu | auto (default auto; auto uses webgpu only on a hardware adapter)
 `;
 
 /** What `info --format json` prints. */
@@ -62,6 +62,13 @@ export function formatInfoText(info: InfoReport): string {
     const status = attempt.ok ? 'loaded' : 'failed';
     const why = attempt.reason === undefined ? '' : `  ${attempt.reason}`;
     lines.push(`  ${attempt.backend.padEnd(width)}  ${status}  ${attempt.ms.toFixed(1).padStart(7)} ms${why}`);
+    const adapter = attempt.adapter;
+    if (adapter !== undefined) {
+      const name = [adapter.vendor, adapter.device || adapter.description].filter((s) => s !== '').join(' ') || 'unnamed';
+      lines.push(`    adapter  ${name}, architecture ${adapter.architecture || 'unknown'}${adapter.software ? ' (software)' : ''}`);
+      const limits = Object.entries(adapter.limits).map(([k, v]) => `${k}=${v}`);
+      if (limits.length > 0) lines.push(`    limits   ${limits.join(' ')}`);
+    }
   }
   return `${lines.join('\n')}\n`;
 }

@@ -31,7 +31,7 @@ Options:
   -V, --version  Print the version
 
 Environment:
-  ${BACKEND_ENV_VAR}  tensorflow | wasm | cpu | auto (default auto)
+  ${BACKEND_ENV_VAR}  tensorflow | webgpu | wasm | cpu | auto (default auto)
 `;
 }
 

@@ -12,7 +12,7 @@ import type * as tf from '@tensorflow/tfjs';
 import { Subject, type Observable } from 'rxjs';
 import type { z } from 'zod';
 import { AdapterSpec } from '../adapters/registry.js';
-import { generate, generateSteps, type GenerateOptions } from '../base/generate.js';
+import { generate, generateAsync, generateSteps, generateStepsAsync, type GenerateOptions } from '../base/generate.js';
 import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
 import type { ForwardOptions, Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
@@ -146,6 +146,20 @@ export class AdaptedModel {
     const { select, routing, ...rest } = options;
     const hooks = this.hooks({ select, routing });
     return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
+  }
+
+  /** `generate` with asynchronous reads: works on every backend (webgpu included). */
+  generateAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Promise<number[][]> {
+    const { select, routing, ...rest } = options;
+    const hooks = this.hooks({ select, routing });
+    return generateAsync(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
+  }
+
+  /** `generateSteps` with asynchronous reads: works on every backend (webgpu included). */
+  generateStepsAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): AsyncGenerator<number[], void, undefined> {
+    const { select, routing, ...rest } = options;
+    const hooks = this.hooks({ select, routing });
+    return generateStepsAsync(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
   /** Every trainable variable: adapters in spec order, then routers. */

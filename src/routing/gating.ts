@@ -17,6 +17,23 @@ import * as tf from '@tensorflow/tfjs';
 import { oneHotFloat } from '../base/one-hot.js';
 import { ConfigError, ShapeError, formatShape } from '../errors.js';
 import type { Router, RouterInput, RouterShape, RoutingDecision } from './router.js';
+import { webgpuTopKSlots } from './webgpu-gating.js';
+
+/** A backend's own inference top-k (renormalised softmax over the chosen, row mask applied); undefined hands back. */
+export type TopKSlotsKernel = (scores: tf.Tensor2D, mask: tf.Tensor1D | undefined, k: number) => { expertIds: tf.Tensor2D; weights: tf.Tensor2D } | undefined;
+
+/** The library's WebGPU kernel (webgpu-gating.ts) is registered from the start; users may replace or remove it. */
+const topKKernels = new Map<string, TopKSlotsKernel>([['webgpu', webgpuTopKSlots]]);
+
+/** Registers `kernel` as the inference top-k of `topKSlots` on `backend` (tf.getBackend() name). */
+export function registerTopKSlotsKernel(backend: string, kernel: TopKSlotsKernel): void {
+  topKKernels.set(backend, kernel);
+}
+
+/** Removes the top-k kernel registered for `backend`, if any. */
+export function unregisterTopKSlotsKernel(backend: string): void {
+  topKKernels.delete(backend);
+}
 
 /**
  * W_g starts as N(0, 0.02²), seeded by shape.seed. Zeros would give exactly uniform probabilities, and then
@@ -206,6 +223,8 @@ export function topKSlots(scores: tf.Tensor2D, mask: tf.Tensor1D | undefined, op
     expertIds = topKIds(scores, k);
     weights = readSlots(tf.softmax(scores), expertIds, choices); // [R, K]
   } else if (!options.training) {
+    const custom = capacityFactor === undefined ? topKKernels.get(tf.getBackend())?.(scores, mask, k) : undefined;
+    if (custom !== undefined) return { ...custom, kept: undefined }; // mask already applied
     const top = tf.topk(scores, k); // values, indices [R, K]
     expertIds = top.indices;
     weights = tf.softmax(top.values); // [R, K]

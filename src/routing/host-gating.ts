@@ -6,18 +6,15 @@
  *
  * Shape letters: N rows, G sites (routers) of a group, E choices, K slots.
  */
-import * as tf from '@tensorflow/tfjs';
 import type { HostSlots } from '../adapters/lora/bank.js';
-
-/** Backends whose tensors live in host memory, where a read-back is a copy. */
-const HOST_MEMORY_BACKENDS: ReadonlySet<string> = new Set(['wasm', 'cpu']);
+import { getBackendCapabilities } from '../backend.js';
 
 /** At most this many rows decide on the host (decode and short prompts); more rows decide on the device. */
 export const HOST_ROUTING_MAX_ROWS = 64;
 
 /** True when a decision over `rows` rows is best made on the host on the current backend. */
 export function decideOnHost(rows: number): boolean {
-  return rows <= HOST_ROUTING_MAX_ROWS && HOST_MEMORY_BACKENDS.has(tf.getBackend());
+  return rows <= HOST_ROUTING_MAX_ROWS && getBackendCapabilities().hostMemory;
 }
 
 /** Where the logits of G routers sit in a host buffer: row n, router g, choice e at values[n·stride + g·E + e]. */

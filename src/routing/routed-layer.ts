@@ -13,6 +13,7 @@
  * to one expert, K most experts any row uses.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
 import type { DeltaModule, ModuleContext } from '../adapters/adapter.js';
 import type { LoraBank } from '../adapters/lora/bank.js';
 
@@ -63,7 +64,7 @@ function groupedDelta(
   context: ModuleContext,
 ): tf.Tensor2D | undefined {
   const [rows, choices] = gates.shape;
-  const gateValues = gates.dataSync(); // one host read per routed point
+  const gateValues = readSync(gates, "The 'grouped' expert strategy", "Use routing.strategy 'dense' or 'auto' on this backend"); // one host read per routed point
   const pieces: tf.Tensor2D[] = [];
   /** For every row, where its weighted expert outputs sit in the concatenation of pieces. */
   const slots: number[][] = Array.from({ length: rows }, () => []);

@@ -10,6 +10,7 @@
  * Shape letters: B batch, T tokens, N = B·T rows, D feature width, E choices (experts, then null), G sites.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
 import type { AdapterPoint } from '../adapters/adapter.js';
 import { pointKey } from '../adapters/adapter.js';
 import type { ForwardContext } from '../base/hooks.js';
@@ -167,7 +168,7 @@ export class RoutingPass {
   /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
   hostMask(): ArrayLike<number> | undefined {
     if (this.context.padded === false) return undefined;
-    this.maskValues ??= this.context.mask.dataSync();
+    this.maskValues ??= readSync(this.context.mask, 'Host routing', 'Host routing is taken only where getBackendCapabilities().hostMemory holds');
     return this.maskValues;
   }
 
@@ -212,7 +213,24 @@ export class RoutingPass {
       gates = decisionGates(decision, set.choices); // [R, E]
       if (options.auxLosses !== undefined && context.training) options.auxLosses.push(tf.keep(auxLossTotal(decision, input.mask, set.node.aux)));
       if (sequence && cache !== undefined) cache.routingMemory.set(memoryKey, gates);
-      if (options.trace !== undefined) options.trace.push(...this.trace(set, layer, site, gates.dataSync(), decision.dropped.dataSync()));
+      if (options.trace !== undefined)
+        options.trace.push(
+          ...this.trace(
+            set,
+            layer,
+            site,
+            readSync(
+              gates,
+              'A routing trace',
+              'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
+            ),
+            readSync(
+              decision.dropped,
+              'A routing trace',
+              'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
+            ),
+          ),
+        );
     }
     const tokenGates = sequence
       ? (tf.reshape(tf.tile(tf.expandDims(gates, 1), [1, tokens, 1]), [batch * tokens, set.choices]) as tf.Tensor2D) // [N, E]
@@ -283,7 +301,11 @@ export class RoutingPass {
 
   private trace(set: RouterSet, layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>): RoutingTraceEntry[] {
     const { batch, tokens, cache } = this.context;
-    const maskRows = this.context.mask.dataSync();
+    const maskRows = readSync(
+      this.context.mask,
+      'A routing trace',
+      'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
+    );
     const rows: ([number, number] | undefined)[] = [];
     for (let b = 0; b < batch; b++) {
       let position = cache?.positionsOf(b) ?? 0;

@@ -291,7 +291,7 @@ export class Batcher {
         selections: [...new Set(pass.requests.map((r) => r.plan.label))],
       });
       if (pass.kind === 'generate') await this.runGeneration(pass.model, pass.requests as GenerateRequest[]);
-      else this.runForward(pass.model, pass.kind, pass.requests as ForwardRequest[]);
+      else await this.runForward(pass.model, pass.kind, pass.requests as ForwardRequest[]);
     } finally {
       for (const request of pass.requests) request.plan.release();
       this.outstanding -= pass.requests.length;
@@ -299,7 +299,7 @@ export class Batcher {
     }
   }
 
-  private runForward(model: Transformer, kind: 'logits' | 'hidden', requests: readonly ForwardRequest[]): void {
+  private async runForward(model: Transformer, kind: 'logits' | 'hidden', requests: readonly ForwardRequest[]): Promise<void> {
     let outputs: PassOutput[];
     try {
       const rows = requests.flatMap((r) => r.rows);
@@ -311,7 +311,7 @@ export class Batcher {
       try {
         const out = model.forward({ ids, mask, output: kind === 'hidden' ? 'hidden' : 'logits', ...(built.hooks === undefined ? {} : { hooks: built.hooks }) }); // [B, W, C]
         try {
-          data = out.dataSync() as Float32Array;
+          data = (await out.data()) as Float32Array; // async: a GPU backend never stalls here
         } finally {
           out.dispose();
         }
@@ -371,7 +371,7 @@ export class Batcher {
         const logits = model.forward({ ids, mask, cache, output: 'last-logits', ...(built.hooks === undefined ? {} : { hooks: built.hooks }) }); // [B, V]
         let values: Float32Array;
         try {
-          values = logits.dataSync() as Float32Array;
+          values = (await logits.data()) as Float32Array; // async: a GPU backend never stalls here
         } finally {
           logits.dispose();
         }

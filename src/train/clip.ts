@@ -5,13 +5,18 @@
  * or ±Inf element makes n non-finite.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
 
 /** √(Σ g²) over all gradients, as a number (NaN or Infinity when any element is non-finite). */
 export function globalNorm(grads: Iterable<tf.Tensor>): number {
   const list = [...grads];
   if (list.length === 0) return 0;
   const squared = tf.tidy(() => tf.addN(list.map((g) => tf.sum(tf.square(g))))); // []  Σ g²
-  const value = (squared.dataSync() as Float32Array)[0] as number;
+  const value = readSync(
+    squared,
+    'Gradient clipping',
+    'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync',
+  )[0] as number;
   squared.dispose();
   return Math.sqrt(value);
 }

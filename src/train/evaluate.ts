@@ -17,6 +17,7 @@
  * Shape letters: B batch, T tokens, V vocabulary.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
 import { oneHotFloat } from '../base/one-hot.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
@@ -107,7 +108,13 @@ function rowLosses(logits: tf.Tensor, batch: TrainBatch): { sums: Float32Array; 
     const w = tf.tensor2d(weights, [rows, tokens - 1], 'float32'); // [B, T−1]
     return tf.sum(tf.mul(nll, w), 1); // [B]
   });
-  const values = Float32Array.from(sums.dataSync() as Float32Array);
+  const values = Float32Array.from(
+    readSync(
+      sums,
+      'Evaluation',
+      'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync',
+    ),
+  );
   sums.dispose();
   return { sums: values, counts };
 }

@@ -20,6 +20,7 @@
  * batches and backend give the same weights.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync, requireSyncReads } from '../backend.js';
 import { Subject, type Observable } from 'rxjs';
 import { z } from 'zod';
 import { listWeightTensors } from '../base/weights.js';
@@ -34,6 +35,10 @@ import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEve
 import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
 import { assignGroups, paramGroupsFields, type ParamGroupEntry } from './param-groups.js';
 import { AnnealingConfig, ScheduleConfig, annealingSchedule, lrSchedule, type AnnealingSchedule, type LrSchedule } from './schedule.js';
+
+/** What to do instead where the backend cannot read synchronously (training uses the reference ops). */
+const TRAIN_ON_HOST =
+  'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync';
 
 export type { StepReport, TrainEvent, TrainSummary } from './events.js';
 
@@ -208,6 +213,7 @@ export class Trainer {
   /** Processes one micro-batch; completes an optimizer step every `gradAccumulation` calls. */
   step(batch: TrainBatch): StepReport {
     this.checkUsable();
+    requireSyncReads('A training step', TRAIN_ON_HOST); // before any work: nothing is half-done on webgpu
     const started = performance.now();
     this.checkVarList();
     const objective = this.config.objective;
@@ -362,7 +368,7 @@ export class Trainer {
         }
         named.set(name, g);
       }
-      const read = (t: tf.Tensor | undefined): number => (t === undefined ? 0 : ((t.dataSync() as Float32Array)[0] ?? Number.NaN));
+      const read = (t: tf.Tensor | undefined): number => (t === undefined ? 0 : (readSync(t, 'A training step', TRAIN_ON_HOST)[0] ?? Number.NaN));
       const aux = sink.reduce((s, a) => s + read(a), 0);
       return { loss: read(value), task: read(kept[0]), aux, grads: named };
     } finally {

@@ -48,6 +48,7 @@ describe('info', () => {
     expect(info.backend.attempts.map((a) => [a.backend, a.ok])).toEqual([
       ['tensorflow-gpu', false],
       ['tensorflow', false],
+      ['webgpu', false], // no hardware adapter here (none, or a software one auto refuses)
       ['wasm', true],
     ]);
     expect(info.backend.attempts[0]?.reason).toMatch(/tfjs-node-gpu/);

@@ -17,14 +17,17 @@
  * variable changes (an optimizer step or a hot swap assigns new data, which changes its dataId); a training
  * forward builds them inside the forward instead, so gradients reach each term's A and B.
  *
- * The kernel seam: `registerLoraMixKernel(backend, kernel)` lets a backend (e.g. WebGPU) replace `mix` with its
- * own implementation; the tfjs-ops implementation here is the reference every kernel is tested against.
+ * The kernel seam: `registerLoraMixKernel(backend, kernel)` lets a backend replace `mix` with its own
+ * implementation; the tfjs-ops implementation here is the reference every kernel is tested against. WebGPU's
+ * routed top-k kernel (webgpu-mix.ts, WGSL) is registered from the start; training always uses the reference.
  *
  * Shape letters: N rows, I input width (shared by the group), O_g site g's output width, G sites, E choices,
  * K slots per row, r one term's rank, Σr a site's total rank.
  */
 import * as tf from '@tensorflow/tfjs';
+import { readSync } from '../../backend.js';
 import { oneHotFloat } from '../../base/one-hot.js';
+import { webgpuLoraMix } from './webgpu-mix.js';
 
 /** What the bank reads of a LoRA module (LoraModule satisfies it). */
 export interface LoraWeights {
@@ -92,7 +95,8 @@ export interface BankOperands {
 /** A backend's own implementation of `LoraBank.mix`; undefined hands the call back to the tfjs-ops one. */
 export type LoraMixKernel = (bank: LoraBank, operands: BankOperands, x: tf.Tensor2D, gates: BankGates) => readonly tf.Tensor2D[] | undefined;
 
-const mixKernels = new Map<string, LoraMixKernel>();
+/** The library's own kernels (webgpu-mix.ts) are registered from the start; users may replace or remove them. */
+const mixKernels = new Map<string, LoraMixKernel>([['webgpu', webgpuLoraMix]]);
 
 /** Registers `kernel` as the bank's mix on `backend` (tf.getBackend() name); it replaces any earlier one. */
 export function registerLoraMixKernel(backend: string, kernel: LoraMixKernel): void {
@@ -153,6 +157,11 @@ export class LoraBank {
     this.segments = this.uniformLayout && first !== undefined ? choiceSegments(first, choices, this.totalRanks[0] as number) : [];
     const rates = new Set(terms.flatMap((site) => site.map((t) => t.lora.dropout)));
     this.dropout = rates.size <= 1 ? ([...rates][0] ?? 0) : undefined;
+  }
+
+  /** Site g's spread [E, Σr] on the host (row-major), for kernels that bake the layout in; undefined past the last site. */
+  spreadOf(g: number): Float32Array | undefined {
+    return this.spreads[g];
   }
 
   /** The bank's operands: cached at inference, built in the forward when training. */
@@ -281,7 +290,11 @@ export class LoraBank {
     let down = slots.down;
     if (down === undefined) {
       if (operands.aCat === undefined) throw new Error('host slots need the group A operand');
-      down = { values: tf.matMul(x, operands.aCat).dataSync(), stride: count * totalRank, offset: 0 }; // [N, G·Σr] on the host
+      down = {
+        values: readSync(tf.matMul(x, operands.aCat), "The LoRA bank's 'host-slots' gates", "Use 'slots' gates on a backend without host memory"),
+        stride: count * totalRank,
+        offset: 0,
+      }; // [N, G·Σr] on the host
     }
     const values = down.values;
     const perSite: Float32Array[] = []; // G × [N, Σr], zero where not chosen
