@@ -239,16 +239,18 @@ describe.skipIf(!hasWebGpu)(`routed-LoRA WGSL kernel on webgpu${WEBGPU_SKIP_NOTE
     });
   });
 
-  test('hands back to the reference what it does not cover: ones gates, training', async () => {
+  test('hands back to the reference what it does not cover: ones gates and training (which refuses slot gates)', async () => {
     await onBackend('webgpu', async () => {
       const c: Case = { rows: 3, inputWidth: 5, outputs: [4], ranks: [2, 3], k: 1, zeroRows: [false, false, false], seed: 1 };
       const { bank, x, gates, dispose } = build(c);
       try {
         const { dispatches } = await countKernelDispatches(async () => {
           await read(tf.tidy(() => [...bank.mix(x, { kind: 'ones' }, { training: false })].map((t) => tf.keep(t))));
-          return read(tf.tidy(() => [...bank.mix(x, gates, { training: true })].map((t) => tf.keep(t))));
+          return read(tf.tidy(() => [...bank.mix(x, { kind: 'ones' }, { training: true })].map((t) => tf.keep(t))));
         });
         expect(dispatches).toBe(0);
+        // Slot gates are an inference shortcut: a training mix refuses them by name (training uses dense gates).
+        expect(() => tf.tidy(() => bank.mix(x, gates, { training: true }))).toThrow(/training mix takes 'ones' or 'dense' gates, not 'slots'/);
       } finally {
         dispose();
       }
