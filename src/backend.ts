@@ -24,7 +24,15 @@ import { BackendError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
 import { activateThreadedWasm, resolveThreads, threadedWasmUnavailable, type WasmPackage, type WasmThreadsReport } from './wasm-threads.js';
 
-export { THREADS_ENV_VAR, MAX_WASM_THREADS, resolveThreads, type WasmThreadsReport } from './wasm-threads.js';
+export {
+  THREADS_ENV_VAR,
+  MAX_WASM_THREADS,
+  MIN_PARALLEL_MACS,
+  resolveThreads,
+  withWasmThreads,
+  wasmPoolSwitchable,
+  type WasmThreadsReport,
+} from './wasm-threads.js';
 
 /** What the user asked for. */
 export type BackendPreference = 'tensorflow' | 'wasm' | 'cpu' | 'auto';

@@ -38,6 +38,12 @@ import { BackendError } from './errors.js';
 export const THREADS_ENV_VAR = 'ROUTED_PEFT_THREADS';
 /** tfjs-wasm's threaded build pre-starts 8 workers; its C++ caps the pool there. */
 export const MAX_WASM_THREADS = 8;
+/**
+ * From this many multiply-adds a BatchMatMul runs on the pool (≈ 0.2 ms on one thread here). Decode-sized
+ * products (1 × 512 × 1376 ≈ 0.7 M) stay on the calling thread, where waking a worker would cost more than it
+ * saves; prefill and training products (≥ 100 M at the benchmark shapes) go to the pool.
+ */
+export const MIN_PARALLEL_MACS = 4_000_000;
 
 /** How many threads the wasm backend computes on, as measured after it loaded. */
 export interface WasmThreadsReport {
@@ -49,6 +55,14 @@ export interface WasmThreadsReport {
   readonly workers: number;
   /** Which tfjs-wasm build is running. */
   readonly build: 'simd' | 'threaded-simd';
+  /**
+   * Which kernels run on the pool: `large-matmuls` (BatchMatMul of at least `minParallelMacs`
+   * multiply-adds; everything else on the calling thread, so decode-sized work pays no thread hand-off) or
+   * `all` (every XNNPACK kernel; used when the pool cannot be switched per call). Absent on one thread.
+   */
+  readonly parallel?: 'large-matmuls' | 'all';
+  /** The size, in multiply-adds (batch·M·K·N), from which a BatchMatMul runs on the pool. */
+  readonly minParallelMacs?: number;
   /** Why fewer threads than asked are in use, when that is the case. */
   readonly note?: string;
 }
@@ -93,6 +107,8 @@ interface EmscriptenWorker {
 
 interface EmscriptenModule {
   PThread?: { unusedWorkers: EmscriptenWorker[]; runningWorkers: EmscriptenWorker[] };
+  HEAPU32?: Uint32Array;
+  tfjs?: { initWithThreadsCount(threads: number): void; getThreadsCount(): number };
 }
 
 /** Why the threaded build cannot run here, or undefined when it can be tried. */
@@ -123,15 +139,141 @@ export async function activateThreadedWasm(wasm: WasmPackage, threads: number, a
     restore();
   }
   const module = (tf.backend() as unknown as { wasm?: EmscriptenModule }).wasm;
-  const workers = settleWorkers(module);
   const used = wasm.getThreadsCount();
-  const note =
-    used < threads
-      ? threads > MAX_WASM_THREADS
-        ? `tfjs-wasm's pool holds at most ${MAX_WASM_THREADS} threads`
-        : `tfjs-wasm's pool started ${used} of ${capped} threads`
-      : undefined;
-  return { requested: threads, used, workers, build: 'threaded-simd', ...(note === undefined ? {} : { note }) };
+  // Before the unused pre-started workers stop: a fallback re-creates the N-thread pool from them.
+  const slot = module === undefined || used < 2 ? undefined : findPoolSlot(module, used);
+  const workers = settleWorkers(module);
+  const notes: string[] = [];
+  if (used < threads) {
+    notes.push(
+      threads > MAX_WASM_THREADS ? `tfjs-wasm's pool holds at most ${MAX_WASM_THREADS} threads` : `tfjs-wasm's pool started ${used} of ${capped} threads`,
+    );
+  }
+  if (slot !== undefined) {
+    pools = slot;
+    registerPoolSwitchingMatMul();
+  } else if (used >= 2) {
+    notes.push('the pool could not be switched per call, so every XNNPACK kernel runs on it (small ones pay a thread hand-off)');
+  }
+  const note = notes.length === 0 ? undefined : notes.join('; ');
+  return {
+    requested: threads,
+    used,
+    workers,
+    build: 'threaded-simd',
+    ...(used < 2 ? {} : { parallel: slot === undefined ? 'all' : 'large-matmuls', ...(slot === undefined ? {} : { minParallelMacs: MIN_PARALLEL_MACS }) }),
+    ...(note === undefined ? {} : { note }),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-call choice of pool.
+//
+// tfjs-wasm runs every XNNPACK operator on one global `pthreadpool*` (backend.cc's `tfjs::backend::threadpool`),
+// set by `init_with_threads_count`. After the N-thread pool is up, the loader calls `init_with_threads_count(1)`
+// twice and compares snapshots of the module's static data: the one word that changes every time and, when set
+// back to the first value, makes `get_threads_count()` report N again, is that global. Writing it then selects a
+// pool: the 1-thread pool (no workers: the calling thread computes alone, exactly as one thread does) by
+// default, the N-thread pool around large BatchMatMuls. If no single word passes that check, nothing is
+// switched and the N-thread pool stays in place for every kernel.
+
+interface PoolSlot {
+  readonly module: EmscriptenModule & Required<Pick<EmscriptenModule, 'HEAPU32'>>;
+  /** Index of the global `pthreadpool*` in the module's 32-bit heap view. */
+  readonly word: number;
+  readonly parallel: number;
+  readonly single: number;
+  readonly threads: number;
+}
+
+let pools: PoolSlot | undefined;
+/** Set by `withWasmThreads(1, …)`: large matmuls stay on the calling thread too. */
+let singleOnly = false;
+
+/** Words of static data searched for the pool pointer (the module's globals sit in its first few hundred KiB). */
+const SEARCHED_WORDS = 1 << 20;
+
+function findPoolSlot(module: EmscriptenModule, threads: number): PoolSlot | undefined {
+  const init = module.tfjs?.initWithThreadsCount;
+  const count = module.tfjs?.getThreadsCount;
+  if (module.HEAPU32 === undefined || init === undefined || count === undefined) return undefined;
+  const words = Math.min(SEARCHED_WORDS, view(module).length);
+  const snapshot = (): Uint32Array => view(module).slice(0, words); // [words]
+  const first = snapshot(); // [words]: the N-thread pool is current
+  init(1);
+  const second = snapshot(); // [words]
+  init(1);
+  const third = snapshot(); // [words]: the 1-thread pool is current
+  const found: number[] = [];
+  for (let i = 0; i < words; i++) {
+    if (first[i] === second[i] || second[i] === third[i] || first[i] === third[i]) continue;
+    const live = view(module);
+    live[i] = first[i] as number;
+    const seen = count();
+    live[i] = third[i] as number;
+    if (seen === threads) found.push(i);
+  }
+  const word = found[0];
+  if (found.length !== 1 || word === undefined || count() !== 1) {
+    init(threads); // no unique slot: a fresh N-thread pool for every kernel (the pre-started workers are still there)
+    return undefined;
+  }
+  return { module: module as PoolSlot['module'], word, parallel: first[word] as number, single: third[word] as number, threads };
+}
+
+function view(module: EmscriptenModule): Uint32Array {
+  return module.HEAPU32 as Uint32Array; // emscripten replaces this view when the memory grows
+}
+
+function usePool(parallel: boolean): void {
+  const slot = pools;
+  if (slot === undefined) return;
+  view(slot.module)[slot.word] = parallel ? slot.parallel : slot.single;
+}
+
+/**
+ * Runs `fn` with large matmuls on 1 thread (`threads` = 1) or on the pool (any other value); for comparing
+ * the two paths in one process (tests, benchmarks). Without a switchable pool it just runs `fn`.
+ */
+export function withWasmThreads<T>(threads: number, fn: () => T): T {
+  const saved = singleOnly;
+  singleOnly = threads <= 1;
+  try {
+    return fn();
+  } finally {
+    singleOnly = saved;
+  }
+}
+
+/** True when large matmuls can be sent to the pool per call (the threaded build with a found pool slot). */
+export function wasmPoolSwitchable(): boolean {
+  return pools !== undefined;
+}
+
+/** Wraps wasm's BatchMatMul (after wasm-fallbacks' wrapper) so large products run on the N-thread pool. */
+function registerPoolSwitchingMatMul(): void {
+  const matMul = tf.getKernel('BatchMatMul', 'wasm');
+  if (matMul === undefined) return;
+  const inner = matMul.kernelFunc;
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA } = args.attrs as { transposeA: boolean };
+    const aShape = a.shape; // [..., M, K] or [..., K, M]
+    const bShape = b.shape; // [..., K, N] or [..., N, K]
+    const size = (shape: readonly number[]): number => shape.reduce((p, d) => p * d, 1);
+    const k = (transposeA ? aShape[aShape.length - 2] : aShape[aShape.length - 1]) ?? 1;
+    const batch = Math.max(size(aShape.slice(0, -2)), size(bShape.slice(0, -2)));
+    const macs = batch * (size(aShape.slice(-2)) / k) * size(bShape.slice(-2)); // batch·M·K·N
+    if (singleOnly || macs < MIN_PARALLEL_MACS) return inner(args);
+    usePool(true);
+    try {
+      return inner(args);
+    } finally {
+      usePool(false);
+    }
+  };
+  tf.unregisterKernel('BatchMatMul', 'wasm');
+  tf.registerKernel({ ...matMul, kernelFunc });
 }
 
 /** The pool's workers no longer keep the process alive; pre-started workers the pool does not use stop. */
