@@ -18,6 +18,9 @@
  *    `setThreadsCount` asks. While the module instantiates, `os.cpus()` reports twice the wanted count so
  *    the cap lets the asked count through; `setThreadsCount(n)` then sizes the pool.
  *
+ * The pool's workers start with no Node flags (worker_threads would pass the parent's `execArgv` on, and a
+ * parent started with `--input-type` or a loader would break or slow them).
+ *
  * Everything patched is restored as soon as the backend is ready. Afterwards the pool's workers are unref'd
  * (a process exits when its work is done) and the pre-started workers the pool does not use are terminated.
  * One thread keeps today's path exactly: the plain SIMD build, no loader.
@@ -189,6 +192,13 @@ interface PoolSlot {
 let pools: PoolSlot | undefined;
 /** Set by `withWasmThreads(1, …)`: large matmuls stay on the calling thread too. */
 let singleOnly = false;
+/** BatchMatMuls run on the N-thread pool so far (what `wasmThreadsStats` reports). */
+let parallelMatMuls = 0;
+
+/** Counts since the backend loaded: how many BatchMatMuls ran on the N-thread pool. */
+export function wasmThreadsStats(): { readonly parallelMatMuls: number } {
+  return { parallelMatMuls };
+}
 
 /** Words of static data searched for the pool pointer (the module's globals sit in its first few hundred KiB). */
 const SEARCHED_WORDS = 1 << 20;
@@ -266,6 +276,7 @@ function registerPoolSwitchingMatMul(): void {
     const macs = batch * (size(aShape.slice(-2)) / k) * size(bShape.slice(-2)); // batch·M·K·N
     if (singleOnly || macs < MIN_PARALLEL_MACS) return inner(args);
     usePool(true);
+    parallelMatMuls++;
     try {
       return inner(args);
     } finally {
@@ -291,6 +302,7 @@ let scriptDir: string | undefined;
 function installNodeShims(threads: number): () => void {
   const require = createRequire(import.meta.url);
   const os = require('node:os') as { cpus: () => unknown[] };
+  const workerThreads = require('node:worker_threads') as { Worker: new (file: string, options?: object) => object };
   const dir = scriptFolder();
   const mainScript = join(dir, 'main.cjs');
   // Module variables of the Node bundle that the factory's source names, defined for the worker's eval.
@@ -307,7 +319,15 @@ function installNodeShims(threads: number): () => void {
       writeFileSync(this.path, prelude + parts.map(String).join(''));
     }
   }
-  const saved = { Blob: globalThis.Blob, createObjectURL: URL.createObjectURL, cpus: os.cpus };
+  const saved = { Blob: globalThis.Blob, createObjectURL: URL.createObjectURL, cpus: os.cpus, Worker: workerThreads.Worker };
+  // Pool workers run plain CommonJS: they get no Node flags (a parent's `--input-type`, `-e` or loader would
+  // break or slow their start; worker_threads passes the parent's execArgv on by default).
+  const NodeWorker = saved.Worker;
+  workerThreads.Worker = class PoolWorker extends NodeWorker {
+    constructor(file: string, options: object = {}) {
+      super(file, { ...options, execArgv: [] });
+    }
+  };
   (globalThis as { Blob: unknown }).Blob = ScriptFile;
   URL.createObjectURL = (object: unknown): string => (object instanceof ScriptFile ? object.path : saved.createObjectURL(object as Blob));
   const cpus = saved.cpus();
@@ -317,6 +337,7 @@ function installNodeShims(threads: number): () => void {
     (globalThis as { Blob: unknown }).Blob = saved.Blob;
     URL.createObjectURL = saved.createObjectURL;
     os.cpus = saved.cpus;
+    workerThreads.Worker = saved.Worker;
   };
 }
 
