@@ -202,8 +202,9 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
         const order = r % 2 === 0 ? [one, many] : [many, one];
         for (const side of order) {
           const reply = await side.ask(c.name);
-          (wall[key(c.name, side)] ??= []).push(reply.wallMs);
-          (cpu[key(c.name, side)] ??= []).push(reply.cpuMs);
+          const name = key(c.name, side);
+          wall[name] = [...(wall[name] ?? []), reply.wallMs];
+          cpu[name] = [...(cpu[name] ?? []), reply.cpuMs];
         }
       }
       const timings = { samples: wall, cpuSamples: cpu, rounds: sizes.rounds, warmup: sizes.warmup };
