@@ -22,7 +22,15 @@ import * as tf from '@tensorflow/tfjs';
 import { format } from 'node:util';
 import { BackendError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
-import { activateThreadedWasm, resolveThreads, threadedWasmUnavailable, type WasmPackage, type WasmThreadsReport } from './wasm-threads.js';
+import {
+  activateThreadedWasm,
+  loadedWasmThreads,
+  rememberWasmThreads,
+  resolveThreads,
+  threadedWasmUnavailable,
+  type WasmPackage,
+  type WasmThreadsReport,
+} from './wasm-threads.js';
 
 export {
   THREADS_ENV_VAR,
@@ -30,6 +38,7 @@ export {
   MIN_PARALLEL_MACS,
   resolveThreads,
   withWasmThreads,
+  wasmThreadsStats,
   wasmPoolSwitchable,
   type WasmThreadsReport,
 } from './wasm-threads.js';
@@ -226,17 +235,23 @@ async function tryCandidate(candidate: Candidate, threads: number): Promise<{ at
 
 /** wasm on `threads` threads; when the threaded build cannot start, one thread and a note saying why. */
 async function activateWasm(wasm: WasmPackage, threads: number, activate: () => Promise<void>): Promise<WasmThreadsReport> {
+  const loaded = loadedWasmThreads();
+  if (loaded !== undefined) {
+    // tfjs loaded wasm earlier in this process (through another instance of this module): it is reused as is.
+    await activate();
+    return loaded;
+  }
   const single = async (note?: string): Promise<WasmThreadsReport> => {
     await activate();
     if (note !== undefined) process.stderr.write(`routed-peft: ${note}\n`);
     const used = wasm.getThreadsCount();
-    return { requested: threads, used, workers: 0, build: 'simd', ...(note === undefined ? {} : { note }) };
+    return rememberWasmThreads({ requested: threads, used, workers: 0, build: 'simd', ...(note === undefined ? {} : { note }) });
   };
   if (threads <= 1) return single();
   const unavailable = threadedWasmUnavailable();
   if (unavailable !== undefined) return single(`wasm runs on one thread: ${unavailable}`);
   try {
-    return await activateThreadedWasm(wasm, threads, activate);
+    return rememberWasmThreads(await activateThreadedWasm(wasm, threads, activate));
   } catch (error) {
     return single(`wasm runs on one thread: its threaded build did not start (${errorMessage(error)})`);
   }

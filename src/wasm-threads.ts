@@ -153,7 +153,7 @@ export async function activateThreadedWasm(wasm: WasmPackage, threads: number, a
     );
   }
   if (slot !== undefined) {
-    pools = slot;
+    state.pools = slot;
     registerPoolSwitchingMatMul();
   } else if (used >= 2) {
     notes.push('the pool could not be switched per call, so every XNNPACK kernel runs on it (small ones pay a thread hand-off)');
@@ -189,15 +189,42 @@ interface PoolSlot {
   readonly threads: number;
 }
 
-let pools: PoolSlot | undefined;
-/** Set by `withWasmThreads(1, …)`: large matmuls stay on the calling thread too. */
-let singleOnly = false;
-/** BatchMatMuls run on the N-thread pool so far (what `wasmThreadsStats` reports). */
-let parallelMatMuls = 0;
+/**
+ * Per process, not per module instance: tfjs and its wasm module are loaded once per process, while this
+ * file may be evaluated more than once (a test runner re-evaluates the library for each test file).
+ */
+interface ProcessState {
+  /** The report of the wasm backend this process loaded (set once). */
+  report?: WasmThreadsReport;
+  pools?: PoolSlot;
+  /** Set by `withWasmThreads(1, …)`: large matmuls stay on the calling thread too. */
+  singleOnly: boolean;
+  /** BatchMatMuls run on the N-thread pool so far (what `wasmThreadsStats` reports). */
+  parallelMatMuls: number;
+  kernelRegistered: boolean;
+}
+
+const STATE_KEY = Symbol.for('routed-peft.wasm-threads');
+const state: ProcessState = ((globalThis as Record<symbol, ProcessState | undefined>)[STATE_KEY] ??= {
+  singleOnly: false,
+  parallelMatMuls: 0,
+  kernelRegistered: false,
+});
+
+/** The threads of the wasm backend already loaded in this process, or undefined when it has not loaded. */
+export function loadedWasmThreads(): WasmThreadsReport | undefined {
+  return tf.findBackend('wasm') == null ? undefined : state.report;
+}
+
+/** Records the report of the wasm backend just loaded (once per process). */
+export function rememberWasmThreads(report: WasmThreadsReport): WasmThreadsReport {
+  state.report ??= report;
+  return state.report;
+}
 
 /** Counts since the backend loaded: how many BatchMatMuls ran on the N-thread pool. */
 export function wasmThreadsStats(): { readonly parallelMatMuls: number } {
-  return { parallelMatMuls };
+  return { parallelMatMuls: state.parallelMatMuls };
 }
 
 /** Words of static data searched for the pool pointer (the module's globals sit in its first few hundred KiB). */
@@ -236,7 +263,7 @@ function view(module: EmscriptenModule): Uint32Array {
 }
 
 function usePool(parallel: boolean): void {
-  const slot = pools;
+  const slot = state.pools;
   if (slot === undefined) return;
   view(slot.module)[slot.word] = parallel ? slot.parallel : slot.single;
 }
@@ -246,24 +273,25 @@ function usePool(parallel: boolean): void {
  * the two paths in one process (tests, benchmarks). Without a switchable pool it just runs `fn`.
  */
 export function withWasmThreads<T>(threads: number, fn: () => T): T {
-  const saved = singleOnly;
-  singleOnly = threads <= 1;
+  const saved = state.singleOnly;
+  state.singleOnly = threads <= 1;
   try {
     return fn();
   } finally {
-    singleOnly = saved;
+    state.singleOnly = saved;
   }
 }
 
 /** True when large matmuls can be sent to the pool per call (the threaded build with a found pool slot). */
 export function wasmPoolSwitchable(): boolean {
-  return pools !== undefined;
+  return state.pools !== undefined;
 }
 
 /** Wraps wasm's BatchMatMul (after wasm-fallbacks' wrapper) so large products run on the N-thread pool. */
 function registerPoolSwitchingMatMul(): void {
   const matMul = tf.getKernel('BatchMatMul', 'wasm');
-  if (matMul === undefined) return;
+  if (matMul === undefined || state.kernelRegistered) return;
+  state.kernelRegistered = true;
   const inner = matMul.kernelFunc;
   const kernelFunc: tf.KernelFunc = (args) => {
     const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
@@ -274,9 +302,9 @@ function registerPoolSwitchingMatMul(): void {
     const k = (transposeA ? aShape[aShape.length - 2] : aShape[aShape.length - 1]) ?? 1;
     const batch = Math.max(size(aShape.slice(0, -2)), size(bShape.slice(0, -2)));
     const macs = batch * (size(aShape.slice(-2)) / k) * size(bShape.slice(-2)); // batch·M·K·N
-    if (singleOnly || macs < MIN_PARALLEL_MACS) return inner(args);
+    if (state.singleOnly || macs < MIN_PARALLEL_MACS) return inner(args);
     usePool(true);
-    parallelMatMuls++;
+    state.parallelMatMuls++;
     try {
       return inner(args);
     } finally {
