@@ -42,11 +42,14 @@ export const THREADS_ENV_VAR = 'ROUTED_PEFT_THREADS';
 /** tfjs-wasm's threaded build pre-starts 8 workers; its C++ caps the pool there. */
 export const MAX_WASM_THREADS = 8;
 /**
- * From this many multiply-adds a BatchMatMul runs on the pool (≈ 0.2 ms on one thread here). Decode-sized
- * products (1 × 512 × 1376 ≈ 0.7 M) stay on the calling thread, where waking a worker would cost more than it
- * saves; prefill and training products (≥ 100 M at the benchmark shapes) go to the pool.
+ * From this many multiply-adds a BatchMatMul runs on the pool: ≈ 1 ms of one thread's work here, so a thread
+ * hand-off (microseconds on idle cores, up to a scheduler time slice when other processes hold them) stays
+ * small against it. At prefill 4 × 128 (d = 512) the projections (134–360 M) and attention's products
+ * (33.5 M) go to the pool; the LoRA products of routed experts (≈ 17 M), routers and decode-sized products
+ * (1 × 512 × 1376 ≈ 0.7 M) stay on the calling thread. Measured in one process at load ≈ 4.5 on 2 cores
+ * (routed prefill 4 × 128, one thread 2.7 s): 4 M → 2.9 s, 32 M → 1.8 s, 100 M → 1.8 s.
  */
-export const MIN_PARALLEL_MACS = 4_000_000;
+export const MIN_PARALLEL_MACS = 32_000_000;
 
 /** How many threads the wasm backend computes on, as measured after it loaded. */
 export interface WasmThreadsReport {
@@ -164,7 +167,7 @@ export async function activateThreadedWasm(wasm: WasmPackage, threads: number, a
     used,
     workers,
     build: 'threaded-simd',
-    ...(used < 2 ? {} : { parallel: slot === undefined ? 'all' : 'large-matmuls', ...(slot === undefined ? {} : { minParallelMacs: MIN_PARALLEL_MACS }) }),
+    ...(used < 2 ? {} : { parallel: slot === undefined ? 'all' : 'large-matmuls', ...(slot === undefined ? {} : { minParallelMacs: state.minParallelMacs }) }),
     ...(note === undefined ? {} : { note }),
   };
 }
@@ -202,6 +205,8 @@ interface ProcessState {
   /** BatchMatMuls run on the N-thread pool so far (what `wasmThreadsStats` reports). */
   parallelMatMuls: number;
   kernelRegistered: boolean;
+  /** From this many multiply-adds a BatchMatMul runs on the pool (MIN_PARALLEL_MACS unless set). */
+  minParallelMacs: number;
 }
 
 const STATE_KEY = Symbol.for('routed-peft.wasm-threads');
@@ -209,7 +214,13 @@ const state: ProcessState = ((globalThis as Record<symbol, ProcessState | undefi
   singleOnly: false,
   parallelMatMuls: 0,
   kernelRegistered: false,
+  minParallelMacs: MIN_PARALLEL_MACS,
 });
+
+/** Sets the size (multiply-adds) from which a BatchMatMul runs on the pool; for measuring the threshold. */
+export function setMinParallelMacs(macs: number): void {
+  state.minParallelMacs = macs;
+}
 
 /** The threads of the wasm backend already loaded in this process, or undefined when it has not loaded. */
 export function loadedWasmThreads(): WasmThreadsReport | undefined {
@@ -302,7 +313,7 @@ function registerPoolSwitchingMatMul(): void {
     const k = (transposeA ? aShape[aShape.length - 2] : aShape[aShape.length - 1]) ?? 1;
     const batch = Math.max(size(aShape.slice(0, -2)), size(bShape.slice(0, -2)));
     const macs = batch * (size(aShape.slice(-2)) / k) * size(bShape.slice(-2)); // batch·M·K·N
-    if (state.singleOnly || macs < MIN_PARALLEL_MACS) return inner(args);
+    if (state.singleOnly || macs < state.minParallelMacs) return inner(args);
     usePool(true);
     state.parallelMatMuls++;
     try {

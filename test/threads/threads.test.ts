@@ -3,12 +3,13 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import { BackendError } from '../../src/errors.js';
 import { getBackendReport, resolveThreads, selectBackend, wasmPoolSwitchable, wasmThreadsStats, withWasmThreads } from '../../src/backend.js';
 import type { InfoReport } from '../../src/cli/info-command.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
+import { MIN_PARALLEL_MACS, setMinParallelMacs } from '../../src/wasm-threads.js';
 import { causalLmLoss } from '../../src/train/losses.js';
 import { randomIds, randomLlama } from '../../benchmarks/lib/random-model.js';
 import { routedLoraSpec } from '../../benchmarks/lib/specs.js';
@@ -42,6 +43,9 @@ function maxRelativeDifference(a: ArrayLike<number>, b: ArrayLike<number>): numb
 }
 
 describe.skipIf(!threaded)('the pool computes what one thread computes', () => {
+  // The test model is small: lower the pool's threshold so its linear maps (256 × 128 × ≥ 128 ≈ 4 M) go there.
+  beforeAll(() => setMinParallelMacs(4_000_000));
+  afterAll(() => setMinParallelMacs(MIN_PARALLEL_MACS));
   const ids = randomIds(THREADS_TEST_SHAPE.batch, THREADS_TEST_SHAPE.tokens, THREADS_TEST_MODEL.vocabSize);
 
   test('base and routed logits: N threads = 1 thread (≤ 1e-5 relative), large matmuls on the pool, no leak', () => {
