@@ -41,7 +41,7 @@ import { routedLoraSpec } from './lib/specs.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Constants
-const FULL = { batch: 4, tokens: 128, trainBatch: 2, trainTokens: 128, warmup: 1, rounds: 5 };
+const FULL = { batch: 4, tokens: 128, trainBatch: 2, trainTokens: 128, warmup: 1, rounds: 7 };
 const QUICK = { batch: 1, tokens: 16, trainBatch: 1, trainTokens: 16, warmup: 1, rounds: 2 };
 const SPEC = { experts: 8, k: 2, r: 8 };
 const TRAINER_CONFIG = { optimizer: { lr: 1e-4 }, maxGradNorm: 1 };
