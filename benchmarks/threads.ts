@@ -4,8 +4,8 @@
  *
  * tfjs-wasm creates its thread pool once per process, so each side runs in its own child process (the same
  * script with --child): both build the same model from the same seed, then the parent asks them for one
- * timed call at a time, alternating which side goes first in each round (ABBA…), so load from other
- * processes hits both sides alike. A side waiting for its turn is idle. Ratios are the median over rounds of
+ * timed call at a time — each round runs every case on both sides, alternating which side goes first
+ * (ABBA…) — so load from other processes hits both sides and every case alike. A side waiting for its turn is idle. Ratios are the median over rounds of
  * wall(1 thread) / wall(N threads) — a speed-up, higher is better; "cpu" is the same on process CPU time
  * (all threads of the child), which shows how much extra work the threads cost (≈ 1 when none). The 1-minute
  * load average is recorded before and after: when it is above the core count, other processes took cores
@@ -196,9 +196,10 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
     const scale = Math.max(...x.map(Math.abs));
     maxRelDiff = x.reduce((m, v, i) => Math.max(m, Math.abs(v - (y[i] ?? Number.NaN)) / scale), 0);
     console.log(`  logits 1 vs ${threads} threads: max |Δ| / max |x| = ${maxRelDiff.toExponential(2)}`);
-    for (const c of CASES) {
-      for (let w = 0; w < sizes.warmup; w++) for (const side of [one, many]) await side.ask(c.name);
-      for (let r = 0; r < sizes.rounds; r++) {
+    for (const c of CASES) for (let w = 0; w < sizes.warmup; w++) for (const side of [one, many]) await side.ask(c.name);
+    // Rounds outside, cases inside: a change of load during the run hits every case, not only the last one.
+    for (let r = 0; r < sizes.rounds; r++) {
+      for (const c of CASES) {
         const order = r % 2 === 0 ? [one, many] : [many, one];
         for (const side of order) {
           const reply = await side.ask(c.name);
@@ -207,7 +208,9 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
           cpu[name] = [...(cpu[name] ?? []), reply.cpuMs];
         }
       }
-      const timings = { samples: wall, cpuSamples: cpu, rounds: sizes.rounds, warmup: sizes.warmup };
+    }
+    const timings = { samples: wall, cpuSamples: cpu, rounds: sizes.rounds, warmup: sizes.warmup };
+    for (const c of CASES) {
       const shape = c.name === 'train-step' ? `${sizes.trainBatch}×${sizes.trainTokens}` : `${sizes.batch}×${sizes.tokens}`;
       const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${threads} threads (wall)`, key(c.name, one), key(c.name, many), {
         target: c.target,
