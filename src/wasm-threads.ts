@@ -210,12 +210,9 @@ interface ProcessState {
 }
 
 const STATE_KEY = Symbol.for('routed-peft.wasm-threads');
-const state: ProcessState = ((globalThis as Record<symbol, ProcessState | undefined>)[STATE_KEY] ??= {
-  singleOnly: false,
-  parallelMatMuls: 0,
-  kernelRegistered: false,
-  minParallelMacs: MIN_PARALLEL_MACS,
-});
+const holder = globalThis as Record<symbol, ProcessState | undefined>;
+const state: ProcessState = holder[STATE_KEY] ?? { singleOnly: false, parallelMatMuls: 0, kernelRegistered: false, minParallelMacs: MIN_PARALLEL_MACS };
+holder[STATE_KEY] = state;
 
 /** Sets the size (multiply-adds) from which a BatchMatMul runs on the pool; for measuring the threshold. */
 export function setMinParallelMacs(macs: number): void {
