@@ -28,6 +28,7 @@ const BENCHMARKS: readonly { name: string; requires?: string }[] = [
   { name: 'mixed-adapter-batch' },
   { name: 'resident-adapters' },
   { name: 'webgpu-kernels' },
+  { name: 'threads' },
 ];
 /**
  * Targets from the issue, by ratio id (a ratio's own `target` in its JSON takes precedence): `max` bounds a
@@ -114,7 +115,7 @@ if (machine !== undefined) {
   const dates = results.map((r) => r.date).sort();
   lines.push(`- date: ${dates[0] ?? ''} … ${dates[dates.length - 1] ?? ''}`);
   lines.push(`- machine: ${machine.cores} cores (${machine.cpuModel}), ${machine.platform}, Node ${machine.node}`);
-  lines.push(`- backend: ${machine.backend} (tfjs ${machine.tfjs}; single-threaded wasm)`);
+  lines.push(`- backend: ${machine.backend} (tfjs ${machine.tfjs}; every benchmark but \`threads\` runs on one wasm thread, \`threads\` compares 1 with N)`);
   const commits = [...new Set(results.map((r) => r.machine.commit ?? 'unknown'))];
   lines.push(
     `- commit measured: ${commits.join(', ')}${commits.length > 1 ? ' — **the tree changed during the run; results are not all from one commit**' : ''}`,

@@ -18,11 +18,37 @@
  *
  * The result is remembered (`getBackendReport()`); asking again for the same preference does not
  * re-initialise anything. Whatever tfjs prints while a backend loads goes to stderr, never stdout.
+ *
+ * Threads (wasm): the `threads` option, else `setDefaultThreads` (the CLI's `--threads`), else
+ * `ROUTED_PEFT_THREADS`, else the machine's available parallelism. More than one loads tfjs-wasm's
+ * threaded-SIMD build through `wasm-threads.ts`; if that cannot start, wasm loads on one thread and the
+ * report's `threads.note` (also printed on stderr) says why. One thread is the plain SIMD build, exactly as
+ * before. The count is measured after loading (`report.threads`) and fixed for the life of the process.
  */
 import * as tf from '@tensorflow/tfjs';
 import { format } from 'node:util';
 import { BackendError, SyncReadError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
+import {
+  activateThreadedWasm,
+  loadedWasmThreads,
+  rememberWasmThreads,
+  resolveThreads,
+  threadedWasmUnavailable,
+  type WasmPackage,
+  type WasmThreadsReport,
+} from './wasm-threads.js';
+
+export {
+  THREADS_ENV_VAR,
+  MAX_WASM_THREADS,
+  MIN_PARALLEL_MACS,
+  resolveThreads,
+  withWasmThreads,
+  wasmThreadsStats,
+  wasmPoolSwitchable,
+  type WasmThreadsReport,
+} from './wasm-threads.js';
 
 /** What the user asked for. */
 export type BackendPreference = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu' | 'auto';
@@ -101,6 +127,8 @@ export interface BackendReport {
   readonly chosen: BackendName;
   readonly preference: BackendPreference;
   readonly attempts: readonly BackendAttempt[];
+  /** The wasm backend's threads, measured after it loaded; absent for the other backends. */
+  readonly threads?: WasmThreadsReport;
 }
 
 export interface SelectBackendOptions {
@@ -108,6 +136,8 @@ export interface SelectBackendOptions {
   readonly preference?: BackendPreference;
   /** Where to read `ROUTED_PEFT_BACKEND` from; defaults to `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Threads for the wasm backend (≥ 1); overrides `setDefaultThreads` and `ROUTED_PEFT_THREADS`. */
+  readonly threads?: number;
 }
 
 interface Candidate {
@@ -159,6 +189,8 @@ const FIX_HINTS: Readonly<Record<BackendPreference, string>> = {
 };
 
 let lastReport: BackendReport | undefined;
+/** Set by `setDefaultThreads` (the CLI's --threads). */
+let defaultThreads: number | undefined;
 /** Selections run one at a time, so concurrent callers never initialise twice. */
 let queue: Promise<unknown> = Promise.resolve();
 
@@ -169,6 +201,14 @@ export function isBackendPreference(value: unknown): value is BackendPreference 
 /** The last successful selection, or undefined if `selectBackend` has not succeeded yet. */
 export function getBackendReport(): BackendReport | undefined {
   return lastReport;
+}
+
+/**
+ * The thread count used when `selectBackend` is not given one (the CLI's `--threads`); undefined clears it.
+ * Takes effect when wasm is first loaded in this process.
+ */
+export function setDefaultThreads(threads: number | undefined): void {
+  defaultThreads = threads === undefined ? undefined : resolveThreads({ threads });
 }
 
 /** Resolves the preference from the option or the environment; throws BackendError on an invalid value. */
@@ -198,14 +238,30 @@ export function resolveBackendPreference(options: SelectBackendOptions = {}): Ba
  * (it re-activates the chosen backend if something else switched tfjs away from it meanwhile).
  */
 export function selectBackend(options: SelectBackendOptions = {}): Promise<BackendReport> {
-  const run = queue.then(() => selectNow(resolveBackendPreference(options)));
+  const explicitThreads = options.threads ?? defaultThreads;
+  const run = queue.then(() =>
+    selectNow(
+      resolveBackendPreference(options),
+      resolveThreads({
+        ...(explicitThreads === undefined ? {} : { threads: explicitThreads }),
+        ...(options.env === undefined ? {} : { env: options.env }),
+      }),
+      explicitThreads !== undefined,
+    ),
+  );
   queue = run.catch(() => undefined);
   return run;
 }
 
-async function selectNow(preference: BackendPreference): Promise<BackendReport> {
+async function selectNow(preference: BackendPreference, threads: number, threadsExplicit: boolean): Promise<BackendReport> {
   const remembered = lastReport;
   if (remembered !== undefined && remembered.preference === preference) {
+    const loaded = remembered.threads;
+    if (threadsExplicit && loaded !== undefined && loaded.requested !== threads) {
+      throw new BackendError(`The wasm backend is already running on ${loaded.used} thread(s) in this process; ${threads} were asked`, {
+        hint: 'tfjs-wasm creates its thread pool once per process: start a new process with the thread count you want (--threads N or ROUTED_PEFT_THREADS)',
+      });
+    }
     if (tf.getBackend() !== remembered.chosen && !(await quietly(() => tf.setBackend(remembered.chosen)))) {
       throw new BackendError(`The '${remembered.chosen}' backend loaded earlier can no longer be activated`, {
         hint: FIX_HINTS[preference],
@@ -215,40 +271,77 @@ async function selectNow(preference: BackendPreference): Promise<BackendReport> 
   }
   const attempts: BackendAttempt[] = [];
   for (const candidate of PLANS[preference]) {
-    const attempt = await tryCandidate(candidate, preference);
+    const { attempt, threadsReport } = await tryCandidate(candidate, preference, threads);
     attempts.push(attempt);
     if (attempt.ok) {
-      lastReport = { chosen: candidate.backend, preference, attempts };
+      lastReport = { chosen: candidate.backend, preference, attempts, ...(threadsReport === undefined ? {} : { threads: threadsReport }) };
       return lastReport;
     }
   }
   throw failure(preference, attempts);
 }
 
-async function tryCandidate(candidate: Candidate, preference: BackendPreference): Promise<BackendAttempt> {
+async function tryCandidate(
+  candidate: Candidate,
+  preference: BackendPreference,
+  threads: number,
+): Promise<{ attempt: BackendAttempt; threadsReport?: WasmThreadsReport }> {
   const start = performance.now();
   const ms = (): number => Math.round((performance.now() - start) * 10) / 10;
   const warnings: string[] = [];
   const found: { adapter?: GpuAdapterReport } = {};
   const withAdapter = (): { adapter?: GpuAdapterReport } => (found.adapter === undefined ? {} : { adapter: found.adapter });
+  let threadsReport: WasmThreadsReport | undefined;
   try {
     await quietly(async () => {
       await candidate.prepare?.(preference, found);
-      if (candidate.packageName !== undefined) await importPackage(candidate.packageName);
+      const loaded = candidate.packageName === undefined ? undefined : await importPackage(candidate.packageName);
       if (tf.findBackendFactory(candidate.backend) == null) {
         throw new Error(`loading ${candidate.packageName ?? '@tensorflow/tfjs'} did not register the '${candidate.backend}' backend`);
       }
-      const ok = await tf.setBackend(candidate.backend);
-      if (!ok) {
-        const detail = warnings.length > 0 ? `: ${warnings.join(' ').replace(/\s+/g, ' ').trim()}` : '';
-        throw new Error(`tf.setBackend('${candidate.backend}') failed to initialise${detail}`);
+      const activate = async (): Promise<void> => {
+        const ok = await tf.setBackend(candidate.backend);
+        if (!ok) {
+          const detail = warnings.length > 0 ? `: ${warnings.join(' ').replace(/\s+/g, ' ').trim()}` : '';
+          warnings.length = 0;
+          throw new Error(`tf.setBackend('${candidate.backend}') failed to initialise${detail}`);
+        }
+        await tf.ready();
+      };
+      if (candidate.backend === 'wasm') {
+        threadsReport = await activateWasm(loaded as WasmPackage, threads, activate);
+        registerWasmFallbacks();
+      } else {
+        await activate();
       }
-      await tf.ready();
-      if (candidate.backend === 'wasm') registerWasmFallbacks();
     }, warnings);
-    return { backend: candidate.attempt, ok: true, ms: ms(), ...withAdapter() };
+    return { attempt: { backend: candidate.attempt, ok: true, ms: ms(), ...withAdapter() }, ...(threadsReport === undefined ? {} : { threadsReport }) };
   } catch (error) {
-    return { backend: candidate.attempt, ok: false, reason: errorMessage(error), ms: ms(), ...withAdapter() };
+    return { attempt: { backend: candidate.attempt, ok: false, reason: errorMessage(error), ms: ms(), ...withAdapter() } };
+  }
+}
+
+/** wasm on `threads` threads; when the threaded build cannot start, one thread and a note saying why. */
+async function activateWasm(wasm: WasmPackage, threads: number, activate: () => Promise<void>): Promise<WasmThreadsReport> {
+  const loaded = loadedWasmThreads();
+  if (loaded !== undefined) {
+    // tfjs loaded wasm earlier in this process (through another instance of this module): it is reused as is.
+    await activate();
+    return loaded;
+  }
+  const single = async (note?: string): Promise<WasmThreadsReport> => {
+    await activate();
+    if (note !== undefined) process.stderr.write(`routed-peft: ${note}\n`);
+    const used = wasm.getThreadsCount();
+    return rememberWasmThreads({ requested: threads, used, workers: 0, build: 'simd', ...(note === undefined ? {} : { note }) });
+  };
+  if (threads <= 1) return single();
+  const unavailable = threadedWasmUnavailable();
+  if (unavailable !== undefined) return single(`wasm runs on one thread: ${unavailable}`);
+  try {
+    return rememberWasmThreads(await activateThreadedWasm(wasm, threads, activate));
+  } catch (error) {
+    return single(`wasm runs on one thread: its threaded build did not start (${errorMessage(error)})`);
   }
 }
 

@@ -41,8 +41,9 @@ export function isMain(importMetaUrl: string): boolean {
   return script !== undefined && fileURLToPath(importMetaUrl) === script;
 }
 
+/** The backend every benchmark but `threads` runs on: one wasm thread, so their ratios stay comparable across machines and runs. */
 export async function useBackend(preference: BackendPreference): Promise<BackendReport> {
-  return selectBackend({ preference });
+  return selectBackend({ preference, threads: 1 });
 }
 
 export interface MachineInfo {

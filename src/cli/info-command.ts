@@ -15,7 +15,8 @@ const FORMATS = ['text', 'json'] as const;
 const usage = `Usage: routed-peft info [--format text|json]
 
 Show the package version, the Node.js version and the tfjs backend chosen on this machine,
-with each backend that was tried and why it did or did not load.
+the threads it computes on (measured after loading), and each backend that was tried and why
+it did or did not load.
 
 Options:
   --format text|json   Output format (default text); json prints one object on stdout
@@ -55,6 +56,7 @@ export function formatInfoText(info: InfoReport): string {
     `node     ${info.node} (${info.platform} ${info.arch})`,
     `tfjs     ${info.tfjs}`,
     `backend  ${info.backend.chosen} (preference: ${info.backend.preference})`,
+    `threads  ${formatThreads(info.backend)}`,
     'attempts:',
   ];
   const width = Math.max(...info.backend.attempts.map((a) => a.backend.length));
@@ -71,6 +73,15 @@ export function formatInfoText(info: InfoReport): string {
     }
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** The wasm thread count as measured after loading (XNNPACK's pool and its running workers). */
+export function formatThreads(backend: BackendReport): string {
+  const t = backend.threads;
+  if (t === undefined) return backend.chosen === 'cpu' ? '1 (the cpu backend is single-threaded)' : "the native backend's own (TensorFlow's thread pool)";
+  const pool = t.build === 'threaded-simd' ? `XNNPACK pool of ${t.used}: this thread + ${t.workers} worker(s)` : 'single-threaded SIMD build';
+  const asked = t.requested === t.used ? '' : `; asked ${t.requested}`;
+  return `${t.used} (${pool}${asked})${t.note === undefined ? '' : ` — ${t.note}`}`;
 }
 
 export const infoCommand: CliCommand = {

@@ -3,7 +3,8 @@
  * returns the exit code (0 ok, 1 failure, 2 usage error). bin/routed-peft.js calls it.
  */
 import { RoutedPeftError, UsageError } from '../errors.js';
-import { BACKEND_ENV_VAR } from '../backend.js';
+import { BACKEND_ENV_VAR, setDefaultThreads, THREADS_ENV_VAR } from '../backend.js';
+import { toInt } from './args.js';
 import { packageVersion } from '../version.js';
 import { commands, findCommand } from './commands.js';
 import type { CliCommand, CliContext } from './command.js';
@@ -30,9 +31,42 @@ Options:
   -h, --help     Show this help; \`routed-peft <command> --help\` shows a command's options
   -V, --version  Print the version
 
+${GLOBAL_OPTIONS}`;
+}
+
+/** Options every command accepts (main.ts handles them before the command sees its arguments). */
+export const GLOBAL_OPTIONS = `Options of every command:
+  --threads N    Threads the wasm backend computes on (default: ${THREADS_ENV_VAR}, else the available
+                 parallelism); 1 = the single-threaded path; \`routed-peft info\` shows the count in use
+
 Environment:
   ${BACKEND_ENV_VAR}  tensorflow | webgpu | wasm | cpu | auto (default auto)
+  ${THREADS_ENV_VAR}  threads for the wasm backend (default: the available parallelism)
 `;
+
+/**
+ * Takes `--threads N` / `--threads=N` out of a command's arguments (before any `--`), so every command
+ * accepts it; returns the count (undefined when absent) and the remaining arguments.
+ */
+export function takeThreadsFlag(args: readonly string[]): { threads: number | undefined; rest: string[] } {
+  const rest: string[] = [];
+  let threads: number | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    if (arg === '--') {
+      rest.push(...args.slice(i));
+      break;
+    }
+    if (arg === '--threads' || arg.startsWith('--threads=')) {
+      const raw = arg === '--threads' ? args[++i] : arg.slice('--threads='.length);
+      if (raw === undefined || raw.startsWith('-'))
+        throw new UsageError("Option '--threads <N>' argument missing", { hint: 'Give a whole number ≥ 1, e.g. --threads 2' });
+      threads = toInt('threads', raw, { min: 1 });
+      continue;
+    }
+    rest.push(arg);
+  }
+  return { threads, rest };
 }
 
 export async function main(argv: string[], io: CliIo = processIo, context: CliContext = {}): Promise<number> {
@@ -57,11 +91,13 @@ export async function main(argv: string[], io: CliIo = processIo, context: CliCo
     return 2;
   }
   if (wantsHelp(rest)) {
-    io.stdout(withNewline(command.usage));
+    io.stdout(commandUsage(command));
     return 0;
   }
   try {
-    return await command.run(rest, io, context);
+    const { threads, rest: commandArgs } = takeThreadsFlag(rest);
+    if (threads !== undefined) setDefaultThreads(threads);
+    return await command.run(commandArgs, io, context);
   } catch (error) {
     return reportError(error, command, io);
   }
@@ -79,8 +115,12 @@ function help(args: readonly string[], io: CliIo): number {
     io.stderr(`routed-peft: unknown command '${name}'\n\n${globalUsage()}`);
     return 2;
   }
-  io.stdout(withNewline(command.usage));
+  io.stdout(commandUsage(command));
   return 0;
+}
+
+function commandUsage(command: CliCommand): string {
+  return `${withNewline(command.usage)}\n${GLOBAL_OPTIONS}`;
 }
 
 /** A help flag before any `--` terminator. */
@@ -94,7 +134,7 @@ function wantsHelp(args: readonly string[]): boolean {
 
 function reportError(error: unknown, command: CliCommand, io: CliIo): number {
   if (error instanceof UsageError) {
-    io.stderr(`routed-peft ${command.name}: ${error.message}\n\n${withNewline(command.usage)}`);
+    io.stderr(`routed-peft ${command.name}: ${error.message}\n\n${commandUsage(command)}`);
     return 2;
   }
   if (error instanceof RoutedPeftError) {

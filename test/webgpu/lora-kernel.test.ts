@@ -250,7 +250,7 @@ describe.skipIf(!hasWebGpu)(`routed-LoRA WGSL kernel on webgpu${WEBGPU_SKIP_NOTE
         });
         expect(dispatches).toBe(0);
         // Slot gates are an inference shortcut: a training mix refuses them by name (training uses dense gates).
-        expect(() => tf.tidy(() => bank.mix(x, gates, { training: true }))).toThrow(/training mix takes 'ones' or 'dense' gates, not 'slots'/);
+        expect(() => tf.tidy(() => [...bank.mix(x, gates, { training: true })])).toThrow(/training mix takes 'ones' or 'dense' gates, not 'slots'/);
       } finally {
         dispose();
       }
