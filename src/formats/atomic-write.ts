@@ -17,7 +17,7 @@ function siblingPath(target: string, tag: string): string {
 }
 
 /** fsyncs a directory so a rename inside it survives power loss. Best effort: not possible on every OS. */
-async function syncDirectory(dir: string): Promise<void> {
+export async function syncDirectory(dir: string): Promise<void> {
   try {
     const handle = await open(dir, 'r');
     try {
@@ -31,7 +31,7 @@ async function syncDirectory(dir: string): Promise<void> {
 }
 
 /** fsyncs every file and directory under `dir` (files must be durable before the swap). */
-async function syncTree(dir: string): Promise<void> {
+export async function syncTree(dir: string): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     const p = join(dir, entry.name);
     if (entry.isDirectory()) {

@@ -16,9 +16,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { lstatSync, readdirSync, realpathSync, statSync } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { OutputError } from '../errors.js';
+import { syncDirectory, syncTree } from './atomic-write.js';
 import { errnoCode, toOutputError } from './output.js';
 
 /** A named point of a save, for crash tests: the hook may kill the process there. */
@@ -69,35 +70,6 @@ function processAlive(pid: number): boolean {
   } catch (error) {
     return errnoCode(error) === 'EPERM';
   }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  try {
-    const handle = await open(dir, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  } catch {
-    // Not possible on every OS; the rename itself is still atomic.
-  }
-}
-
-async function syncTree(dir: string): Promise<void> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, entry.name);
-    if (entry.isDirectory()) await syncTree(p);
-    else if (entry.isFile()) {
-      const handle = await open(p, 'r');
-      try {
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    }
-  }
-  await syncDirectory(dir);
 }
 
 type TargetState = { readonly kind: 'missing' } | { readonly kind: 'link'; readonly version: string } | { readonly kind: 'directory' };
