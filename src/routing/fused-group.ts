@@ -18,10 +18,10 @@
  * Shape letters: N rows, I input width, G sites in the group, E choices, K slots, Σr one site's total rank.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
 import type { LoraBank } from '../adapters/lora/bank.js';
 import { topKSlots } from './gating.js';
-import { decideOnHost, topKSlotsOnHost } from './host-gating.js';
+import { decideOnHost, readOnHost, topKSlotsOnHost } from './host-gating.js';
+import { readForTrace } from './trace.js';
 import type { LinearTopK } from './router.js';
 
 /** The group's router operands, kept between forwards until a router variable or the bank's operands change. */
@@ -96,7 +96,7 @@ export function fusedGroupDeltas(
   const fused = routers.get(gates, bank, operands.aCat);
   if (hostRouting && decideOnHost(rows)) {
     const width = count * choices + count * (bank.totalRanks[0] as number); // G·E + G·Σr
-    const values = readSync(tf.matMul(x, fused.joint), 'Host routing', 'Host routing is taken only where getBackendCapabilities().hostMemory holds'); // [N, G·E + G·Σr] on the host: logits and x·A_catᵀ
+    const values = readOnHost(tf.matMul(x, fused.joint)); // [N, G·E + G·Σr] on the host: logits and x·A_catᵀ
     const slots = topKSlotsOnHost({ values, stride: width, rows, routers: count, choices }, k, temperature, masks.hostMask());
     const deltas = bank.mix(
       x,
@@ -109,10 +109,7 @@ export function fusedGroupDeltas(
   const scores: tf.Tensor2D = temperature === 1 ? raw : tf.div<tf.Tensor2D>(raw, temperature); // [N, G·E]
   const slots = topKSlots(count === 1 ? scores : tf.reshape<tf.Rank.R2>(scores, [rows * count, choices]), masks.groupMask(count), { k, training: false }); // [N·G, K]
   const deltas = bank.mix(x, { kind: 'slots', ids: slots.expertIds, weights: slots.weights }, MIX);
-  const traceHint = 'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu';
-  const traceGates = trace
-    ? slotsToDense(readSync(slots.expertIds, 'A routing trace', traceHint), readSync(slots.weights, 'A routing trace', traceHint), rows * count, k, choices)
-    : undefined;
+  const traceGates = trace ? slotsToDense(readForTrace(slots.expertIds), readForTrace(slots.weights), rows * count, k, choices) : undefined;
   return { deltas, traceGates };
 }
 

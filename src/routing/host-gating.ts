@@ -7,7 +7,13 @@
  * Shape letters: N rows, G sites (routers) of a group, E choices, K slots.
  */
 import type { HostSlots } from '../adapters/lora/bank.js';
-import { getBackendCapabilities } from '../backend.js';
+import type * as tf from '@tensorflow/tfjs';
+import { getBackendCapabilities, readSync } from '../backend.js';
+
+/** A tensor the host path reads (taken only where the backend's tensors live in host memory). */
+export function readOnHost(tensor: tf.Tensor): ArrayLike<number> {
+  return readSync(tensor, 'Host routing', 'Host routing is taken only where getBackendCapabilities().hostMemory holds');
+}
 
 /** At most this many rows decide on the host (decode and short prompts); more rows decide on the device. */
 export const HOST_ROUTING_MAX_ROWS = 64;

@@ -10,7 +10,6 @@
  * Shape letters: B batch, T tokens, N = B·T rows, D feature width, E choices (experts, then null), G sites.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
 import type { AdapterPoint } from '../adapters/adapter.js';
 import { pointKey } from '../adapters/adapter.js';
 import type { ForwardContext } from '../base/hooks.js';
@@ -18,11 +17,12 @@ import type { SiteGroup } from '../base/sites.js';
 import { ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
 import { fusedGroupDeltas } from './fused-group.js';
+import { readOnHost } from './host-gating.js';
 import { decisionGates } from './gating.js';
 import { type BankSite, chooseStrategy, type ExecutionStrategy, routedDelta } from './routed-layer.js';
 import type { LinearTopK, RouterInput } from './router.js';
 import { type RouterSet, siteKey } from './router-set.js';
-import { type RoutingTraceEntry, traceEntries } from './trace.js';
+import { type RoutingTraceEntry, readForTrace, traceEntries } from './trace.js';
 
 /** How a call routes: one object, passed whole from the public API down to the pass. */
 export interface RoutingOptions {
@@ -168,7 +168,12 @@ export class RoutingPass {
   /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
   hostMask(): ArrayLike<number> | undefined {
     if (this.context.padded === false) return undefined;
-    this.maskValues ??= readSync(this.context.mask, 'Host routing', 'Host routing is taken only where getBackendCapabilities().hostMemory holds');
+    return this.maskOnHost(readOnHost);
+  }
+
+  /** The forward's token mask on the host, [N], read once per forward (host routing and traces share it). */
+  private maskOnHost(read: (tensor: tf.Tensor) => ArrayLike<number>): ArrayLike<number> {
+    this.maskValues ??= read(this.context.mask);
     return this.maskValues;
   }
 
@@ -213,24 +218,7 @@ export class RoutingPass {
       gates = decisionGates(decision, set.choices); // [R, E]
       if (options.auxLosses !== undefined && context.training) options.auxLosses.push(tf.keep(auxLossTotal(decision, input.mask, set.node.aux)));
       if (sequence && cache !== undefined) cache.routingMemory.set(memoryKey, gates);
-      if (options.trace !== undefined)
-        options.trace.push(
-          ...this.trace(
-            set,
-            layer,
-            site,
-            readSync(
-              gates,
-              'A routing trace',
-              'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
-            ),
-            readSync(
-              decision.dropped,
-              'A routing trace',
-              'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
-            ),
-          ),
-        );
+      if (options.trace !== undefined) options.trace.push(...this.trace(set, layer, site, readForTrace(gates), readForTrace(decision.dropped)));
     }
     const tokenGates = sequence
       ? (tf.reshape(tf.tile(tf.expandDims(gates, 1), [1, tokens, 1]), [batch * tokens, set.choices]) as tf.Tensor2D) // [N, E]
@@ -301,11 +289,7 @@ export class RoutingPass {
 
   private trace(set: RouterSet, layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>): RoutingTraceEntry[] {
     const { batch, tokens, cache } = this.context;
-    const maskRows = readSync(
-      this.context.mask,
-      'A routing trace',
-      'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
-    );
+    const maskRows = this.maskOnHost(readForTrace);
     const rows: ([number, number] | undefined)[] = [];
     for (let b = 0; b < batch; b++) {
       let position = cache?.positionsOf(b) ?? 0;

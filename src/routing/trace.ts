@@ -4,7 +4,19 @@
  * and whether the token was dropped (capacity) and so kept only the base output.
  */
 
+import type * as tf from '@tensorflow/tfjs';
+import { readSync } from '../backend.js';
+
 export const NULL_EXPERT = 'null';
+
+/** A tensor a trace reads during the forward, on the host (a SyncReadError on backends without synchronous reads). */
+export function readForTrace(tensor: tf.Tensor): ArrayLike<number> {
+  return readSync(
+    tensor,
+    'A routing trace',
+    'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
+  );
+}
 
 export interface RoutingTraceEntry {
   readonly layer: number;

@@ -21,7 +21,7 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../../src/compose/model-spec.js';
 import { RoutedPeftError } from '../../src/errors.js';
 import { assertFiniteTensor } from '../../src/formats/finite.js';
-import { decodeEntry, parseSafetensors, serializeSafetensors, type SafetensorsDtype } from '../../src/formats/safetensors.js';
+import { decodeEntry, dtypeByteSize, parseSafetensors, serializeSafetensors, type SafetensorsDtype } from '../../src/formats/safetensors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { HfTokenizer } from '../../src/tokenizers/hf-tokenizer.js';
 import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
@@ -198,21 +198,6 @@ function mutateJson(base: Json): fc.Arbitrary<Json> {
 // 1. safetensors files
 
 const DTYPES: readonly SafetensorsDtype[] = ['BOOL', 'U8', 'I8', 'I16', 'U16', 'F16', 'BF16', 'I32', 'U32', 'F32', 'F64', 'I64', 'U64'];
-const DTYPE_BYTES: Readonly<Record<SafetensorsDtype, number>> = {
-  BOOL: 1,
-  U8: 1,
-  I8: 1,
-  I16: 2,
-  U16: 2,
-  F16: 2,
-  BF16: 2,
-  I32: 4,
-  U32: 4,
-  F32: 4,
-  F64: 8,
-  I64: 8,
-  U64: 8,
-};
 
 const validSafetensors: fc.Arbitrary<Uint8Array> = fc
   .array(
@@ -229,7 +214,7 @@ const validSafetensors: fc.Arbitrary<Uint8Array> = fc
     const map = new Map<string, { dtype: SafetensorsDtype; shape: number[]; data: Uint8Array }>();
     for (const t of tensors) {
       if (t.name === '__metadata__' || map.has(t.name)) continue;
-      const bytes = new Uint8Array(t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype]);
+      const bytes = new Uint8Array(t.shape.reduce((a, b) => a * b, 1) * dtypeByteSize(t.dtype));
       let x = t.seed + 1;
       for (let i = 0; i < bytes.length; i++) {
         x = (x * 1103515245 + 12345) % 2 ** 31;

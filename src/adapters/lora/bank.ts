@@ -206,7 +206,7 @@ export class LoraBank {
     switch (gates.kind) {
       case 'ones':
       case 'dense':
-        return operands.sites.map((_, g) => this.mixSite(g, x, gates, context));
+        return operands.sites.map((site, g) => this.mixOperands(g, site, x, gates, context));
       case 'slots':
         return this.mixSlots(operands, x, gates.ids, gates.weights);
       case 'host-slots': {
@@ -222,6 +222,11 @@ export class LoraBank {
   mixSite(g: number, x: tf.Tensor2D, gates: BankGates, context: MixContext): tf.Tensor2D {
     const site = context.training ? this.buildSite(g) : this.operands(context).sites[g];
     if (site === undefined) throw new Error(`LoRA bank has no site ${g}`);
+    return this.mixOperands(g, site, x, gates, context);
+  }
+
+  /** mixSite on operands already at hand (a whole-bank mix fetches them once). */
+  private mixOperands(g: number, site: SiteOperands, x: tf.Tensor2D, gates: BankGates, context: MixContext): tf.Tensor2D {
     if (context.training && this.dropout === undefined) throw new Error('a LoRA bank whose terms have different dropout rates cannot train');
     const input = context.training && (this.dropout ?? 0) > 0 ? tf.dropout(x, this.dropout ?? 0) : x; // [N, I]
     const down = tf.matMul(input, site.aT); // [N, I]·[I, Σr] → [N, Σr]
