@@ -105,12 +105,17 @@ class MembershipBanks {
     this.memo = new Map();
   }
 
-  /** Every row's own LoRA delta at each site of the group: x [N, I] → per site [N, O_g], undefined where no group has a term. */
-  deltas(layer: number, group: SiteGroup, x: tf.Tensor2D): (tf.Tensor2D | undefined)[] {
+  /** Every row's own LoRA delta at each site of the group: xs G × [N, I] → per site [N, O_g], undefined where no group has a term. */
+  deltas(layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] {
     if (this.membership === undefined) throw new Error('mixed LoRA used before begin()');
     const entry = this.bankFor(layer, group);
     if (entry === null) return group.sites.map(() => undefined);
-    const deltas = entry.bank.mix(x, { kind: 'dense', gates: this.membership, memo: this.memo }, { training: false }); // per bank site [N, O_g]
+    const gates = { kind: 'dense', gates: this.membership, memo: this.memo } as const;
+    const x = xs[0] as tf.Tensor2D;
+    // One product for the group when its sites share the input; per site when an input adapter changed one.
+    const deltas = xs.every((xg) => xg === x)
+      ? entry.bank.mix(x, gates, { training: false })
+      : entry.sites.map((g, at) => entry.bank.mixSite(at, xs[g] as tf.Tensor2D, gates, { training: false })); // per bank site [N, O_g]
     return group.sites.map((_, g) => {
       const at = entry.sites.indexOf(g);
       return at < 0 ? undefined : deltas[at];
@@ -209,8 +214,7 @@ export class MixedHooks implements ForwardHooks {
     const keys = group.sites.map((site) => moduleKey(layer, { kind: 'site-output', site }));
     const mixed = this.mixRows(keys, xs, ys, (hooks, xgs, ygs) => hooks.groupOutputs?.(layer, group, xgs, ygs)); // G × [N, O_g]
     if (!this.batched || this.lora === undefined) return mixed;
-    const x = xs[0] as tf.Tensor2D;
-    const deltas = xs.every((xg) => xg === x) ? this.lora.deltas(layer, group, x) : this.siteByDelta(layer, group, xs); // per site [N, O_g]
+    const deltas = this.lora.deltas(layer, group, xs); // per site [N, O_g]
     return mixed.map((y, g) => {
       const delta = deltas[g];
       return delta === undefined ? y : tf.add<tf.Tensor2D>(y, delta); // [N, O_g]
@@ -250,11 +254,6 @@ export class MixedHooks implements ForwardHooks {
       group.shadow?.dispose();
       group.shadow = undefined;
     }
-  }
-
-  /** When an input adapter gave the sites different inputs: each site's membership delta from its own input. */
-  private siteByDelta(layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] {
-    return group.sites.map((_, g) => this.lora?.deltas(layer, group, xs[g] as tf.Tensor2D)[g]);
   }
 
   /**
