@@ -29,6 +29,7 @@ import * as tf from '@tensorflow/tfjs';
 import { format } from 'node:util';
 import { BackendError, SyncReadError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
+import { registerWebGpuFallbacks } from './webgpu-fallbacks.js';
 import {
   activateThreadedWasm,
   loadedWasmThreads,
@@ -313,6 +314,7 @@ async function tryCandidate(
         registerWasmFallbacks();
       } else {
         await activate();
+        if (candidate.backend === 'webgpu') registerWebGpuFallbacks();
       }
     }, warnings);
     return { attempt: { backend: candidate.attempt, ok: true, ms: ms(), ...withAdapter() }, ...(threadsReport === undefined ? {} : { threadsReport }) };

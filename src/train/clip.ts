@@ -7,18 +7,27 @@
 import * as tf from '@tensorflow/tfjs';
 import { readSync } from '../backend.js';
 
+/** Σ g² over all gradients as a scalar tensor (owned by the caller); read it where the backend allows. */
+export function squaredGlobalNorm(grads: Iterable<tf.Tensor>): tf.Scalar {
+  const list = [...grads];
+  if (list.length === 0) return tf.scalar(0);
+  return tf.tidy(() => tf.addN(list.map((g) => tf.sum(tf.square(g))))) as tf.Scalar; // []  Σ g²
+}
+
 /** √(Σ g²) over all gradients, as a number (NaN or Infinity when any element is non-finite). */
 export function globalNorm(grads: Iterable<tf.Tensor>): number {
-  const list = [...grads];
-  if (list.length === 0) return 0;
-  const squared = tf.tidy(() => tf.addN(list.map((g) => tf.sum(tf.square(g))))); // []  Σ g²
-  const value = readSync(
-    squared,
-    'Gradient clipping',
-    'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync',
-  )[0] as number;
-  squared.dispose();
-  return Math.sqrt(value);
+  const squared = squaredGlobalNorm(grads); // []
+  try {
+    return Math.sqrt(
+      readSync(
+        squared,
+        'Gradient clipping',
+        'On a backend without synchronous reads (webgpu) read squaredGlobalNorm() with await data() and scale with scaleByGlobalNorm()',
+      )[0] as number,
+    );
+  } finally {
+    squared.dispose();
+  }
 }
 
 export interface ClipResult {
@@ -33,7 +42,12 @@ export interface ClipResult {
 /** Scales all gradients by min(1, maxNorm / globalNorm). `maxNorm` must be > 0. */
 export function clipByGlobalNorm(grads: ReadonlyMap<string, tf.Tensor>, maxNorm: number): ClipResult {
   if (!(maxNorm > 0)) throw new RangeError(`clipByGlobalNorm: maxNorm must be > 0, got ${maxNorm}`);
-  const norm = globalNorm(grads.values());
+  return scaleByGlobalNorm(grads, globalNorm(grads.values()), maxNorm);
+}
+
+/** clipByGlobalNorm with the norm already read (√ of squaredGlobalNorm): no read of its own. */
+export function scaleByGlobalNorm(grads: ReadonlyMap<string, tf.Tensor>, norm: number, maxNorm: number): ClipResult {
+  if (!(maxNorm > 0)) throw new RangeError(`scaleByGlobalNorm: maxNorm must be > 0, got ${maxNorm}`);
   const scale = Number.isFinite(norm) && norm > maxNorm ? maxNorm / norm : 1;
   const clipped = new Map<string, tf.Tensor>();
   for (const [name, g] of grads) clipped.set(name, scale === 1 ? tf.clone(g) : tf.tidy(() => tf.mul(g, scale))); // [...g]

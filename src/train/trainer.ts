@@ -29,16 +29,50 @@ import { ConfigError, ShapeError } from '../errors.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
-import { clipByGlobalNorm, globalNorm } from './clip.js';
+import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { TrainingError } from './errors.js';
 import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEvent, type TrainSummary } from './events.js';
 import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
 import { assignGroups, paramGroupsFields, type ParamGroupEntry } from './param-groups.js';
 import { AnnealingConfig, ScheduleConfig, annealingSchedule, lrSchedule, type AnnealingSchedule, type LrSchedule } from './schedule.js';
 
-/** What to do instead where the backend cannot read synchronously (training uses the reference ops). */
-const TRAIN_ON_HOST =
-  'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync';
+/** What to do instead where the backend cannot read synchronously. */
+const TRAIN_ON_STEP_ASYNC = 'Use trainer.stepAsync() / fitAsync() on this backend (they read with await data())';
+
+/** A step's work between host reads: it yields each tensor to read (it keeps ownership) and receives its values. */
+type StepPlan<R> = Generator<tf.Tensor, R, ArrayLike<number>>;
+
+/** Drives a plan with a synchronous reader; a failed read is thrown into the plan so it frees what it holds. */
+function runPlan<R>(plan: StepPlan<R>, read: (tensor: tf.Tensor) => ArrayLike<number>): R {
+  let next = plan.next();
+  while (!next.done) {
+    let values: ArrayLike<number>;
+    try {
+      values = read(next.value);
+    } catch (error) {
+      next = plan.throw(error);
+      continue;
+    }
+    next = plan.next(values);
+  }
+  return next.value;
+}
+
+/** runPlan with `await data()`. */
+async function runPlanAsync<R>(plan: StepPlan<R>): Promise<R> {
+  let next = plan.next();
+  while (!next.done) {
+    let values: ArrayLike<number>;
+    try {
+      values = (await next.value.data()) as Float32Array;
+    } catch (error) {
+      next = plan.throw(error);
+      continue;
+    }
+    next = plan.next(values);
+  }
+  return next.value;
+}
 
 export type { StepReport, TrainEvent, TrainSummary } from './events.js';
 
@@ -154,6 +188,8 @@ export class Trainer {
   private aborted: TrainingError | undefined;
   private finished = false;
   private disposed = false;
+  /** A stepAsync is awaiting a read. */
+  private inFlight = false;
 
   constructor(
     readonly model: AdaptedModel,
@@ -210,10 +246,38 @@ export class Trainer {
     return { expert: lr * multiplier, router: (routerLr ?? lr) * multiplier };
   }
 
-  /** Processes one micro-batch; completes an optimizer step every `gradAccumulation` calls. */
+  /**
+   * Processes one micro-batch; completes an optimizer step every `gradAccumulation` calls. Reads its loss and
+   * gradient norm synchronously: on a backend without synchronous reads (webgpu) use stepAsync.
+   */
   step(batch: TrainBatch): StepReport {
     this.checkUsable();
-    requireSyncReads('A training step', TRAIN_ON_HOST); // before any work: nothing is half-done on webgpu
+    requireSyncReads('A training step', TRAIN_ON_STEP_ASYNC); // before any work: nothing is half-done
+    return runPlan(this.stepPlan(batch), (t) => readSync(t, 'A training step', TRAIN_ON_STEP_ASYNC));
+  }
+
+  /**
+   * step() for every backend: the same work, reading the loss and the gradient norm with `await data()`
+   * (two reads per optimizer step). One call at a time: await each before the next.
+   */
+  async stepAsync(batch: TrainBatch): Promise<StepReport> {
+    this.checkUsable();
+    this.inFlight = true;
+    try {
+      return await runPlanAsync(this.stepPlan(batch));
+    } finally {
+      this.inFlight = false;
+    }
+  }
+
+  /** stepAsync over every batch (sync or async iterable); returns the running summary. */
+  async fitAsync(batches: Iterable<TrainBatch> | AsyncIterable<TrainBatch>): Promise<TrainSummary> {
+    for await (const batch of batches) await this.stepAsync(batch);
+    return this.summary();
+  }
+
+  /** One micro-batch's work, yielding each tensor it must read on the host (step and stepAsync drive it). */
+  private *stepPlan(batch: TrainBatch): StepPlan<StepReport> {
     const started = performance.now();
     this.checkVarList();
     const objective = this.config.objective;
@@ -226,7 +290,7 @@ export class Trainer {
     const microBatch = pending.microBatches;
 
     if (targets > 0) {
-      const { loss, task, aux, grads } = this.gradients(batch, stepIndex, microBatch);
+      const { loss, task, aux, grads } = yield* this.gradients(batch, stepIndex, microBatch);
       this.accumulate(grads, targets);
       pending.weight += targets;
       pending.lossSum += targets * loss;
@@ -252,7 +316,7 @@ export class Trainer {
         ms,
       };
     }
-    return this.finishStep(stepIndex, { tokens, targets, started, microBatch });
+    return yield* this.finishStep(stepIndex, { tokens, targets, started, microBatch });
   }
 
   /** Steps over every batch; returns the running summary (call finish() to end the event stream). */
@@ -334,7 +398,7 @@ export class Trainer {
   // -------------------------------------------------------------------------------------------------------
 
   /** One micro-batch's objective value, its parts, and its gradients by stable name (owned by the caller). */
-  private gradients(batch: TrainBatch, step: number, microBatch: number): { loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> } {
+  private *gradients(batch: TrainBatch, step: number, microBatch: number): StepPlan<{ loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> }> {
     const sink: tf.Scalar[] = [];
     const kept: tf.Tensor[] = [];
     const head = this.head;
@@ -368,9 +432,19 @@ export class Trainer {
         }
         named.set(name, g);
       }
-      const read = (t: tf.Tensor | undefined): number => (t === undefined ? 0 : (readSync(t, 'A training step', TRAIN_ON_HOST)[0] ?? Number.NaN));
-      const aux = sink.reduce((s, a) => s + read(a), 0);
-      return { loss: read(value), task: read(kept[0]), aux, grads: named };
+      const scalars = tf.stack([value, kept[0] as tf.Scalar, ...sink]); // [2 + aux terms]: objective, task loss, aux terms
+      let read: ArrayLike<number>;
+      try {
+        read = yield scalars; // one host read per micro-batch
+      } catch (error) {
+        for (const g of named.values()) g.dispose();
+        throw error;
+      } finally {
+        scalars.dispose();
+      }
+      let aux = 0;
+      for (let i = 2; i < read.length; i++) aux += read[i] as number;
+      return { loss: read[0] ?? Number.NaN, task: read[1] ?? Number.NaN, aux, grads: named };
     } finally {
       for (const t of [...sink, ...kept]) t.dispose();
     }
@@ -397,7 +471,7 @@ export class Trainer {
     }
   }
 
-  private finishStep(stepIndex: number, call: { tokens: number; targets: number; started: number; microBatch: number }): StepReport {
+  private *finishStep(stepIndex: number, call: { tokens: number; targets: number; started: number; microBatch: number }): StepPlan<StepReport> {
     const pending = this.pending;
     this.pending = emptyPending();
     this.attempted += 1;
@@ -411,9 +485,14 @@ export class Trainer {
       } else {
         const averaged = this.config.gradAccumulation === 1 ? pending.grads : this.average(pending);
         try {
-          const clip = this.config.maxGradNorm > 0 ? clipByGlobalNorm(averaged, this.config.maxGradNorm) : undefined;
+          const squared = squaredGlobalNorm(averaged.values()); // []
           try {
-            gradNorm = clip?.norm ?? globalNorm(averaged.values());
+            gradNorm = Math.sqrt((yield squared)[0] as number); // one host read per optimizer step
+          } finally {
+            squared.dispose();
+          }
+          const clip = this.config.maxGradNorm > 0 ? scaleByGlobalNorm(averaged, gradNorm, this.config.maxGradNorm) : undefined;
+          try {
             if (!Number.isFinite(means.loss)) reason = `the loss is ${means.loss}`;
             else if (!Number.isFinite(gradNorm)) reason = `the gradient norm is ${gradNorm}`;
             else {
@@ -520,6 +599,7 @@ export class Trainer {
 
   private checkUsable(): void {
     if (this.disposed) throw new Error('Trainer used after dispose()');
+    if (this.inFlight) throw new TrainingError('a step was started while a stepAsync() is in flight', { hint: 'Await each stepAsync() before the next step' });
     if (this.aborted !== undefined) throw this.aborted;
     if (this.finished) throw new TrainingError('step() after finish()', { hint: 'Create a new Trainer (or keep stepping before calling finish())' });
   }
