@@ -107,3 +107,12 @@ export function renderImageSpec(spec: ImageSpec): PixelImage {
   }
   return { width: size, height: size, data };
 }
+
+/** A random spec (shapes or digit, half each), drawn from `random`; the seed field comes from it too. */
+export function randomImageSpec(random: () => number): ImageSpec {
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+  const seed = Math.floor(random() * 2 ** 31);
+  const colour = pick(COLOURS);
+  if (random() < 0.5) return { kind: 'shapes', shape: pick(SHAPES), colour, count: 1 + Math.floor(random() * MAX_COUNT), seed };
+  return { kind: 'digit', digit: Math.floor(random() * 10), colour, seed };
+}
