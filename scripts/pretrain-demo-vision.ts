@@ -86,7 +86,10 @@ function initialWeights(seed: number): { named: Named[]; weights: VisionWeights;
     weight: add(`${name}.w`, normal([inputs, outputs], 1 / Math.sqrt(inputs)), true) as tf.Tensor2D,
     bias: add(`${name}.b`, tf.zeros([outputs]), false) as tf.Tensor1D,
   });
-  const norm = (name: string) => ({ weight: add(`${name}.w`, tf.ones([dim]), false) as tf.Tensor1D, bias: add(`${name}.b`, tf.zeros([dim]), false) as tf.Tensor1D });
+  const norm = (name: string) => ({
+    weight: add(`${name}.w`, tf.ones([dim]), false) as tf.Tensor1D,
+    bias: add(`${name}.b`, tf.zeros([dim]), false) as tf.Tensor1D,
+  });
   const layers: LayerWeights[] = [];
   for (let i = 0; i < nLayers; i++) {
     const sites: Partial<Record<SiteName, LinearWeights>> = {
@@ -117,7 +120,13 @@ function headLoss(pooled: tf.Tensor2D, heads: readonly tf.Tensor2D[], specs: rea
     const labels = specs.map((s) => head.label(s));
     const weights = tf.tensor1d(labels.map((l) => (l < 0 ? 0 : 1))); // [B]
     const logProbs = tf.logSoftmax(tf.matMul(pooled, heads[h] as tf.Tensor2D)); // [B, C]
-    const targets = oneHotFloat<tf.Tensor2D>(tf.tensor1d(labels.map((l) => Math.max(0, l)), 'int32'), head.classes); // [B, C]
+    const targets = oneHotFloat<tf.Tensor2D>(
+      tf.tensor1d(
+        labels.map((l) => Math.max(0, l)),
+        'int32',
+      ),
+      head.classes,
+    ); // [B, C]
     const nll = tf.neg(tf.sum(tf.mul(targets, logProbs), 1)); // [B]
     return tf.div(tf.sum(tf.mul(nll, weights)), tf.maximum(tf.sum(weights), 1)); // []
   });

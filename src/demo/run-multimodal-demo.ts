@@ -189,13 +189,22 @@ interface RunContext {
   readonly log: (line: string) => void;
 }
 
-function runOnce(context: RunContext, seed: number): { run: MultimodalRun; budgets: Record<MultimodalSetupName, number>; heat: number[][]; heatRows: string[] } {
+function runOnce(
+  context: RunContext,
+  seed: number,
+): { run: MultimodalRun; budgets: Record<MultimodalSetupName, number>; heat: number[][]; heatRows: string[] } {
   const { base, encoder, tokenizer, routers, sizes, log } = context;
   const names = taskNames();
   const train = mixedExamples(sizes.trainPerTask, seed, false, new Set());
   const evalSet = mixedExamples(sizes.evalPerTask, seed + 7919, true, new Set(train.map((e) => e.prompt)));
   const order: number[] = [];
-  for (let epoch = 0; order.length < sizes.steps * sizes.batchSize; epoch++) order.push(...seededShuffle(train.map((_, i) => i), seed * 1009 + epoch));
+  for (let epoch = 0; order.length < sizes.steps * sizes.batchSize; epoch++)
+    order.push(
+      ...seededShuffle(
+        train.map((_, i) => i),
+        seed * 1009 + epoch,
+      ),
+    );
   const experts = expertNames(sizes.experts);
   const setups = buildSetups(base, routers, {
     ...DEMO_ADAPTERS,
@@ -227,7 +236,8 @@ function runOnce(context: RunContext, seed: number): { run: MultimodalRun; budge
           const rows = order.slice(step * sizes.batchSize, (step + 1) * sizes.batchSize).map((i) => train[i] as MixedExample);
           const batch = demoBatch(rows, tokenizer);
           const report = trainer.step({ ids: batch.ids, mask: batch.mask, lossMask: batch.lossMask, images: rows.map((r) => r.image) });
-          if ((step + 1) % Math.max(1, Math.round(sizes.steps / 4)) === 0) log(`  ${name.padEnd(6)} step ${step + 1}/${sizes.steps}  loss ${report.taskLoss.toFixed(3)}`);
+          if ((step + 1) % Math.max(1, Math.round(sizes.steps / 4)) === 0)
+            log(`  ${name.padEnd(6)} step ${step + 1}/${sizes.steps}  loss ${report.taskLoss.toFixed(3)}`);
         }
       } finally {
         trainer.dispose();
@@ -279,7 +289,9 @@ function runOnce(context: RunContext, seed: number): { run: MultimodalRun; budge
           }
         });
       }
-      log(`${name}: mean ${((accuracy[name]?.['mean'] ?? 0) * 100).toFixed(1)}% (${names.map((t) => `${t} ${((perTask[t] ?? 0) * 100).toFixed(0)}%`).join(', ')}), train ${(trainSeconds[name] ?? 0).toFixed(1)} s`);
+      log(
+        `${name}: mean ${((accuracy[name]?.['mean'] ?? 0) * 100).toFixed(1)}% (${names.map((t) => `${t} ${((perTask[t] ?? 0) * 100).toFixed(0)}%`).join(', ')}), train ${(trainSeconds[name] ?? 0).toFixed(1)} s`,
+      );
     } finally {
       model.dispose();
     }
@@ -310,7 +322,9 @@ export async function runMultimodalDemo(options: MultimodalDemoOptions): Promise
     encoder = await loadVisionEncoder(visionDir);
     const tokenizer = await loadTokenizer(modelDir);
     const before = frozenBytes(base, encoder);
-    log(`language model ${modelDir} (${base.parameterCount} parameters), vision encoder ${visionDir} (${encoder.parameterCount} parameters, ${encoder.tokensPerImage} tokens per image)`);
+    log(
+      `language model ${modelDir} (${base.parameterCount} parameters), vision encoder ${visionDir} (${encoder.parameterCount} parameters, ${encoder.tokensPerImage} tokens per image)`,
+    );
     const context: RunContext = { base, encoder, tokenizer, routers: options.routers, sizes, log };
     const results = Array.from({ length: sizes.runs }, (_, i) => runOnce(context, seed + i));
     const unchanged = sameBytes(before, frozenBytes(base, encoder));
@@ -371,7 +385,12 @@ export function formatMultimodalReport(summary: MultimodalSummary): string {
   );
   out.push('');
   const header = ['setup', ...names, 'text', 'image', 'mean', 'trainable'];
-  const rows = SETUPS.map((s) => [s, ...names.map((t) => percent(summary.accuracy[s]?.[t] ?? 0)), ...['text', 'image', 'mean'].map((k) => percent(summary.accuracy[s]?.[k] ?? 0)), String(summary.budgets[s])]);
+  const rows = SETUPS.map((s) => [
+    s,
+    ...names.map((t) => percent(summary.accuracy[s]?.[t] ?? 0)),
+    ...['text', 'image', 'mean'].map((k) => percent(summary.accuracy[s]?.[k] ?? 0)),
+    String(summary.budgets[s]),
+  ]);
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? '').length)));
   for (const line of [header, ...rows]) out.push(line.map((cell, c) => (c === 0 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join('  '));
   out.push('');
@@ -381,7 +400,9 @@ export function formatMultimodalReport(summary: MultimodalSummary): string {
         `routing image tokens ${run.routing.image.map((v, e) => `${summary.experts[e]} ${percent(v)}`).join(' ')} | text tokens ${run.routing.text.map((v, e) => `${summary.experts[e]} ${percent(v)}`).join(' ')} | separation ${run.routing.separation.toFixed(3)}`,
     );
   }
-  out.push(`${summary.margin > 0 ? 'routed beats shared' : 'routed does NOT beat shared'}: ${(summary.margin * 100).toFixed(1)} points of mean accuracy at equal budget`);
+  out.push(
+    `${summary.margin > 0 ? 'routed beats shared' : 'routed does NOT beat shared'}: ${(summary.margin * 100).toFixed(1)} points of mean accuracy at equal budget`,
+  );
   out.push(
     `frozen language model (${summary.frozen.language} parameters) and vision encoder (${summary.frozen.encoder}) byte-identical after training: ${summary.frozen.unchanged ? 'yes' : 'NO'}`,
   );

@@ -10,7 +10,14 @@ import { expectClose, expectNoLeak } from '../helpers/tensor-asserts.js';
 import { tinyGpt2, tinyLlama } from '../helpers/tiny-models.js';
 
 const embedRows = (model: Transformer, rows: number[][]): tf.Tensor3D =>
-  tf.tidy(() => tf.reshape(tf.gather(model.weights.tokenEmbedding, tf.tensor1d(rows.flat(), 'int32')), [rows.length, rows[0]?.length ?? 0, model.config.dim]) as tf.Tensor3D);
+  tf.tidy(
+    () =>
+      tf.reshape(tf.gather(model.weights.tokenEmbedding, tf.tensor1d(rows.flat(), 'int32')), [
+        rows.length,
+        rows[0]?.length ?? 0,
+        model.config.dim,
+      ]) as tf.Tensor3D,
+  );
 
 describe.each([
   ['llama', () => tinyLlama()],
@@ -72,7 +79,16 @@ describe.each([
         [1, 3, 4],
         [2, 7, 8],
       ];
-      const masked = model.forward({ ids, prefix: { embeddings: prefix, mask: [[1, 1], [0, 0]] } }); // [2, 3, V]
+      const masked = model.forward({
+        ids,
+        prefix: {
+          embeddings: prefix,
+          mask: [
+            [1, 1],
+            [0, 0],
+          ],
+        },
+      }); // [2, 3, V]
       const plain = model.forward({ ids: [ids[1] as number[]] }); // [1, 3, V]
       expectClose(tf.slice(masked, [1, 0, 0], [1, 3, model.config.vocabSize]), plain, { atol: 1e-5 });
       tf.dispose([prefix, masked, plain]);
@@ -91,7 +107,9 @@ test('a prefix of the wrong width, rows or length is a ShapeError naming prefix.
     expect(() => model.forward({ ids: [[1, 2]], prefix: { embeddings: wide } })).toThrow(ShapeError);
     expect(() => model.forward({ ids: [[1, 2]], prefix: { embeddings: rows } })).toThrow(/prefix\.embeddings/);
     expect(() => model.forward({ ids: [[1, 2, 3]], prefix: { embeddings: long } })).toThrow(/9 positions, beyond the model's maximum of 8/);
-    expect(() => model.forward({ ids: [[1, 2]], prefix: { embeddings: tf.zeros([1, 2, model.config.dim]) as tf.Tensor3D, mask: [[1, 2]] } })).toThrow(/prefix mask/);
+    expect(() => model.forward({ ids: [[1, 2]], prefix: { embeddings: tf.zeros([1, 2, model.config.dim]) as tf.Tensor3D, mask: [[1, 2]] } })).toThrow(
+      /prefix mask/,
+    );
     tf.dispose([wide, rows, long]);
   } finally {
     model.dispose();
