@@ -49,3 +49,32 @@ describe('generated image specs', () => {
     expect(ink(4)).toBeGreaterThan(ink(1));
   });
 });
+
+describe('JSONL rows with an image', () => {
+  test('a PNG path resolves against the file, a spec is validated, and a spec with an unknown field is a malformed line', async () => {
+    const { parseJsonlDataset, datasetImages } = await import('../../src/train/dataset.js');
+    const text = [
+      JSON.stringify({ prompt: 'count?', completion: '3', image: 'imgs/a.png' }),
+      JSON.stringify({ prompt: 'digit?', completion: '7', image: { kind: 'digit', digit: 7, colour: 'red' } }),
+      JSON.stringify({ prompt: 'digit?', completion: '7', image: { kind: 'digit', digit: 7, colour: 'red', blur: 2 } }),
+      JSON.stringify({ text: 'plain text' }),
+    ].join('\n');
+    const dataset = parseJsonlDataset(text, '/data/set/train.jsonl', { maxBadFraction: 0.5 });
+    expect(dataset.examples[0]).toMatchObject({ image: { kind: 'file', path: '/data/set/imgs/a.png' } });
+    expect(dataset.examples[1]).toMatchObject({ image: { kind: 'spec', spec: { kind: 'digit', digit: 7, colour: 'red', seed: 0 } } });
+    expect(dataset.problems).toHaveLength(1);
+    expect(dataset.problems[0]?.line).toBe(3);
+    expect(dataset.problems[0]?.message).toMatch(/image/);
+    expect(datasetImages(dataset)).toEqual([1, 2]);
+  });
+
+  test('a generated image renders, a missing PNG is an ImageError naming it', async () => {
+    const { loadExampleImage } = await import('../../src/train/example-images.js');
+    const pixels = await loadExampleImage({ kind: 'spec', spec: parseConfig(ImageSpec, { kind: 'digit', digit: 1, colour: 'red' }, 'image') }, IMAGE_SIZE, 1);
+    expect(pixels.width).toBe(IMAGE_SIZE);
+    await expect(loadExampleImage({ kind: 'file', path: '/nonexistent/x.png' }, IMAGE_SIZE, 2)).rejects.toThrow(/nonexistent\/x\.png/);
+    await expect(loadExampleImage({ kind: 'spec', spec: parseConfig(ImageSpec, { kind: 'digit', digit: 1, colour: 'red' }, 'image') }, 32, 5)).rejects.toThrow(
+      /line 5.*32×32/,
+    );
+  });
+});
