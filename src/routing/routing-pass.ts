@@ -290,9 +290,15 @@ export class RoutingPass {
 
   /** The context's mask of real tokens, times the call's routing mask when there is one: [B, T]. */
   private poolingMask(): tf.Tensor2D {
-    const { batch, tokens, mask } = this.context;
-    const routing = this.options.routingMask;
-    if (routing === undefined) return mask; // [B, T]
+    const { batch, tokens, mask, modality } = this.context;
+    const given = this.options.routingMask;
+    if (given === undefined) return mask; // [B, T]
+    // A routing mask written for the ids alone covers the image prefix too: the image is part of the prompt.
+    const prefixSlots = modality?.[0]?.indexOf(0) ?? 0;
+    const routing =
+      prefixSlots > 0 && given.every((row) => row.length === tokens - prefixSlots)
+        ? given.map((row) => [...Array.from({ length: prefixSlots }, () => 1), ...row])
+        : given;
     if (routing.length !== batch || routing.some((row) => row.length !== tokens)) {
       const rows = routing.map((row) => row.length);
       throw new ShapeError(`routingMask must be [${batch}, ${tokens}] like the ids, got ${routing.length} rows of lengths ${[...new Set(rows)].join('/')}`, {

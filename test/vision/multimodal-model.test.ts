@@ -105,6 +105,20 @@ describe('training a multimodal model', () => {
     base.dispose();
   });
 
+  test('a sequence route pools the image with a routing mask written for the ids alone', () => {
+    const base = tinyLlama({ nLayers: 1 });
+    const encoder = tinyVisionEncoder();
+    const sequenceSpec = { ...spec, composition: { ...spec.composition, granularity: 'sequence', placement: 'model' } };
+    const model = MultimodalModel.create(base, encoder, sequenceSpec, { routers });
+    const trainer = new Trainer(model, { optimizer: { lr: 1e-2 }, schedule: { warmupSteps: 0, totalSteps: 1 } });
+    const routingMask = batch.lossMask.map((row) => row.map((l) => 1 - l));
+    expect(trainer.step({ ...batch, routingMask }).skipped).toBe(false);
+    trainer.dispose();
+    model.dispose();
+    encoder.dispose();
+    base.dispose();
+  });
+
   test('rows without images compute exactly what the language model computes on its own', () => {
     const base = tinyLlama({ nLayers: 2 });
     const encoder = tinyVisionEncoder();
