@@ -5,6 +5,7 @@ const LAYERS = [
   ['leaf', '^src/(errors|variables|version)\\.ts$|^src/config/'],
   ['formats', '^src/(formats|tokenizers)/|^src/(backend|wasm-fallbacks|wasm-threads)\\.ts$'],
   ['base', '^src/base/'],
+  ['vision', '^src/vision/'],
   ['adapters', '^src/adapters/'],
   ['compose', '^src/compose/'],
   ['routing', '^src/routing/'],

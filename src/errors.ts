@@ -49,6 +49,9 @@ export class SyncReadError extends BackendError {}
 /** A tokenizer file is malformed or cannot encode/decode the input. */
 export class TokenizerError extends RoutedPeftError {}
 
+/** An image cannot be decoded or does not fit the vision encoder (size, channels); `path` names the file or field. */
+export class ImageError extends RoutedPeftError {}
+
 /** Bad command-line arguments (the CLI exits 2 on these). */
 export class UsageError extends RoutedPeftError {}
 

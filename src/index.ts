@@ -13,7 +13,7 @@ export {
 
 export { ModelConfig, headDim } from './base/config.js';
 export { SITE_NAMES, FAMILY_SITES, FAMILY_SITE_GROUPS, type SiteName, type SiteGroup, type BlockName, type ModelFamily } from './base/sites.js';
-export { Transformer, type ForwardOptions, type ForwardOutput } from './base/transformer.js';
+export { Transformer, type ForwardOptions, type ForwardOutput, type PrefixEmbeddings } from './base/transformer.js';
 export type { ForwardHooks, ForwardContext, AttentionPrefix, PerSiteHooks } from './base/hooks.js';
 export { perSiteHooks } from './base/hooks.js';
 export { KVCache } from './base/kv-cache.js';
@@ -53,6 +53,20 @@ export type { RoutingTraceEntry } from './routing/trace.js';
 
 export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type ParameterReport } from './model/adapted-model.js';
 export { Selection, type SelectionInput } from './model/selection.js';
+export {
+  MultimodalModel,
+  MultimodalSpec,
+  VISION_SITES,
+  type MultimodalForwardOptions,
+  type MultimodalGenerateOptions,
+  type RowImages,
+} from './model/multimodal-model.js';
+export { VisionEncoder, type VisionWeights } from './vision/encoder.js';
+export { VisionConfig, visionConfigFromHf, visionConfigToHf } from './vision/encoder-config.js';
+export { loadVisionEncoder, saveVisionEncoder, buildVisionEncoder } from './vision/load-encoder.js';
+export { Projector, ProjectorSpec } from './vision/projector.js';
+export { decodePng, readPngFile, encodePng, type PixelImage } from './vision/image.js';
+export { ImageSpec, renderImageSpec, IMAGE_SIZE } from './vision/image-spec.js';
 export type { RoutingOptions } from './routing/routing-pass.js';
 
 export {

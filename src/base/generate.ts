@@ -9,7 +9,7 @@ import { parseConfig } from '../config/parse.js';
 import { ShapeError } from '../errors.js';
 import type { ForwardHooks } from './hooks.js';
 import { SamplingOptions, sampleToken, seededRandom } from './sampling.js';
-import type { Transformer } from './transformer.js';
+import type { PrefixEmbeddings, Transformer } from './transformer.js';
 
 export interface GenerateOptions extends Partial<SamplingOptions> {
   readonly maxNewTokens: number;
@@ -18,6 +18,12 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
   readonly hooks?: ForwardHooks;
   /** Recompute the whole sequence each step instead of using the KV cache (for checking the cache). */
   readonly noCache?: boolean;
+  /**
+   * Embedding vectors before every prompt (image tokens, see PrefixEmbeddings): the prefill reads them and the
+   * KV cache keeps their keys and values, so decoding steps attend to them without recomputing (without the
+   * cache every step reads them again). The caller keeps ownership.
+   */
+  readonly prefix?: PrefixEmbeddings;
 }
 
 export interface PaddedBatch {
@@ -83,7 +89,9 @@ function startGeneration(model: Transformer, prompts: readonly (readonly number[
 function stepLogits(state: Generation): ReturnType<Transformer['forward']> {
   const { model, options, cache } = state;
   const input = cache === undefined ? { ids: state.sequences, mask: state.masks } : { ids: state.nextIds, mask: state.nextMask, cache };
-  return model.forward({ ...input, output: 'last-logits', ...(options.hooks ? { hooks: options.hooks } : {}) }); // [B, V]
+  // The prefix enters once with a cache (the prefill), at every step without one.
+  const prefix = options.prefix !== undefined && (cache === undefined || cache.length === 0) ? { prefix: options.prefix } : {};
+  return model.forward({ ...input, ...prefix, output: 'last-logits', ...(options.hooks ? { hooks: options.hooks } : {}) }); // [B, V]
 }
 
 /** Samples each row's token from the logits read back; returns them (-1 for rows already stopped). */

@@ -34,6 +34,11 @@ export interface ForwardContext {
   readonly cache: KVCache | undefined;
   /** True inside a training step (dropout, router noise). */
   readonly training: boolean;
+  /**
+   * Modality of every token of this call, [B][T]: 0 text, 1 image (a prefix of image embeddings, whose ids
+   * read 0). Absent when the call has no prefix: every token is text.
+   */
+  readonly modality?: readonly (readonly number[])[];
 }
 
 export interface AttentionPrefix {

@@ -20,6 +20,18 @@ import { countParameters, disposeWeights, type NormWeights, type TransformerWeig
 
 export type ForwardOutput = 'logits' | 'last-logits' | 'hidden';
 
+/**
+ * Embedding vectors that enter the model before the token embeddings of every row (LLaVA-style image
+ * tokens): they take the first P slots and positions, attend to each other and are attended to by the text
+ * that follows; their own outputs are not returned (logits and hidden states cover the ids only).
+ */
+export interface PrefixEmbeddings {
+  /** [B, P, D], the model's width D. The caller keeps ownership. */
+  readonly embeddings: tf.Tensor3D;
+  /** 1 real slot, 0 padding, [B][P] (a row without an image: all 0); default all real. */
+  readonly mask?: readonly (readonly number[])[];
+}
+
 export interface ForwardOptions {
   /** Token ids [B][T]; rows must have equal length (pad on the left for generation). */
   readonly ids: readonly (readonly number[])[];
@@ -31,6 +43,8 @@ export interface ForwardOptions {
   /** 'logits' [B, T, V] (default), 'last-logits' [B, V] of the last column, 'hidden' final normed states [B, T, D]. */
   readonly output?: ForwardOutput;
   readonly training?: boolean;
+  /** Embedding vectors before the ids of every row (see PrefixEmbeddings); absent: the plain text forward. */
+  readonly prefix?: PrefixEmbeddings;
 }
 
 export class Transformer {
@@ -83,11 +97,18 @@ export class Transformer {
   /** Runs the model. The returned tensor belongs to the caller. */
   forward(options: ForwardOptions): tf.Tensor {
     if (this.disposed) throw new Error('Transformer used after dispose()');
-    const { ids, cache, hooks } = options;
-    const batch = ids.length;
-    const tokens = ids[0]?.length ?? 0;
-    this.validateIds(ids, options.mask, cache);
-    const mask = options.mask ?? ids.map((row) => row.map(() => 1));
+    const { cache, hooks, prefix } = options;
+    const batch = options.ids.length;
+    const textTokens = options.ids[0]?.length ?? 0;
+    this.validateIds(options.ids, options.mask, cache);
+    const prefixSlots = prefix === undefined ? 0 : this.validatePrefix(prefix, batch, textTokens, options.mask, cache);
+    const textMask = options.mask ?? options.ids.map((row) => row.map(() => 1));
+    // With a prefix, every per-token view (mask, positions, the ids hooks see) covers the P prefix slots first.
+    const prefixMask = prefix === undefined ? undefined : (prefix.mask ?? options.ids.map(() => Array.from({ length: prefixSlots }, () => 1)));
+    const mask = prefixMask === undefined ? textMask : textMask.map((row, b) => [...(prefixMask[b] ?? []), ...row]);
+    const ids = prefix === undefined ? options.ids : options.ids.map((row) => [...Array.from({ length: prefixSlots }, () => 0), ...row]);
+    const modality = prefix === undefined ? undefined : options.ids.map((row) => [...Array.from({ length: prefixSlots }, () => 1), ...row.map(() => 0)]);
+    const tokens = prefixSlots + textTokens;
     const past = cache?.length ?? 0;
     const positions = this.positions(mask, cache);
 
@@ -99,12 +120,22 @@ export class Transformer {
           'float32',
         ); // [B, T]
         const padded = mask.some((row) => row.some((m) => m !== 1));
-        const context: ForwardContext = { batch, tokens, ids, mask: maskTensor, padded, pastLength: past, cache, training: options.training ?? false };
+        const context: ForwardContext = {
+          batch,
+          tokens,
+          ids,
+          mask: maskTensor,
+          padded,
+          pastLength: past,
+          cache,
+          training: options.training ?? false,
+          ...(modality === undefined ? {} : { modality }),
+        };
         hooks?.begin?.(context);
         const keyMask = cache === undefined ? mask : cache.mask.map((row, b) => [...row, ...(mask[b] ?? [])]);
         const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]
 
-        let hidden = this.embed(ids, positionTensor); // [N, D]
+        let hidden = prefix === undefined ? this.embed(ids, positionTensor) : this.embedWithPrefix(options.ids, prefix.embeddings, positionTensor); // [N, D]
         for (let layer = 0; layer < this.config.nLayers; layer++) {
           hooks?.beginLayer?.(layer, hidden);
           const attnIn = this.norm(hidden, this.layer(layer).attnNorm); // [N, D]
@@ -118,15 +149,20 @@ export class Transformer {
         }
         hooks?.end?.();
         cache?.append(mask);
-        const final = this.norm(hidden, this.weights.finalNorm); // [N, D]
+        let final = this.norm(hidden, this.weights.finalNorm); // [N, D]
+        if (prefixSlots > 0) {
+          // The outputs of the ids only: drop the prefix slots of every row.
+          const rows = tf.reshape(final, [batch, tokens, this.config.dim]); // [B, P+T', D]
+          final = tf.reshape(tf.slice(rows, [0, prefixSlots, 0], [batch, textTokens, this.config.dim]), [batch * textTokens, this.config.dim]); // [B·T', D]
+        }
         const output = options.output ?? 'logits';
-        if (output === 'hidden') return tf.reshape(final, [batch, tokens, this.config.dim]); // [B, T, D]
+        if (output === 'hidden') return tf.reshape(final, [batch, textTokens, this.config.dim]); // [B, T, D]
         if (output === 'last-logits') {
-          const last = tf.slice(tf.reshape(final, [batch, tokens, this.config.dim]), [0, tokens - 1, 0], [batch, 1, this.config.dim]); // [B, 1, D]
+          const last = tf.slice(tf.reshape(final, [batch, textTokens, this.config.dim]), [0, textTokens - 1, 0], [batch, 1, this.config.dim]); // [B, 1, D]
           return tf.matMul(tf.reshape(last, [batch, this.config.dim]), this.weights.head); // [B, V]
         }
         const logits = tf.matMul(final, this.weights.head); // [N, V]
-        return tf.reshape(logits, [batch, tokens, this.config.vocabSize]); // [B, T, V]
+        return tf.reshape(logits, [batch, textTokens, this.config.vocabSize]); // [B, T, V]
       });
     try {
       return run();
@@ -178,6 +214,16 @@ export class Transformer {
     if (this.weights.positionEmbedding === undefined) return tokens;
     const learned = tf.gather(this.weights.positionEmbedding, tf.reshape(positions, [-1])); // [N, D]
     return tf.add(tokens, learned); // [N, D]
+  }
+
+  /** Prefix vectors then token embeddings, row by row (learned positions added to both): → [N, D], N = B·(P+T). */
+  private embedWithPrefix(ids: readonly (readonly number[])[], prefix: tf.Tensor3D, positions: tf.Tensor2D): tf.Tensor2D {
+    const [batch, slots, dim] = prefix.shape;
+    const textTokens = ids[0]?.length ?? 0;
+    const text = tf.reshape(tf.gather(this.weights.tokenEmbedding, tf.tensor1d(ids.flat(), 'int32')), [batch, textTokens, dim]); // [B, T, D]
+    const joined = tf.reshape(tf.concat([prefix, text], 1), [batch * (slots + textTokens), dim]) as tf.Tensor2D; // [N, D]
+    if (this.weights.positionEmbedding === undefined) return joined;
+    return tf.add(joined, tf.gather(this.weights.positionEmbedding, tf.reshape(positions, [-1]))); // [N, D]
   }
 
   private norm(x: tf.Tensor2D, weights: NormWeights): tf.Tensor2D {
@@ -254,6 +300,38 @@ export class Transformer {
       let next = cache?.positionsOf(b) ?? 0;
       return row.map((m) => (m === 1 ? next++ : 0));
     });
+  }
+
+  /** Checks a prefix against the ids (and the cache's length limit); returns P. */
+  private validatePrefix(prefix: PrefixEmbeddings, batch: number, textTokens: number, mask: ForwardOptions['mask'], cache: KVCache | undefined): number {
+    const shape = prefix.embeddings.shape;
+    if (shape.length !== 3 || shape[0] !== batch || shape[2] !== this.config.dim || shape[1] < 1) {
+      throw new ShapeError(`prefix embeddings ${formatShape(shape)} must be [${batch}, P ≥ 1, ${this.config.dim}] (rows of the ids, the model's width)`, {
+        path: 'prefix.embeddings',
+        hint: 'Project the image tokens to the language model width (a projector) and give one row per sequence',
+      });
+    }
+    const slots = shape[1];
+    if (prefix.mask !== undefined && (prefix.mask.length !== batch || prefix.mask.some((r) => r.length !== slots || r.some((m) => m !== 0 && m !== 1)))) {
+      throw new ShapeError(`prefix mask must be 0/1 of shape ${formatShape([batch, slots])}`, { path: 'prefix.mask' });
+    }
+    const longest = Math.max(
+      ...Array.from({ length: batch }, (_, b) => {
+        const real = (prefix.mask?.[b] ?? []).reduce((s, m) => s + m, 0) + (prefix.mask === undefined ? slots : 0);
+        const text = mask?.[b]?.reduce((s, m) => s + m, 0) ?? textTokens;
+        return (cache?.positionsOf(b) ?? 0) + real + text;
+      }),
+    );
+    if (longest > this.config.maxSeqLen) {
+      throw new ShapeError(
+        `prefix of ${slots} slots and ${textTokens} tokens make ${longest} positions, beyond the model's maximum of ${this.config.maxSeqLen}`,
+        {
+          path: 'prefix.embeddings',
+          hint: 'Use fewer image tokens or a shorter prompt',
+        },
+      );
+    }
+    return slots;
   }
 
   private validateIds(ids: readonly (readonly number[])[], mask: ForwardOptions['mask'], cache: KVCache | undefined): void {

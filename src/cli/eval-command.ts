@@ -7,7 +7,8 @@
 import { UsageError } from '../errors.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { readTrainingState } from '../train/checkpoint.js';
-import { readJsonlDataset } from '../train/dataset.js';
+import { datasetImages, readJsonlDataset } from '../train/dataset.js';
+import { refuseImages } from './image-rows.js';
 import { evaluateDataset, type EvaluationResult } from '../train/evaluate.js';
 import { optional, parseStrict, toChoice, toInt } from './args.js';
 import type { CliCommand, CliContext } from './command.js';
@@ -89,6 +90,7 @@ export const evalCommand: CliCommand = {
 
     const state = await readTrainingState(values.routed);
     const dataset = await readJsonlDataset(values.data, state === undefined ? {} : { tasks: state.data.tasks });
+    refuseImages(datasetImages(dataset), values.data);
     for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
     const baseText =
       values['base-text'] === undefined

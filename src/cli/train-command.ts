@@ -17,7 +17,8 @@ import { checkOutputDirectory } from '../formats/output.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import { hasCheckpoint, loadCheckpoint, readTrainingState, type LoadedCheckpoint } from '../train/checkpoint.js';
-import { readJsonlDataset } from '../train/dataset.js';
+import { datasetImages, readJsonlDataset } from '../train/dataset.js';
+import { refuseImages } from './image-rows.js';
 import { trainFromDataset, type LoopStepReport } from '../train/train-loop.js';
 import { MAX_LEARNING_RATE } from '../train/param-groups.js';
 import type { TrainerConfigInput } from '../train/trainer.js';
@@ -168,6 +169,7 @@ export const trainCommand: CliCommand = {
     const spec = values.spec === undefined || resume ? undefined : await readJsonFile(values.spec, 'spec');
     // The data's task and label names keep the ids of the run being resumed.
     const dataset = await readJsonlDataset(values.data, saved === undefined ? {} : { tasks: saved.data.tasks, labels: saved.data.labels });
+    refuseImages(datasetImages(dataset), values.data);
     for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
 
     const loaded = await loadCliModel(values);

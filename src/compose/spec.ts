@@ -60,6 +60,11 @@ export const RouteNode = z
     /** `dense` (all experts on all rows, masked; fused for LoRA), `grouped` (rows gathered per expert), or `auto`. */
     strategy: z.enum(['auto', 'dense', 'grouped']).default('auto'),
     aux: AuxLossWeights.default({ balance: 0.01, zLoss: 0, importance: 0, entropy: 0 }),
+    /**
+     * Routers also read each token's modality (0 text, 1 image: an image prefix) as two one-hot features
+     * appended to their input, [R, D] → [R, D + 2] (pooled like the rest at sequence granularity).
+     */
+    modalityFeature: z.boolean().optional(),
   })
   .strict()
   .readonly();

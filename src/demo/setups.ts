@@ -64,6 +64,8 @@ export interface SetupOptions {
   readonly expertScale: number;
   /** Seeds every module's and router's init (the same for all setups). */
   readonly seed: number;
+  /** The routed setup's routers also read each token's modality (text / image; the multimodal demo). */
+  readonly modalityFeature?: boolean;
 }
 
 function lora(name: string, rank: number, options: SetupOptions, extra: ReadonlyMap<string, number> = new Map(), scale = 1): Record<string, unknown> {
@@ -100,6 +102,7 @@ function routedSpec(options: SetupOptions): Record<string, unknown> {
       granularity: options.granularity,
       placement: options.placement,
       ...(options.placement === 'model' ? { readLayer: options.readLayer } : {}),
+      ...(options.modalityFeature === true ? { modalityFeature: true } : {}),
       aux: { ...options.aux },
     },
   };

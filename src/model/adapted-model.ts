@@ -315,6 +315,12 @@ export class AdaptedModel {
 const LOOSE_ROUTING_OPTIONS: ReadonlySet<string> = new Set(ROUTING_OPTION_KEYS);
 
 function refuseLooseOptions(options: object): void {
+  if ('images' in options) {
+    throw new ConfigError('an AdaptedModel has no vision encoder, so it cannot read images', {
+      path: 'images',
+      hint: 'Build a MultimodalModel (a vision encoder, a projector and this spec) to pass images',
+    });
+  }
   if ('use' in options) {
     throw new ConfigError("the call option 'use' is now 'select'", {
       path: 'use',

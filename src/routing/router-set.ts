@@ -73,10 +73,11 @@ export class RouterSet {
         hint: "Set granularity to 'sequence' for routes with prefix experts",
       });
     }
+    const extra = node.modalityFeature === true ? MODALITY_FEATURES : 0;
     const create = (key: string, inputDim: number): void => {
       this.routers.set(
         key,
-        registry.create(node.router, { choices: this.choices, inputDim, seed: deriveSeed(seed, `route${index}|${key}`) }, `${path}.router`),
+        registry.create(node.router, { choices: this.choices, inputDim: inputDim + extra, seed: deriveSeed(seed, `route${index}|${key}`) }, `${path}.router`),
       );
     };
     try {
@@ -197,6 +198,9 @@ export class RouterSet {
     this.banks.clear();
   }
 }
+
+/** Width of the modality features a route with `modalityFeature` appends to its routers' input (one-hot text, image). */
+export const MODALITY_FEATURES = 2;
 
 /** The key of a per-site router: `${layer}|${pointKey}`. */
 export function siteKey(layer: number, point: AdapterPoint): string {

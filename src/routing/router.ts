@@ -18,6 +18,8 @@ export interface RouterInput {
   readonly tokenIds?: tf.Tensor1D;
   /** Task id of each row, for task routing: [R] int32. */
   readonly taskIds?: tf.Tensor1D;
+  /** Modality of each row (token granularity, forwards with an image prefix): 0 text, 1 image, [R] int32. */
+  readonly modality?: tf.Tensor1D;
   readonly training: boolean;
 }
 

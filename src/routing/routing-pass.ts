@@ -21,7 +21,8 @@ import { readOnHost } from './host-gating.js';
 import { decisionGates } from './gating.js';
 import { type BankSite, chooseStrategy, type ExecutionStrategy, routedDelta } from './routed-layer.js';
 import type { LinearTopK, RouterInput } from './router.js';
-import { type RouterSet, siteKey } from './router-set.js';
+import { MODALITY_FEATURES, type RouterSet, siteKey } from './router-set.js';
+import { oneHotFloat } from '../base/one-hot.js';
 import { type RoutingTraceEntry, readForTrace, traceEntries } from './trace.js';
 
 /** How a call routes: one object, passed whole from the public API down to the pass. */
@@ -134,7 +135,15 @@ export class RoutingPass {
   private fusedDeltas(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] | undefined {
     const { node } = set;
     const { context, options } = this;
-    if (options.fusion === false || context.training || node.placement !== 'site' || node.granularity !== 'token' || set.needsTokenIds || set.needsTaskIds)
+    if (
+      options.fusion === false ||
+      context.training ||
+      node.modalityFeature === true ||
+      node.placement !== 'site' ||
+      node.granularity !== 'token' ||
+      set.needsTokenIds ||
+      set.needsTaskIds
+    )
       return undefined;
     if ((options.strategy ?? chooseStrategy(node.strategy, set.experts.length)) !== 'dense') return undefined;
     const { members, sites, bank, routers, bankIndex, fused } = set.groupBank(layer, group);
@@ -213,7 +222,8 @@ export class RoutingPass {
       gates = remembered as tf.Tensor2D;
     } else {
       const flatMask = tf.reshape(mask, [batch * tokens]) as tf.Tensor1D; // [N]
-      const input = sequence ? this.sequenceInput(set, features) : this.tokenInput(set, features, flatMask);
+      const routed = set.node.modalityFeature === true ? this.withModality(features) : features; // [N, D] or [N, D + 2]
+      const input = sequence ? this.sequenceInput(set, routed) : this.tokenInput(set, routed, flatMask);
       const decision = router.route(input);
       gates = decisionGates(decision, set.choices); // [R, E]
       if (options.auxLosses !== undefined && context.training) options.auxLosses.push(tf.keep(auxLossTotal(decision, input.mask, set.node.aux)));
@@ -227,6 +237,18 @@ export class RoutingPass {
     return tokenGates;
   }
 
+  /** Each token's modality, flat [N] (0 text, 1 image; all 0 without a prefix). */
+  private modalityRows(): number[] {
+    const { batch, tokens, modality } = this.context;
+    return modality === undefined ? Array.from({ length: batch * tokens }, () => 0) : modality.flat();
+  }
+
+  /** Appends the one-hot modality of each token: features [N, D] → [N, D + 2]. */
+  private withModality(features: tf.Tensor2D): tf.Tensor2D {
+    const oneHot = oneHotFloat<tf.Tensor2D>(tf.tensor1d(this.modalityRows(), 'int32'), MODALITY_FEATURES); // [N, 2]
+    return tf.concat([features, oneHot], 1); // [N, D + 2]
+  }
+
   private tokenInput(set: RouterSet, features: tf.Tensor2D, mask: tf.Tensor1D): RouterInput {
     const { ids, tokens, training } = this.context;
     const taskIds = set.needsTaskIds ? this.options.taskIds : undefined;
@@ -234,6 +256,7 @@ export class RoutingPass {
       features, // [N, D]
       mask, // [N]
       ...(set.needsTokenIds ? { tokenIds: tf.tensor1d(ids.flat(), 'int32') } : {}), // [N]
+      ...(this.context.modality === undefined ? {} : { modality: tf.tensor1d(this.modalityRows(), 'int32') }), // [N]
       ...(taskIds === undefined
         ? {}
         : {
@@ -267,9 +290,15 @@ export class RoutingPass {
 
   /** The context's mask of real tokens, times the call's routing mask when there is one: [B, T]. */
   private poolingMask(): tf.Tensor2D {
-    const { batch, tokens, mask } = this.context;
-    const routing = this.options.routingMask;
-    if (routing === undefined) return mask; // [B, T]
+    const { batch, tokens, mask, modality } = this.context;
+    const given = this.options.routingMask;
+    if (given === undefined) return mask; // [B, T]
+    // A routing mask written for the ids alone covers the image prefix too: the image is part of the prompt.
+    const prefixSlots = modality?.[0]?.indexOf(0) ?? 0;
+    const routing =
+      prefixSlots > 0 && given.every((row) => row.length === tokens - prefixSlots)
+        ? given.map((row) => [...Array.from({ length: prefixSlots }, () => 1), ...row])
+        : given;
     if (routing.length !== batch || routing.some((row) => row.length !== tokens)) {
       const rows = routing.map((row) => row.length);
       throw new ShapeError(`routingMask must be [${batch}, ${tokens}] like the ids, got ${routing.length} rows of lengths ${[...new Set(rows)].join('/')}`, {
@@ -305,6 +334,7 @@ export class RoutingPass {
       dropped,
       rows,
       decisionRow: (n) => (sequence ? Math.floor(n / tokens) : n),
+      ...(this.context.modality === undefined ? {} : { imageRows: this.modalityRows() }),
     });
   }
 }

@@ -30,6 +30,8 @@ export interface RoutingTraceEntry {
   readonly experts: readonly string[];
   readonly weights: readonly number[];
   readonly dropped: boolean;
+  /** What the token is: text, or an image token of a prefix (multimodal forwards). */
+  readonly modality: 'text' | 'image';
 }
 
 /** Copies a decision's host arrays into trace entries. gates [R·E] row-major; rows map to (batch, token). */
@@ -44,6 +46,8 @@ export function traceEntries(options: {
   readonly rows: readonly ([number, number] | undefined)[];
   /** Decision row of each token row (sequence granularity maps every token of a sequence to its row). */
   readonly decisionRow: (tokenRow: number) => number;
+  /** 1 where a token row is an image token (default: every row is text). */
+  readonly imageRows?: ArrayLike<number>;
 }): RoutingTraceEntry[] {
   const choices = options.expertNames.length;
   const entries: RoutingTraceEntry[] = [];
@@ -68,6 +72,7 @@ export function traceEntries(options: {
       experts,
       weights,
       dropped: options.dropped[r] === 1,
+      modality: options.imageRows?.[n] === 1 ? 'image' : 'text',
     });
   });
   return entries;

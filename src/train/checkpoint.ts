@@ -158,7 +158,7 @@ function isRandomStateful(router: object): router is RandomStateful {
   return typeof r.getRandomState === 'function' && typeof r.setRandomState === 'function';
 }
 
-function statefulRouters(model: AdaptedModel): Map<string, RandomStateful> {
+function statefulRouters(model: Pick<AdaptedModel, 'routes'>): Map<string, RandomStateful> {
   const out = new Map<string, RandomStateful>();
   for (const route of model.routes) {
     route.routerList().forEach((router, j) => {

@@ -5,7 +5,10 @@
  *   {"prompt": "...", "completion": "..."}       language modelling on the completion only
  *   {"text": "...", "label": "positive" | 3}     sequence classification
  *
- * each with an optional `"task"` (a name or a non-negative integer) that task routers read. Other keys are
+ * each with an optional `"task"` (a name or a non-negative integer) that task routers read. Text and
+ * prompt/completion lines may carry an `"image"`: a PNG path (relative to the JSONL file) or a generated-image
+ * spec object (vision/image-spec.ts, validated here: an unknown field is a malformed line), for a
+ * MultimodalModel; readers that cannot use images must refuse such datasets (`datasetImages`). Other keys are
  * ignored. Text and prompt/completion lines may share a file (both are language modelling); labelled lines
  * may not be mixed with them.
  *
@@ -21,16 +24,22 @@
  * more than `maxBadFraction` malformed non-empty lines, or with no examples at all, is refused.
  */
 import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
+import { ImageSpec } from '../vision/image-spec.js';
 import { formatPath, parseConfig } from '../config/parse.js';
 import { DatasetError } from './dataset-errors.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Public types
 
+/** The image of a line: a PNG file (path resolved against the JSONL file's directory) or a generated spec. */
+export type ExampleImage = { readonly kind: 'file'; readonly path: string } | { readonly kind: 'spec'; readonly spec: ImageSpec };
+
 export interface TextExample {
   readonly kind: 'text';
   readonly text: string;
+  readonly image?: ExampleImage;
   /** Task id (index into Dataset.tasks). */
   readonly task?: number;
   /** 1-based line in the source file. */
@@ -42,6 +51,7 @@ export interface CompletionExample {
   /** May be empty (unconditional generation). */
   readonly prompt: string;
   readonly completion: string;
+  readonly image?: ExampleImage;
   readonly task?: number;
   readonly line: number;
 }
@@ -127,17 +137,28 @@ const NameOrId = (what: string) => {
   );
 };
 
-const TextLine = z.object({ text: nonBlank('text'), task: NameOrId('task').nullish() });
+const ImageField = z.union([z.string().min(1, { error: 'image must be a PNG path or an image spec object' }), ImageSpec], {
+  error: 'image must be a PNG path or an image spec object ({"kind": "shapes" | "digit", ...})',
+});
+const TextLine = z.object({ text: nonBlank('text'), image: ImageField.optional(), task: NameOrId('task').nullish() });
 const CompletionLine = z.object({
   prompt: z.string({ error: missingOr('prompt', 'prompt must be a string (it may be empty)') }),
   completion: nonBlank('completion'),
+  image: ImageField.optional(),
   task: NameOrId('task').nullish(),
 });
 const LabelledLine = z.object({ text: nonBlank('text'), label: NameOrId('label'), task: NameOrId('task').nullish() });
 
+type ImageValue = string | ImageSpec | undefined;
 type LineValue =
-  | { readonly kind: 'text'; readonly text: string; readonly task?: string | number | null | undefined }
-  | { readonly kind: 'prompt-completion'; readonly prompt: string; readonly completion: string; readonly task?: string | number | null | undefined }
+  | { readonly kind: 'text'; readonly text: string; readonly image?: ImageValue; readonly task?: string | number | null | undefined }
+  | {
+      readonly kind: 'prompt-completion';
+      readonly prompt: string;
+      readonly completion: string;
+      readonly image?: ImageValue;
+      readonly task?: string | number | null | undefined;
+    }
   | { readonly kind: 'labelled'; readonly text: string; readonly label: string | number; readonly task?: string | number | null | undefined };
 
 function zodProblem(error: z.ZodError): string {
@@ -271,12 +292,19 @@ export function parseJsonlDataset(text: string, source: string, options: Dataset
       );
     }
     const task = value.task === undefined || value.task === null ? {} : { task: tasks.id(value.task, line) };
+    const given = value.kind === 'labelled' ? undefined : value.image;
+    const image: { image?: ExampleImage } =
+      given === undefined
+        ? {}
+        : {
+            image: typeof given === 'string' ? { kind: 'file', path: isAbsolute(given) ? given : join(dirname(source), given) } : { kind: 'spec', spec: given },
+          };
     switch (value.kind) {
       case 'text':
-        examples.push({ kind: 'text', text: value.text, ...task, line });
+        examples.push({ kind: 'text', text: value.text, ...image, ...task, line });
         break;
       case 'prompt-completion':
-        examples.push({ kind: 'prompt-completion', prompt: value.prompt, completion: value.completion, ...task, line });
+        examples.push({ kind: 'prompt-completion', prompt: value.prompt, completion: value.completion, ...image, ...task, line });
         break;
       case 'labelled':
         examples.push({ kind: 'labelled', text: value.text, label: labels.id(value.label, line), ...task, line });
@@ -314,6 +342,11 @@ export async function readJsonlDataset(path: string, options: DatasetOptions = {
     });
   }
   return parseJsonlDataset(text, path, options);
+}
+
+/** Lines of a dataset that carry an image (1-based), for readers that must refuse them. */
+export function datasetImages(dataset: Dataset): number[] {
+  return dataset.examples.flatMap((e) => (e.kind !== 'labelled' && e.image !== undefined ? [e.line] : []));
 }
 
 function formatPercent(fraction: number): string {

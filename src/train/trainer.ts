@@ -27,6 +27,7 @@ import { listWeightTensors } from '../base/weights.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError, ShapeError } from '../errors.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '../model/multimodal-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
@@ -120,6 +121,8 @@ export interface TrainBatch {
   readonly labels?: readonly number[];
   /** [B, T] tokens sequence-level routers pool (makeBatches: the prompt of prompt/completion rows); see AdaptedCallOptions. */
   readonly routingMask?: readonly (readonly number[])[];
+  /** One image per row (undefined: none) entering before the row's tokens; a MultimodalModel only. */
+  readonly images?: RowImages;
 }
 
 /** Programmatic options that are not configuration data. */
@@ -192,13 +195,14 @@ export class Trainer {
   private inFlight = false;
 
   constructor(
-    readonly model: AdaptedModel,
+    readonly model: AdaptedModel | MultimodalModel,
     /** A plain TrainerConfigInput object (validated here). */
     config: unknown = {},
     private readonly options: TrainerOptions = {},
   ) {
     this.config = parseConfig(TrainerConfig, config, 'trainer');
-    const baseVariables = listWeightTensors(model.base.weights).filter((t) => t instanceof tf.Variable);
+    const frozen = model instanceof MultimodalModel ? model.frozenTensors() : listWeightTensors(model.base.weights);
+    const baseVariables = frozen.filter((t) => t instanceof tf.Variable);
     if (baseVariables.length > 0) {
       throw new TrainingError(`the base model holds ${baseVariables.length} tf.Variable weight(s); the base must stay frozen`, {
         hint: 'Build the base with plain tensors (the library loaders do); only adapters and routers may be variables',
@@ -405,14 +409,17 @@ export class Trainer {
     const transform = this.options.transformLoss;
     try {
       const { value, grads } = tf.variableGrads(() => {
-        const output = this.model.forward({
+        const forward: MultimodalForwardOptions = {
           ids: batch.ids,
           mask: batch.mask,
           training: true,
           routing: { auxLosses: sink, taskIds: batch.taskIds, routingMask: batch.routingMask },
           select: this.options.select,
           output: head === undefined ? 'logits' : 'hidden',
-        }); // [B, T, V] or [B, T, D]
+          ...(batch.images === undefined ? {} : { images: batch.images }),
+        };
+        // An AdaptedModel refuses images by name (it has no encoder).
+        const output = this.model instanceof MultimodalModel ? this.model.forward(forward) : this.model.forward(forward); // [B, T, V] or [B, T, D]
         const taskLoss =
           head === undefined
             ? causalLmLoss(output, batch) // []

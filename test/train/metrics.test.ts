@@ -120,6 +120,7 @@ describe('expertLoad', () => {
     experts,
     weights,
     dropped,
+    modality: 'text',
   });
 
   it('histograms selections with weight > 0 per layer and site, with dropped rate and load entropy', () => {
