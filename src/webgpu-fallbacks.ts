@@ -86,7 +86,10 @@ function replaceAddN(original: tf.KernelConfig): void {
         const sums: tf.TensorInfo[] = [];
         for (let at = 0; at < terms.length; at += most) {
           const chunk = terms.slice(at, at + most);
-          const sum = chunk.length === 1 ? (chunk[0] as tf.TensorInfo) : (original.kernelFunc({ ...args, inputs: chunk as unknown as tf.NamedTensorInfoMap }) as tf.TensorInfo);
+          const sum =
+            chunk.length === 1
+              ? (chunk[0] as tf.TensorInfo)
+              : (original.kernelFunc({ ...args, inputs: chunk as unknown as tf.NamedTensorInfoMap }) as tf.TensorInfo);
           if (chunk.length > 1) partials.push(sum);
           sums.push(sum);
         }

@@ -402,7 +402,11 @@ export class Trainer {
   // -------------------------------------------------------------------------------------------------------
 
   /** One micro-batch's objective value, its parts, and its gradients by stable name (owned by the caller). */
-  private *gradients(batch: TrainBatch, step: number, microBatch: number): StepPlan<{ loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> }> {
+  private *gradients(
+    batch: TrainBatch,
+    step: number,
+    microBatch: number,
+  ): StepPlan<{ loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> }> {
     const sink: tf.Scalar[] = [];
     const kept: tf.Tensor[] = [];
     const head = this.head;
