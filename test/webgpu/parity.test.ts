@@ -142,20 +142,36 @@ describe.skipIf(!hasWebGpu)(`webgpu against wasm${WEBGPU_SKIP_NOTE}`, () => {
     );
   });
 
-  test('a training step on webgpu fails with a SyncReadError that says to train on wasm/cpu (training uses the reference ops)', async () => {
+  test('a training step on webgpu (stepAsync) gives the loss, gradient norm and updated weights of wasm; the sync step throws SyncReadError naming stepAsync', async () => {
     const spec = SPECS['routed LoRA, top-2 of 4 experts + null expert (fused group path)'];
-    await onBackend('webgpu', () =>
-      withModel(tinyLlama, spec, async (model) => {
-        const trainer = new Trainer(model, { optimizer: { lr: 1e-3 }, maxGradNorm: 1 });
-        try {
-          const row = [1, 5, 9, 3, 7];
-          expect(() => trainer.step({ ids: [row], mask: [row.map(() => 1)], lossMask: [row.map((_, i) => (i === 0 ? 0 : 1))] })).toThrow(SyncReadError);
-          expect(() => trainer.step({ ids: [row], mask: [row.map(() => 1)], lossMask: [row.map((_, i) => (i === 0 ? 0 : 1))] })).toThrow(/wasm or cpu/);
-        } finally {
-          trainer.dispose();
-        }
-      }),
-    );
+    const row = [1, 5, 9, 3, 7];
+    const batch = { ids: [row, [2, 6, 4, 8, 1]], mask: [row.map(() => 1), row.map(() => 1)], lossMask: [row.map((_, i) => (i === 0 ? 0 : 1)), row.map((_, i) => (i === 0 ? 0 : 1))] };
+    const train = (backend: 'wasm' | 'webgpu') =>
+      onBackend(backend, () =>
+        withModel(tinyLlama, spec, async (model) => {
+          const trainer = new Trainer(model, { optimizer: { lr: 1e-2 }, maxGradNorm: 1 });
+          try {
+            if (backend === 'webgpu') {
+              expect(() => trainer.step(batch)).toThrow(SyncReadError);
+              expect(() => trainer.step(batch)).toThrow(/stepAsync/);
+            }
+            const before = tf.memory().numTensors;
+            const report = await trainer.stepAsync(batch);
+            expect(tf.memory().numTensors).toBe(before);
+            const weights = await Promise.all(model.variables().map(async (v) => Float32Array.from(await v.data())));
+            return { loss: report.loss, gradNorm: report.gradNorm ?? Number.NaN, applied: report.applied, weights };
+          } finally {
+            trainer.dispose();
+          }
+        }),
+      );
+    const expected = await train('wasm');
+    const actual = await train('webgpu');
+    expect(actual.applied).toBe(true);
+    expect(expected.applied).toBe(true);
+    expect(Math.abs(actual.loss - expected.loss)).toBeLessThanOrEqual(1e-4 * Math.abs(expected.loss));
+    expect(Math.abs(actual.gradNorm - expected.gradNorm)).toBeLessThanOrEqual(1e-3 * expected.gradNorm);
+    expected.weights.forEach((w, i) => expectClose(actual.weights[i] as Float32Array, w, { rtol: 1e-3, atol: 1e-5 }));
   });
 
   describe("the runtime's mixed batches", () => {
