@@ -145,7 +145,11 @@ describe.skipIf(!hasWebGpu)(`webgpu against wasm${WEBGPU_SKIP_NOTE}`, () => {
   test('a training step on webgpu (stepAsync) gives the loss, gradient norm and updated weights of wasm; the sync step throws SyncReadError naming stepAsync', async () => {
     const spec = SPECS['routed LoRA, top-2 of 4 experts + null expert (fused group path)'];
     const row = [1, 5, 9, 3, 7];
-    const batch = { ids: [row, [2, 6, 4, 8, 1]], mask: [row.map(() => 1), row.map(() => 1)], lossMask: [row.map((_, i) => (i === 0 ? 0 : 1)), row.map((_, i) => (i === 0 ? 0 : 1))] };
+    const batch = {
+      ids: [row, [2, 6, 4, 8, 1]],
+      mask: [row.map(() => 1), row.map(() => 1)],
+      lossMask: [row.map((_, i) => (i === 0 ? 0 : 1)), row.map((_, i) => (i === 0 ? 0 : 1))],
+    };
     const train = (backend: 'wasm' | 'webgpu') =>
       onBackend(backend, () =>
         withModel(tinyLlama, spec, async (model) => {
