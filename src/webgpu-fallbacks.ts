@@ -13,25 +13,15 @@
  *   the partial sums.
  */
 import * as tf from '@tensorflow/tfjs';
+import type { WebGpuBackendLike, WebGpuProgram } from './webgpu-program.js';
 
-interface WebGpuProgram {
-  readonly outputShape: number[];
-  readonly shaderKey: string;
-  readonly dispatchLayout: { readonly x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly variableNames: string[];
-  readonly workgroupSize: [number, number, number];
-  readonly size: boolean;
-  getUserCode(): string;
-}
-
-interface WebGpuBackendLike {
+/** The webgpu backend's members the replacements use besides running programs. */
+interface WebGpuBackendInternals extends WebGpuBackendLike {
   readonly device: { readonly limits: { readonly maxStorageBuffersPerShaderStage: number } };
   disposeData(dataId: object): void;
   shouldExecuteOnCPU(inputs: tf.TensorInfo[]): boolean;
   readonly tensorMap: { get(dataId: object): { values?: ArrayLike<number> } | undefined };
   makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo;
-  runWebGPUProgram(program: WebGpuProgram, inputs: tf.TensorInfo[], outputDtype: tf.DataType): tf.TensorInfo;
 }
 
 const WORKGROUP = 64;
@@ -78,7 +68,7 @@ function replaceAddN(original: tf.KernelConfig): void {
     kernelName: 'AddN',
     backendName: 'webgpu',
     kernelFunc: (args) => {
-      const backend = args.backend as unknown as WebGpuBackendLike;
+      const backend = args.backend as unknown as WebGpuBackendInternals;
       const most = Math.max(2, backend.device.limits.maxStorageBuffersPerShaderStage - 1); // inputs one program binds
       let terms = args.inputs as unknown as tf.TensorInfo[];
       const partials: tf.TensorInfo[] = [];
@@ -110,7 +100,7 @@ function replaceCast(original: tf.KernelConfig): void {
     kernelFunc: (args) => {
       const x = (args.inputs as { x: tf.TensorInfo }).x;
       const { dtype } = args.attrs as unknown as { dtype: tf.DataType };
-      const backend = args.backend as unknown as WebGpuBackendLike;
+      const backend = args.backend as unknown as WebGpuBackendInternals;
       const relabelled = dtype === 'float32' && (x.dtype === 'int32' || x.dtype === 'bool');
       if (!relabelled || x.shape.some((d) => d === 0)) return original.kernelFunc(args);
       const onHost = backend.shouldExecuteOnCPU([x]) ? backend.tensorMap.get(x.dataId)?.values : undefined;

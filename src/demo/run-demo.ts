@@ -212,13 +212,28 @@ export interface DemoOptions {
 
 /** The demo-model/ directory of this package (from src/demo/ or dist/src/demo/). */
 export function demoModelDir(): string {
-  for (const up of ['../../demo-model/', '../../../demo-model/']) {
-    const dir = fileURLToPath(new URL(up, import.meta.url));
+  return packageModelDir('demo-model', 'the demo base model', 'scripts/pretrain-demo-base.ts');
+}
+
+/** A model directory shipped at the package root (`folder`, holding a config.json); `script` regenerates it. */
+export function packageModelDir(folder: string, what: string, script: string): string {
+  for (const up of ['../../', '../../../']) {
+    const dir = fileURLToPath(new URL(`${up}${folder}/`, import.meta.url));
     if (existsSync(join(dir, 'config.json'))) return dir;
   }
-  throw new RoutedPeftError('the demo base model (demo-model/) is missing from this installation', {
-    hint: 'Reinstall routed-peft, or regenerate it with `node --import tsx scripts/pretrain-demo-base.ts`',
+  throw new RoutedPeftError(`${what} (${folder}/) is missing from this installation`, {
+    hint: `Reinstall routed-peft, or regenerate it with \`node --import tsx ${script}\``,
   });
+}
+
+/**
+ * The text a greedy generation added after its prompt, up to EOS. No EOS within the budget: the whole
+ * continuation is the answer (and is wrong, being too long).
+ */
+export function decodeCompletion(tokenizer: Tokenizer, ids: readonly number[], promptLength: number): string {
+  const continuation = ids.slice(promptLength);
+  const end = continuation.indexOf(tokenizer.eosId ?? -1);
+  return tokenizer.decode(end < 0 ? continuation : continuation.slice(0, end));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -346,7 +361,6 @@ function serve(
   trace: RoutingTraceEntry[][] | undefined,
 ): string[] {
   const out: string[] = [];
-  const eos = tokenizer.eosId;
   for (let start = 0; start < prepared.prompts.length; start += sizes.evalBatch) {
     const prompts = prepared.prompts.slice(start, start + sizes.evalBatch);
     const tasks = prepared.evalSet.slice(start, start + sizes.evalBatch).map((e) => e.task);
@@ -357,12 +371,7 @@ function serve(
       routing: { ...(setup.usesTaskIds ? { taskIds: tasks } : {}), ...(entries === undefined ? {} : { trace: entries }) },
     });
     if (entries !== undefined) trace?.push(entries);
-    generated.forEach((ids, b) => {
-      const continuation = ids.slice(prompts[b]?.length ?? 0);
-      const end = continuation.indexOf(eos ?? -1);
-      // No EOS within the budget: the whole continuation is the answer (and is wrong, being too long).
-      out.push(tokenizer.decode(end < 0 ? continuation : continuation.slice(0, end)));
-    });
+    generated.forEach((ids, b) => out.push(decodeCompletion(tokenizer, ids, prompts[b]?.length ?? 0)));
   }
   return out;
 }

@@ -8,10 +8,8 @@
  * exact-match accuracy per task, how the routed model's tokens split over experts by modality (image tokens
  * vs text tokens), and checks that both frozen models are byte-identical after training.
  */
-import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { getBackendReport, selectBackend } from '../backend.js';
 import { loadBaseModel } from '../base/checkpoints/load-model.js';
@@ -32,7 +30,7 @@ import { renderImageSpec } from '../vision/image-spec.js';
 import { loadVisionEncoder } from '../vision/load-encoder.js';
 import { renderHeatmap } from './heatmap.js';
 import { IMAGE_TASKS, imageExamples } from './image-tasks.js';
-import { DEMO_ADAPTERS, demoBatch, demoModelDir } from './run-demo.js';
+import { DEMO_ADAPTERS, decodeCompletion, demoBatch, demoModelDir, packageModelDir } from './run-demo.js';
 import { buildSetups, expertNames } from './setups.js';
 import { DEMO_TASKS, heldOutExamples, taskExamples } from './tasks.js';
 
@@ -127,13 +125,7 @@ export interface MultimodalDemoOptions {
 
 /** The demo-vision/ directory of this package (from src/demo/ or dist/src/demo/). */
 export function demoVisionDir(): string {
-  for (const up of ['../../demo-vision/', '../../../demo-vision/']) {
-    const dir = fileURLToPath(new URL(up, import.meta.url));
-    if (existsSync(join(dir, 'config.json'))) return dir;
-  }
-  throw new RoutedPeftError('the demo vision encoder (demo-vision/) is missing from this installation', {
-    hint: 'Reinstall routed-peft, or regenerate it with `node --import tsx scripts/pretrain-demo-vision.ts`',
-  });
+  return packageModelDir('demo-vision', 'the demo vision encoder', 'scripts/pretrain-demo-vision.ts');
 }
 
 export function taskNames(): string[] {
@@ -260,11 +252,7 @@ function runOnce(
           trace?.push(entry);
           taskOfTrace.push((chunk[entry.batch] as MixedExample).task);
         }
-        generated.forEach((ids, b) => {
-          const continuation = ids.slice(prompts[b]?.length ?? 0);
-          const end = continuation.indexOf(tokenizer.eosId ?? -1);
-          predicted.push(tokenizer.decode(end < 0 ? continuation : continuation.slice(0, end)));
-        });
+        generated.forEach((ids, b) => predicted.push(decodeCompletion(tokenizer, ids, prompts[b]?.length ?? 0)));
       }
       const perTask: Record<string, number> = {};
       names.forEach((task, t) => {

@@ -9,21 +9,7 @@
  * Shape letters: R rows, E choices, K slots.
  */
 import * as tf from '@tensorflow/tfjs';
-
-interface WebGpuProgram {
-  readonly outputShape: number[];
-  readonly shaderKey: string;
-  readonly dispatchLayout: { readonly x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly variableNames: string[];
-  readonly workgroupSize: [number, number, number];
-  readonly size: boolean;
-  getUserCode(): string;
-}
-
-interface WebGpuBackendLike {
-  runWebGPUProgram(program: WebGpuProgram, inputs: tf.TensorInfo[], outputDtype: tf.DataType): tf.TensorInfo;
-}
+import { activeWebGpuBackend, type WebGpuProgram } from '../webgpu-program.js';
 
 const WORKGROUP = 64;
 /** Most choices the kernel keeps per thread (its `taken` flags); more go to the reference. */
@@ -75,8 +61,8 @@ export function webgpuTopKSlots(scores: tf.Tensor2D, mask: tf.Tensor1D | undefin
   const [rows, choices] = scores.shape;
   if (rows === 0 || choices > MAX_GATING_CHOICES || k < 1 || k > choices || scores.dtype !== 'float32') return undefined;
   if (Math.ceil(rows / WORKGROUP) > 65535) return undefined;
-  const backend = tf.backend() as unknown as WebGpuBackendLike;
-  if (typeof backend.runWebGPUProgram !== 'function') return undefined;
+  const backend = activeWebGpuBackend();
+  if (backend === undefined) return undefined;
   const inputs: tf.TensorInfo[] = mask === undefined ? [scores] : [scores, mask.dtype === 'float32' ? mask : tf.cast(mask, 'float32')];
   const run = (emit: 'ids' | 'weights', dtype: tf.DataType) =>
     tf.engine().makeTensorFromTensorInfo(backend.runWebGPUProgram(topKProgram(rows, choices, k, mask !== undefined, emit), inputs, dtype)) as tf.Tensor2D;

@@ -27,6 +27,7 @@
  * Σr a site's total rank, R the largest expert rank.
  */
 import * as tf from '@tensorflow/tfjs';
+import { activeWebGpuBackend, type WebGpuBackendLike, type WebGpuProgram } from '../../webgpu-program.js';
 
 /** What the kernel reads of a LoraBank (structural: bank.ts imports this file, not the other way round). */
 export interface MixBank {
@@ -46,21 +47,6 @@ export type MixGates =
   | { readonly kind: 'slots'; readonly ids: tf.Tensor2D; readonly weights: tf.Tensor2D }
   | { readonly kind: 'dense'; readonly gates: tf.Tensor2D | readonly tf.Tensor2D[] }
   | { readonly kind: 'ones' | 'host-slots' };
-
-/** The part of tfjs-backend-webgpu's WebGPUProgram this file fills in (the package stays an optional dependency). */
-interface WebGpuProgram {
-  readonly outputShape: number[];
-  readonly shaderKey: string;
-  readonly dispatchLayout: { readonly x: number[]; readonly y?: number[] };
-  readonly dispatch: [number, number, number];
-  readonly variableNames: string[];
-  readonly workgroupSize: [number, number, number];
-  getUserCode(): string;
-}
-
-interface WebGpuBackendLike {
-  runWebGPUProgram(program: WebGpuProgram, inputs: tf.TensorInfo[], outputDtype: tf.DataType): tf.TensorInfo;
-}
 
 /** Threads per workgroup. */
 const WORKGROUP = 64;
@@ -315,8 +301,8 @@ export function webgpuLoraMix(bank: MixBank, operands: MixOperands, x: tf.Tensor
   const rows = x.shape[0];
   if (rows === 0 || rows > MAX_ROWS) return undefined;
   if (gates.kind === 'dense') {
-    const dense = tf.backend() as unknown as WebGpuBackendLike;
-    return typeof dense.runWebGPUProgram === 'function' ? denseMix(bank, operands, x, gates.gates, dense) : undefined;
+    const dense = activeWebGpuBackend();
+    return dense === undefined ? undefined : denseMix(bank, operands, x, gates.gates, dense);
   }
   if (gates.kind !== 'slots' || !bank.uniformLayout || operands.aCat === undefined) return undefined;
   const k = gates.ids.shape[1];
@@ -324,8 +310,8 @@ export function webgpuLoraMix(bank: MixBank, operands: MixOperands, x: tf.Tensor
   if (runs === undefined) return undefined;
   const maxRank = Math.max(1, ...runs.map((r) => r.rank));
   if (k * maxRank > MAX_SLOT_COLUMNS || k > WORKGROUP) return undefined;
-  const backend = tf.backend() as unknown as WebGpuBackendLike;
-  if (typeof backend.runWebGPUProgram !== 'function') return undefined;
+  const backend = activeWebGpuBackend();
+  if (backend === undefined) return undefined;
   const ids = gates.ids.dtype === 'int32' ? gates.ids : tf.cast(gates.ids, 'int32'); // [N·G, K]
   const weights = gates.weights.dtype === 'float32' ? gates.weights : tf.cast(gates.weights, 'float32'); // [N·G, K]
   const input = x.dtype === 'float32' ? x : tf.cast(x, 'float32'); // [N, I]
