@@ -5,7 +5,7 @@
  * or ±Inf element makes n non-finite.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
+import { readSync } from '../backend-capabilities.js';
 
 /** √(Σ g²) over all gradients, as a number (NaN or Infinity when any element is non-finite). */
 export function globalNorm(grads: Iterable<tf.Tensor>): number {
