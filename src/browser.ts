@@ -59,3 +59,7 @@ export { NULL_EXPERT, type RoutingTraceEntry } from './routing/trace.js';
 export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type ParameterReport } from './model/adapted-model.js';
 export { Selection, type SelectionInput } from './model/selection.js';
 export type { RoutingOptions } from './routing/routing-pass.js';
+
+export { Trainer, TrainerConfig, TrainObjective, type TrainBatch, type TrainerConfigInput, type StepReport, type TrainEvent } from './train/trainer.js';
+export { parseJsonlDataset } from './train/dataset.js';
+export { tokenizeExamples, makeBatches, packExamples, splitTrainValidation } from './train/batches.js';

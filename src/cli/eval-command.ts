@@ -7,7 +7,7 @@
 import { UsageError } from '../errors.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { readTrainingState } from '../train/checkpoint.js';
-import { readJsonlDataset } from '../train/dataset.js';
+import { readJsonlDataset } from '../train/dataset-file.js';
 import { evaluateDataset, type EvaluationResult } from '../train/evaluate.js';
 import { optional, parseStrict, toChoice, toInt } from './args.js';
 import type { CliCommand, CliContext } from './command.js';

@@ -17,7 +17,7 @@ import { checkOutputDirectory } from '../formats/output.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import { hasCheckpoint, loadCheckpoint, readTrainingState, type LoadedCheckpoint } from '../train/checkpoint.js';
-import { readJsonlDataset } from '../train/dataset.js';
+import { readJsonlDataset } from '../train/dataset-file.js';
 import { trainFromDataset, type LoopStepReport } from '../train/train-loop.js';
 import { MAX_LEARNING_RATE } from '../train/param-groups.js';
 import type { TrainerConfigInput } from '../train/trainer.js';

@@ -20,7 +20,6 @@
  * Malformed lines are reported by line number (1-based) and skipped; blank lines are ignored. A file with
  * more than `maxBadFraction` malformed non-empty lines, or with no examples at all, is refused.
  */
-import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { formatPath, parseConfig } from '../config/parse.js';
 import { DatasetError } from './dataset-errors.js';
@@ -299,21 +298,6 @@ export function parseJsonlDataset(text: string, source: string, options: Dataset
     });
   }
   return { source, kind: family.kind, examples, problems, tasks: tasks.names, labels: labels.names, lineCount };
-}
-
-/** Reads a JSONL file (UTF-8) and parses it with parseJsonlDataset. */
-export async function readJsonlDataset(path: string, options: DatasetOptions = {}): Promise<Dataset> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (error) {
-    throw new DatasetError(`cannot read dataset ${path}: ${error instanceof Error ? error.message : String(error)}`, {
-      path,
-      hint: 'Check the path and that the file is readable',
-      cause: error,
-    });
-  }
-  return parseJsonlDataset(text, path, options);
 }
 
 function formatPercent(fraction: number): string {
