@@ -9,6 +9,7 @@
 import wasmPlain from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm?url';
 import wasmSimd from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm?url';
 import wasmThreadedSimd from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm?url';
+import * as tf from '@tensorflow/tfjs';
 import { builtinRouters } from '../routers/index.js';
 import {
   type AdaptedModel,
@@ -90,7 +91,7 @@ const message = (error: unknown): string => (error instanceof Error ? error.mess
 /** Switches the backend, then (re)loads the models on it; on failure the previous backend and models stay. */
 async function load(backend: BrowserBackendName): Promise<void> {
   setState('loading', `loading on ${backend}…`);
-  if (backend === 'webgpu') await import('@tensorflow/tfjs-backend-webgpu');
+  if (backend === 'webgpu') await import('./webgpu.js');
   const report = await selectBrowserBackend(backend, { wasmPaths: WASM_PATHS });
   loaded?.routed.dispose();
   loaded?.base.model.dispose();
@@ -171,6 +172,7 @@ async function generate(): Promise<void> {
     timings.set('per next token (decode)', `${formatMs(perToken)} (${(1000 / perToken).toFixed(1)} tokens/s)`);
   }
   timings.set('tokens', `${prompt.length} prompt + ${generated} generated`);
+  timings.set('tensors alive', String(tf.memory().numTensors));
   showTimings();
   draw();
   setState('done', `done: ${generated} tokens`);

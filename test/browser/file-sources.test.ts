@@ -129,7 +129,10 @@ describe('loading dropped files and bytes in memory', () => {
   });
 
   it('refuses manifest paths that leave the directory, by field', async () => {
-    const manifest = JSON.parse(await readFile(join(routedDemo, 'routed-peft.json'), 'utf8')) as { adapters: Record<string, { path: string }>; routers?: string };
+    const manifest = JSON.parse(await readFile(join(routedDemo, 'routed-peft.json'), 'utf8')) as {
+      adapters: Record<string, { path: string }>;
+      routers?: string;
+    };
     const { model: base } = await loadBaseModel(demoModel);
     try {
       for (const [bad, message] of [

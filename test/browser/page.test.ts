@@ -60,7 +60,12 @@ async function drawnCells(page: Page): Promise<Map<string, number>> {
 }
 
 const waitFor = (page: Page, states: readonly string[]): Promise<unknown> =>
-  page.waitForFunction((wanted) => wanted.includes(document.body.dataset['state'] ?? ''), states, { timeout: 45_000 });
+  page.waitForFunction(
+    (wanted) =>
+      wanted.includes((globalThis as unknown as { document: { body: { dataset: Record<string, string | undefined> } } }).document.body.dataset['state'] ?? ''),
+    states,
+    { timeout: 45_000 },
+  );
 
 describe.skipIf(chromiumPath === undefined)(`the browser page in headless Chromium${CHROMIUM_SKIP_NOTE}`, () => {
   let outDir: string;
@@ -108,7 +113,32 @@ describe.skipIf(chromiumPath === undefined)(`the browser page in headless Chromi
     expect(expected.size).toBeGreaterThan(0);
     expect([...drawn.keys()].sort()).toEqual([...expected.keys()].sort());
     for (const [key, weight] of expected) expect(drawn.get(key), key).toBeCloseTo(weight, 5);
+
+    // A second generation leaves as many live tensors as the first: nothing leaks per call.
+    const alive = async (): Promise<string | undefined> => (await page.textContent('#timings'))?.match(/tensors alive(\d+)/)?.[1];
+    const after = await alive();
+    expect(after).toMatch(/^\d+$/);
+    await page.click('#generate');
+    await waitFor(page, ['done', 'error']);
+    expect(await alive()).toBe(after);
+    expect(JSON.parse((await page.getAttribute('#ids', 'data-ids')) as string)).toEqual(reference.ids);
     await page.screenshot({ path: screenshot, fullPage: true });
+  });
+
+  it('trains the routed model from the pasted JSONL with a progress bar, then generates what it learnt', async () => {
+    // The page's sample rows include {"prompt": "r:kqzt=", "completion": "tzqk"}; the shipped model gets it wrong.
+    expect(await page.textContent('#output')).not.toBe(`${PROMPT}tzqk`);
+    await page.fill('#train-steps', '30');
+    await page.click('#train');
+    await waitFor(page, ['ready', 'error']);
+    expect(await page.textContent('#status')).toBe('trained: generate to use the result');
+    expect(await page.$eval('#train-progress', (p) => [(p as unknown as { value: number }).value, (p as unknown as { max: number }).max])).toEqual([30, 30]);
+    const status = (await page.textContent('#train-status')) as string;
+    expect(status).toMatch(/^step 30\/30, loss \d/);
+    expect(Number(/loss ([\d.]+)/.exec(status)?.[1])).toBeLessThan(0.2);
+    await page.click('#generate');
+    await waitFor(page, ['done', 'error']);
+    expect(await page.textContent('#output')).toBe(`${PROMPT}tzqk`);
   });
 
   it('switches to webgpu and generates the same ids there, or says why it cannot', async () => {
