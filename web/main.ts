@@ -2,7 +2,8 @@
  * The page: loads the demo base and a routed model from URLs through the library's loaders, generates
  * greedily token by token, draws the routing of every token as it streams (heat-map.ts), switches between
  * the wasm and webgpu backends, and reports timings. Query parameters: `model` and `routed` (directory
- * URLs, default `models/base/` and `models/routed/`), `backend`, `prompt`, `tokens`, `run=1` (generate once
+ * URLs, default `models/base/` and `models/routed/`), `backend`, `prompt`, `tokens`, `eos=0` (do not stop at
+ * EOS), `run=1` (generate once
  * loaded). The finished state is on `document.body.dataset.state` (`loading`, `ready`, `running`, `done`,
  * `error`) and the ids in `#ids`'s `data-ids`, for tests.
  */
@@ -42,6 +43,7 @@ const ui = {
   prompt: byId<HTMLInputElement>('prompt'),
   maxNew: byId<HTMLInputElement>('max-new'),
   useRouted: byId<HTMLInputElement>('use-routed'),
+  stopAtEos: byId<HTMLInputElement>('stop-at-eos'),
   generate: byId<HTMLButtonElement>('generate'),
   status: byId<HTMLSpanElement>('status'),
   output: byId<HTMLDivElement>('output'),
@@ -143,20 +145,28 @@ async function generate(): Promise<void> {
     ui.heatmap.replaceChildren(canTrace ? renderHeatmap({ experts, tokens: tokenLabels(model.tokenizer, ids), entries: trace }) : '');
   };
   const maxNewTokens = Math.max(1, Math.min(64, Number(ui.maxNew.value) || 12));
-  const start = performance.now();
+  // Compute time only: the waits that let the page paint each token are not counted.
+  let computeMs = 0;
   let first: number | undefined;
-  let last = start;
+  let decodeMs = 0;
   try {
     const steps = model.routed.generateStepsAsync([prompt], {
       maxNewTokens,
       temperature: 0,
       select: useRouted ? 'spec' : 'base',
+      ...(ui.stopAtEos.checked ? {} : { eosId: null }),
       ...(canTrace ? { routing: { trace } } : {}),
     });
-    for await (const [token] of steps) {
+    for (;;) {
+      const stepStart = performance.now();
+      const step = await steps.next();
+      const stepMs = performance.now() - stepStart;
+      if (step.done === true) break;
+      computeMs += stepMs;
+      if (first === undefined) first = stepMs;
+      else decodeMs += stepMs;
+      const token = step.value[0];
       if (token !== undefined && token >= 0) ids.push(token);
-      last = performance.now();
-      first ??= last - start;
       draw();
       // Let the page paint the token before the next step.
       await new Promise((resolve) => requestAnimationFrame(() => resolve(undefined)));
@@ -168,9 +178,10 @@ async function generate(): Promise<void> {
   const generated = ids.length - prompt.length;
   timings.set('first token (prefill)', formatMs(first ?? 0));
   if (generated > 1) {
-    const perToken = (last - start - (first ?? 0)) / (generated - 1);
+    const perToken = decodeMs / (generated - 1);
     timings.set('per next token (decode)', `${formatMs(perToken)} (${(1000 / perToken).toFixed(1)} tokens/s)`);
   }
+  timings.set('generation, compute only', formatMs(computeMs));
   timings.set('tokens', `${prompt.length} prompt + ${generated} generated`);
   timings.set('tensors alive', String(tf.memory().numTensors));
   showTimings();
@@ -181,6 +192,7 @@ async function generate(): Promise<void> {
 async function start(): Promise<void> {
   if (query.has('prompt')) ui.prompt.value = query.get('prompt') as string;
   if (query.has('tokens')) ui.maxNew.value = query.get('tokens') as string;
+  if (query.get('eos') === '0') ui.stopAtEos.checked = false;
   const webgpuRadio = document.querySelector<HTMLInputElement>('input[name=backend][value=webgpu]') as HTMLInputElement;
   const availability = await webgpuAvailability();
   ui.backendNote.textContent = availability.available
