@@ -26,11 +26,26 @@ export * from './tokenizers/index.js';
 
 export { parseSafetensors, serializeSafetensors, readSafetensorsFile, writeSafetensorsFile, decodeEntry, decodeFloat32 } from './formats/safetensors.js';
 export type { SafetensorsFile, SafetensorsEntry, SafetensorsDtype, TensorToWrite } from './formats/safetensors.js';
-export { readHfModelDirectory } from './base/checkpoints/hf-model-dir.js';
+export { readHfModelDirectory, readHfModelFrom } from './base/checkpoints/hf-model-dir.js';
+export { loadBaseModelFrom } from './base/checkpoints/load-model.js';
+export type { FileSource } from './formats/file-source.js';
+export { readJson, readText, readBytes } from './formats/file-source.js';
+export { directoryFiles } from './formats/node-files.js';
+export { urlFiles, type UrlFilesOptions } from './formats/url-files.js';
+export { memoryFiles, droppedFiles, type DroppedFile, type FileContent } from './formats/memory-files.js';
+export { readSafetensorsFrom } from './formats/safetensors-source.js';
 export { readLlama2cCheckpoint, parseLlama2cCheckpoint } from './base/checkpoints/llama2c-checkpoint.js';
-export { readPeftAdapter, writePeftAdapter, peftTargetsToSites } from './io/peft-adapter.js';
+export { readPeftAdapter, writePeftAdapter, peftTargetsToSites, readPeftAdapterFrom, encodePeftAdapter } from './io/peft-adapter.js';
 export { parsePeftLoraConfig, PeftLoraConfig } from './io/peft-config.js';
-export { saveRoutedModel, loadRoutedModel, readRoutedModelManifest, resolveRoutedModelDir, RoutedModelManifest } from './io/routed-model-dir.js';
+export {
+  saveRoutedModel,
+  loadRoutedModel,
+  readRoutedModelManifest,
+  resolveRoutedModelDir,
+  RoutedModelManifest,
+  loadRoutedModelFrom,
+  readRoutedManifestFrom,
+} from './io/routed-model-dir.js';
 export { writeFileAtomic, replaceDirectoryAtomic } from './formats/atomic-write.js';
 export { replaceDirectoryVersioned, resolveVersionedDirectory } from './formats/versioned-dir.js';
 export { checkOutputDirectory } from './formats/output.js';

@@ -16,6 +16,8 @@ import { BackendError, CheckpointError } from '../../src/errors.js';
 import type { FileSource } from '../../src/formats/file-source.js';
 import { droppedFiles, memoryFiles } from '../../src/formats/memory-files.js';
 import { urlFiles } from '../../src/formats/url-files.js';
+import { LoraModule } from '../../src/adapters/lora/index.js';
+import { readPeftAdapter, readPeftAdapterFrom } from '../../src/io/peft-adapter.js';
 import { loadRoutedModel, loadRoutedModelFrom } from '../../src/io/routed-model-dir.js';
 import { serveStatic } from '../../src/server/static-site.js';
 import { HfTokenizer } from '../../src/tokenizers/hf-tokenizer.js';
@@ -88,6 +90,27 @@ describe('loading from URLs', () => {
     expect(tokenizer.encode('r:kqzt=', { addBos: true })).toEqual(reference.encode('r:kqzt=', { addBos: true }));
     expect(tokenizer.eosId).toBe(reference.eosId);
     expect(tf.memory().numTensors).toBe(start);
+  });
+
+  it('reads a PEFT adapter directory from its URL with the values the Node reader gives', async () => {
+    const { model: base } = await loadBaseModel(demoModel);
+    const fromUrl = await readPeftAdapterFrom(urlFiles(`${url}models/routed/adapters/e1/`), base, { defaultName: 'e1' });
+    const fromDisk = await readPeftAdapter(join(routedDemo, 'adapters', 'e1'), base);
+    try {
+      expect(fromUrl.instance.name).toBe('e1');
+      expect(fromUrl.warnings).toEqual([]);
+      expect([...fromUrl.instance.modules.keys()]).toEqual([...fromDisk.instance.modules.keys()]);
+      for (const [key, module] of fromDisk.instance.modules) {
+        const other = fromUrl.instance.modules.get(key);
+        expect(other).toBeInstanceOf(LoraModule);
+        expect(await (other as LoraModule).b.data()).toEqual(await (module as LoraModule).b.data());
+        expect(await (other as LoraModule).a.data()).toEqual(await (module as LoraModule).a.data());
+      }
+    } finally {
+      fromUrl.instance.dispose();
+      fromDisk.instance.dispose();
+      base.dispose();
+    }
   });
 
   it('names the URL of a file the server does not have', async () => {
