@@ -16,15 +16,19 @@ import {
   type AdaptedModel,
   type BrowserBackendName,
   HfTokenizer,
+  type DroppedFile,
+  type FileSource,
   type LoadedModel,
   type RoutingTraceEntry,
   getBackendCapabilities,
   loadBaseModelFrom,
   loadRoutedModelFrom,
+  droppedFiles,
   selectBrowserBackend,
   urlFiles,
   webgpuAvailability,
 } from '../src/browser.js';
+import { filesFromDrop } from './dropped-folder.js';
 import { renderHeatmap } from './heatmap.js';
 import { trainInPage } from './train.js';
 
@@ -53,7 +57,13 @@ const ui = {
   heatmapNote: byId<HTMLParagraphElement>('heatmap-note'),
   backendNote: byId<HTMLSpanElement>('backend-note'),
   train: byId<HTMLButtonElement>('train'),
+  routedSource: byId<HTMLSpanElement>('routed-source'),
+  routedFolder: byId<HTMLInputElement>('routed-folder'),
+  dropZone: byId<HTMLFieldSetElement>('drop-zone'),
 };
+
+/** Where the routed model comes from: the URL, or a folder the user dropped or picked (kept across backend switches). */
+let routedFiles: FileSource = urlFiles(ROUTED_URL);
 
 interface Loaded {
   readonly backend: BrowserBackendName;
@@ -90,24 +100,46 @@ const ms = (start: number): number => performance.now() - start;
 const formatMs = (value: number): string => `${value.toFixed(1)} ms`;
 const message = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
+/** Loads the base, its tokenizer and the routed model on the active backend. */
+async function loadModels(backend: BrowserBackendName): Promise<Loaded> {
+  const baseFiles = urlFiles(MODEL_URL);
+  const base = await loadBaseModelFrom(baseFiles);
+  try {
+    const tokenizer = await HfTokenizer.fromSource(baseFiles);
+    const { model: routed } = await loadRoutedModelFrom(routedFiles, base.model, { routers: builtinRouters() });
+    return { backend, base, routed, tokenizer };
+  } catch (error) {
+    base.model.dispose();
+    throw error;
+  }
+}
+
 /** Switches the backend, then (re)loads the models on it; on failure the previous backend and models stay. */
 async function load(backend: BrowserBackendName): Promise<void> {
   setState('loading', `loading on ${backend}…`);
+  const previous = loaded?.backend;
   if (backend === 'webgpu') await import('./webgpu.js');
   const report = await selectBrowserBackend(backend, { wasmPaths: WASM_PATHS });
+  const start = performance.now();
+  let next: Loaded;
+  try {
+    next = await loadModels(backend);
+  } catch (error) {
+    if (previous !== undefined && previous !== backend) await selectBrowserBackend(previous, { wasmPaths: WASM_PATHS });
+    throw error;
+  }
+  const loadMs = ms(start);
   loaded?.routed.dispose();
   loaded?.base.model.dispose();
-  loaded = undefined;
+  loaded = next;
   timings.clear();
-  timings.set('backend', `${report.chosen}${report.threads === undefined ? '' : ` (${report.threads} thread${report.threads === 1 ? '' : 's'})`}${report.adapter === undefined ? '' : ` — ${report.adapter.vendor} ${report.adapter.architecture}${report.adapter.software ? ' (software)' : ''}`}`);
+  timings.set(
+    'backend',
+    `${report.chosen}${report.threads === undefined ? '' : ` (${report.threads} thread${report.threads === 1 ? '' : 's'})`}${report.adapter === undefined ? '' : ` — ${report.adapter.vendor} ${report.adapter.architecture}${report.adapter.software ? ' (software)' : ''}`}`,
+  );
   timings.set('switch backend', formatMs(report.ms));
-  const start = performance.now();
-  const baseFiles = urlFiles(MODEL_URL);
-  const base = await loadBaseModelFrom(baseFiles);
-  const tokenizer = await HfTokenizer.fromSource(baseFiles);
-  const { model: routed } = await loadRoutedModelFrom(urlFiles(ROUTED_URL), base.model, { routers: builtinRouters() });
-  timings.set('load base + routed model', formatMs(ms(start)));
-  loaded = { backend, base, routed, tokenizer };
+  timings.set('load base + routed model', formatMs(loadMs));
+  ui.routedSource.textContent = `from ${routedFiles.origin}`;
   showTimings();
   setState('ready', `ready on ${backend}`);
 }
@@ -128,7 +160,7 @@ async function generate(): Promise<void> {
   ui.heatmapNote.textContent = !useRouted
     ? 'The bare base routes nothing.'
     : canTrace
-      ? 'Columns: tokens (the last one has not been fed back yet); rows: each layer\'s router, one row per expert; colour: the weight the router gave the expert.'
+      ? "Columns: tokens (the last one has not been fed back yet); rows: each layer's router, one row per expert; colour: the weight the router gave the expert."
       : `Routing traces read tensors synchronously, which the ${model.backend} backend cannot do: switch to wasm to see the routing.`;
   ui.heatmapNote.className = canTrace || !useRouted ? 'note' : 'note error';
   const experts = model.routed.routes.flatMap((route) => route.expertNames);
@@ -213,6 +245,26 @@ async function start(): Promise<void> {
     });
   }
   ui.generate.addEventListener('click', () => void generate());
+  const useFolder = (files: DroppedFile[]): void => {
+    if (loaded === undefined || files.length === 0) return;
+    const previous = routedFiles;
+    routedFiles = droppedFiles(files);
+    load(loaded.backend).catch((error: unknown) => {
+      routedFiles = previous;
+      setState('error', `cannot load the folder: ${message(error)}`);
+    });
+  };
+  ui.routedFolder.addEventListener('change', () => useFolder([...(ui.routedFolder.files ?? [])]));
+  ui.dropZone.addEventListener('dragover', (event) => {
+    event.preventDefault();
+    ui.dropZone.classList.add('over');
+  });
+  ui.dropZone.addEventListener('dragleave', () => ui.dropZone.classList.remove('over'));
+  ui.dropZone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    ui.dropZone.classList.remove('over');
+    if (event.dataTransfer !== null) void filesFromDrop(event.dataTransfer).then(useFolder);
+  });
   ui.train.addEventListener('click', () => {
     if (loaded === undefined) return;
     setState('running', 'training…');

@@ -14,7 +14,11 @@ export async function trainInPage(model: AdaptedModel, tokenizer: HfTokenizer): 
   const status = byId<HTMLSpanElement>('train-status');
   const dataset = parseJsonlDataset(data, 'pasted JSONL');
   const tokenized = tokenizeExamples(dataset.examples, tokenizer, { maxLength: 64 });
-  const trainer = new Trainer(model, { optimizer: { lr: 3e-3, routerLr: 3e-3 }, schedule: { warmupSteps: Math.min(5, steps), totalSteps: steps }, maxGradNorm: 1 });
+  const trainer = new Trainer(model, {
+    optimizer: { lr: 3e-3, routerLr: 3e-3 },
+    schedule: { warmupSteps: Math.min(5, steps), totalSteps: steps },
+    maxGradNorm: 1,
+  });
   progress.max = steps;
   progress.value = 0;
   const start = performance.now();

@@ -141,6 +141,23 @@ describe.skipIf(chromiumPath === undefined)(`the browser page in headless Chromi
     expect(await page.textContent('#output')).toBe(`${PROMPT}tzqk`);
   });
 
+  it('loads a routed-model folder the user picks, through the same loader, and refuses one that is not', async () => {
+    // The trained model is replaced by the shipped one read from the picked folder: Node's ids again.
+    await page.setInputFiles('#routed-folder', routedDemo);
+    await waitFor(page, ['ready', 'error']);
+    expect(await page.textContent('#routed-source')).toBe('from dropped files (routed-demo)');
+    await page.click('#generate');
+    await waitFor(page, ['done', 'error']);
+    expect(JSON.parse((await page.getAttribute('#ids', 'data-ids')) as string)).toEqual(reference.ids);
+    await page.setInputFiles('#routed-folder', join(root, 'examples'));
+    await waitFor(page, ['ready', 'error']);
+    expect(await page.textContent('#status')).toMatch(/^cannot load the folder: no routed-peft\.json in the directory \(at dropped files \(examples\)\)/);
+    // The previous model stays loaded and usable.
+    await page.click('#generate');
+    await waitFor(page, ['done', 'error']);
+    expect(JSON.parse((await page.getAttribute('#ids', 'data-ids')) as string)).toEqual(reference.ids);
+  });
+
   it('switches to webgpu and generates the same ids there, or says why it cannot', async () => {
     const note = (await page.textContent('#backend-note')) as string;
     const webgpu = page.locator('input[name=backend][value=webgpu]');
