@@ -39,9 +39,11 @@ describe('the browser entry', () => {
   });
 
   it('is published through package.json exports conditions', () => {
-    const pkg = JSON.parse(readFileSync(`${root}package.json`, 'utf8')) as { exports: Record<string, Record<string, string>> };
-    expect(pkg.exports['.']?.['browser']).toBe('./dist/src/browser.js');
-    expect(Object.keys(pkg.exports['.'] ?? {})[0]).toBe('types');
-    expect(pkg.exports['./browser']?.['import']).toBe('./dist/src/browser.js');
+    const pkg = JSON.parse(readFileSync(`${root}package.json`, 'utf8')) as { exports: Record<string, Record<string, unknown>> };
+    // A bundler for the browser takes the first matching condition: "browser", with its own types first.
+    expect(Object.keys(pkg.exports['.'] ?? {})).toEqual(['browser', 'types', 'import']);
+    expect(pkg.exports['.']?.['browser']).toEqual({ types: './dist/src/browser.d.ts', default: './dist/src/browser.js' });
+    expect(pkg.exports['.']?.['import']).toBe('./dist/src/index.js');
+    expect(pkg.exports['./browser']).toEqual({ types: './dist/src/browser.d.ts', import: './dist/src/browser.js' });
   });
 });
