@@ -3,7 +3,7 @@
 // import cycle fails it with the offending pair of files named.
 const LAYERS = [
   ['leaf', '^src/(errors|variables|version)\\.ts$|^src/config/'],
-  ['formats', '^src/(formats|tokenizers)/|^src/(backend|wasm-fallbacks|wasm-threads|webgpu-fallbacks|webgpu-program)\\.ts$'],
+  ['formats', '^src/(formats|tokenizers)/|^src/(backend|backend-capabilities|browser-backend|wasm-fallbacks|wasm-threads|webgpu-fallbacks|webgpu-program)\\.ts$'],
   ['base', '^src/base/'],
   ['vision', '^src/vision/'],
   ['adapters', '^src/adapters/'],
@@ -13,7 +13,7 @@ const LAYERS = [
   ['io', '^src/io/'],
   ['serving-and-training', '^src/(runtime|train)/'],
   ['server', '^src/server/'],
-  ['apps', '^src/(cli|demo)/|^src/index\\.ts$'],
+  ['apps', '^src/(cli|demo)/|^src/(index|browser)\\.ts$'],
 ];
 
 const upward = LAYERS.flatMap(([name, path], i) => {
@@ -30,6 +30,20 @@ module.exports = {
     { name: 'server-not-training', severity: 'error', comment: 'the HTTP server (server/) builds on runtime/, not on train/', from: { path: '^src/server/' }, to: { path: '^src/train/' } },
     { name: 'training-not-serving', severity: 'error', comment: 'runtime/ (serving) and train/ are siblings', from: { path: '^src/train/' }, to: { path: '^src/runtime/' } },
     { name: 'src-not-routers', severity: 'error', comment: 'src/ never imports the router plug-ins; a registry wires them', from: { path: '^src/' }, to: { path: '^routers/' } },
+    {
+      name: 'web-uses-the-browser-entry',
+      severity: 'error',
+      comment: 'the page (web/) reaches the library only through its browser entry (src/browser.ts) and the router registry',
+      from: { path: '^web/' },
+      to: { path: '^(src|routers)/', pathNot: '^(src/browser\\.ts|routers/index\\.ts)$' },
+    },
+    {
+      name: 'browser-entry-has-no-node-built-ins',
+      severity: 'error',
+      comment: 'nothing the browser entry or the page reaches may import a Node built-in (fs, path, crypto, ...)',
+      from: { path: '^(src/browser\\.ts|web/(?!vite\\.config).+\\.ts)$' },
+      to: { path: '^(node:|(fs|path|os|crypto|util|url|module|http|https|net|stream|child_process|worker_threads|zlib|events|buffer)(/|$))', reachable: true },
+    },
     {
       name: 'routers-use-the-contract-only',
       severity: 'error',

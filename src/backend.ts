@@ -27,7 +27,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { format } from 'node:util';
-import { BackendError, SyncReadError } from './errors.js';
+import { BackendError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
 import { registerWebGpuFallbacks } from './webgpu-fallbacks.js';
 import {
@@ -61,46 +61,7 @@ export type BackendAttemptName = 'tensorflow-gpu' | 'tensorflow' | 'webgpu' | 'w
 export const BACKEND_ENV_VAR = 'ROUTED_PEFT_BACKEND';
 export const BACKEND_PREFERENCES: readonly BackendPreference[] = ['tensorflow', 'webgpu', 'wasm', 'cpu', 'auto'];
 
-/** What a backend allows the library to do. */
-export interface BackendCapabilities {
-  /** Tensors live in host memory: a read-back is a copy, so small decisions are best made on the host. */
-  readonly hostMemory: boolean;
-  /** `dataSync()` works (webgpu reads only asynchronously in Node: use the async paths there). */
-  readonly syncReads: boolean;
-}
-
-const CAPABILITIES: Readonly<Record<string, BackendCapabilities>> = {
-  wasm: { hostMemory: true, syncReads: true },
-  cpu: { hostMemory: true, syncReads: true },
-  tensorflow: { hostMemory: false, syncReads: true },
-  webgpu: { hostMemory: false, syncReads: false },
-  webgl: { hostMemory: false, syncReads: true },
-};
-
-/** The capabilities of `backend` (default: the active tfjs backend); unknown backends get the safe answer (device memory, async reads). */
-export function getBackendCapabilities(backend: string = tf.getBackend()): BackendCapabilities {
-  return CAPABILITIES[backend] ?? { hostMemory: false, syncReads: false };
-}
-
-/** Throws the SyncReadError `readSync` would, before any work, when the active backend cannot read synchronously. */
-export function requireSyncReads(what: string, alternative: string): void {
-  const backend = tf.getBackend();
-  if (!getBackendCapabilities(backend).syncReads) {
-    throw new SyncReadError(`${what} reads tensors synchronously, which the '${backend}' backend cannot do`, { hint: alternative });
-  }
-}
-
-/**
- * `tensor.dataSync()` where the active backend reads synchronously; elsewhere a SyncReadError naming `what`
- * needed the read and `alternative` (what to call instead), never the backend's own cryptic failure.
- */
-export function readSync(tensor: tf.Tensor, what: string, alternative: string): Float32Array | Int32Array | Uint8Array {
-  const backend = tf.getBackend();
-  if (!getBackendCapabilities(backend).syncReads) {
-    throw new SyncReadError(`${what} reads a tensor synchronously, which the '${backend}' backend cannot do`, { hint: alternative });
-  }
-  return tensor.dataSync() as Float32Array | Int32Array | Uint8Array; // numeric tensors only (no strings here)
-}
+export { getBackendCapabilities, readSync, requireSyncReads, type BackendCapabilities } from './backend-capabilities.js';
 
 /** The WebGPU adapter found while trying `webgpu`. */
 export interface GpuAdapterReport {

@@ -26,11 +26,26 @@ export * from './tokenizers/index.js';
 
 export { parseSafetensors, serializeSafetensors, readSafetensorsFile, writeSafetensorsFile, decodeEntry, decodeFloat32 } from './formats/safetensors.js';
 export type { SafetensorsFile, SafetensorsEntry, SafetensorsDtype, TensorToWrite } from './formats/safetensors.js';
-export { readHfModelDirectory } from './base/checkpoints/hf-model-dir.js';
+export { readHfModelDirectory, readHfModelFrom } from './base/checkpoints/hf-model-dir.js';
+export { loadBaseModelFrom } from './base/checkpoints/load-model.js';
+export type { FileSource } from './formats/file-source.js';
+export { readJson, readText, readBytes } from './formats/file-source.js';
+export { directoryFiles } from './formats/node-files.js';
+export { urlFiles, type UrlFilesOptions } from './formats/url-files.js';
+export { memoryFiles, droppedFiles, type DroppedFile, type FileContent } from './formats/memory-files.js';
+export { readSafetensorsFrom } from './formats/safetensors-source.js';
 export { readLlama2cCheckpoint, parseLlama2cCheckpoint } from './base/checkpoints/llama2c-checkpoint.js';
-export { readPeftAdapter, writePeftAdapter, peftTargetsToSites } from './io/peft-adapter.js';
+export { readPeftAdapter, writePeftAdapter, peftTargetsToSites, readPeftAdapterFrom, encodePeftAdapter } from './io/peft-adapter.js';
 export { parsePeftLoraConfig, PeftLoraConfig } from './io/peft-config.js';
-export { saveRoutedModel, loadRoutedModel, readRoutedModelManifest, resolveRoutedModelDir, RoutedModelManifest } from './io/routed-model-dir.js';
+export {
+  saveRoutedModel,
+  loadRoutedModel,
+  readRoutedModelManifest,
+  resolveRoutedModelDir,
+  RoutedModelManifest,
+  loadRoutedModelFrom,
+  readRoutedManifestFrom,
+} from './io/routed-model-dir.js';
 export { writeFileAtomic, replaceDirectoryAtomic } from './formats/atomic-write.js';
 export { replaceDirectoryVersioned, resolveVersionedDirectory } from './formats/versioned-dir.js';
 export { checkOutputDirectory } from './formats/output.js';
@@ -85,7 +100,8 @@ export { paramGroups, type ParamGroupEntry } from './train/param-groups.js';
 export { lrSchedule, annealingSchedule } from './train/schedule.js';
 export { clipByGlobalNorm, globalNorm } from './train/clip.js';
 export { causalLmLoss, classificationLoss, ClassificationHead } from './train/losses.js';
-export { readJsonlDataset, parseJsonlDataset } from './train/dataset.js';
+export { parseJsonlDataset } from './train/dataset.js';
+export { readJsonlDataset } from './train/dataset-file.js';
 export { DatasetError } from './train/dataset-errors.js';
 export { tokenizeExamples, makeBatches, packExamples, splitTrainValidation } from './train/batches.js';
 export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualInformation, expertLoad, baseRetention } from './train/metrics.js';

@@ -4,7 +4,7 @@
  *
  * Shape letters: B prompts, T longest prompt, V vocabulary.
  */
-import { readSync } from '../backend.js';
+import { readSync } from '../backend-capabilities.js';
 import { parseConfig } from '../config/parse.js';
 import { ShapeError } from '../errors.js';
 import type { ForwardHooks } from './hooks.js';

@@ -12,6 +12,7 @@ import { inspectCommand } from './inspect-command.js';
 import { trainCommand } from './train-command.js';
 import { evalCommand } from './eval-command.js';
 import { serveCommand } from './serve-command.js';
+import { webCommand } from './web-command.js';
 
 /** Every command, in the order `--help` lists them. */
 export const commands: Readonly<Record<string, CliCommand>> = {
@@ -24,6 +25,7 @@ export const commands: Readonly<Record<string, CliCommand>> = {
   eval: evalCommand,
   demo: demoCommand,
   serve: serveCommand,
+  web: webCommand,
 };
 
 export function findCommand(name: string): CliCommand | undefined {

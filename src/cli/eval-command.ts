@@ -7,7 +7,8 @@
 import { UsageError } from '../errors.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { readTrainingState } from '../train/checkpoint.js';
-import { datasetImages, readJsonlDataset } from '../train/dataset.js';
+import { datasetImages } from '../train/dataset.js';
+import { readJsonlDataset } from '../train/dataset-file.js';
 import { refuseImages } from './image-rows.js';
 import { evaluateDataset, type EvaluationResult } from '../train/evaluate.js';
 import { optional, parseStrict, toChoice, toInt } from './args.js';

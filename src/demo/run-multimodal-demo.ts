@@ -25,7 +25,7 @@ import { seededShuffle } from '../train/batches.js';
 import { exactMatch } from '../train/metrics.js';
 import { Trainer } from '../train/trainer.js';
 import { type VisionEncoder, listVisionTensors } from '../vision/encoder.js';
-import type { PixelImage } from '../vision/image.js';
+import type { PixelImage } from '../vision/pixel-image.js';
 import { renderImageSpec } from '../vision/image-spec.js';
 import { loadVisionEncoder } from '../vision/load-encoder.js';
 import { renderHeatmap } from './heatmap.js';

@@ -24,7 +24,7 @@ import { parseConfig } from '../config/parse.js';
 import { ConfigError, ShapeError } from '../errors.js';
 import { visionAdapterConfig } from '../vision/encoder-config.js';
 import { type VisionEncoder, listVisionTensors } from '../vision/encoder.js';
-import type { PixelImage } from '../vision/image.js';
+import type { PixelImage } from '../vision/pixel-image.js';
 import { Projector, ProjectorSpec } from '../vision/projector.js';
 import { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type AdaptedModelOptions, type ParameterReport } from './adapted-model.js';
 import { compositionHooks } from './composition-hooks.js';

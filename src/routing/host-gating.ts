@@ -8,7 +8,7 @@
  */
 import type { HostSlots } from '../adapters/lora/bank.js';
 import type * as tf from '@tensorflow/tfjs';
-import { getBackendCapabilities, readSync } from '../backend.js';
+import { getBackendCapabilities, readSync } from '../backend-capabilities.js';
 
 /** A tensor the host path reads (taken only where the backend's tensors live in host memory). */
 export function readOnHost(tensor: tf.Tensor): ArrayLike<number> {

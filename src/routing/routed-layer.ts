@@ -13,7 +13,7 @@
  * to one expert, K most experts any row uses.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
+import { readSync } from '../backend-capabilities.js';
 import type { DeltaModule, ModuleContext } from '../adapters/adapter.js';
 import type { LoraBank } from '../adapters/lora/bank.js';
 

@@ -5,7 +5,7 @@
  */
 
 import type * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
+import { readSync } from '../backend-capabilities.js';
 
 export const NULL_EXPERT = 'null';
 

@@ -6,10 +6,9 @@
  * BOS/EOS are added by this adapter, never by the tokenizer's post-processor: encode asks the library
  * for `add_special_tokens: false`, so `addBos`/`addEos` mean the same thing for every tokenizer kind.
  */
-import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
 import { Tokenizer as HfLibraryTokenizer } from '@huggingface/tokenizers';
 import { TokenizerError } from '../errors.js';
+import type { FileSource } from '../formats/file-source.js';
 import type { EncodeOptions, Tokenizer } from './tokenizer.js';
 
 export interface HfTokenizerOptions {
@@ -85,16 +84,18 @@ export class HfTokenizer implements Tokenizer {
   }
 
   /**
-   * Reads a tokenizer.json and, when present beside it, tokenizer_config.json (the usual home of
-   * bos_token / eos_token). Throws TokenizerError when a file is missing or is not valid JSON.
+   * Reads `name` (default tokenizer.json) from a FileSource (a directory on disk, a URL, dropped files) and,
+   * when present beside it, tokenizer_config.json (the usual home of bos_token / eos_token). Throws
+   * TokenizerError when a file is missing or is not valid JSON. On disk, `loadTokenizer(path)` calls this.
    */
-  static async fromFile(path: string, options: Omit<HfTokenizerOptions, 'source' | 'config'> = {}): Promise<HfTokenizer> {
-    const json = await readJson(path, true);
-    const config = await readJson(join(dirname(path), 'tokenizer_config.json'), false);
+  static async fromSource(files: FileSource, name = 'tokenizer.json', options: Omit<HfTokenizerOptions, 'source' | 'config'> = {}): Promise<HfTokenizer> {
+    const json = await readJson(files, name, true);
+    const configName = name.includes('/') ? `${name.slice(0, name.lastIndexOf('/'))}/tokenizer_config.json` : 'tokenizer_config.json';
+    const config = await readJson(files, configName, false);
     if (config !== undefined && !isObject(config)) {
-      throw new TokenizerError('tokenizer_config.json must hold a JSON object', { path: join(dirname(path), 'tokenizer_config.json') });
+      throw new TokenizerError('tokenizer_config.json must hold a JSON object', { path: files.path(configName) });
     }
-    return HfTokenizer.fromJson(json, { ...options, source: path, ...(config === undefined ? {} : { config }) });
+    return HfTokenizer.fromJson(json, { ...options, source: files.path(name), ...(config === undefined ? {} : { config }) });
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
@@ -155,12 +156,13 @@ export class HfTokenizer implements Tokenizer {
 }
 
 /** Reads and parses a JSON file; a missing optional file gives undefined. */
-async function readJson(path: string, required: boolean): Promise<unknown> {
+async function readJson(files: FileSource, name: string, required: boolean): Promise<unknown> {
+  const path = files.path(name);
+  if (!required && !(await files.exists(name))) return undefined;
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = new TextDecoder('utf-8').decode(await files.read(name));
   } catch (cause) {
-    if (!required && (cause as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new TokenizerError('cannot read tokenizer file', { path, cause });
   }
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);

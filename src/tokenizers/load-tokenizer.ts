@@ -4,7 +4,8 @@
  * Hugging Face model folder), is a Hugging Face tokenizer.
  */
 import { stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname } from 'node:path';
+import { directoryFiles } from '../formats/node-files.js';
 import { TokenizerError } from '../errors.js';
 import { HfTokenizer } from './hf-tokenizer.js';
 import { Llama2cTokenizer } from './llama2c-tokenizer.js';
@@ -26,7 +27,7 @@ export async function loadTokenizer(path: string, options: LoadTokenizerOptions 
       cause,
     });
   });
-  if (info.isDirectory()) return HfTokenizer.fromFile(join(path, 'tokenizer.json'), hfOptions(options));
+  if (info.isDirectory()) return HfTokenizer.fromSource(directoryFiles(path), 'tokenizer.json', hfOptions(options));
   if (path.toLowerCase().endsWith('.bin')) {
     return Llama2cTokenizer.fromFile(path, options.vocabSize === undefined ? {} : { vocabSize: options.vocabSize });
   }
@@ -37,7 +38,7 @@ export async function loadTokenizer(path: string, options: LoadTokenizerOptions 
         hint: 'Pass the tokenizer.json beside it, or the directory',
       });
     }
-    return HfTokenizer.fromFile(path, hfOptions(options));
+    return HfTokenizer.fromSource(directoryFiles(dirname(path)), basename(path), hfOptions(options));
   }
   throw new TokenizerError('unrecognised tokenizer file', {
     path,

@@ -5,7 +5,7 @@
  * or ±Inf element makes n non-finite.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
+import { readSync } from '../backend-capabilities.js';
 
 /** Σ g² over all gradients as a scalar tensor (owned by the caller); read it where the backend allows. */
 export function squaredGlobalNorm(grads: Iterable<tf.Tensor>): tf.Scalar {

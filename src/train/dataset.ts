@@ -23,8 +23,6 @@
  * Malformed lines are reported by line number (1-based) and skipped; blank lines are ignored. A file with
  * more than `maxBadFraction` malformed non-empty lines, or with no examples at all, is refused.
  */
-import { readFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { ImageSpec } from '../vision/image-spec.js';
 import { formatPath, parseConfig } from '../config/parse.js';
@@ -297,7 +295,7 @@ export function parseJsonlDataset(text: string, source: string, options: Dataset
       given === undefined
         ? {}
         : {
-            image: typeof given === 'string' ? { kind: 'file', path: isAbsolute(given) ? given : join(dirname(source), given) } : { kind: 'spec', spec: given },
+            image: typeof given === 'string' ? { kind: 'file', path: resolveBesideSource(source, given) } : { kind: 'spec', spec: given },
           };
     switch (value.kind) {
       case 'text':
@@ -329,24 +327,19 @@ export function parseJsonlDataset(text: string, source: string, options: Dataset
   return { source, kind: family.kind, examples, problems, tasks: tasks.names, labels: labels.names, lineCount };
 }
 
-/** Reads a JSONL file (UTF-8) and parses it with parseJsonlDataset. */
-export async function readJsonlDataset(path: string, options: DatasetOptions = {}): Promise<Dataset> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (error) {
-    throw new DatasetError(`cannot read dataset ${path}: ${error instanceof Error ? error.message : String(error)}`, {
-      path,
-      hint: 'Check the path and that the file is readable',
-      cause: error,
-    });
-  }
-  return parseJsonlDataset(text, path, options);
-}
-
 /** Lines of a dataset that carry an image (1-based), for readers that must refuse them. */
 export function datasetImages(dataset: Dataset): number[] {
   return dataset.examples.flatMap((e) => (e.kind !== 'labelled' && e.image !== undefined ? [e.line] : []));
+}
+
+/**
+ * An image path as written in a dataset line, resolved against the dataset file's folder (absolute paths,
+ * POSIX or Windows, are kept). String-only so the parser stays free of Node built-ins for the browser.
+ */
+function resolveBesideSource(source: string, given: string): string {
+  if (given.startsWith('/') || /^[A-Za-z]:[\\/]/.test(given) || given.startsWith('\\\\')) return given;
+  const cut = Math.max(source.lastIndexOf('/'), source.lastIndexOf('\\'));
+  return cut < 0 ? given : `${source.slice(0, cut + 1)}${given}`;
 }
 
 function formatPercent(fraction: number): string {

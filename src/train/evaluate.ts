@@ -17,7 +17,7 @@
  * Shape letters: B batch, T tokens, V vocabulary.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend.js';
+import { readSync } from '../backend-capabilities.js';
 import { oneHotFloat } from '../base/one-hot.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';

@@ -20,7 +20,7 @@
  * batches and backend give the same weights.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync, requireSyncReads } from '../backend.js';
+import { readSync, requireSyncReads } from '../backend-capabilities.js';
 import { Subject, type Observable } from 'rxjs';
 import { z } from 'zod';
 import { listWeightTensors } from '../base/weights.js';

@@ -19,7 +19,7 @@ import { FAMILY_SITE_GROUPS, type SiteGroup } from '../base/sites.js';
 import type { LayerWeights, NormWeights } from '../base/weights.js';
 import { ShapeError } from '../errors.js';
 import { type VisionConfig, patchCount } from './encoder-config.js';
-import { type PixelImage, checkImageSize } from './image.js';
+import { type PixelImage, checkImageSize } from './pixel-image.js';
 
 export interface VisionWeights {
   readonly patchWeight: tf.Tensor2D; // [K, Dv]

@@ -11,7 +11,7 @@
  */
 import { z } from 'zod';
 import { seededRandom } from '../base/sampling.js';
-import type { PixelImage } from './image.js';
+import type { PixelImage } from './pixel-image.js';
 
 export const IMAGE_SIZE = 24;
 export const SHAPES = ['square', 'circle', 'triangle'] as const;

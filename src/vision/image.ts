@@ -5,13 +5,10 @@
 import { readFile } from 'node:fs/promises';
 import { PNG } from 'pngjs';
 import { ImageError } from '../errors.js';
+import { type PixelImage, checkImageSize } from './pixel-image.js';
 
-/** One image: `data` holds height · width · 3 floats in [0, 1], pixel (y, x) channel c at (y·width + x)·3 + c. */
-export interface PixelImage {
-  readonly width: number;
-  readonly height: number;
-  readonly data: Float32Array;
-}
+export type { PixelImage };
+export { checkImageSize };
 
 /** Largest side of a PNG this library decodes (a hostile header must not make it allocate gigabytes). */
 export const MAX_IMAGE_SIDE = 4096;
@@ -59,14 +56,4 @@ export function encodePng(image: PixelImage): Buffer {
     png.data[i * 4 + 3] = 255;
   }
   return PNG.sync.write(png);
-}
-
-/** Refuses an image whose size is not the encoder's. */
-export function checkImageSize(image: PixelImage, size: number, origin: string): void {
-  if (image.width !== size || image.height !== size) {
-    throw new ImageError(`image is ${image.width}×${image.height} pixels but the vision encoder reads ${size}×${size}`, {
-      path: origin,
-      hint: `Resize the image to ${size}×${size} before use`,
-    });
-  }
 }

@@ -23,7 +23,7 @@ import { RoutedPeftError } from '../../src/errors.js';
 import { assertFiniteTensor } from '../../src/formats/finite.js';
 import { decodeEntry, dtypeByteSize, parseSafetensors, serializeSafetensors, type SafetensorsDtype } from '../../src/formats/safetensors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
-import { HfTokenizer } from '../../src/tokenizers/hf-tokenizer.js';
+import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
 import { makeBatches, tokenizeExamples } from '../../src/train/batches.js';
 import { parseJsonlDataset } from '../../src/train/dataset.js';
@@ -656,7 +656,7 @@ export const FUZZ_SPEC = {
 
 export async function createFuzzContext(): Promise<FuzzContext> {
   const base = tinyLlama();
-  const tokenizer = await HfTokenizer.fromFile(demoTokenizer);
+  const tokenizer = await loadTokenizer(demoTokenizer);
   const dir = await mkdtemp(join(tmpdir(), 'routed-peft-fuzz-'));
   // A valid routed model, saved once; its real directory is what cases point their manifests at.
   const model = AdaptedModel.create(base, FUZZ_SPEC, { routers });

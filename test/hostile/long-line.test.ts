@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import { createMemoryIo } from '../../src/cli/io.js';
 import { main } from '../../src/cli/main.js';
-import { HfTokenizer } from '../../src/tokenizers/hf-tokenizer.js';
+import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
 import { Llama2cTokenizer } from '../../src/tokenizers/llama2c-tokenizer.js';
 import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
 import { tokenizeExamples } from '../../src/train/batches.js';
@@ -24,7 +24,7 @@ let dir: string;
 const tokenizers: [string, Tokenizer][] = [];
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'routed-peft-long-line-'));
-  tokenizers.push(['tokenizer.json (BPE, no pre-tokenizer: one 10 MB word)', await HfTokenizer.fromFile(join(demo, 'tokenizer.json'))]);
+  tokenizers.push(['tokenizer.json (BPE, no pre-tokenizer: one 10 MB word)', await loadTokenizer(join(demo, 'tokenizer.json'))]);
   if (hasSharedModels) tokenizers.push(['llama2.c tok512', await Llama2cTokenizer.fromFile(tok512Path)]);
 });
 afterAll(async () => rm(dir, { recursive: true, force: true }));

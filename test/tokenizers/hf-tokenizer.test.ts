@@ -200,18 +200,16 @@ describe('SentencePiece-style tokenizer.json (Llama style, byte fallback)', () =
   });
 
   it('takes explicit BOS/EOS tokens over the file', async () => {
-    const custom = await HfTokenizer.fromFile(join(dir, 'llama', 'tokenizer.json'), { eosToken: '</s>' });
+    const custom = await loadTokenizer(join(dir, 'llama', 'tokenizer.json'), { eosToken: '</s>' });
     expect(custom.eosId).toBe(2);
-    await expect(HfTokenizer.fromFile(join(dir, 'llama', 'tokenizer.json'), { eosToken: '<eos>' })).rejects.toThrow(
-      /EOS token "<eos>" is not in the vocabulary/,
-    );
+    await expect(loadTokenizer(join(dir, 'llama', 'tokenizer.json'), { eosToken: '<eos>' })).rejects.toThrow(/EOS token "<eos>" is not in the vocabulary/);
   });
 });
 
 describe('tokenizer.json errors', () => {
   it('reports a missing file or directory as TokenizerError', async () => {
     await expect(loadTokenizer(join(dir, 'nope', 'tokenizer.json'))).rejects.toBeInstanceOf(TokenizerError);
-    await expect(HfTokenizer.fromFile(join(dir, 'missing.json'))).rejects.toBeInstanceOf(TokenizerError);
+    await expect(loadTokenizer(join(dir, 'missing.json'))).rejects.toBeInstanceOf(TokenizerError);
     await mkdir(join(dir, 'empty'), { recursive: true });
     await expect(loadTokenizer(join(dir, 'empty'))).rejects.toThrow(join(dir, 'empty', 'tokenizer.json'));
   });

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, RoutedPeftError } from '../../src/errors.js';
 import { DatasetError } from '../../src/train/dataset-errors.js';
-import { parseJsonlDataset, readJsonlDataset } from '../../src/train/dataset.js';
+import { readJsonlDataset } from '../../src/train/dataset-file.js';
+import { parseJsonlDataset } from '../../src/train/dataset.js';
 
 const jsonl = (...values: unknown[]): string => values.map((v) => (typeof v === 'string' ? v : JSON.stringify(v))).join('\n');
 const goodText = (n: number): string[] => Array.from({ length: n }, (_, i) => JSON.stringify({ text: `story ${i}` }));

@@ -25,7 +25,7 @@
  * K slots per row, r one term's rank, Σr a site's total rank.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../../backend.js';
+import { readSync } from '../../backend-capabilities.js';
 import { oneHotFloat } from '../../base/one-hot.js';
 import { webgpuLoraMix } from './webgpu-mix.js';
 
