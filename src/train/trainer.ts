@@ -34,6 +34,7 @@ import { TrainingError } from './errors.js';
 import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEvent, type TrainSummary } from './events.js';
 import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
 import { assignGroups, paramGroupsFields, type ParamGroupEntry } from './param-groups.js';
+import { baseLogProbs, mixRetentionRows, retentionKl, type MixedRows, type RetentionRows } from './retention.js';
 import { AnnealingConfig, ScheduleConfig, annealingSchedule, lrSchedule, type AnnealingSchedule, type LrSchedule } from './schedule.js';
 
 /** What to do instead where the backend cannot read synchronously (training uses the reference ops). */
@@ -68,6 +69,11 @@ export const TrainerConfig = z
     objective: TrainObjective.prefault({ kind: 'causal-lm' }),
     /** Seeds the classification head's init. */
     seed: z.number().int().default(0),
+    /**
+     * Weight W of the retention term W · KL(p_base ‖ p_model) on a batch's retention rows (train/retention.ts);
+     * batches without retention rows do not use it.
+     */
+    retentionWeight: z.number().min(0).finite().default(1),
   })
   .strict()
   .readonly();
@@ -86,6 +92,11 @@ export interface TrainBatch {
   readonly labels?: readonly number[];
   /** [B, T] tokens sequence-level routers pool (makeBatches: the prompt of prompt/completion rows); see AdaptedCallOptions. */
   readonly routingMask?: readonly (readonly number[])[];
+  /**
+   * Base-domain rows mixed into this batch (causal LM only): scored by KL against the frozen base's own
+   * distribution, weighted by `retentionWeight` (train/retention.ts). They carry no task ids.
+   */
+  readonly retention?: RetentionRows;
 }
 
 /** Programmatic options that are not configuration data. */
@@ -107,11 +118,14 @@ interface Pending {
   lossSum: number;
   taskSum: number;
   auxSum: number;
+  retentionSum: number;
+  /** Σ nᵢ over micro-batches with retention rows (their retention loss averages over these). */
+  retentionWeight: number;
   microBatches: number;
 }
 
 function emptyPending(): Pending {
-  return { grads: new Map(), weight: 0, lossSum: 0, taskSum: 0, auxSum: 0, microBatches: 0 };
+  return { grads: new Map(), weight: 0, lossSum: 0, taskSum: 0, auxSum: 0, retentionSum: 0, retentionWeight: 0, microBatches: 0 };
 }
 
 /**
@@ -218,20 +232,25 @@ export class Trainer {
     this.checkVarList();
     const objective = this.config.objective;
     const targets = objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
-    const tokens = batch.mask.reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
+    const tokens = [...batch.mask, ...(batch.retention?.mask ?? [])].reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
     const stepIndex = this.attempted;
     const pending = this.pending;
     if (pending.microBatches === 0 && this.annealing !== undefined) this.anneal(this.annealing.stateAt(stepIndex));
     pending.microBatches += 1;
     const microBatch = pending.microBatches;
 
+    const mixed = batch.retention === undefined ? undefined : this.mixRetention(batch, batch.retention);
     if (targets > 0) {
-      const { loss, task, aux, grads } = this.gradients(batch, stepIndex, microBatch);
+      const { loss, task, aux, retention, grads } = this.gradients(batch, stepIndex, microBatch, mixed);
       this.accumulate(grads, targets);
       pending.weight += targets;
       pending.lossSum += targets * loss;
       pending.taskSum += targets * task;
       pending.auxSum += targets * aux;
+      if (retention !== undefined) {
+        pending.retentionSum += targets * retention;
+        pending.retentionWeight += targets;
+      }
     }
     this.tokensTotal += tokens;
 
@@ -334,27 +353,50 @@ export class Trainer {
   // -------------------------------------------------------------------------------------------------------
 
   /** One micro-batch's objective value, its parts, and its gradients by stable name (owned by the caller). */
-  private gradients(batch: TrainBatch, step: number, microBatch: number): { loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> } {
+  private gradients(
+    batch: TrainBatch,
+    step: number,
+    microBatch: number,
+    mixed: MixedRows | undefined,
+  ): { loss: number; task: number; aux: number; retention: number | undefined; grads: Map<string, tf.Tensor> } {
     const sink: tf.Scalar[] = [];
     const kept: tf.Tensor[] = [];
     const head = this.head;
     const transform = this.options.transformLoss;
+    const weight = this.config.retentionWeight;
+    // The base's distribution on the retention rows: the same model with adapters off, before the tape.
+    const base =
+      mixed === undefined || weight === 0 || mixed.retentionTargets === 0
+        ? undefined
+        : baseLogProbs((ids, mask) => this.model.forward({ ids, mask, select: 'base' }), mixed); // [Br, T−1, V]
+    let retentionLoss: tf.Scalar | undefined;
     try {
+      const rows = mixed ?? batch;
       const { value, grads } = tf.variableGrads(() => {
         const output = this.model.forward({
-          ids: batch.ids,
-          mask: batch.mask,
+          ids: rows.ids,
+          mask: rows.mask,
           training: true,
-          routing: { auxLosses: sink, taskIds: batch.taskIds, routingMask: batch.routingMask },
+          routing: {
+            auxLosses: sink,
+            taskIds: batch.taskIds,
+            routingMask: mixed === undefined ? batch.routingMask : mixed.routingMask,
+            ...(mixed === undefined ? {} : { retentionRows: mixed.retentionRows }),
+          },
           select: this.options.select,
           output: head === undefined ? 'logits' : 'hidden',
         }); // [B, T, V] or [B, T, D]
         const taskLoss =
           head === undefined
-            ? causalLmLoss(output, batch) // []
+            ? causalLmLoss(output, rows) // []  retention rows have no task targets
             : classificationLoss(head.logits(output, batch.mask), batch.labels ?? []); // []
         kept.push(tf.keep(taskLoss));
-        const total: tf.Scalar = sink.length === 0 ? taskLoss : tf.add(taskLoss, tf.addN(sink)); // []
+        let total: tf.Scalar = sink.length === 0 ? taskLoss : tf.add(taskLoss, tf.addN(sink)); // []
+        if (base !== undefined && mixed !== undefined) {
+          const kl = retentionKl(output, base, mixed); // []
+          retentionLoss = tf.keep(kl);
+          total = tf.add(total, tf.mul(kl, weight)); // []
+        }
         return transform === undefined ? total : transform(total, { step, microBatch });
       }, this.varList);
       kept.push(value);
@@ -370,10 +412,30 @@ export class Trainer {
       }
       const read = (t: tf.Tensor | undefined): number => (t === undefined ? 0 : (readSync(t, 'A training step', TRAIN_ON_HOST)[0] ?? Number.NaN));
       const aux = sink.reduce((s, a) => s + read(a), 0);
-      return { loss: read(value), task: read(kept[0]), aux, grads: named };
+      const retention = mixed === undefined ? undefined : retentionLoss === undefined ? 0 : read(retentionLoss);
+      return { loss: read(value), task: read(kept[0]), aux, retention, grads: named };
     } finally {
       for (const t of [...sink, ...kept]) t.dispose();
+      base?.dispose();
+      retentionLoss?.dispose();
     }
+  }
+
+  /** The batch with its retention rows appended; refuses what retention cannot serve, by name. */
+  private mixRetention(batch: TrainBatch, retention: RetentionRows): MixedRows {
+    if (this.config.objective.kind !== 'causal-lm') {
+      throw new ConfigError('retention rows need the causal-lm objective (their loss is a KL divergence between next-token distributions)', {
+        path: 'batch.retention',
+        hint: 'Drop batch.retention, or train with objective { kind: "causal-lm" }',
+      });
+    }
+    if (batch.taskIds !== undefined) {
+      throw new ConfigError('a batch with retention rows cannot carry taskIds: base-domain rows have no task', {
+        path: 'batch.taskIds',
+        hint: 'Train task-routed models without retention rows, or route without task ids',
+      });
+    }
+    return mixRetentionRows(batch, retention);
   }
 
   /** Adds a micro-batch's gradients into the pending sums (weighted by its targets when accumulating). */
@@ -485,11 +547,12 @@ export class Trainer {
     return averaged;
   }
 
-  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number } {
+  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number; retentionLoss: number } {
     const w = pending.weight;
+    const retentionLoss = pending.retentionWeight === 0 ? Number.NaN : pending.retentionSum / pending.retentionWeight;
     return w === 0
-      ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN }
-      : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w };
+      ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN, retentionLoss }
+      : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w, retentionLoss };
   }
 
   private anneal(state: { readonly temperature?: number; readonly noise?: number }): void {
