@@ -46,10 +46,11 @@ export type AuxLossWeights = z.infer<typeof AuxLossWeights>;
  * `routing.retentionRows` (the Trainer marks the rows of its retention data). Both terms are added to the
  * route's auxiliary losses of a training forward; neither changes inference.
  *
- *   nullRouting   weight of −log p_null averaged over base-domain rows: the router learns to send base-domain
- *                 inputs to the null expert (AdaMoE, Zeng et al. 2024, adds null experts so that a token may
- *                 use fewer experts; here the null expert is taught which inputs should use none). Needs
- *                 `nullExpert: true`.
+ *   nullRouting   weight of the binary cross-entropy of p_null against the row's kind (−log p_null on
+ *                 base-domain rows, −log(1 − p_null) on task rows): the router learns to send base-domain
+ *                 inputs to the null expert and to keep it out of task inputs (AdaMoE, Zeng et al. 2024, adds
+ *                 null experts so that a token may use fewer experts; here the null expert is taught which
+ *                 inputs should use none). Needs `nullExpert: true`.
  *   localBalance  weight of LoRAMoE's localized balancing constraint (Dou et al. 2023, §3.2): the choices are
  *                 split into two groups, `group` serving base-domain rows and the others serving task rows,
  *                 and each row's router probabilities are balanced within its group while its group holds

@@ -11,14 +11,17 @@ import type { RetentionRouting } from '../compose/spec.js';
 import type { RoutingDecision } from './router.js';
 
 /**
- * −log p_null, averaged over the real base-domain rows: the cross-entropy of the router's probabilities
- * against "the null expert" on exactly those rows. nullIndex is the null expert's choice (E − 1).
+ * The binary cross-entropy of the null expert's router probability against the row's domain, averaged over
+ * real rows: −log p_null on base-domain rows and −log(1 − p_null) on task rows. The router learns to send
+ * base-domain inputs to the null expert and to keep it out of task inputs (where it would take a share of
+ * the gate from the experts). nullIndex is the null expert's choice (E − 1).
  */
 export function nullRoutingLoss(decision: RoutingDecision, mask: tf.Tensor1D, domain: tf.Tensor1D, nullIndex: number): tf.Scalar {
-  const rows = tf.mul(mask, domain); // [R] real base-domain rows
   const pNull = tf.reshape(tf.slice(decision.probabilities, [0, nullIndex], [-1, 1]), [-1]); // [R]
-  const nll = tf.neg(tf.log(tf.maximum(pNull, 1e-30))); // [R]
-  return tf.div(tf.sum(tf.mul(nll, rows)), tf.maximum(tf.sum(rows), 1)); // []
+  const toNull = tf.mul(domain, tf.log(tf.maximum(pNull, 1e-30))); // [R]
+  const away = tf.mul(tf.sub(1, domain), tf.log(tf.maximum(tf.sub(1, pNull), 1e-30))); // [R]
+  const bce = tf.neg(tf.add(toNull, away)); // [R]
+  return tf.div(tf.sum(tf.mul(bce, mask)), tf.maximum(tf.sum(mask), 1)); // []
 }
 
 /**
