@@ -1,7 +1,8 @@
 /**
  * `routed-peft demo`, as a library function: fine-tunes the shipped base model (demo-model/) on four
- * procedurally generated tasks with three setups of equal trainable budget — one shared LoRA, routed LoRA
- * experts, and per-task LoRAs chosen by the true task id (the oracle) — on the same batches, steps, learning
+ * procedurally generated tasks with four setups of equal trainable budget — one shared LoRA, routed LoRA
+ * experts, per-task LoRAs chosen by the true task id (the oracle), and routed experts with a null expert
+ * trained on retention data (retained) — on the same batches, steps, learning
  * rate schedule and seed; then serves mixed batches (all four tasks interleaved, left-padded) through each
  * and measures exact-match accuracy per task, routing purity and mutual information task ↔ expert, base
  * retention (loss on pretraining-style text against the bare base), and time. Writes a routing heat map
@@ -66,6 +67,8 @@ export interface DemoSizes {
   readonly retentionBatch: number;
   /** Weight of the retained setup's KL-to-base term (TrainerConfig.retentionWeight). */
   readonly retentionWeight: number;
+  /** Peak learning rate of the retained setup's router (it has one more thing to learn: which inputs are base-domain). */
+  readonly retainedRouterLr: number;
 }
 
 export const FULL_SIZES: DemoSizes = {
@@ -82,6 +85,7 @@ export const FULL_SIZES: DemoSizes = {
   retentionDocuments: 128,
   retentionBatch: 16,
   retentionWeight: 1,
+  retainedRouterLr: 1e-2,
 };
 
 export const QUICK_SIZES: DemoSizes = {
@@ -98,6 +102,7 @@ export const QUICK_SIZES: DemoSizes = {
   retentionDocuments: 64,
   retentionBatch: 16,
   retentionWeight: 1,
+  retainedRouterLr: 1e-2,
 };
 
 /** The adapter design shared by the three setups (see setups.ts). */
@@ -335,7 +340,7 @@ function trainSetup(
   log: (line: string) => void,
 ): { firstLoss: number | null; finalLoss: number | null } {
   const trainer = new Trainer(model, {
-    optimizer: { lr: sizes.lr, routerLr: sizes.routerLr },
+    optimizer: { lr: sizes.lr, routerLr: setup.retention ? sizes.retainedRouterLr : sizes.routerLr },
     schedule: { warmupSteps: sizes.warmupSteps, totalSteps: sizes.steps, minLrRatio: sizes.minLrRatio },
     maxGradNorm: 1,
     retentionWeight: sizes.retentionWeight,

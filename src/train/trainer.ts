@@ -379,7 +379,7 @@ export class Trainer {
           training: true,
           routing: {
             auxLosses: sink,
-            taskIds: batch.taskIds,
+            taskIds: mixed === undefined ? batch.taskIds : undefined, // only task routers read them, and those refuse retention rows
             routingMask: mixed === undefined ? batch.routingMask : mixed.routingMask,
             ...(mixed === undefined ? {} : { retentionRows: mixed.retentionRows }),
           },
@@ -429,10 +429,10 @@ export class Trainer {
         hint: 'Drop batch.retention, or train with objective { kind: "causal-lm" }',
       });
     }
-    if (batch.taskIds !== undefined) {
-      throw new ConfigError('a batch with retention rows cannot carry taskIds: base-domain rows have no task', {
-        path: 'batch.taskIds',
-        hint: 'Train task-routed models without retention rows, or route without task ids',
+    if (this.model.routes.some((route) => route.needsTaskIds)) {
+      throw new ConfigError('a task-routed model cannot train on retention rows: base-domain rows have no task id for its task router', {
+        path: 'batch.retention',
+        hint: 'Train task-routed models without retention rows (a task router sends each task to its own adapter already)',
       });
     }
     return mixRetentionRows(batch, retention);

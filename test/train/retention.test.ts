@@ -4,6 +4,7 @@
 // the base never changes and nothing leaks. Refusals are by name.
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { ConfigError } from '../../src/errors.js';
@@ -120,17 +121,23 @@ describe('retention rows in the Trainer', () => {
     expect(tf.memory().numTensors).toBe(start);
   });
 
-  test('refuses retention rows with task ids, and with the classification objective, by name', () => {
+  test('refuses retention rows on a task-routed model, and with the classification objective, by name', () => {
+    const tasked = AdaptedModel.create(
+      base,
+      { ...lora('zero-b'), composition: { kind: 'route', experts: ['a'], router: { kind: 'task' }, placement: 'model', granularity: 'sequence' } },
+      { routers: builtinRouters() },
+    );
+    const trainer = new Trainer(tasked, {});
     const model = AdaptedModel.create(base, lora('zero-b'));
-    const trainer = new Trainer(model, {});
     const classify = new Trainer(model, { objective: { kind: 'classification', classes: 2 } });
     try {
-      expect(() => trainer.step({ ...task, taskIds: [0, 1], retention })).toThrow(ConfigError);
-      expect(() => trainer.step({ ...task, taskIds: [0, 1], retention })).toThrow(/taskIds/);
+      expect(() => trainer.step({ ...task, taskIds: [0, 0], retention })).toThrow(ConfigError);
+      expect(() => trainer.step({ ...task, taskIds: [0, 0], retention })).toThrow(/task router/);
       expect(() => classify.step({ ...task, labels: [0, 1], retention })).toThrow(/causal-lm/);
     } finally {
       trainer.dispose();
       classify.dispose();
+      tasked.dispose();
       model.dispose();
     }
   });
