@@ -13,8 +13,8 @@ export interface StepReport {
   readonly taskLoss: number;
   /** Router auxiliary losses, each already weighted (retention terms of the routes included). */
   readonly auxLoss: number;
-  /** Mean KL(p_base ‖ p_model) on the retention rows (train/retention.ts); NaN without retention rows. */
-  readonly retentionLoss: number;
+  /** Mean KL(p_base ‖ p_model) on the retention rows (train/retention.ts); null without retention rows. */
+  readonly retentionLoss: number | null;
   /** Peak LR × schedule of the top layer of each group at this step. */
   readonly lr: { readonly expert: number; readonly router: number };
   /** Global gradient norm before clipping; null while still accumulating micro-batches. */

@@ -547,9 +547,9 @@ export class Trainer {
     return averaged;
   }
 
-  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number; retentionLoss: number } {
+  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number; retentionLoss: number | null } {
     const w = pending.weight;
-    const retentionLoss = pending.retentionWeight === 0 ? Number.NaN : pending.retentionSum / pending.retentionWeight;
+    const retentionLoss = pending.retentionWeight === 0 ? null : pending.retentionSum / pending.retentionWeight;
     return w === 0
       ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN, retentionLoss }
       : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w, retentionLoss };

@@ -47,7 +47,7 @@ const lora = (init: 'zero-b' | 'random') => ({
 function klNow(model: AdaptedModel): number {
   const probe = new Trainer(model, { optimizer: { lr: 1e-12 }, schedule: { totalSteps: 1 } });
   try {
-    return probe.step({ ...task, retention }).retentionLoss;
+    return probe.step({ ...task, retention }).retentionLoss ?? Number.NaN;
   } finally {
     probe.dispose();
   }
