@@ -10,6 +10,7 @@ import { noisyTopKRouterKind } from './noisy-top-k.js';
 import { softRouterKind } from './soft.js';
 import { switchRouterKind } from './switch.js';
 import { taskRouterKind } from './task.js';
+import { thresholdRouterKind } from './threshold.js';
 import { topKRouterKind } from './top-k.js';
 import { topPRouterKind } from './top-p.js';
 
@@ -19,6 +20,7 @@ export { NoisyTopKRouterConfig, noisyTopKRouterKind } from './noisy-top-k.js';
 export { SoftRouterConfig, softRouterKind } from './soft.js';
 export { SwitchRouterConfig, switchRouterKind } from './switch.js';
 export { TaskRouterConfig, taskRouterKind } from './task.js';
+export { ThresholdRouterConfig, thresholdRouterKind } from './threshold.js';
 export { TopKRouterConfig, topKRouterKind } from './top-k.js';
 export { TopPRouterConfig, topPRouterKind } from './top-p.js';
 
@@ -32,9 +34,10 @@ export const BUILTIN_ROUTER_KINDS: readonly RouterKind[] = [
   topPRouterKind,
   taskRouterKind,
   hashRouterKind,
+  thresholdRouterKind,
 ];
 
-/** A fresh registry holding the eight built-in kinds. */
+/** A fresh registry holding the nine built-in kinds. */
 export function builtinRouters(): RouterRegistry {
   return new RouterRegistry(BUILTIN_ROUTER_KINDS);
 }

@@ -31,10 +31,12 @@ ${MODEL_USAGE}
                         (default: the expected completion's length; 0 skips accuracy)
   --max-length N        Longest scored example in tokens (default: the model's context)
   --base-text FILE      Base-domain text (JSONL "text" lines): adds baseRetention, the loss with the
-                        adapters against the bare base
+                        adapters against the bare base, and nullShare, the share of its routed tokens
+                        that apply no expert (null expert's gate largest, or a router that abstained)
   --format text|json    json prints one object: {loss, perplexity, tokens, count, tasks: {name: {loss,
                         accuracy, count, tokens}}, routing: {purity, mutualInformation, droppedRate,
-                        decisions, load: [...]}, baseRetention?}
+                        decisions, load: [...]}, baseRetention?: {routedLoss, baseLoss, delta, ratio,
+                        perplexityRatio, nullShare}}
 `;
 
 const fmt = (x: number | null, digits = 4): string => (x === null ? 'n/a' : x.toFixed(digits));
@@ -61,7 +63,8 @@ function formatText(result: EvaluationResult): string {
   }
   if (result.baseRetention !== undefined) {
     const b = result.baseRetention;
-    lines.push(`base retention: loss ${fmt(b.routedLoss)} with adapters vs ${fmt(b.baseLoss)} bare (delta ${fmt(b.delta)})`);
+    const share = b.nullShare === null ? '' : `; ${(b.nullShare * 100).toFixed(1)}% of its routed tokens to the null expert (or to nothing)`;
+    lines.push(`base retention: loss ${fmt(b.routedLoss)} with adapters vs ${fmt(b.baseLoss)} bare (delta ${fmt(b.delta)})${share}`);
   }
   return `${lines.join('\n')}\n`;
 }

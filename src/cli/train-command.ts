@@ -35,6 +35,7 @@ const DEFAULT_MAX_LENGTH = 128;
 const usage = `Usage: routed-peft train --model PATH [--tokenizer PATH] --data FILE.jsonl (--spec SPEC.json | --routed DIR)
                        --out DIR [--steps N] [--batch-size N] [--seed S] [--lr X] [--router-lr X]
                        [--max-length N] [--checkpoint-every N] [--resume] [--format text|json]
+                       [--retention-data FILE.jsonl [--retention-weight W] [--retention-batch-size N]]
 
 Train the experts and routers of a routed model on JSONL data; the base model stays frozen.
 Data lines: {"text": ...}, {"prompt": ..., "completion": ...} (loss on the completion only), or
@@ -57,9 +58,15 @@ ${MODEL_USAGE}
   --resume             Continue the checkpoint in --out (its spec, trainer settings, data order and seed);
                        --spec/--routed are then not needed
   --format text|json   Progress bar + text summary on a terminal (text, the default), or JSON lines
+  --retention-data FILE  Base-domain text ({"text": ...} lines) mixed into every step: on those rows the
+                       loss is the KL divergence from the frozen base's own next-token distribution, so
+                       the routes learn to leave base-domain text alone (and a route's retention terms,
+                       e.g. nullRouting, learn which inputs those are)
+  --retention-weight W Weight of that KL term (default 1)
+  --retention-batch-size N  Retention rows per step (default: --batch-size)
 
 Without a terminal (or with --format json) stdout gets one JSON line per step:
-  {"type":"step","step","loss","taskLoss","auxLoss","lr","routerLr","gradNorm","skipped","tokensPerSecond","load"?}
+  {"type":"step","step","loss","taskLoss","auxLoss","retentionLoss"?,"lr","routerLr","gradNorm","skipped","tokensPerSecond","load"?}
 and a final {"type":"summary",...} line.
 `;
 
@@ -84,6 +91,7 @@ function stepLine(report: LoopStepReport): string {
     loss: report.loss,
     taskLoss: report.taskLoss,
     auxLoss: report.auxLoss,
+    ...(report.retentionLoss === undefined ? {} : { retentionLoss: report.retentionLoss }),
     lr: report.lr.expert,
     routerLr: report.lr.router,
     gradNorm: report.gradNorm,
@@ -134,8 +142,16 @@ export const trainCommand: CliCommand = {
       'checkpoint-every': { type: 'string', default: '0' },
       resume: { type: 'boolean', default: false },
       format: { type: 'string', default: 'text' },
+      'retention-data': { type: 'string' },
+      'retention-weight': { type: 'string' },
+      'retention-batch-size': { type: 'string' },
     });
     const format = toChoice('format', values.format, ['text', 'json'] as const);
+    const retentionWeightFlag = optional(values['retention-weight'], (raw) => toNumber('retention-weight', raw, { min: 0 }), undefined);
+    const retentionBatchFlag = optional(values['retention-batch-size'], (raw) => toInt('retention-batch-size', raw, { min: 1 }), undefined);
+    if (values['retention-data'] === undefined && (retentionWeightFlag !== undefined || retentionBatchFlag !== undefined)) {
+      throw new UsageError('--retention-weight and --retention-batch-size need --retention-data FILE.jsonl');
+    }
     const steps = optional(values.steps, (raw) => toInt('steps', raw, { min: 1 }), DEFAULT_STEPS);
     const batchSizeFlag = optional(values['batch-size'], (raw) => toInt('batch-size', raw, { min: 1 }), undefined);
     const seedFlag = optional(values.seed, (raw) => toInt('seed', raw), undefined);
@@ -166,7 +182,19 @@ export const trainCommand: CliCommand = {
     if (saved !== undefined) {
       if (savedOptimizer.lr !== undefined) agree('lr', lrFlag, savedOptimizer.lr);
       agree('router-lr', routerLrFlag, savedOptimizer.routerLr ?? savedOptimizer.lr);
+      const savedWeight = saved.trainer['retentionWeight'];
+      if (typeof savedWeight === 'number' && saved.data.retention !== undefined) agree('retention-weight', retentionWeightFlag, savedWeight);
+      if (saved.data.retention !== undefined) agree('retention-batch-size', retentionBatchFlag, saved.data.retention.batchSize);
+      if ((saved.data.retention === undefined) !== (values['retention-data'] === undefined)) {
+        throw new UsageError(
+          saved.data.retention === undefined
+            ? '--retention-data: the checkpoint was trained without retention data; a resumed run keeps its data (omit --retention-data)'
+            : '--resume: the checkpoint was trained with retention data; pass the same --retention-data FILE',
+        );
+      }
     }
+    const retentionData = values['retention-data'] === undefined ? undefined : await readJsonlDataset(values['retention-data']);
+    for (const problem of retentionData?.problems ?? []) io.stderr(`warning: ${values['retention-data']}: line ${problem.line} skipped: ${problem.message}\n`);
     const spec = values.spec === undefined || resume ? undefined : await readJsonFile(values.spec, 'spec');
     // The data's task and label names keep the ids of the run being resumed.
     const dataset = await readJsonlDataset(values.data, saved === undefined ? {} : { tasks: saved.data.tasks, labels: saved.data.labels });
@@ -204,6 +232,7 @@ export const trainCommand: CliCommand = {
         optimizer: { ...(lrFlag === undefined ? {} : { lr: lrFlag }), ...(routerLrFlag === undefined ? {} : { routerLr: routerLrFlag }) },
         schedule: { totalSteps: steps },
         seed,
+        ...(retentionWeightFlag === undefined ? {} : { retentionWeight: retentionWeightFlag }),
         ...(dataset.kind === 'classification' ? { objective: { kind: 'classification', classes: Math.max(2, dataset.labels.length) } } : {}),
       };
 
@@ -232,6 +261,9 @@ export const trainCommand: CliCommand = {
         checkpointEvery,
         ...(checkpoint === undefined ? {} : { resumeFrom: checkpoint }),
         basePath: loaded.path,
+        ...(retentionData === undefined
+          ? {}
+          : { retention: { dataset: retentionData, batchSize: saved?.data.retention?.batchSize ?? retentionBatchFlag ?? batchSize } }),
         routingLoadEvery: useBar || model.routes.length === 0 ? 0 : 1,
         onStep: (report) => {
           if (bar !== undefined)

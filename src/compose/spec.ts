@@ -41,6 +41,34 @@ export const AuxLossWeights = z
   .readonly();
 export type AuxLossWeights = z.infer<typeof AuxLossWeights>;
 
+/**
+ * What a route does with base-domain (retention) rows of a training batch — the rows a caller marks with
+ * `routing.retentionRows` (the Trainer marks the rows of its retention data). Both terms are added to the
+ * route's auxiliary losses of a training forward; neither changes inference.
+ *
+ *   nullRouting   weight of the binary cross-entropy of p_null against the row's kind (−log p_null on
+ *                 base-domain rows, −log(1 − p_null) on task rows): the router learns to send base-domain
+ *                 inputs to the null expert and to keep it out of task inputs (AdaMoE, Zeng et al. 2024, adds
+ *                 null experts so that a token may use fewer experts; here the null expert is taught which
+ *                 inputs should use none). Needs `nullExpert: true`.
+ *   localBalance  weight of LoRAMoE's localized balancing constraint (Dou et al. 2023, §3.2): the choices are
+ *                 split into two groups, `group` serving base-domain rows and the others serving task rows,
+ *                 and each row's router probabilities are balanced within its group while its group holds
+ *                 more of them (see routing/retention-losses.ts).
+ */
+export const RetentionRouting = z
+  .object({
+    nullRouting: z.number().min(0).finite().default(0),
+    localBalance: z.number().min(0).finite().default(0),
+    /** The choices (expert names, `null` for the null expert) that serve base-domain rows; default: the null expert. */
+    group: z.array(z.string().min(1)).min(1).optional(),
+    /** δ of the localized balance: matched entries are weighted 1 − δ, the others 1 + δ. */
+    delta: z.number().min(0).lt(1).default(0.5),
+  })
+  .strict()
+  .readonly();
+export type RetentionRouting = z.infer<typeof RetentionRouting>;
+
 export const RouteNode = z
   .object({
     kind: z.literal('route'),
@@ -65,6 +93,8 @@ export const RouteNode = z
      * appended to their input, [R, D] → [R, D + 2] (pooled like the rest at sequence granularity).
      */
     modalityFeature: z.boolean().optional(),
+    /** Retention terms on base-domain training rows (absent: none). */
+    retention: RetentionRouting.optional(),
   })
   .strict()
   .readonly();

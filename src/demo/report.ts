@@ -39,7 +39,7 @@ export function formatDemoReport(summary: DemoSummary): string {
       `${summary.runs.length} runs (seeds ${summary.seed}-${lastSeed}, each with its own data, init and batch order); figures are means over the runs, times are totals`,
     );
   out.push('');
-  const header = ['setup', ...taskNames, 'mean', 'trainable', 'fraction', 'vs routed', 'retention Δ', 'train s', 'eval s'];
+  const header = ['setup', ...taskNames, 'mean', 'trainable', 'fraction', 'vs routed', 'retention Δ', 'to null', 'purity', 'train s', 'eval s'];
   const rows = SETUP_NAMES.map((name) => {
     const s = summary.setups[name];
     return [
@@ -50,6 +50,8 @@ export function formatDemoReport(summary: DemoSummary): string {
       percent(s.trainableFraction, 2),
       `${signed(s.budgetDifference * 100, 2)}%`,
       s.retentionDelta === null ? 'n/a' : signed(s.retentionDelta),
+      s.nullShare === null ? 'n/a' : percent(s.nullShare, 0),
+      s.purity === null ? 'n/a' : s.purity.toFixed(3),
       s.trainSeconds.toFixed(1),
       s.evalSeconds.toFixed(1),
     ];
@@ -100,10 +102,18 @@ export function formatDemoReport(summary: DemoSummary): string {
     `base retention on pretraining-style text: routed ${r.routedLoss.toFixed(3)} vs bare base ${r.baseLoss.toFixed(3)} nats/token ` +
       `(delta ${signed(r.delta)}, perplexity x${r.perplexityRatio.toFixed(3)})`,
   );
+  const k = summary.retainedRetention;
+  const retained = summary.setups.retained;
+  out.push(
+    `  with retention (retained): ${k.routedLoss.toFixed(3)} vs ${k.baseLoss.toFixed(3)} (delta ${signed(k.delta)}), ` +
+      `${percent(retained.nullShare ?? 0, 0)} of the documents routed to the null expert, task purity ${(retained.purity ?? 0).toFixed(3)}`,
+  );
   out.push('');
-  out.push('examples (expected | shared | routed | oracle):');
+  out.push('examples (expected | shared | routed | oracle | retained):');
   for (const e of summary.examples) {
-    out.push(`  ${e.prompt.padEnd(12)} ${e.expected.padEnd(8)} | ${e.predicted.shared.padEnd(8)} | ${e.predicted.routed.padEnd(8)} | ${e.predicted.oracle}`);
+    out.push(
+      `  ${e.prompt.padEnd(12)} ${e.expected.padEnd(8)} | ${e.predicted.shared.padEnd(8)} | ${e.predicted.routed.padEnd(8)} | ${e.predicted.oracle.padEnd(8)} | ${e.predicted.retained}`,
+    );
   }
   out.push('');
   out.push(`wrote ${summary.files.heatmap}`);

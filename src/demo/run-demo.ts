@@ -1,7 +1,8 @@
 /**
  * `routed-peft demo`, as a library function: fine-tunes the shipped base model (demo-model/) on four
- * procedurally generated tasks with three setups of equal trainable budget — one shared LoRA, routed LoRA
- * experts, and per-task LoRAs chosen by the true task id (the oracle) — on the same batches, steps, learning
+ * procedurally generated tasks with four setups of equal trainable budget — one shared LoRA, routed LoRA
+ * experts, per-task LoRAs chosen by the true task id (the oracle), and routed experts with a null expert
+ * trained on retention data (retained) — on the same batches, steps, learning
  * rate schedule and seed; then serves mixed batches (all four tasks interleaved, left-padded) through each
  * and measures exact-match accuracy per task, routing purity and mutual information task ↔ expert, base
  * retention (loss on pretraining-style text against the bare base), and time. Writes a routing heat map
@@ -22,17 +23,18 @@ import type { SiteName } from '../base/sites.js';
 import type { Transformer } from '../base/transformer.js';
 import { RoutedPeftError } from '../errors.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
-import type { RoutingTraceEntry } from '../routing/trace.js';
+import { NULL_EXPERT, type RoutingTraceEntry } from '../routing/trace.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { loadTokenizer } from '../tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import { makeBatches, seededShuffle, tokenizeExamples } from '../train/batches.js';
 import { causalLmLoss } from '../train/losses.js';
+import type { RetentionRows } from '../train/retention.js';
 import { baseRetention, exactMatch, routingPurity, type BaseRetention } from '../train/metrics.js';
 import { Trainer } from '../train/trainer.js';
 import { renderHeatmap } from './heatmap.js';
-import { SETUP_NAMES, buildSetups, expertNames, type DemoSetup, type SetupName } from './setups.js';
+import { SETUP_NAMES, buildSetups, type DemoSetup, type SetupName } from './setups.js';
 import { DEMO_TASKS, heldOutExamples, pretrainingDocuments, taskExamples, type DemoExample } from './tasks.js';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -61,6 +63,12 @@ export interface DemoSizes {
   readonly evalBatch: number;
   /** Pretraining-style documents for base retention. */
   readonly retentionDocuments: number;
+  /** Pretraining-style rows mixed into every training batch of the retained setup (drawn from their own seed). */
+  readonly retentionBatch: number;
+  /** Weight of the retained setup's KL-to-base term (TrainerConfig.retentionWeight). */
+  readonly retentionWeight: number;
+  /** Peak learning rate of the retained setup's router (it has one more thing to learn: which inputs are base-domain). */
+  readonly retainedRouterLr: number;
 }
 
 export const FULL_SIZES: DemoSizes = {
@@ -75,6 +83,9 @@ export const FULL_SIZES: DemoSizes = {
   evalPerTask: 100,
   evalBatch: 100,
   retentionDocuments: 128,
+  retentionBatch: 16,
+  retentionWeight: 1,
+  retainedRouterLr: 1e-2,
 };
 
 export const QUICK_SIZES: DemoSizes = {
@@ -89,6 +100,9 @@ export const QUICK_SIZES: DemoSizes = {
   evalPerTask: 40,
   evalBatch: 80,
   retentionDocuments: 64,
+  retentionBatch: 16,
+  retentionWeight: 1,
+  retainedRouterLr: 1e-2,
 };
 
 /** The adapter design shared by the three setups (see setups.ts). */
@@ -102,6 +116,7 @@ export const DEMO_ADAPTERS = {
   readLayer: 0,
   expertScale: 1,
   aux: { balance: 0.01, zLoss: 0, importance: 0, entropy: 0 },
+  nullRouting: 1,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -125,6 +140,13 @@ export interface SetupSummary {
   readonly finalLoss: number | null;
   /** routed-or-shared loss − base loss on pretraining-style text (null for the oracle: it needs a task id). */
   readonly retentionDelta: number | null;
+  /**
+   * Share of the pretraining-style documents the route sends to the null expert (its largest gate) or to
+   * nothing (routed setups; null for the others).
+   */
+  readonly nullShare: number | null;
+  /** Routing purity of the served task prompts (routed setups; null for the others). */
+  readonly purity: number | null;
   readonly trainSeconds: number;
   readonly evalSeconds: number;
 }
@@ -183,6 +205,10 @@ export interface DemoSummary {
   readonly routing: RoutingSummary;
   /** The routed model against the bare base (select: 'base') on pretraining-style text. */
   readonly retention: BaseRetention;
+  /** The same for the retained setup (routed with a null expert and retention data). */
+  readonly retainedRetention: BaseRetention;
+  /** The retained setup's routing of the served task prompts (its choices include the null expert). */
+  readonly retainedRouting: RoutingSummary;
   /** routed mean accuracy − shared mean accuracy, averaged over the runs (the demo's claim: > 0). */
   readonly margin: number;
   /** Every run on its own. */
@@ -259,6 +285,8 @@ export interface DemoBatch {
 
 interface Prepared {
   readonly train: readonly DemoBatch[];
+  /** Pretraining-style rows for each training step of the retained setup. */
+  readonly retention: readonly RetentionRows[];
   readonly evalSet: readonly DemoExample[];
   readonly prompts: readonly number[][];
 }
@@ -302,7 +330,15 @@ function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared
   );
   const evalSet = heldOutExamples(sizes.evalPerTask, seed + 7919, new Set(trainExamples.map((e) => e.prompt)));
   const prompts = evalSet.map((e) => tokenizer.encode(e.prompt, { addBos: true }));
-  return { train, evalSet, prompts };
+  // Retention rows: their own documents (never the evaluation's, seed RETENTION_EVAL_SEED), one batch per step.
+  const documents = pretrainingDocuments(sizes.steps * sizes.retentionBatch, seed * 7 + 101);
+  const tokenized = tokenizeExamples(
+    documents.map((text, i) => ({ kind: 'text' as const, text, line: i + 1 })),
+    tokenizer,
+    { maxLength: 64, addEos: true },
+  );
+  const retention = makeBatches(tokenized, { batchSize: sizes.retentionBatch, shuffle: false }).map(({ ids, mask, lossMask }) => ({ ids, mask, lossMask }));
+  return { train, retention, evalSet, prompts };
 }
 
 /**
@@ -319,9 +355,10 @@ function trainSetup(
   log: (line: string) => void,
 ): { firstLoss: number | null; finalLoss: number | null } {
   const trainer = new Trainer(model, {
-    optimizer: { lr: sizes.lr, routerLr: sizes.routerLr },
+    optimizer: { lr: sizes.lr, routerLr: setup.retention ? sizes.retainedRouterLr : sizes.routerLr },
     schedule: { warmupSteps: sizes.warmupSteps, totalSteps: sizes.steps, minLrRatio: sizes.minLrRatio },
     maxGradNorm: 1,
+    retentionWeight: sizes.retentionWeight,
   });
   let firstLoss: number | null = null;
   let finalLoss: number | null = null;
@@ -331,8 +368,13 @@ function trainSetup(
     const every = Math.max(1, Math.round(sizes.steps / 5));
     prepared.train.forEach((batch, step) => {
       const { ids, mask, lossMask, routingMask } = batch;
+      const retention = setup.retention ? prepared.retention[step] : undefined;
       // Only the oracle is told the task.
-      const report = trainer.step(setup.usesTaskIds ? { ids, mask, lossMask, routingMask, taskIds: batch.taskIds } : { ids, mask, lossMask, routingMask });
+      const report = trainer.step(
+        setup.usesTaskIds
+          ? { ids, mask, lossMask, routingMask, taskIds: batch.taskIds }
+          : { ids, mask, lossMask, routingMask, ...(retention === undefined ? {} : { retention }) },
+      );
       if (!report.skipped) {
         firstLoss ??= report.taskLoss;
         finalLoss = report.taskLoss;
@@ -376,8 +418,18 @@ function serve(
   return out;
 }
 
-/** Mean token loss on documents (text with EOS), for base retention. */
-function documentLoss(model: AdaptedModel, select: SelectionInput, tokenizer: Tokenizer, documents: readonly string[], maxLength: number): number {
+/**
+ * Mean token loss on documents (text with EOS), for base retention; with `choices`, also the share of
+ * documents whose route decision gives the null expert the largest gate or applies nothing.
+ */
+function documentLoss(
+  model: AdaptedModel,
+  select: SelectionInput,
+  tokenizer: Tokenizer,
+  documents: readonly string[],
+  maxLength: number,
+  choices?: readonly string[],
+): { loss: number; nullShare: number | null } {
   const tokenized = tokenizeExamples(
     documents.map((text, i) => ({ kind: 'text' as const, text, line: i + 1 })),
     tokenizer,
@@ -386,13 +438,28 @@ function documentLoss(model: AdaptedModel, select: SelectionInput, tokenizer: To
   const batches = makeBatches(tokenized, { batchSize: 64, shuffle: false });
   let weighted = 0;
   let targets = 0;
+  let sequences = 0;
+  let toNull = 0;
   for (const batch of batches) {
     const n = batch.lossMask.reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
-    const loss = tf.tidy(() => causalLmLoss(model.forward({ ids: batch.ids, mask: batch.mask, select }), batch).dataSync()[0] as number);
+    const trace: RoutingTraceEntry[] | undefined = choices === undefined ? undefined : [];
+    const loss = tf.tidy(() => causalLmLoss(model.forward({ ids: batch.ids, mask: batch.mask, select, routing: { trace } }), batch).dataSync()[0] as number);
     weighted += loss * n;
     targets += n;
+    // One decision per sequence (the model router's): its first entry per row.
+    const seen = new Set<number>();
+    for (const entry of trace ?? []) {
+      if (seen.has(entry.batch)) continue;
+      seen.add(entry.batch);
+      sequences++;
+      let top = -1;
+      entry.weights.forEach((w, k) => {
+        if (w > 0 && (top < 0 || w > (entry.weights[top] ?? 0))) top = k;
+      });
+      if (top < 0 || entry.experts[top] === NULL_EXPERT) toNull++;
+    }
   }
-  return weighted / targets;
+  return { loss: weighted / targets, nullShare: choices === undefined || sequences === 0 ? null : toNull / sequences };
 }
 
 /** Per-layer routing of the served sequences, from the prefill trace entries (one decision per sequence). */
@@ -471,6 +538,8 @@ interface RunResult {
   readonly predictions: ReadonlyMap<SetupName, readonly string[]>;
   readonly routing: RoutingSummary;
   readonly retention: BaseRetention;
+  readonly retainedRouting: RoutingSummary;
+  readonly retainedRetention: BaseRetention;
   readonly evalSet: readonly DemoExample[];
 }
 
@@ -498,6 +567,8 @@ function runOnce(context: RunContext, seed: number): RunResult {
   const predictions = new Map<SetupName, string[]>();
   let routing: RoutingSummary | undefined;
   let retention: BaseRetention | undefined;
+  let retainedRouting: RoutingSummary | undefined;
+  let retainedRetention: BaseRetention | undefined;
   for (const setup of setups) {
     const model = AdaptedModel.create(base, setup.spec, { routers });
     try {
@@ -506,16 +577,22 @@ function runOnce(context: RunContext, seed: number): RunResult {
       const losses = trainSetup(model, setup, prepared, sizes, log);
       const trainSeconds = seconds(trainStart);
       const evalStart = performance.now();
-      const trace: RoutingTraceEntry[][] | undefined = setup.name === 'routed' ? [] : undefined;
+      const trace: RoutingTraceEntry[][] | undefined = setup.choices !== undefined ? [] : undefined;
       const predicted = serve(model, setup, prepared, tokenizer, sizes, trace);
       let retentionDelta: number | null = null;
+      let nullShare: number | null = null;
       if (!setup.usesTaskIds) {
-        const adaptedLoss = documentLoss(model, 'spec', tokenizer, retentionDocs, base.config.maxSeqLen);
-        const baseLoss = documentLoss(model, 'base', tokenizer, retentionDocs, base.config.maxSeqLen);
-        retentionDelta = adaptedLoss - baseLoss;
-        if (setup.name === 'routed') retention = baseRetention(adaptedLoss, baseLoss);
+        const adapted = documentLoss(model, 'spec', tokenizer, retentionDocs, base.config.maxSeqLen, setup.choices);
+        const baseLoss = documentLoss(model, 'base', tokenizer, retentionDocs, base.config.maxSeqLen).loss;
+        retentionDelta = adapted.loss - baseLoss;
+        nullShare = adapted.nullShare;
+        if (setup.name === 'routed') retention = baseRetention(adapted.loss, baseLoss);
+        if (setup.name === 'retained') retainedRetention = baseRetention(adapted.loss, baseLoss);
       }
-      if (trace !== undefined) routing = routingOf(trace, prepared, sizes, expertNames(DEMO_TASKS.length), base.config.nLayers);
+      const setupRouting =
+        trace === undefined || setup.choices === undefined ? undefined : routingOf(trace, prepared, sizes, setup.choices, base.config.nLayers);
+      if (setup.name === 'routed') routing = setupRouting;
+      if (setup.name === 'retained') retainedRouting = setupRouting;
       const accuracy = accuracyOf(predicted, prepared.evalSet);
       predictions.set(setup.name, predicted);
       results.set(setup.name, {
@@ -527,6 +604,8 @@ function runOnce(context: RunContext, seed: number): RunResult {
         firstLoss: losses.firstLoss,
         finalLoss: losses.finalLoss,
         retentionDelta,
+        nullShare,
+        purity: setupRouting?.purity ?? null,
         trainSeconds,
         evalSeconds: seconds(evalStart),
       });
@@ -538,7 +617,8 @@ function runOnce(context: RunContext, seed: number): RunResult {
     }
   }
   if (routing === undefined || retention === undefined) throw new Error('the routed setup did not run');
-  return { seed, setups: results, predictions, routing, retention, evalSet: prepared.evalSet };
+  if (retainedRouting === undefined || retainedRetention === undefined) throw new Error('the retained setup did not run');
+  return { seed, setups: results, predictions, routing, retention, retainedRouting, retainedRetention, evalSet: prepared.evalSet };
 }
 
 /** One setup's figures averaged over runs (times summed: they are what the user waited for). */
@@ -553,14 +633,16 @@ function meanSetup(runs: readonly RunResult[], name: SetupName): SetupSummary {
     firstLoss: nullableMean(all.map((s) => s.firstLoss)),
     finalLoss: nullableMean(all.map((s) => s.finalLoss)),
     retentionDelta: nullableMean(all.map((s) => s.retentionDelta)),
+    nullShare: nullableMean(all.map((s) => s.nullShare)),
+    purity: nullableMean(all.map((s) => s.purity)),
     trainSeconds: all.reduce((t, s) => t + s.trainSeconds, 0),
     evalSeconds: all.reduce((t, s) => t + s.evalSeconds, 0),
   };
 }
 
 /** Routing averaged over runs, layer by layer (each run's experts are its own: e0 of one seed is not e0 of another). */
-function meanRouting(runs: readonly RunResult[]): RoutingSummary {
-  const routings = runs.map((r) => r.routing);
+function meanRouting(runs: readonly RunResult[], which: 'routing' | 'retainedRouting' = 'routing'): RoutingSummary {
+  const routings = runs.map((r) => r[which]);
   const first = routings[0] as RoutingSummary;
   return {
     purity: mean(routings.map((r) => r.purity)),
@@ -595,6 +677,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     const setupSummaries = Object.fromEntries(SETUP_NAMES.map((name) => [name, meanSetup(runs, name)])) as Record<SetupName, SetupSummary>;
     const routing = meanRouting(runs);
     const retention = baseRetention(mean(runs.map((r) => r.retention.routedLoss)), mean(runs.map((r) => r.retention.baseLoss)));
+    const retainedRetention = baseRetention(mean(runs.map((r) => r.retainedRetention.routedLoss)), mean(runs.map((r) => r.retainedRetention.baseLoss)));
     const demoRuns: DemoRun[] = runs.map((r) => {
       const accuracy = Object.fromEntries(SETUP_NAMES.map((name) => [name, r.setups.get(name)?.accuracy.mean ?? 0])) as Record<SetupName, number>;
       return { seed: r.seed, accuracy, margin: accuracy.routed - accuracy.shared, purity: r.routing.purity, mutualInformation: r.routing.mutualInformation };
@@ -623,6 +706,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       setups: setupSummaries,
       routing,
       retention,
+      retainedRetention,
+      retainedRouting: meanRouting(runs, 'retainedRouting'),
       margin: mean(demoRuns.map((r) => r.margin)),
       runs: demoRuns,
       budgetTolerance: Math.max(...SETUP_NAMES.map((n) => Math.abs(setupSummaries[n].budgetDifference))),

@@ -6,6 +6,9 @@
  *            of each layer (it never sees the task id)
  *   oracle   one LoRA of rank r per task, selected by the true task id (a `task` router: the upper bound
  *            of hard routing, given information the other two never get)
+ *   retained the routed setup plus a null expert, trained with base-domain (pretraining-style) rows mixed
+ *            into every batch: KL to the frozen base on those rows, and the route's nullRouting term
+ *            teaching the router to send them to the null expert (it costs one router column)
  *
  * The budget is the routed setup's (experts + routers, from parameterReport()). The shared adapter starts at
  * rank E·r (the experts' total) and the oracle at E adapters of rank r; each then gets one extra rank on
@@ -18,9 +21,10 @@ import { siteShape } from '../base/site-shape.js';
 import type { Transformer } from '../base/transformer.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import { AdaptedModel } from '../model/adapted-model.js';
+import { NULL_EXPERT } from '../routing/trace.js';
 
-export type SetupName = 'shared' | 'routed' | 'oracle';
-export const SETUP_NAMES: readonly SetupName[] = ['shared', 'routed', 'oracle'];
+export type SetupName = 'shared' | 'routed' | 'oracle' | 'retained';
+export const SETUP_NAMES: readonly SetupName[] = ['shared', 'routed', 'oracle', 'retained'];
 
 export interface DemoSetup {
   readonly name: SetupName;
@@ -32,6 +36,10 @@ export interface DemoSetup {
   readonly usesTaskIds: boolean;
   /** Trainable parameters of the spec (adapters + routers), measured with parameterReport(). */
   readonly trainableParams: number;
+  /** Whether training mixes base-domain rows into every batch (the retained setup). */
+  readonly retention: boolean;
+  /** The route's choices, in order (routed setups), for routing statistics. */
+  readonly choices?: readonly string[];
 }
 
 export interface SetupOptions {
@@ -66,6 +74,8 @@ export interface SetupOptions {
   readonly seed: number;
   /** The routed setup's routers also read each token's modality (text / image; the multimodal demo). */
   readonly modalityFeature?: boolean;
+  /** Weight of the retained setup's null-expert routing term on base-domain rows (RouteNode.retention.nullRouting). */
+  readonly nullRouting: number;
 }
 
 function lora(name: string, rank: number, options: SetupOptions, extra: ReadonlyMap<string, number> = new Map(), scale = 1): Record<string, unknown> {
@@ -105,6 +115,14 @@ function routedSpec(options: SetupOptions): Record<string, unknown> {
       ...(options.modalityFeature === true ? { modalityFeature: true } : {}),
       aux: { ...options.aux },
     },
+  };
+}
+
+function retainedSpec(options: SetupOptions): Record<string, unknown> {
+  const routed = routedSpec(options);
+  return {
+    ...routed,
+    composition: { ...(routed['composition'] as Record<string, unknown>), nullExpert: true, retention: { nullRouting: options.nullRouting } },
   };
 }
 
@@ -178,6 +196,8 @@ export function buildSetups(base: Transformer, routers: RouterRegistry, options:
   const oracle = oracleSpec(options, oracleExtra);
 
   const r = options.rank;
+  const retained = retainedSpec(options);
+  const names = expertNames(experts);
   return [
     {
       name: 'shared',
@@ -185,6 +205,7 @@ export function buildSetups(base: Transformer, routers: RouterRegistry, options:
       spec: shared,
       usesTaskIds: false,
       trainableParams: measureTrainable(base, shared, routers),
+      retention: false,
     },
     {
       name: 'routed',
@@ -192,6 +213,8 @@ export function buildSetups(base: Transformer, routers: RouterRegistry, options:
       spec: routed,
       usesTaskIds: false,
       trainableParams: budget,
+      retention: false,
+      choices: names,
     },
     {
       name: 'oracle',
@@ -199,6 +222,16 @@ export function buildSetups(base: Transformer, routers: RouterRegistry, options:
       spec: oracle,
       usesTaskIds: true,
       trainableParams: measureTrainable(base, oracle, routers),
+      retention: false,
+    },
+    {
+      name: 'retained',
+      description: `the routed setup plus a null expert, trained with pretraining-style rows in every batch (KL to the base; null-expert routing ${options.nullRouting})`,
+      spec: retained,
+      usesTaskIds: false,
+      trainableParams: measureTrainable(base, retained, routers),
+      retention: true,
+      choices: [...names, NULL_EXPERT],
     },
   ];
 }

@@ -14,8 +14,9 @@ import { LoraModule } from '../adapters/lora/layer.js';
 import type { ModelConfig } from '../base/config.js';
 import type { SiteGroup, SiteName } from '../base/sites.js';
 import type { RouteNode } from '../compose/spec.js';
-import { RoutedPeftError } from '../errors.js';
+import { ConfigError, RoutedPeftError } from '../errors.js';
 import { FusedRouters } from './fused-group.js';
+import type { RetentionChoices } from './retention-losses.js';
 import type { Router } from './router.js';
 import type { RouterRegistry } from './router-registry.js';
 import { NULL_EXPERT } from './trace.js';
@@ -42,6 +43,8 @@ export class RouterSet {
   readonly choices: number;
   readonly needsTokenIds: boolean;
   readonly needsTaskIds: boolean;
+  /** Where the route's retention terms read (undefined: the route has none). */
+  readonly retention: RetentionChoices | undefined;
   private readonly routers = new Map<string, Router>();
   /** By `${layer}|${group index}`, rebuilt when an expert is replaced. */
   private readonly banks = new Map<string, GroupBank>();
@@ -58,6 +61,7 @@ export class RouterSet {
     this.expertNames = [...node.experts, ...(node.nullExpert ? [NULL_EXPERT] : [])];
     this.choices = this.expertNames.length;
     const path = `composition.route[${index}]`;
+    this.retention = retentionChoices(node, this.expertNames, `${path}.retention`);
     const kind = registry.get(node.router.kind, `${path}.router.kind`);
     this.needsTokenIds = kind.needsTokenIds === true;
     this.needsTaskIds = kind.needsTaskIds === true;
@@ -201,6 +205,43 @@ export class RouterSet {
 
 /** Width of the modality features a route with `modalityFeature` appends to its routers' input (one-hot text, image). */
 export const MODALITY_FEATURES = 2;
+/** Checks a route's retention terms against its choices; undefined when it has none. */
+function retentionChoices(node: RouteNode, choices: readonly string[], path: string): RetentionChoices | undefined {
+  const spec = node.retention;
+  if (spec === undefined) return undefined;
+  if (spec.nullRouting > 0 && !node.nullExpert) {
+    throw new ConfigError(`retention.nullRouting = ${spec.nullRouting} trains the null expert, but this route has none`, {
+      path: `${path}.nullRouting`,
+      hint: 'Set "nullExpert": true on the route, or nullRouting to 0',
+    });
+  }
+  const names = spec.group ?? (node.nullExpert ? [NULL_EXPERT] : undefined);
+  if (names === undefined) {
+    if (spec.localBalance > 0) {
+      throw new ConfigError('retention.localBalance needs a group of choices that serve base-domain rows', {
+        path: `${path}.group`,
+        hint: `Name the experts of the base-domain group in retention.group (of ${choices.join(', ')}), or add the null expert ("nullExpert": true)`,
+      });
+    }
+    return { nullIndex: undefined, group: choices.map(() => 0) };
+  }
+  names.forEach((name, i) => {
+    if (!choices.includes(name)) {
+      throw new ConfigError(`retention.group names ${JSON.stringify(name)}, which is not a choice of this route`, {
+        path: `${path}.group[${i}]`,
+        hint: `The route's choices are ${choices.join(', ')}${node.nullExpert ? '' : ` (add "nullExpert": true to use ${NULL_EXPERT})`}`,
+      });
+    }
+  });
+  if (new Set(names).size !== names.length) throw new ConfigError('retention.group names a choice twice', { path: `${path}.group` });
+  if (names.length === choices.length) {
+    throw new ConfigError('retention.group holds every choice of the route; no choice is left for task rows', {
+      path: `${path}.group`,
+      hint: 'Leave at least one expert out of the base-domain group',
+    });
+  }
+  return { nullIndex: node.nullExpert ? choices.length - 1 : undefined, group: choices.map((c) => (names.includes(c) ? 1 : 0)) };
+}
 
 /** The key of a per-site router: `${layer}|${pointKey}`. */
 export function siteKey(layer: number, point: AdapterPoint): string {

@@ -18,6 +18,7 @@ import { ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
 import { fusedGroupDeltas } from './fused-group.js';
 import { readOnHost } from './host-gating.js';
+import { retentionLossTotal } from './retention-losses.js';
 import { decisionGates } from './gating.js';
 import { type BankSite, chooseStrategy, type ExecutionStrategy, routedDelta } from './routed-layer.js';
 import type { LinearTopK, RouterInput } from './router.js';
@@ -46,10 +47,15 @@ export interface RoutingOptions {
    * keeps the decision on the device where it would run on the host. Tests compare every variant.
    */
   readonly fusion?: boolean | 'device' | undefined;
+  /**
+   * [B] 1 on base-domain (retention) rows, 0 on task rows, in a training forward: routes with retention terms
+   * (RouteNode.retention) add them to auxLosses over these rows. Ignored outside training.
+   */
+  readonly retentionRows?: readonly number[] | undefined;
 }
 
 /** The routing option names, for callers that split them from other options. */
-export const ROUTING_OPTION_KEYS = ['taskIds', 'trace', 'auxLosses', 'strategy', 'routingMask', 'fusion'] as const;
+export const ROUTING_OPTION_KEYS = ['taskIds', 'trace', 'auxLosses', 'strategy', 'routingMask', 'fusion', 'retentionRows'] as const;
 
 /** Token-level gates of one decision: [N, E]. */
 type Gates = tf.Tensor2D;
@@ -226,7 +232,13 @@ export class RoutingPass {
       const input = sequence ? this.sequenceInput(set, routed) : this.tokenInput(set, routed, flatMask);
       const decision = router.route(input);
       gates = decisionGates(decision, set.choices); // [R, E]
-      if (options.auxLosses !== undefined && context.training) options.auxLosses.push(tf.keep(auxLossTotal(decision, input.mask, set.node.aux)));
+      if (options.auxLosses !== undefined && context.training) {
+        options.auxLosses.push(tf.keep(auxLossTotal(decision, input.mask, set.node.aux)));
+        const retention = set.node.retention;
+        if (retention !== undefined && set.retention !== undefined && options.retentionRows !== undefined) {
+          options.auxLosses.push(tf.keep(retentionLossTotal(decision, input.mask, this.domainRows(sequence), retention, set.retention)));
+        }
+      }
       if (sequence && cache !== undefined) cache.routingMemory.set(memoryKey, gates);
       if (options.trace !== undefined) options.trace.push(...this.trace(set, layer, site, readForTrace(gates), readForTrace(decision.dropped)));
     }
@@ -286,6 +298,24 @@ export class RoutingPass {
       ...(taskIds === undefined ? {} : { taskIds: tf.tensor1d([...taskIds], 'int32') }), // [B]
       training,
     };
+  }
+
+  /** The rows' domain (1: base-domain) per router row: [B] for sequence routing, [N] for token routing. */
+  private domainRows(sequence: boolean): tf.Tensor1D {
+    const { batch, tokens } = this.context;
+    const rows = this.options.retentionRows ?? [];
+    if (rows.length !== batch || rows.some((r) => r !== 0 && r !== 1)) {
+      throw new ShapeError(`routing.retentionRows must hold one 0/1 entry per batch row (${batch}), got ${JSON.stringify(rows.slice(0, 8))}`, {
+        path: 'routing.retentionRows',
+        hint: 'Mark each row 1 when it is base-domain (retention) text, else 0',
+      });
+    }
+    return sequence
+      ? tf.tensor1d([...rows], 'float32')
+      : tf.tensor1d(
+          rows.flatMap((r) => Array.from({ length: tokens }, () => r)),
+          'float32',
+        ); // [B] or [N]
   }
 
   /** The context's mask of real tokens, times the call's routing mask when there is one: [B, T]. */

@@ -60,6 +60,8 @@ export const StepRecord = z
     loss: maybeNumber,
     taskLoss: maybeNumber,
     auxLoss: maybeNumber,
+    /** KL to the base on the step's retention rows (absent: the run has no retention data). */
+    retentionLoss: maybeNumber.optional(),
     lr: z.object({ expert: z.number(), router: z.number() }).strict(),
     gradNorm: maybeNumber,
     skipped: z.boolean(),
@@ -98,6 +100,14 @@ export const DataPosition = z
     labels: z.array(z.string()),
     /** Fraction held out for validation (split seeded by `seed`), when the loop split the dataset. */
     validationFraction: z.number().min(0).lt(1).optional(),
+    /**
+     * The retention data mixed into every micro-batch, when there is some: its size, hash and rows per
+     * micro-batch (its order is a function of the seed and the micro-batch count, so no position is stored).
+     */
+    retention: z
+      .object({ examples: count, fingerprint: z.string(), batchSize: z.number().int().min(1) })
+      .strict()
+      .optional(),
   })
   .strict();
 export type DataPosition = z.infer<typeof DataPosition>;

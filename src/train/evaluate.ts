@@ -22,13 +22,23 @@ import { oneHotFloat } from '../base/one-hot.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
 import type { SelectionInput } from '../model/selection.js';
-import type { RoutingTraceEntry } from '../routing/trace.js';
+import { NULL_EXPERT, type RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
 import { DatasetError } from './dataset-errors.js';
 import type { Dataset, Example } from './dataset.js';
 import { lmTargetWeights } from './losses.js';
-import { baseRetention, exactMatch, expertLoad, perplexity, routingPurity, type BaseRetention, type ExpertLoad, type RoutingAssignment } from './metrics.js';
+import {
+  baseRetention,
+  exactMatch,
+  expertLoad,
+  nullShare,
+  perplexity,
+  routingPurity,
+  type BaseRetention,
+  type ExpertLoad,
+  type RoutingAssignment,
+} from './metrics.js';
 
 /** Name under which examples without a task are reported. */
 export const NO_TASK = '(none)';
@@ -86,7 +96,12 @@ export interface EvaluationResult {
   readonly tasks: Record<string, TaskEvaluation>;
   /** null when the applied composition routes nothing. */
   readonly routing: RoutingEvaluation | null;
-  readonly baseRetention?: BaseRetention;
+  /**
+   * With base-domain texts: their loss with the model vs the bare base, and `nullShare`, the share of their
+   * routed decisions × tokens that apply no expert (the null expert's gate is the largest, or every gate is
+   * 0); null when the selection routes nothing.
+   */
+  readonly baseRetention?: BaseRetention & { readonly nullShare: number | null };
 }
 
 /** Per-row Σ target NLL and target counts of one forward's logits [B, T, V]. */
@@ -289,8 +304,9 @@ export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
 
   const baseExamples: Example[] = options.baseText.map((text, i) => ({ kind: 'text', text, line: i + 1 }));
   const baseTokenized = tokenizeExamples(baseExamples, tokenizer, { maxLength });
-  const withModel = score(model, baseTokenized, batchSize, options.select, false);
+  const withModel = score(model, baseTokenized, batchSize, options.select, routed);
   const bare = score(model, baseTokenized, batchSize, 'base', false);
   if (withModel.tokens === 0) return result;
-  return { ...result, baseRetention: baseRetention(withModel.lossSum / withModel.tokens, bare.lossSum / bare.tokens) };
+  const share = routed ? nullShare(withModel.trace, NULL_EXPERT) : null;
+  return { ...result, baseRetention: { ...baseRetention(withModel.lossSum / withModel.tokens, bare.lossSum / bare.tokens), nullShare: share } };
 }

@@ -8,10 +8,13 @@ import type { Observable } from 'rxjs';
 export interface StepReport {
   /** Optimizer steps attempted so far (applied + skipped), counting this one when it completed. */
   readonly step: number;
-  /** Objective value: taskLoss + auxLoss (after any test hook). */
+  /** Objective value: taskLoss + auxLoss + retentionWeight · retentionLoss (after any test hook). */
   readonly loss: number;
   readonly taskLoss: number;
+  /** Router auxiliary losses, each already weighted (retention terms of the routes included). */
   readonly auxLoss: number;
+  /** Mean KL(p_base ‖ p_model) on the retention rows (train/retention.ts); null without retention rows. */
+  readonly retentionLoss: number | null;
   /** Peak LR × schedule of the top layer of each group at this step. */
   readonly lr: { readonly expert: number; readonly router: number };
   /** Global gradient norm before clipping; null while still accumulating micro-batches. */

@@ -279,6 +279,23 @@ export interface BaseRetention {
   readonly perplexityRatio: number;
 }
 
+/**
+ * Share of trace entries (routed decisions × real tokens) that apply no expert: their largest gate is the
+ * null expert's, or every gate is 0 (a router that abstained). null when the trace is empty.
+ */
+export function nullShare(trace: readonly RoutingTraceEntry[], nullName: string): number | null {
+  if (trace.length === 0) return null;
+  let none = 0;
+  for (const entry of trace) {
+    let top = -1;
+    entry.weights.forEach((w, k) => {
+      if (w > 0 && (top < 0 || w > (entry.weights[top] ?? 0))) top = k;
+    });
+    if (top < 0 || entry.experts[top] === nullName) none++;
+  }
+  return none / trace.length;
+}
+
 /** How much the routed model forgets of what the base knew, measured on base-domain (not task) text. */
 export function baseRetention(routedLoss: number, baseLoss: number): BaseRetention {
   const delta = routedLoss - baseLoss;

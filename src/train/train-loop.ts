@@ -73,6 +73,12 @@ export interface TrainFromDatasetOptions {
    * step's last training micro-batch through model.traces$ (no extra forward).
    */
   readonly routingLoadEvery?: number;
+  /**
+   * Base-domain text mixed into every micro-batch (`batchSize` rows each, default the task batch size),
+   * scored by KL against the frozen base (train/retention.ts; weight: trainer.retentionWeight). Its order
+   * is seeded by `seed` and follows the micro-batch count, so a resumed run sees the same rows.
+   */
+  readonly retention?: { readonly dataset: Dataset; readonly batchSize?: number };
   readonly onStep?: (report: LoopStepReport) => void;
   readonly onValidation?: (record: ValidationRecord, result: EvaluationResult) => void;
   readonly onCheckpoint?: (info: { readonly dir: string; readonly step: number }) => void;
@@ -142,6 +148,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   if (tokenized.length === 0)
     throw new DatasetError(`${dataset.source}: no training examples left`, { path: dataset.source, hint: 'Lower the validation fraction or add data' });
   const fingerprint = datasetFingerprint(tokenized);
+  const retention = retentionStream(options, seed, maxLength);
 
   const resume = typeof options.resumeFrom === 'string' ? await readCheckpoint(options.resumeFrom) : options.resumeFrom;
   if (resume !== undefined) {
@@ -159,6 +166,8 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       mismatch('validation fraction', saved.validationFraction ?? 0, fraction ?? 0);
     if (saved.fingerprint !== fingerprint || saved.examples !== tokenized.length)
       mismatch('data (tokenized fingerprint, examples)', `${saved.fingerprint}, ${saved.examples}`, `${fingerprint}, ${tokenized.length}`);
+    const describe = (r: DataPosition['retention']): string => (r === undefined ? 'none' : `${r.fingerprint}, ${r.examples}, batch ${r.batchSize}`);
+    if (describe(saved.retention) !== describe(retention?.position)) mismatch('retention data', describe(saved.retention), describe(retention?.position));
   }
 
   const trainer =
@@ -182,6 +191,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
     tasks: [...dataset.tasks],
     labels: [...dataset.labels],
     ...(split === undefined ? {} : { validationFraction: fraction as number }),
+    ...(retention === undefined ? {} : { retention: retention.position }),
   });
   let lastSaved = resume === undefined ? -1 : startStep;
   const save = async (): Promise<void> => {
@@ -219,6 +229,8 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   try {
     let stepTokens = 0;
     let stepMs = 0;
+    // Micro-batches trained so far: a resume starts at an optimizer-step boundary.
+    let microBatches = trainer.steps * trainer.config.gradAccumulation;
     while (trainer.steps < steps) {
       if (next >= batches.length) {
         epoch += 1;
@@ -233,7 +245,8 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       const tracing = wantLoad ? model.traces$.subscribe((event) => (trained = event.entries)) : undefined;
       let report: StepReport;
       try {
-        report = trainer.step(batch);
+        report = trainer.step(retention === undefined ? batch : { ...batch, retention: retention.at(microBatches) });
+        microBatches += 1;
       } finally {
         tracing?.unsubscribe();
       }
@@ -247,6 +260,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
         loss: finiteOrNull(report.loss),
         taskLoss: finiteOrNull(report.taskLoss),
         auxLoss: finiteOrNull(report.auxLoss),
+        ...(retention === undefined ? {} : { retentionLoss: finiteOrNull(report.retentionLoss) }),
         lr: { ...report.lr },
         gradNorm: finiteOrNull(report.gradNorm),
         skipped: report.skipped,
@@ -272,6 +286,43 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   } finally {
     trainer.dispose();
   }
+}
+
+/** The retention rows of micro-batch m: epoch ⌊m / n⌋ of seeded shuffles, batch m mod n. */
+function retentionStream(
+  options: TrainFromDatasetOptions,
+  seed: number,
+  maxLength: number,
+): { readonly position: NonNullable<DataPosition['retention']>; at(microBatch: number): TrainBatch } | undefined {
+  const spec = options.retention;
+  if (spec === undefined) return undefined;
+  const batchSize = spec.batchSize ?? options.batchSize;
+  positiveInt('retention.batchSize', batchSize);
+  const { dataset } = spec;
+  const notText = dataset.examples.find((e) => e.kind !== 'text');
+  if (notText !== undefined) {
+    throw new DatasetError(`${dataset.source}: line ${notText.line} is not a {"text": ...} line; retention data is unlabelled base-domain text`, {
+      path: dataset.source,
+      hint: 'Give retention data as {"text": ...} lines only',
+    });
+  }
+  const tokenized = tokenizeExamples(
+    // Any "task" of a line is dropped: base-domain rows have none.
+    dataset.examples.map((e) => ({ kind: 'text' as const, text: e.kind === 'text' ? e.text : '', line: e.line })),
+    options.tokenizer,
+    { maxLength },
+  );
+  const perEpoch = Math.ceil(tokenized.length / batchSize);
+  const retentionSeed = seed ^ 0x52e7;
+  let cached: { epoch: number; batches: TrainBatch[] } | undefined;
+  return {
+    position: { examples: tokenized.length, fingerprint: datasetFingerprint(tokenized), batchSize },
+    at(microBatch: number): TrainBatch {
+      const epoch = Math.floor(microBatch / perEpoch);
+      if (cached?.epoch !== epoch) cached = { epoch, batches: makeBatches(tokenized, { batchSize, seed: epochShuffleSeed(retentionSeed, epoch) }) };
+      return cached.batches[microBatch % perEpoch] as TrainBatch;
+    },
+  };
 }
 
 /** Expert load per route from a training forward's trace (undefined when nothing routed). */

@@ -35,6 +35,7 @@ import { TrainingError } from './errors.js';
 import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEvent, type TrainSummary } from './events.js';
 import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
 import { assignGroups, paramGroupsFields, type ParamGroupEntry } from './param-groups.js';
+import { baseLogProbs, mixRetentionRows, retentionKl, type MixedRows, type RetentionRows } from './retention.js';
 import { AnnealingConfig, ScheduleConfig, annealingSchedule, lrSchedule, type AnnealingSchedule, type LrSchedule } from './schedule.js';
 
 /** What to do instead where the backend cannot read synchronously. */
@@ -103,6 +104,11 @@ export const TrainerConfig = z
     objective: TrainObjective.prefault({ kind: 'causal-lm' }),
     /** Seeds the classification head's init. */
     seed: z.number().int().default(0),
+    /**
+     * Weight W of the retention term W · KL(p_base ‖ p_model) on a batch's retention rows (train/retention.ts);
+     * batches without retention rows do not use it.
+     */
+    retentionWeight: z.number().min(0).finite().default(1),
   })
   .strict()
   .readonly();
@@ -123,6 +129,11 @@ export interface TrainBatch {
   readonly routingMask?: readonly (readonly number[])[];
   /** One image per row (undefined: none) entering before the row's tokens; a MultimodalModel only. */
   readonly images?: RowImages;
+  /**
+   * Base-domain rows mixed into this batch (causal LM only): scored by KL against the frozen base's own
+   * distribution, weighted by `retentionWeight` (train/retention.ts). They carry no task ids.
+   */
+  readonly retention?: RetentionRows;
 }
 
 /** Programmatic options that are not configuration data. */
@@ -144,11 +155,14 @@ interface Pending {
   lossSum: number;
   taskSum: number;
   auxSum: number;
+  retentionSum: number;
+  /** Σ nᵢ over micro-batches with retention rows (their retention loss averages over these). */
+  retentionWeight: number;
   microBatches: number;
 }
 
 function emptyPending(): Pending {
-  return { grads: new Map(), weight: 0, lossSum: 0, taskSum: 0, auxSum: 0, microBatches: 0 };
+  return { grads: new Map(), weight: 0, lossSum: 0, taskSum: 0, auxSum: 0, retentionSum: 0, retentionWeight: 0, microBatches: 0 };
 }
 
 /**
@@ -286,20 +300,25 @@ export class Trainer {
     this.checkVarList();
     const objective = this.config.objective;
     const targets = objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
-    const tokens = batch.mask.reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
+    const tokens = [...batch.mask, ...(batch.retention?.mask ?? [])].reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
     const stepIndex = this.attempted;
     const pending = this.pending;
     if (pending.microBatches === 0 && this.annealing !== undefined) this.anneal(this.annealing.stateAt(stepIndex));
     pending.microBatches += 1;
     const microBatch = pending.microBatches;
 
+    const mixed = batch.retention === undefined ? undefined : this.mixRetention(batch, batch.retention);
     if (targets > 0) {
-      const { loss, task, aux, grads } = yield* this.gradients(batch, stepIndex, microBatch);
+      const { loss, task, aux, retention, grads } = yield* this.gradients(batch, stepIndex, microBatch, mixed);
       this.accumulate(grads, targets);
       pending.weight += targets;
       pending.lossSum += targets * loss;
       pending.taskSum += targets * task;
       pending.auxSum += targets * aux;
+      if (retention !== undefined) {
+        pending.retentionSum += targets * retention;
+        pending.retentionWeight += targets;
+      }
     }
     this.tokensTotal += tokens;
 
@@ -406,18 +425,32 @@ export class Trainer {
     batch: TrainBatch,
     step: number,
     microBatch: number,
-  ): StepPlan<{ loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> }> {
+    mixed: MixedRows | undefined,
+  ): StepPlan<{ loss: number; task: number; aux: number; retention: number | undefined; grads: Map<string, tf.Tensor> }> {
     const sink: tf.Scalar[] = [];
     const kept: tf.Tensor[] = [];
     const head = this.head;
     const transform = this.options.transformLoss;
+    const weight = this.config.retentionWeight;
+    // The base's distribution on the retention rows: the same model with adapters off, before the tape.
+    const base =
+      mixed === undefined || weight === 0 || mixed.retentionTargets === 0
+        ? undefined
+        : baseLogProbs((ids, mask) => this.model.forward({ ids, mask, select: 'base' }), mixed); // [Br, T−1, V]
+    let retentionLoss: tf.Scalar | undefined;
     try {
+      const rows = mixed ?? batch;
       const { value, grads } = tf.variableGrads(() => {
         const forward: MultimodalForwardOptions = {
-          ids: batch.ids,
-          mask: batch.mask,
+          ids: rows.ids,
+          mask: rows.mask,
           training: true,
-          routing: { auxLosses: sink, taskIds: batch.taskIds, routingMask: batch.routingMask },
+          routing: {
+            auxLosses: sink,
+            taskIds: mixed === undefined ? batch.taskIds : undefined, // only task routers read them, and those refuse retention rows
+            routingMask: mixed === undefined ? batch.routingMask : mixed.routingMask,
+            ...(mixed === undefined ? {} : { retentionRows: mixed.retentionRows }),
+          },
           select: this.options.select,
           output: head === undefined ? 'logits' : 'hidden',
           ...(batch.images === undefined ? {} : { images: batch.images }),
@@ -426,10 +459,15 @@ export class Trainer {
         const output = this.model instanceof MultimodalModel ? this.model.forward(forward) : this.model.forward(forward); // [B, T, V] or [B, T, D]
         const taskLoss =
           head === undefined
-            ? causalLmLoss(output, batch) // []
+            ? causalLmLoss(output, rows) // []  retention rows have no task targets
             : classificationLoss(head.logits(output, batch.mask), batch.labels ?? []); // []
         kept.push(tf.keep(taskLoss));
-        const total: tf.Scalar = sink.length === 0 ? taskLoss : tf.add(taskLoss, tf.addN(sink)); // []
+        let total: tf.Scalar = sink.length === 0 ? taskLoss : tf.add(taskLoss, tf.addN(sink)); // []
+        if (base !== undefined && mixed !== undefined) {
+          const kl = retentionKl(output, base, mixed); // []
+          retentionLoss = tf.keep(kl);
+          total = tf.add(total, tf.mul(kl, weight)); // []
+        }
         return transform === undefined ? total : transform(total, { step, microBatch });
       }, this.varList);
       kept.push(value);
@@ -443,7 +481,8 @@ export class Trainer {
         }
         named.set(name, g);
       }
-      const scalars = tf.stack([value, kept[0] as tf.Scalar, ...sink]); // [2 + aux terms]: objective, task loss, aux terms
+      // [3 + aux terms]: objective, task loss, retention KL (0 without one), aux terms
+      const scalars = tf.tidy(() => tf.stack([value, kept[0] as tf.Scalar, retentionLoss ?? tf.scalar(0), ...sink]));
       let read: ArrayLike<number>;
       try {
         read = yield scalars; // one host read per micro-batch
@@ -454,11 +493,37 @@ export class Trainer {
         scalars.dispose();
       }
       let aux = 0;
-      for (let i = 2; i < read.length; i++) aux += read[i] as number;
-      return { loss: read[0] ?? Number.NaN, task: read[1] ?? Number.NaN, aux, grads: named };
+      for (let i = 3; i < read.length; i++) aux += read[i] as number;
+      const retention = mixed === undefined ? undefined : (read[2] ?? Number.NaN);
+      return { loss: read[0] ?? Number.NaN, task: read[1] ?? Number.NaN, aux, retention, grads: named };
     } finally {
       for (const t of [...sink, ...kept]) t.dispose();
+      base?.dispose();
+      retentionLoss?.dispose();
     }
+  }
+
+  /** The batch with its retention rows appended; refuses what retention cannot serve, by name. */
+  private mixRetention(batch: TrainBatch, retention: RetentionRows): MixedRows {
+    if (this.config.objective.kind !== 'causal-lm') {
+      throw new ConfigError('retention rows need the causal-lm objective (their loss is a KL divergence between next-token distributions)', {
+        path: 'batch.retention',
+        hint: 'Drop batch.retention, or train with objective { kind: "causal-lm" }',
+      });
+    }
+    if (this.model.routes.some((route) => route.needsTaskIds)) {
+      throw new ConfigError('a task-routed model cannot train on retention rows: base-domain rows have no task id for its task router', {
+        path: 'batch.retention',
+        hint: 'Train task-routed models without retention rows (a task router sends each task to its own adapter already)',
+      });
+    }
+    if (batch.images !== undefined) {
+      throw new ConfigError('retention rows cannot be mixed into a batch with images (base-domain rows are text only)', {
+        path: 'batch.retention',
+        hint: 'Train a multimodal model without retention rows, or drop the images from this batch',
+      });
+    }
+    return mixRetentionRows(batch, retention);
   }
 
   /** Adds a micro-batch's gradients into the pending sums (weighted by its targets when accumulating). */
@@ -575,11 +640,12 @@ export class Trainer {
     return averaged;
   }
 
-  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number } {
+  private means(pending: Pending): { loss: number; taskLoss: number; auxLoss: number; retentionLoss: number | null } {
     const w = pending.weight;
+    const retentionLoss = pending.retentionWeight === 0 ? null : pending.retentionSum / pending.retentionWeight;
     return w === 0
-      ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN }
-      : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w };
+      ? { loss: Number.NaN, taskLoss: Number.NaN, auxLoss: Number.NaN, retentionLoss }
+      : { loss: pending.lossSum / w, taskLoss: pending.taskSum / w, auxLoss: pending.auxSum / w, retentionLoss };
   }
 
   private anneal(state: { readonly temperature?: number; readonly noise?: number }): void {

@@ -11,6 +11,7 @@ import { main } from '../../src/cli/main.js';
 import { SHARED_MODELS_SKIP_NOTE, hasSharedModels, stories260kPath, tok512Path } from '../helpers/tiny-models.js';
 
 const specPath = fileURLToPath(new URL('../../examples/topk-lora-experts.json', import.meta.url));
+const retentionSpecPath = fileURLToPath(new URL('../../examples/retention-null-expert.json', import.meta.url));
 const context = { routers: builtinRouters() };
 
 async function run(argv: string[], options: { readonly isTTY?: boolean } = {}): Promise<{ code: number; out: string; err: string }> {
@@ -61,6 +62,38 @@ describe.skipIf(!hasSharedModels)(`train and eval through the CLI on stories260K
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
   const model = ['--model', stories260kPath, '--tokenizer', tok512Path];
+
+  test('train --retention-data mixes base-domain rows (retentionLoss per step), a resume must keep them; eval --base-text reports the null share', async () => {
+    const out = join(dir, 'retention-run');
+    const baseText = join(dir, 'base.jsonl');
+    await writeFile(
+      baseText,
+      `${['One day a boy saw a big dog.', 'She was happy and ran home.', 'The tree was tall.'].map((text) => JSON.stringify({ text })).join('\n')}\n`,
+    );
+    const args = ['train', ...model, '--data', data, '--spec', retentionSpecPath, '--out', out, '--steps', '2', '--batch-size', '4'];
+    const first = await run([...args, '--retention-data', baseText, '--retention-weight', '2', '--retention-batch-size', '2']);
+    expect(first.err).toBe('');
+    expect(first.code).toBe(0);
+    const steps = parseLines(first.out).filter((l) => l['type'] === 'step');
+    expect(steps).toHaveLength(2);
+    for (const s of steps) {
+      expect(s['retentionLoss']).toBeGreaterThanOrEqual(0);
+      expect(s['loss'] as number).toBeCloseTo((s['taskLoss'] as number) + (s['auxLoss'] as number) + 2 * (s['retentionLoss'] as number), 4);
+    }
+    const withoutData = await run(['train', ...model, '--data', data, '--out', out, '--steps', '3', '--resume']);
+    expect(withoutData.code).toBe(2);
+    expect(withoutData.err).toMatch(/--retention-data FILE/);
+    const resumed = await run(['train', ...model, '--data', data, '--out', out, '--steps', '3', '--resume', '--retention-data', baseText]);
+    expect(resumed.err).toBe('');
+    expect(resumed.code).toBe(0);
+
+    const evaluated = await run(['eval', ...model, '--routed', out, '--data', data, '--base-text', baseText, '--max-new-tokens', '0', '--format', 'json']);
+    expect(evaluated.code).toBe(0);
+    const retention = (JSON.parse(evaluated.out) as { baseRetention: { delta: number; nullShare: number } }).baseRetention;
+    expect(Number.isFinite(retention.delta)).toBe(true);
+    expect(retention.nullShare).toBeGreaterThanOrEqual(0);
+    expect(retention.nullShare).toBeLessThanOrEqual(1);
+  });
 
   test('train writes JSON step lines and a checkpoint; --resume continues to the total --steps; eval prints loss, tasks and routing', async () => {
     const out = join(dir, 'run');

@@ -148,7 +148,7 @@ describe('the shipped demo base model', () => {
     expect(batch.taskIds).toEqual(examples.map((e) => e.task));
   });
 
-  test('the three setups have equal budgets within 2%', async () => {
+  test('the four setups have equal budgets within 2%', async () => {
     const { model } = await loadBaseModel(demoModelDir());
     try {
       const setups = buildSetups(model, builtinRouters(), { tasks: DEMO_TASKS.map((t) => t.name), seed: 0, ...DEMO_ADAPTERS });
@@ -209,7 +209,7 @@ describe('routed-peft demo --quick through main()', () => {
     const summary = JSON.parse(out) as Record<string, unknown>;
     expect(Object.keys(summary)).toEqual(expect.arrayContaining(['setups', 'routing', 'retention', 'seconds']));
     const setups = summary['setups'] as Record<string, { accuracy: Record<string, number>; trainableParams: number }>;
-    expect(Object.keys(setups).sort()).toEqual(['oracle', 'routed', 'shared']);
+    expect(Object.keys(setups).sort()).toEqual(['oracle', 'retained', 'routed', 'shared']);
     for (const setup of Object.values(setups)) {
       for (const task of [...DEMO_TASKS.map((t) => t.name), 'mean']) {
         expect(setup.accuracy[task]).toBeGreaterThanOrEqual(0);
@@ -235,7 +235,7 @@ describe('routed-peft demo --quick through main()', () => {
     expect(summary['margin']).toBeCloseTo((setups['routed']?.accuracy['mean'] ?? 0) - (setups['shared']?.accuracy['mean'] ?? 0), 10);
   });
 
-  test('the three setups have equal trainable budgets (within 2%)', () => {
+  test('the four setups have equal trainable budgets (within 2%)', () => {
     const setups = (JSON.parse(out) as { setups: Record<string, { trainableParams: number }> }).setups;
     const routed = setups['routed']?.trainableParams ?? 0;
     for (const setup of Object.values(setups)) expect(Math.abs(setup.trainableParams - routed) / routed).toBeLessThan(0.02);

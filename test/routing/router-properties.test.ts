@@ -5,6 +5,7 @@
 //   sum-to-one        weights sum to 1 (top-k, noisy top-k, soft, top-p, task, hash)
 //   gate-probability  switch: one slot whose weight is the chosen gate probability, = max_e p[r, e]
 //   selected-scores   expert-choice: each non-zero weight equals p[r, e] of its expert; the sum is ≤ 1
+//   sum-or-abstain    threshold: weights sum to 1 when σ(max logit) ≥ θ, and are all 0 otherwise
 // Permutation: routers without capacity are row-equivariant (permuting rows permutes the decision). The
 // capacity routers (switch, expert-choice) drop/pick by row order or rank, so only row-wise quantities are
 // equivariant (switch's chosen expert and gate; the logits) and per-expert kept counts are invariant.
@@ -16,7 +17,7 @@ import type { RouterKind } from '../../src/routing/router.js';
 import { expectNoLeak } from '../helpers/tensor-asserts.js';
 import { FC_PARAMS, createRouter, permuteRows, routeCase, row, runRouter, type HostDecision, type RouteCase, type RunOptions } from './harness.js';
 
-type WeightRule = 'sum-to-one' | 'gate-probability' | 'selected-scores';
+type WeightRule = 'sum-to-one' | 'gate-probability' | 'selected-scores' | 'sum-or-abstain';
 
 interface KindRules {
   readonly weights: WeightRule;
@@ -88,6 +89,14 @@ const RULES: Readonly<Record<string, KindRules>> = {
     ],
   },
   hash: { weights: 'sum-to-one', capacity: false, variants: [{ spec: { kind: 'hash' }, minChoices: 1 }] },
+  threshold: {
+    weights: 'sum-or-abstain',
+    capacity: false,
+    variants: [
+      { spec: { kind: 'threshold' }, minChoices: 1 },
+      { spec: { kind: 'threshold', k: 2, threshold: 0.4, learnThreshold: true }, minChoices: 2, training: true },
+    ],
+  },
 };
 
 function runOptions(kind: RouterKind, training: boolean): RunOptions {
@@ -120,7 +129,9 @@ function checkDecision(d: HostDecision, c: RouteCase, rule: WeightRule): void {
       expect(total, `dropped row ${r} weights`).toBe(0);
       continue;
     }
-    if (rule === 'sum-to-one') {
+    if (rule === 'sum-or-abstain') {
+      expect(total === 0 || Math.abs(total - 1) <= 1e-5, `row ${r} weights sum ${total} (1, or 0 when abstaining)`).toBe(true);
+    } else if (rule === 'sum-to-one') {
       expect(Math.abs(total - 1), `row ${r} weights sum ${total}`).toBeLessThanOrEqual(1e-5);
     } else if (rule === 'gate-probability') {
       expect(K).toBe(1);
