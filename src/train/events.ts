@@ -11,6 +11,7 @@ export interface StepReport {
   /** Objective value: taskLoss + auxLoss (after any test hook). */
   readonly loss: number;
   readonly taskLoss: number;
+  /** Routing auxiliary losses plus controller terms (AdaLoRA's orthogonality regulariser). */
   readonly auxLoss: number;
   /** Peak LR × schedule of the top layer of each group at this step. */
   readonly lr: { readonly expert: number; readonly router: number };
