@@ -195,11 +195,12 @@ export class Trainer {
       this.groups = assignGroups(this.named.keys(), model.base.config.nLayers, this.config.optimizer);
       this.schedule = lrSchedule(this.config.schedule);
       this.annealing = this.config.routerAnnealing === undefined ? undefined : annealingSchedule(this.config.routerAnnealing, this.config.schedule.totalSteps);
+      own = modelControllers(model, this.config.schedule.totalSteps);
       const decay = new Map([...this.groups].map(([name, g]) => [name, g.weightDecay]));
       const { beta1, beta2, epsilon } = this.config.optimizer;
       this.optimizer = new AdamW(this.named, decay, { beta1, beta2, epsilon });
-      own = modelControllers(model, this.config.schedule.totalSteps);
     } catch (error) {
+      for (const c of own) c.dispose();
       this.head?.dispose();
       throw error;
     }

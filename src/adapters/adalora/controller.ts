@@ -39,7 +39,6 @@ export class AdaloraBudget {
   private importance: ImportanceScores | undefined;
   /** keep[m][i]: the current allocation (undefined until the first). */
   private keep: boolean[][] | undefined;
-  private masks: tf.Tensor1D[] | undefined;
   private fixed = false;
 
   /** `totalSteps`: the run's optimizer steps when the spec leaves them out (the Trainer's schedule.totalSteps). */
@@ -79,8 +78,6 @@ export class AdaloraBudget {
       this.importance?.update(gradOf);
       if (point.allocate) {
         this.keep = allocate(this.importance?.scores() ?? [], point.budget);
-        tf.dispose(this.masks ?? []);
-        this.masks = this.keep.map((row) => tf.tensor1d(row.map((k) => (k ? 1 : 0)), 'float32')); // [r] per module
       }
       if (point.final) {
         this.fixed = true;
@@ -104,16 +101,26 @@ export class AdaloraBudget {
   dispose(): void {
     this.importance?.dispose();
     this.importance = undefined;
-    tf.dispose(this.masks ?? []);
-    this.masks = undefined;
   }
 
   /** λ ← λ ⊙ mask for every module (the pruned triplets' singular values become exactly 0). */
   private applyMasks(): void {
-    const masks = this.masks;
-    if (masks === undefined) return;
+    const keep = this.keep;
+    if (keep === undefined) return;
     this.modules.forEach((m, i) => {
-      tf.tidy(() => m.lambda.assign(tf.mul(m.lambda, masks[i] as tf.Tensor1D))); // [r]
+      const row = keep[i] as boolean[];
+      if (row.every(Boolean)) return;
+      tf.tidy(() =>
+        m.lambda.assign(
+          tf.mul(
+            m.lambda,
+            tf.tensor1d(
+              row.map((k) => (k ? 1 : 0)),
+              'float32',
+            ),
+          ),
+        ),
+      ); // [r] ⊙ [r]
     });
   }
 }
