@@ -3,7 +3,9 @@
  *
  *   routed-peft.json          manifest: format, version, the base it was built for, the spec, file list
  *   adapters/<name>/          LoRA experts as PEFT adapters (adapter_config.json + adapter_model.safetensors);
- *                             other kinds as adapter.safetensors (variables by `<layer>|<point>/<i>`)
+ *                             other kinds as adapter.safetensors (variables by `<layer>|<point>/<i>`); an
+ *                             AdaLoRA adapter also gets adalora-ranks.json and lora/, its plain-LoRA
+ *                             export (io/adalora-outputs.ts)
  *   routers.safetensors       router variables by `route<i>/<router key>/<j>`
  *
  * Saving writes a complete new version beside the current one (the manifest last) and swaps it in with one
@@ -23,6 +25,7 @@ import { parseConfig } from '../config/parse.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
 import type { AdapterInstance } from '../adapters/instance.js';
 import { LoraModule } from '../adapters/lora/index.js';
+import { writeAdaloraOutputs } from './adalora-outputs.js';
 import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import { AdaptedModel } from '../model/adapted-model.js';
@@ -153,6 +156,8 @@ export async function writeRoutedModelContent(dir: string, model: AdaptedModel, 
     } else {
       await mkdir(join(dir, path), { recursive: true });
       await writeSafetensorsFile(join(dir, path, NATIVE_ADAPTER_FILE), variablesToWrite(adapterVariables(model, adapter.name)));
+      if (adapter.kind === 'adalora')
+        await writeAdaloraOutputs(join(dir, path), instance, model.base, options.basePath === undefined ? {} : { baseModelName: options.basePath });
       adapters[adapter.name] = { path, format: 'native' };
     }
   }
