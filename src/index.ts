@@ -55,6 +55,11 @@ export { ADAPTER_KINDS, AdapterSpec } from './adapters/registry.js';
 export { TargetSpec } from './adapters/targets.js';
 export { LoraConfig, LoraModule, loraScale } from './adapters/lora/index.js';
 export { mergeLora, type LoraMergeEntry } from './adapters/lora/merge.js';
+export { AdaloraConfig, AdaloraModule } from './adapters/adalora/index.js';
+export { AdaloraBudget, type BudgetStep } from './adapters/adalora/controller.js';
+export { budgetAt, allocate, type BudgetSchedule, type BudgetPoint } from './adapters/adalora/budget.js';
+export { adaloraRanks, adaloraToLora, type AdaloraRankReport, type AdaloraModuleRank } from './adapters/adalora/export.js';
+export { writeAdaloraOutputs, ADALORA_RANKS_FILE, ADALORA_LORA_DIR, type AdaloraOutputs } from './io/adalora-outputs.js';
 
 export { CompositionNode, RouteNode, AuxLossWeights, type CompositionInput } from './compose/spec.js';
 export { AdaptedModelSpec, parseAdaptedModelSpec, checkSpecAgainstModel } from './compose/model-spec.js';
@@ -95,6 +100,7 @@ export {
   type TrainSummary,
 } from './train/trainer.js';
 export { TrainingError } from './train/errors.js';
+export { modelControllers, type TrainingController } from './train/controllers.js';
 export { AdamW, type AdamWState } from './train/adamw.js';
 export { paramGroups, type ParamGroupEntry } from './train/param-groups.js';
 export { lrSchedule, annealingSchedule } from './train/schedule.js';

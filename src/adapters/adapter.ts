@@ -102,5 +102,6 @@ export interface AdapterKind<Config extends AdapterSpecBase = AdapterSpecBase> {
   points(config: Config, sites: readonly SiteName[], model: ModelConfig): readonly AdapterPoint[];
   /** Sites targeted when the spec names none. */
   readonly defaultSites: readonly SiteName[];
-  create(config: Config, placement: ModulePlacement): AdapterModule;
+  /** The module at one placement; undefined when the config leaves that placement empty (a LoRA rankPattern entry of 0). */
+  create(config: Config, placement: ModulePlacement): AdapterModule | undefined;
 }

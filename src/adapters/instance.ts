@@ -86,7 +86,8 @@ export function createAdapter(spec: AdapterSpec, config: ModelConfig, seed: numb
           model: config,
           seed: deriveSeed(seed, `${spec.name}|${key}`),
         };
-        modules.set(key, kind.create(spec, placement));
+        const module = kind.create(spec, placement);
+        if (module !== undefined) modules.set(key, module);
       }
     }
   } catch (error) {

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import type { AdapterKind } from './adapter.js';
+import { AdaloraConfig, adaloraKind } from './adalora/index.js';
 import { BottleneckConfig, bottleneckKind } from './bottleneck/index.js';
 import { Ia3Config, ia3Kind } from './ia3/index.js';
 import { LoraConfig, loraKind } from './lora/index.js';
@@ -15,11 +16,12 @@ export const ADAPTER_KINDS = {
   bottleneck: bottleneckKind,
   prefix: prefixKind,
   ia3: ia3Kind,
+  adalora: adaloraKind,
 } as const;
 
 export type AdapterKindName = keyof typeof ADAPTER_KINDS;
 
-export const AdapterSpec = z.discriminatedUnion('kind', [LoraConfig, BottleneckConfig, PrefixConfig, Ia3Config]);
+export const AdapterSpec = z.discriminatedUnion('kind', [LoraConfig, BottleneckConfig, PrefixConfig, Ia3Config, AdaloraConfig]);
 export type AdapterSpec = z.infer<typeof AdapterSpec>;
 
 export function adapterKind(kind: string): AdapterKind<AdapterSpec> {

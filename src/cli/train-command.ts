@@ -7,9 +7,14 @@
  *
  * Output: a progress bar on stderr when stdout is a terminal (and --format text); otherwise one JSON line
  * per optimizer step on stdout, then a summary line. Lines carry `type`: "step", "checkpoint", "summary".
+ * An AdaLoRA adapter's final ranks per layer and site are in the summary (`adalora`) and printed on a
+ * terminal; the checkpoint holds them as adapters/<name>/adalora-ranks.json beside its PEFT LoRA export.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { SingleBar } from 'cli-progress';
+import { adaloraRanks, type AdaloraRankReport } from '../adapters/adalora/export.js';
 import { CheckpointError, UsageError } from '../errors.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
@@ -67,7 +72,9 @@ ${MODEL_USAGE}
 
 Without a terminal (or with --format json) stdout gets one JSON line per step:
   {"type":"step","step","loss","taskLoss","auxLoss","retentionLoss"?,"lr","routerLr","gradNorm","skipped","tokensPerSecond","load"?}
-and a final {"type":"summary",...} line.
+and a final {"type":"summary",...} line. AdaLoRA adapters: the summary's "adalora" lists each one's final
+ranks per layer and site; --out DIR/adapters/NAME/ holds adalora-ranks.json and lora/ (a plain PEFT LoRA
+with rank_pattern, for PEFT or --adapter).
 `;
 
 /** A Writable that forwards to io.stderr and claims to be a terminal, for cli-progress. */
@@ -112,6 +119,31 @@ function stepLine(report: LoopStepReport): string {
           })),
         }),
   });
+}
+
+/** The final ranks of the model's AdaLoRA adapters, for the summary (absent without any). */
+function adaloraSummary(model: AdaptedModel): { adalora?: AdaloraRankReport[] } {
+  const reports = [...model.adapters.values()].filter((a) => a.spec.kind === 'adalora').map(adaloraRanks);
+  return reports.length === 0 ? {} : { adalora: reports };
+}
+
+/** `adalora NAME: total rank 12 (target 12, from 24); layers.0: attn.q 3, attn.v 1 | layers.1: …`. */
+export function formatAdaloraRanks(report: AdaloraRankReport, out: string): string {
+  const layers = [...new Set(report.modules.map((m) => m.layer))];
+  const perLayer = layers.map(
+    (layer) =>
+      `layers.${layer}: ${report.modules
+        .filter((m) => m.layer === layer)
+        .map((m) => `${m.site} ${m.rank}`)
+        .join(', ')}`,
+  );
+  return (
+    `adalora ${report.adapter}: total rank ${report.totalRank} (target ${report.targetTotalRank}, from ${report.initialTotalRank}); ` +
+    (existsSync(join(out, 'adapters', report.adapter, 'lora', 'adapter_config.json'))
+      ? `LoRA export (${report.exportedLoraParameters.toLocaleString('en-US')} parameters) in ${join(out, 'adapters', report.adapter, 'lora')}`
+      : `no LoRA export (see ${join(out, 'adapters', report.adapter, 'adalora-ranks.json')})`) +
+    `\n  ${perLayer.join('\n  ')}\n`
+  );
 }
 
 /** A flag that must agree with the checkpoint when given with --resume. */
@@ -290,12 +322,14 @@ export const trainCommand: CliCommand = {
         examples: result.position.examples,
         tokens: summary.tokens,
         seconds: Number((summary.ms / 1000).toFixed(3)),
+        ...adaloraSummary(model),
       };
       if (useBar) {
         const loss = (x: number | null): string => (x === null ? 'n/a' : x.toFixed(4));
         io.stdout(
           `trained ${out}: steps ${final.startStep} → ${final.steps} (${final.skippedTotal} skipped), loss ${loss(final.firstLoss)} → ${loss(final.lastLoss)}, ${final.tokens} tokens in ${final.seconds} s\n`,
         );
+        for (const report of final.adalora ?? []) io.stdout(formatAdaloraRanks(report, out));
       } else {
         io.stdout(`${JSON.stringify(final)}\n`);
       }

@@ -52,7 +52,9 @@
  * Which tensors load follows PEFT: a module is adapted only if target_modules (and layers_to_transform)
  * select it; tensors for other modules are skipped with a warning, as PEFT ignores unexpected keys.
  * Modules that the targets imply but the file lacks are created with B = 0 (no effect), as PEFT leaves
- * them at their initialisation.
+ * them at their initialisation. A (layer, site) the targets do not select gets no module at all (rankPattern
+ * 0); the writer uses that for adapters that leave some site of some layer empty (an AdaLoRA export whose
+ * triplets there were all pruned): target_modules is then a regex naming exactly the adapted modules.
  */
 import * as tf from '@tensorflow/tfjs';
 import { LoraModule, loraScale } from '../adapters/lora/index.js';
@@ -420,9 +422,19 @@ export async function encodePeftAdapter(
   const usedModules = FAMILY_MODULES[family].filter((m) => m.sites.some((s) => sites.includes(s)));
   const shorts = [...new Set(usedModules.map((m) => m.short))];
   const ambiguous = shorts.some((short) => FAMILY_MODULES[family].some((m) => m.short === short && !usedModules.includes(m)));
+  // Not every used module in every layer (an AdaLoRA export with a fully pruned site): a regex naming exactly
+  // the adapted modules of each layer, so PEFT creates no module the file has no tensors for.
+  const present = new Set(peft.map((m) => m.path));
+  const rectangular = layers.every((layer) => usedModules.every((m) => present.has(modulePath(family, layer, m))));
   let targetModules: string | string[];
   let layersToTransform: number[] | null = null;
-  if (ambiguous) {
+  if (!rectangular) {
+    const perLayer = layers.map((layer) => {
+      const rels = usedModules.filter((m) => present.has(modulePath(family, layer, m))).map((m) => escapeRegExp(m.rel));
+      return `${layer}\\.(?:${rels.join('|')})`;
+    });
+    targetModules = `${escapeRegExp(LAYER_PREFIX[family])}(?:${perLayer.join('|')})`;
+  } else if (ambiguous) {
     const layerPart = allLayers ? '\\d+' : `(?:${layers.join('|')})`;
     targetModules = `${escapeRegExp(LAYER_PREFIX[family])}${layerPart}\\.(?:${usedModules.map((m) => escapeRegExp(m.rel)).join('|')})`;
   } else {
@@ -740,7 +752,16 @@ export async function readPeftAdapterFrom(
   const r = mostCommon(modules.map((m) => m.rank));
   const alpha = mostCommon(modules.map((m) => m.alpha));
   const missing: string[] = [];
-  for (const layer of layers) for (const site of sites) if (!modules.some((m) => m.layer === layer && m.site === site)) missing.push(`layers.${layer}.${site}`);
+  /** (layer, site)s inside the loaded rectangle whose module the config does not target: no module there (rank 0). */
+  const absent: string[] = [];
+  for (const layer of layers) {
+    for (const site of sites) {
+      if (modules.some((m) => m.layer === layer && m.site === site)) continue;
+      const owner = FAMILY_MODULES[family].find((m) => m.sites.includes(site)) as FamilyModule;
+      if (configSelects(config, modulePath(family, layer, owner), layer, targetRegex)) missing.push(`layers.${layer}.${site}`);
+      else absent.push(`layers.${layer}.${site}`);
+    }
+  }
   if (missing.length > 0) {
     warnings.push(`${weightsPath}: no tensors for ${missing.join(', ')}; these modules are created with B = 0 (no effect)`);
   }
@@ -754,7 +775,7 @@ export async function readPeftAdapterFrom(
       alpha,
       dropout: config.lora_dropout,
       rslora: config.use_rslora,
-      rankPattern: overridePatterns(modules, (m) => m.rank, r),
+      rankPattern: { ...overridePatterns(modules, (m) => m.rank, r), ...Object.fromEntries(absent.map((key) => [key, 0])) },
       alphaPattern: overridePatterns(modules, (m) => m.alpha, alpha),
       init: 'zero-b',
     },

@@ -3,7 +3,9 @@
  *
  *   routed-peft.json          manifest: format, version, the base it was built for, the spec, file list
  *   adapters/<name>/          LoRA experts as PEFT adapters (adapter_config.json + adapter_model.safetensors);
- *                             other kinds as adapter.safetensors (variables by `<layer>|<point>/<i>`)
+ *                             other kinds as adapter.safetensors (variables by `<layer>|<point>/<i>`); an
+ *                             AdaLoRA adapter also gets adalora-ranks.json and lora/, its plain-LoRA
+ *                             export (io/adalora-outputs.ts)
  *   routers.safetensors       router variables by `route<i>/<router key>/<j>`
  *
  * Saving writes a complete new version beside the current one (the manifest last) and swaps it in with one
@@ -21,6 +23,7 @@ import type { Transformer } from '../base/transformer.js';
 import { ConfigError } from '../errors.js';
 import type { AdapterInstance } from '../adapters/instance.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import { writeAdaloraOutputs } from './adalora-outputs.js';
 import { writeFileAtomic } from '../formats/atomic-write.js';
 import { directoryFiles } from '../formats/node-files.js';
 import { resolveInside } from '../formats/paths.js';
@@ -76,6 +79,8 @@ export async function writeRoutedModelContent(dir: string, model: AdaptedModel, 
     } else {
       await mkdir(join(dir, path), { recursive: true });
       await writeSafetensorsFile(join(dir, path, NATIVE_ADAPTER_FILE), variablesToWrite(adapterVariables(model, adapter.name)));
+      if (adapter.kind === 'adalora')
+        await writeAdaloraOutputs(join(dir, path), instance, model.base, options.basePath === undefined ? {} : { baseModelName: options.basePath });
       adapters[adapter.name] = { path, format: 'native' };
     }
   }

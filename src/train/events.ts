@@ -11,7 +11,7 @@ export interface StepReport {
   /** Objective value: taskLoss + auxLoss + retentionWeight · retentionLoss (after any test hook). */
   readonly loss: number;
   readonly taskLoss: number;
-  /** Router auxiliary losses, each already weighted (retention terms of the routes included). */
+  /** Router auxiliary losses, each already weighted (retention terms of the routes included), plus controller terms (AdaLoRA's orthogonality regulariser). */
   readonly auxLoss: number;
   /** Mean KL(p_base ‖ p_model) on the retention rows (train/retention.ts); null without retention rows. */
   readonly retentionLoss: number | null;

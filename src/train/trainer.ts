@@ -14,6 +14,10 @@
  * from the global gradient norm, one sync) leaves every weight and the optimizer state untouched; after
  * `maxBadSteps` consecutive such steps the trainer aborts with a TrainingError.
  *
+ * Controllers (controllers.ts) take part in every step: their loss terms join the objective inside the tape
+ * (reported in auxLoss) and they act after each applied optimizer step. The model's own (one AdaLoRA budget
+ * controller per AdaLoRA adapter) are always built, so an AdaLoRA adapter never trains without its schedule.
+ *
  * Determinism: the head's init is seeded by `seed`; adapters and routers are seeded by the model spec (the
  * noisy top-k router also seeds each noise draw). But the adapters' tf.dropout draws its masks from tfjs's
  * unseeded generator, so runs with dropout > 0 are not bit-reproducible; without dropout, the same seeds,
@@ -31,6 +35,7 @@ import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
+import { modelControllers, type TrainingController } from './controllers.js';
 import { TrainingError } from './errors.js';
 import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEvent, type TrainSummary } from './events.js';
 import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
@@ -145,6 +150,8 @@ export interface TrainerOptions {
    * by NaN to exercise the non-finite guard). Runs inside the gradient tape.
    */
   readonly transformLoss?: (loss: tf.Scalar, info: { readonly step: number; readonly microBatch: number }) => tf.Scalar;
+  /** Controllers to run besides the model's own (owned by the caller: the Trainer does not dispose them). */
+  readonly controllers?: readonly TrainingController[];
 }
 
 /** Gradients and loss sums of the optimizer step being accumulated. */
@@ -181,12 +188,15 @@ export class Trainer {
   readonly optimizer: AdamW;
   /** Group, layer, peak LR and weight decay of every trained variable, by stable name. */
   readonly groups: ReadonlyMap<string, ParamGroupEntry>;
+  /** The model's controllers (AdaLoRA budgets), then the caller's. */
+  readonly controllers: readonly TrainingController[];
 
   private readonly named: Map<string, tf.Variable>;
   private readonly varList: tf.Variable[];
   private readonly modelVariables: readonly tf.Variable[];
   /** tfjs variable name → stable name. */
   private readonly stableNames = new Map<string, string>();
+  private readonly ownControllers: readonly TrainingController[];
   private readonly schedule: LrSchedule;
   private readonly annealing: AnnealingSchedule | undefined;
   private readonly subject = new Subject<TrainEvent>();
@@ -226,6 +236,7 @@ export class Trainer {
     this.modelVariables = model.variables();
     const objective = this.config.objective;
     this.head = objective.kind === 'classification' ? new ClassificationHead(model.base.config.dim, objective.classes, this.config.seed) : undefined;
+    let own: TrainingController[] = [];
     try {
       for (const [name, v] of this.head?.namedVariables() ?? []) {
         if (this.named.has(name))
@@ -238,13 +249,18 @@ export class Trainer {
       this.groups = assignGroups(this.named.keys(), model.base.config.nLayers, this.config.optimizer);
       this.schedule = lrSchedule(this.config.schedule);
       this.annealing = this.config.routerAnnealing === undefined ? undefined : annealingSchedule(this.config.routerAnnealing, this.config.schedule.totalSteps);
+      const adapters = model instanceof MultimodalModel ? [...model.language.adapters.values(), ...model.visionAdapters.values()] : model.adapters.values();
+      own = modelControllers(adapters, this.config.schedule.totalSteps);
       const decay = new Map([...this.groups].map(([name, g]) => [name, g.weightDecay]));
       const { beta1, beta2, epsilon } = this.config.optimizer;
       this.optimizer = new AdamW(this.named, decay, { beta1, beta2, epsilon });
     } catch (error) {
+      for (const c of own) c.dispose();
       this.head?.dispose();
       throw error;
     }
+    this.ownControllers = own;
+    this.controllers = [...own, ...(options.controllers ?? [])];
   }
 
   /** Optimizer steps attempted so far (applied + skipped). */
@@ -373,6 +389,13 @@ export class Trainer {
     this.checkUsable();
     if (this.pending.microBatches > 0)
       throw new TrainingError('restoreProgress() in the middle of an accumulated optimizer step', { hint: 'Restore before the first step() call' });
+    const fresh = this.controllers.find((c) => !c.resumable);
+    if (fresh !== undefined && progress.steps > 0) {
+      throw new TrainingError(
+        `cannot resume at step ${progress.steps}: ${fresh.adapter === undefined ? 'a training controller' : `the budget controller of AdaLoRA adapter ${JSON.stringify(fresh.adapter)}`} keeps state that checkpoints do not hold (importance scores), so the resumed run would not continue it`,
+        { hint: 'Train AdaLoRA adapters in one uninterrupted run (start again from step 0)' },
+      );
+    }
     const counts = [progress.steps, progress.appliedSteps, progress.skippedTotal, progress.consecutiveBad];
     if (counts.some((n) => !Number.isInteger(n) || n < 0) || progress.appliedSteps + progress.skippedTotal !== progress.steps) {
       throw new TrainingError(`inconsistent trainer progress: ${JSON.stringify(progress)}`, {
@@ -415,6 +438,7 @@ export class Trainer {
     this.disposePending();
     this.optimizer.dispose();
     this.head?.dispose();
+    for (const c of this.ownControllers) c.dispose();
     if (!this.finished && this.aborted === undefined) this.subject.complete();
   }
 
@@ -462,6 +486,10 @@ export class Trainer {
             ? causalLmLoss(output, rows) // []  retention rows have no task targets
             : classificationLoss(head.logits(output, batch.mask), batch.labels ?? []); // []
         kept.push(tf.keep(taskLoss));
+        for (const controller of this.controllers) {
+          const term = controller.loss?.();
+          if (term !== undefined) sink.push(tf.keep(term)); // [] e.g. AdaLoRA's orthogonality term
+        }
         let total: tf.Scalar = sink.length === 0 ? taskLoss : tf.add(taskLoss, tf.addN(sink)); // []
         if (base !== undefined && mixed !== undefined) {
           const kl = retentionKl(output, base, mixed); // []
@@ -574,7 +602,9 @@ export class Trainer {
             else {
               const multiplier = this.schedule.lrAt(stepIndex);
               const lrs = new Map([...this.groups].map(([name, g]) => [name, g.lr * multiplier]));
-              this.optimizer.applyGradients(clip?.grads ?? averaged, lrs);
+              const applied = clip?.grads ?? averaged;
+              this.optimizer.applyGradients(applied, lrs);
+              this.afterApplied(applied);
             }
           } finally {
             for (const g of clip?.grads.values() ?? []) g.dispose();
@@ -626,6 +656,17 @@ export class Trainer {
       throw error;
     }
     return report;
+  }
+
+  /** Runs every controller after an applied optimizer step, with the gradients it applied (by variable). */
+  private afterApplied(grads: ReadonlyMap<string, tf.Tensor>): void {
+    if (this.controllers.length === 0) return;
+    const byVariable = new Map<tf.Variable, tf.Tensor>();
+    for (const [name, g] of grads) {
+      const v = this.named.get(name);
+      if (v !== undefined) byVariable.set(v, g);
+    }
+    for (const controller of this.controllers) controller.afterStep?.(this.attempted, (v) => byVariable.get(v));
   }
 
   /** Σ nᵢ·∇Lᵢ / Σ nᵢ as new tensors (the pending sums are freed by the caller). */

@@ -117,6 +117,26 @@ const KIND_CASES: Readonly<Partial<Record<string, KindCase>>> = {
     // B = 0 at init, so ∂L/∂A = s·Bᵀ·(∂L/∂y)ᵀ·x is exactly zero.
     zeroGradientAtInit: (config) => config['init'] !== 'random',
   },
+  adalora: {
+    config: (family) =>
+      record(
+        {
+          kind: fc.constant('adalora'),
+          name: adapterName,
+          targets: siteTargets(family),
+          initR: fc.integer({ min: 1, max: 4 }),
+          targetR: fc.integer({ min: 0, max: 4 }),
+          alpha: fc.oneof(fc.constantFrom(1, 8, 16), fc.double({ min: 0.25, max: 32, noNaN: true })),
+          dropout: fc.constantFrom(0, 0.1, 0.5),
+          orthWeight: fc.constantFrom(0, 0.1, 0.5),
+          init: fc.constantFrom('zero-lambda', 'random'),
+        },
+        ['kind', 'name'],
+      ).map((config) => ({ ...config, targetR: Math.min(Number(config['targetR'] ?? 0), Number(config['initR'] ?? 12)) })),
+    identity: { fresh: (config) => ({ ...config, init: 'zero-lambda' }) },
+    // Λ = 0 at init, so ∂L/∂P = s·(∂L/∂y)ᵀ·(x·Qᵀ ⊙ Λ) and ∂L/∂Q are exactly zero.
+    zeroGradientAtInit: (config) => config['init'] !== 'random',
+  },
   bottleneck: {
     config: () =>
       record(

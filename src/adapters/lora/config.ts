@@ -2,7 +2,8 @@
  * LoRA (Hu et al. 2021): Δy = s · B·A·dropout(x), A [r, I], B [O, r], s = alpha / r, or alpha / √r with
  * rsLoRA (Kalajdzievski 2023). B starts at zero so a fresh adapter leaves the base output unchanged.
  * `rankPattern` / `alphaPattern` override r and alpha where a key matches a site (`attn.q`, a glob, a
- * /regex/) or one layer's site (`layers.3.attn.q`), like PEFT's rank_pattern.
+ * /regex/) or one layer's site (`layers.3.attn.q`), like PEFT's rank_pattern. A rank of 0 in `rankPattern`
+ * leaves that placement without a module (an AdaLoRA export whose every triplet at a site was pruned).
  */
 import { z } from 'zod';
 import { MAX_ADAPTER_DIM } from '../limits.js';
@@ -17,7 +18,7 @@ export const LoraConfig = z
     dropout: z.number().min(0).lt(1).default(0),
     rslora: z.boolean().default(false),
     rankPattern: z
-      .record(z.string(), z.number().int().positive().max(MAX_ADAPTER_DIM))
+      .record(z.string(), z.number().int().min(0).max(MAX_ADAPTER_DIM))
       .refine((p) => Object.keys(p).length <= MAX_PATTERN_KEYS, `at most ${MAX_PATTERN_KEYS} keys`)
       .default({}),
     alphaPattern: z

@@ -44,8 +44,10 @@ export const loraKind: AdapterKind<LoraConfig> = {
     if (placement.point.kind !== 'site-output') throw new Error(`LoRA cannot attach at ${placement.point.kind}`);
     const site = placement.point.site;
     const path = `adapters.${config.name}`;
+    const rank = patternOverride(config.rankPattern, placement.layer, site, `${path}.rankPattern`) ?? config.r;
+    if (rank === 0) return undefined; // rankPattern 0: no module at this placement
     return new LoraModule(placement, {
-      rank: patternOverride(config.rankPattern, placement.layer, site, `${path}.rankPattern`) ?? config.r,
+      rank,
       alpha: patternOverride(config.alphaPattern, placement.layer, site, `${path}.alphaPattern`) ?? config.alpha,
       rslora: config.rslora,
       dropout: config.dropout,
