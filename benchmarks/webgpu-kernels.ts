@@ -5,8 +5,11 @@
  *    one site and a q/k/v group: time ratio kernel / reference; the same for membership gates (mixed-adapter
  *    batches, the dense-gate variant);
  *  - top-k gating (src/routing/webgpu-gating.ts) vs gating.ts topKSlots with tfjs ops: time ratio;
- *  - dispatches of one KV-cached decode step: the bare base, the routed model with the kernels and with the
- *    reference ops, per routed site group (counted at the backend, runWebGPUProgram), and their step times.
+ *  - the routed-site kernel (src/routing/webgpu-routed-site.ts: router, gating, experts and the add in one
+ *    dispatch per site) vs the same in tfjs ops (router matmul, topKSlots, the bank's mix, add): time ratio;
+ *  - dispatches of one KV-cached decode step: the bare base, the routed model with every kernel, with the
+ *    separate kernels only (no routed-site kernel) and with the reference ops, per routed site group (counted
+ *    at the backend, runWebGPUProgram), and their step times.
  *
  *   node --import tsx benchmarks/webgpu-kernels.ts [--quick]     (part of `npm run bench`)
  *
@@ -21,7 +24,10 @@ import { webgpuLoraMix } from '../src/adapters/lora/webgpu-mix.js';
 import { selectBackend } from '../src/backend.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
 import { registerTopKSlotsKernel, topKSlots, unregisterTopKSlotsKernel } from '../src/routing/gating.js';
+import { registerRoutedSiteKernel, unregisterRoutedSiteKernel } from '../src/routing/fused-group.js';
+import type { LinearTopK } from '../src/routing/router.js';
 import { webgpuTopKSlots } from '../src/routing/webgpu-gating.js';
+import { webgpuRoutedSiteOutputs } from '../src/routing/webgpu-routed-site.js';
 import { isMain, machineInfo, median, parseArgs, round, writeResult, type BenchArgs, type BenchResult, type RatioResult } from './lib/harness.js';
 import { QUICK_MODEL, randomLlama, type RandomLlamaOptions } from './lib/random-model.js';
 
@@ -118,6 +124,7 @@ async function loraCases(s: typeof FULL) {
         ratio: round(kernel / reference),
       });
       console.log(`${name.padEnd(28)} kernel ${kernel.toFixed(2)} ms  reference ${reference.toFixed(2)} ms  ratio ${(kernel / reference).toFixed(2)}`);
+      out.push(await routedSiteCase(s, bank, x, sites, rows));
       // Membership gates of a mixed-adapter batch: row n uses adapter n mod E (the dense-gate variant).
       const membership = tf.tidy(() =>
         tf
@@ -156,6 +163,50 @@ async function loraCases(s: typeof FULL) {
     tf.dispose(loras.flatMap((l) => [l.a, l.b]));
   }
   return out;
+}
+
+/** The routed-site kernel against router matmul + topKSlots + the bank's mix + add, all in tfjs ops. */
+async function routedSiteCase(s: typeof FULL, bank: LoraBank, x: tf.Tensor2D, sites: number, rows: number) {
+  const gates: LinearTopK[] = Array.from({ length: sites }, (_, g) => ({ gate: seeded([s.width, s.experts], 20 + g), k: s.k, temperature: 1 })); // [I, E] each
+  const ys = Array.from({ length: sites }, (_, g) => seeded([rows, s.width], 30 + g)); // G × [N, O]
+  const composed = () =>
+    tf.tidy(() => {
+      const scores = tf.concat(
+        gates.map((g) => tf.matMul(x, g.gate)),
+        1,
+      ); // [N, G·E]
+      const slots = topKSlots(tf.reshape<tf.Rank.R2>(scores, [rows * sites, s.experts]), undefined, { k: s.k, training: false }); // [N·G, K]
+      const deltas = bank.mix(x, { kind: 'slots', ids: slots.expertIds, weights: slots.weights }, { training: false }); // G × [N, O]
+      return ys.map((y, g) => tf.add(y, deltas[g] as tf.Tensor2D)); // G × [N, O]
+    });
+  const fused = () => tf.tidy(() => webgpuRoutedSiteOutputs(gates, bank, x, ys, undefined) ?? []);
+  unregisterLoraMixKernel('webgpu');
+  unregisterTopKSlotsKernel('webgpu');
+  const reference = await time(composed, s.warmup, s.rounds);
+  const referenceDispatches = await dispatches(async () => tf.dispose(composed()));
+  registerLoraMixKernel('webgpu', webgpuLoraMix);
+  registerTopKSlotsKernel('webgpu', webgpuTopKSlots);
+  const kernel = await time(fused, s.warmup, s.rounds);
+  const kernelDispatches = await dispatches(async () => tf.dispose(fused()));
+  tf.dispose([...gates.map((g) => g.gate), ...ys]);
+  const name = `routed-site/${sites === 1 ? 'site' : 'qkv-group'}-${rows === 1 ? 'decode' : `prefill${rows}`}`;
+  console.log(
+    `${name.padEnd(28)} kernel ${kernel.toFixed(2)} ms  reference ${reference.toFixed(2)} ms  ratio ${(kernel / reference).toFixed(2)}  dispatches ${kernelDispatches} vs ${referenceDispatches}`,
+  );
+  return {
+    id: name,
+    rows,
+    sites,
+    experts: s.experts,
+    k: s.k,
+    rank: s.rank,
+    width: s.width,
+    kernelMs: round(kernel),
+    referenceMs: round(reference),
+    ratio: round(kernel / reference),
+    kernelDispatches,
+    referenceDispatches,
+  };
 }
 
 async function gatingCases(s: typeof FULL) {
@@ -221,9 +272,12 @@ async function decodeCase(quick: boolean) {
   };
   const bare = await measure((ids, cache) => base.forward({ ids, cache, output: 'last-logits' }));
   const kernels = await measure((ids, cache) => model.forward({ ids, cache, output: 'last-logits' }));
+  unregisterRoutedSiteKernel('webgpu');
+  const separate = await measure((ids, cache) => model.forward({ ids, cache, output: 'last-logits' }));
   unregisterLoraMixKernel('webgpu');
   unregisterTopKSlotsKernel('webgpu');
   const reference = await measure((ids, cache) => model.forward({ ids, cache, output: 'last-logits' }));
+  registerRoutedSiteKernel('webgpu', webgpuRoutedSiteOutputs);
   registerLoraMixKernel('webgpu', webgpuLoraMix);
   registerTopKSlotsKernel('webgpu', webgpuTopKSlots);
   model.dispose();
@@ -235,20 +289,24 @@ async function decodeCase(quick: boolean) {
     routedSiteGroups: groups,
     baseDispatches: bare.count,
     kernelDispatches: kernels.count,
+    separateKernelDispatches: separate.count,
     referenceDispatches: reference.count,
     extraPerGroupKernels: perGroup(kernels.count),
+    extraPerGroupSeparateKernels: perGroup(separate.count),
     extraPerGroupReference: perGroup(reference.count),
     baseStepMs: round(bare.ms),
     kernelStepMs: round(kernels.ms),
+    separateKernelStepMs: round(separate.ms),
     referenceStepMs: round(reference.ms),
   };
   console.log(
-    `decode step: base ${bare.count} dispatches (${bare.ms.toFixed(1)} ms); routed with kernels ${kernels.count} (+${result.extraPerGroupKernels}/group, ${kernels.ms.toFixed(1)} ms); with reference ops ${reference.count} (+${result.extraPerGroupReference}/group, ${reference.ms.toFixed(1)} ms)`,
+    `decode step: base ${bare.count} dispatches (${bare.ms.toFixed(1)} ms); routed with kernels ${kernels.count} (+${result.extraPerGroupKernels}/group, ${kernels.ms.toFixed(1)} ms); separate kernels ${separate.count} (+${result.extraPerGroupSeparateKernels}/group, ${separate.ms.toFixed(1)} ms); with reference ops ${reference.count} (+${result.extraPerGroupReference}/group, ${reference.ms.toFixed(1)} ms)`,
   );
   return result;
 }
 
-const DESCRIPTION = 'WGSL kernels (routed LoRA, top-k gating) vs their composed-tfjs-ops references on webgpu; dispatches per routed decode step vs the base';
+const DESCRIPTION =
+  'WGSL kernels (routed LoRA, top-k gating, routed site) vs their composed-tfjs-ops references on webgpu; dispatches per routed decode step vs the base';
 
 function ratioOf(c: { id: string; kernelMs: number; referenceMs: number; ratio: number }, software: boolean): RatioResult {
   return {

@@ -111,7 +111,7 @@ export const evalCommand: CliCommand = {
       const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, { routers: context.routers, allowNonFinite: loaded.allowNonFinite });
       for (const w of warnings) io.stderr(`warning: ${w}\n`);
       try {
-        const result = evaluateDataset({
+        const result = await evaluateDataset({
           model,
           tokenizer,
           dataset,

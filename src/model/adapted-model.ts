@@ -12,7 +12,7 @@ import type * as tf from '@tensorflow/tfjs';
 import { Subject, type Observable } from 'rxjs';
 import type { z } from 'zod';
 import { AdapterSpec } from '../adapters/registry.js';
-import { generate, generateAsync, generateSteps, generateStepsAsync, type GenerateOptions } from '../base/generate.js';
+import { generate, generateSteps, generateStepsAsync, type GenerateOptions } from '../base/generate.js';
 import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
 import type { ForwardOptions, Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
@@ -25,7 +25,7 @@ import { RouterSet } from '../routing/router-set.js';
 import { ROUTING_OPTION_KEYS, type RoutingOptions } from '../routing/routing-pass.js';
 import { Selection, type SelectionInput, staticComposition } from './selection.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
-import type { RoutingTraceEntry } from '../routing/trace.js';
+import { DeferredTraceReads, type RoutingTraceEntry } from '../routing/trace.js';
 
 export interface AdaptedCallOptions {
   /** What to apply (selection.ts); default 'spec', the model's own composition. */
@@ -148,18 +148,30 @@ export class AdaptedModel {
     return generateSteps(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
   }
 
-  /** `generate` with asynchronous reads: works on every backend (webgpu included). */
-  generateAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Promise<number[][]> {
-    const { select, routing, ...rest } = options;
-    const hooks = this.hooks({ select, routing });
-    return generateAsync(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
+  /**
+   * `generate` with asynchronous reads: works on every backend (webgpu included). A routing trace is read
+   * after each step with `await data()` too (routing.traceReads), so it fills as on wasm.
+   */
+  async generateAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Promise<number[][]> {
+    const out: number[][] = prompts.map((p) => [...p]);
+    for await (const step of this.generateStepsAsync(prompts, options)) step.forEach((id, b) => id >= 0 && (out[b] as number[]).push(id));
+    return out;
   }
 
-  /** `generateSteps` with asynchronous reads: works on every backend (webgpu included). */
-  generateStepsAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): AsyncGenerator<number[], void, undefined> {
+  /** `generateSteps` with asynchronous reads: works on every backend (webgpu included); traces as generateAsync. */
+  async *generateStepsAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): AsyncGenerator<number[], void, undefined> {
+    refuseLooseOptions(options);
     const { select, routing, ...rest } = options;
-    const hooks = this.hooks({ select, routing });
-    return generateStepsAsync(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks });
+    const traceReads = routing?.trace !== undefined && routing.traceReads === undefined ? new DeferredTraceReads() : undefined;
+    const hooks = this.hooks({ select, routing: traceReads === undefined ? routing : { ...routing, traceReads } });
+    try {
+      for await (const step of generateStepsAsync(this.base, prompts, hooks === undefined ? rest : { ...rest, hooks })) {
+        await traceReads?.flush(); // this step's trace entries, before the caller sees the step
+        yield step;
+      }
+    } finally {
+      traceReads?.dispose();
+    }
   }
 
   /** Every trainable variable: adapters in spec order, then routers. */

@@ -85,6 +85,12 @@ export function compositionHooks(root: CompositionNode, adapters: ReadonlyMap<st
       presentIn(layer, group, 'site-input') ? group.sites.map((site) => adapt(layer, { kind: 'site-input', site }, x, x)) : group.sites.map(() => x), // G × [N, I]
     groupOutputs: (layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[], ys: readonly tf.Tensor2D[]) => {
       if (parts === undefined || context === undefined || !presentIn(layer, group, 'site-output')) return ys;
+      if (root.kind === 'route') {
+        // A route that is the whole composition may produce the outputs itself (one kernel per site on webgpu).
+        const set = parts.routes.get(root);
+        const outputs = set === undefined ? undefined : parts.pass?.groupOutputs(set, layer, group, xs, ys);
+        if (outputs !== undefined) return outputs; // G × [N, O_g]
+      }
       const deltas = compositionGroupDeltas(root, parts, layer, group, xs, ys, context); // G × [N, O_g] or undefined
       return ys.map((y, g) => {
         const delta = deltas[g];

@@ -12,6 +12,10 @@
  * back (a copy there), the gating runs on the host (host-gating.ts) and the bank forms the gated rank
  * activations from the same read: the group costs one kernel, plus a B matmul and the add per site.
  *
+ * Where the group's route is the whole composition, `fusedGroupOutputs` goes one step further on a backend
+ * with a routed-site kernel (webgpu-routed-site.ts): router, gating, experts and the add to the frozen output
+ * in one dispatch per site.
+ *
  * The result is what the per-site path computes (router.route then bank.mixSite with its dense gates), up to
  * float round-off: the unchosen experts contribute exact zeros in both.
  *
@@ -21,8 +25,33 @@ import * as tf from '@tensorflow/tfjs';
 import type { LoraBank } from '../adapters/lora/bank.js';
 import { topKSlots } from './gating.js';
 import { decideOnHost, readOnHost, topKSlotsOnHost } from './host-gating.js';
-import { readForTrace } from './trace.js';
 import type { LinearTopK } from './router.js';
+import { webgpuRoutedSiteOutputs } from './webgpu-routed-site.js';
+
+/**
+ * A backend's one-dispatch-per-site routed outputs: y_g + Δ_g for every bank site (ys and the result in bank
+ * order), mask [N] or undefined; undefined hands back to the separate dispatches.
+ */
+export type RoutedSiteKernel = (
+  gates: readonly LinearTopK[],
+  bank: LoraBank,
+  x: tf.Tensor2D,
+  ys: readonly tf.Tensor2D[],
+  mask: tf.Tensor1D | undefined,
+) => tf.Tensor2D[] | undefined;
+
+/** The library's WebGPU kernel is registered from the start; users (and tests, for the reference) may replace or remove it. */
+const routedSiteKernels = new Map<string, RoutedSiteKernel>([['webgpu', webgpuRoutedSiteOutputs]]);
+
+/** Registers `kernel` as the routed-site outputs of `backend` (tf.getBackend() name). */
+export function registerRoutedSiteKernel(backend: string, kernel: RoutedSiteKernel): void {
+  routedSiteKernels.set(backend, kernel);
+}
+
+/** Removes the routed-site kernel registered for `backend`, if any. */
+export function unregisterRoutedSiteKernel(backend: string): void {
+  routedSiteKernels.delete(backend);
+}
 
 /** The group's router operands, kept between forwards until a router variable or the bank's operands change. */
 export class FusedRouters {
@@ -68,8 +97,14 @@ export interface ForwardMasks {
 export interface FusedResult {
   /** Δ per bank site, [N, O_g]. */
   readonly deltas: readonly tf.Tensor2D[];
-  /** Dense gates on the host, [N, G, E] row-major, when a trace was asked for. */
-  readonly traceGates: Float32Array | undefined;
+  /**
+   * The decision's slots [N·G, K] when a trace was asked for: on the host when it was made there, else the
+   * device tensors, for the caller to read (now or after the forward).
+   */
+  readonly traceSlots:
+    | { readonly kind: 'host'; readonly ids: ArrayLike<number>; readonly weights: ArrayLike<number>; readonly k: number }
+    | { readonly kind: 'device'; readonly ids: tf.Tensor2D; readonly weights: tf.Tensor2D; readonly k: number }
+    | undefined;
 }
 
 /**
@@ -103,21 +138,35 @@ export function fusedGroupDeltas(
       { kind: 'host-slots', slots: { ids: slots.ids, weights: slots.weights, k, down: { values, stride: width, offset: count * choices } } },
       MIX,
     );
-    return { deltas, traceGates: trace ? slotsToDense(slots.ids, slots.weights, rows * count, k, choices) : undefined };
+    return { deltas, traceSlots: trace ? { kind: 'host', ids: slots.ids, weights: slots.weights, k } : undefined };
   }
   const raw: tf.Tensor2D = tf.matMul(x, fused.gates); // [N, G·E]
   const scores: tf.Tensor2D = temperature === 1 ? raw : tf.div<tf.Tensor2D>(raw, temperature); // [N, G·E]
   const slots = topKSlots(count === 1 ? scores : tf.reshape<tf.Rank.R2>(scores, [rows * count, choices]), masks.groupMask(count), { k, training: false }); // [N·G, K]
   const deltas = bank.mix(x, { kind: 'slots', ids: slots.expertIds, weights: slots.weights }, MIX);
-  const traceGates = trace ? slotsToDense(readForTrace(slots.expertIds), readForTrace(slots.weights), rows * count, k, choices) : undefined;
-  return { deltas, traceGates };
+  return { deltas, traceSlots: trace ? { kind: 'device', ids: slots.expertIds, weights: slots.weights, k } : undefined };
+}
+
+/**
+ * The group's outputs y_g + Δ_g (bank order) when the active backend has a routed-site kernel that covers
+ * them; undefined otherwise (the caller then adds fusedGroupDeltas). Runs inside the forward's tidy.
+ */
+export function fusedGroupOutputs(
+  gates: readonly LinearTopK[],
+  bank: LoraBank,
+  x: tf.Tensor2D,
+  ys: readonly tf.Tensor2D[],
+  masks: ForwardMasks,
+): tf.Tensor2D[] | undefined {
+  const kernel = routedSiteKernels.get(tf.getBackend());
+  return kernel?.(gates, bank, x, ys, masks.groupMask(1));
 }
 
 /** The fast path mixes at inference. */
 const MIX = { training: false } as const;
 
 /** Dense gates [R, E] on the host from slots [R, K]. */
-function slotsToDense(ids: ArrayLike<number>, weights: ArrayLike<number>, rows: number, k: number, choices: number): Float32Array {
+export function slotsToDense(ids: ArrayLike<number>, weights: ArrayLike<number>, rows: number, k: number, choices: number): Float32Array {
   const dense = new Float32Array(rows * choices);
   for (let r = 0; r < rows; r++) {
     for (let slot = 0; slot < k; slot++) {

@@ -16,7 +16,7 @@ import type { ForwardContext } from '../base/hooks.js';
 import type { SiteGroup } from '../base/sites.js';
 import { ShapeError } from '../errors.js';
 import { auxLossTotal } from './aux-losses.js';
-import { fusedGroupDeltas } from './fused-group.js';
+import { fusedGroupDeltas, fusedGroupOutputs, slotsToDense } from './fused-group.js';
 import { readOnHost } from './host-gating.js';
 import { retentionLossTotal } from './retention-losses.js';
 import { decisionGates } from './gating.js';
@@ -24,7 +24,7 @@ import { type BankSite, chooseStrategy, type ExecutionStrategy, routedDelta } fr
 import type { LinearTopK, RouterInput } from './router.js';
 import { MODALITY_FEATURES, type RouterSet, siteKey } from './router-set.js';
 import { oneHotFloat } from '../base/one-hot.js';
-import { type RoutingTraceEntry, readForTrace, traceEntries } from './trace.js';
+import { type DeferredTraceReads, type RoutingTraceEntry, readForTrace, traceEntries } from './trace.js';
 
 /** How a call routes: one object, passed whole from the public API down to the pass. */
 export interface RoutingOptions {
@@ -32,6 +32,12 @@ export interface RoutingOptions {
   readonly taskIds?: readonly number[] | undefined;
   /** Receives one entry per routed decision and token. */
   readonly trace?: RoutingTraceEntry[] | undefined;
+  /**
+   * With `trace`: read what the trace needs after the forward (`await traceReads.flush()` fills `trace`)
+   * instead of during it — for backends without synchronous reads (webgpu). The async generators and the
+   * evaluation use it themselves.
+   */
+  readonly traceReads?: DeferredTraceReads | undefined;
   /** Receives the kept auxiliary-loss scalars of a training forward (the caller disposes them). */
   readonly auxLosses?: tf.Scalar[] | undefined;
   /** Forces an execution strategy on every route (benchmarks, equivalence tests). */
@@ -55,7 +61,13 @@ export interface RoutingOptions {
 }
 
 /** The routing option names, for callers that split them from other options. */
-export const ROUTING_OPTION_KEYS = ['taskIds', 'trace', 'auxLosses', 'strategy', 'routingMask', 'fusion', 'retentionRows'] as const;
+export const ROUTING_OPTION_KEYS = ['taskIds', 'trace', 'traceReads', 'auxLosses', 'strategy', 'routingMask', 'fusion', 'retentionRows'] as const;
+
+/** Where a trace's token rows are: [batch, position] per row (undefined: padding), and which are image tokens. */
+interface TraceRows {
+  readonly rows: readonly ([number, number] | undefined)[];
+  readonly imageRows: ArrayLike<number> | undefined;
+}
 
 /** Token-level gates of one decision: [N, E]. */
 type Gates = tf.Tensor2D;
@@ -134,11 +146,55 @@ export class RoutingPass {
   }
 
   /**
-   * The fused path's deltas (fused-group.ts), or undefined when this group cannot take it: training, another
-   * placement or granularity, routers that are not linear top-k gates with one k and τ, non-LoRA experts,
-   * different rank layouts, or sites whose inputs differ (an input adapter changed one).
+   * The full outputs y_g + Δ_g of a site group, when this route is the whole composition and the backend's
+   * routed-site kernel covers it (one dispatch per site, fused-group.ts `fusedGroupOutputs`); undefined
+   * otherwise, and when tracing (the trace reads the gates back), so the caller adds groupDeltas instead.
+   */
+  groupOutputs(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[], ys: readonly tf.Tensor2D[]): tf.Tensor2D[] | undefined {
+    const plan = this.fusedPlan(set, layer, group, xs);
+    if (plan === undefined || plan.tracing) return undefined;
+    const { gates, bank, bankIndex, x } = plan;
+    const bankYs: tf.Tensor2D[] = [];
+    bankIndex.forEach((at, g) => {
+      if (at >= 0) bankYs[at] = ys[g] as tf.Tensor2D;
+    });
+    const outputs = fusedGroupOutputs(gates, bank, x, bankYs, this);
+    if (outputs === undefined) return undefined;
+    return ys.map((y, g) => {
+      const at = bankIndex[g] ?? -1;
+      return at < 0 ? y : (outputs[at] as tf.Tensor2D); // [N, O_g]
+    });
+  }
+
+  /**
+   * The fused path's deltas (fused-group.ts), or undefined when this group cannot take it (see fusedPlan).
    */
   private fusedDeltas(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]): (tf.Tensor2D | undefined)[] | undefined {
+    const plan = this.fusedPlan(set, layer, group, xs);
+    if (plan === undefined) return undefined;
+    const { gates, bank, sites, bankIndex, fused, x, tracing } = plan;
+    const result = fusedGroupDeltas(gates, bank, fused, x, this, tracing, this.options.fusion !== 'device');
+    const slots = result.traceSlots;
+    if (tracing && slots !== undefined) {
+      const rows = x.shape[0];
+      const dense = (ids: ArrayLike<number>, weights: ArrayLike<number>) => slotsToDense(ids, weights, rows * sites.length, slots.k, set.choices); // [N, G, E]
+      if (slots.kind === 'host') this.traceFused(set, layer, sites, dense(slots.ids, slots.weights), rows);
+      else
+        this.readTrace([slots.ids, slots.weights], ([ids, weights], where) =>
+          this.traceFused(set, layer, sites, dense(ids as ArrayLike<number>, weights as ArrayLike<number>), rows, where),
+        );
+    }
+    const out: (tf.Tensor2D | undefined)[] = [];
+    for (const at of bankIndex) out.push(at < 0 ? undefined : result.deltas[at]);
+    return out;
+  }
+
+  /**
+   * What the fused paths need of a group, or undefined when it cannot take them: training, another placement
+   * or granularity, routers that are not linear top-k gates with one k and τ, non-LoRA experts, different
+   * rank layouts, or sites whose inputs differ (an input adapter changed one).
+   */
+  private fusedPlan(set: RouterSet, layer: number, group: SiteGroup, xs: readonly tf.Tensor2D[]) {
     const { node } = set;
     const { context, options } = this;
     if (
@@ -163,21 +219,61 @@ export class RoutingPass {
       gates.push(gate);
     }
     const tracing = options.trace !== undefined && x.shape[0] > 0;
-    const result = fusedGroupDeltas(gates, bank, fused, x, this, tracing, options.fusion !== 'device');
-    if (tracing && result.traceGates !== undefined) this.traceFused(set, layer, sites, result.traceGates, x.shape[0]);
-    const out: (tf.Tensor2D | undefined)[] = [];
-    for (const at of bankIndex) out.push(at < 0 ? undefined : result.deltas[at]);
-    return out;
+    return { gates, bank, sites, bankIndex, fused, x, tracing };
   }
 
-  /** Trace entries of the fused path from its dense host gates [N, G, E]. */
-  private traceFused(set: RouterSet, layer: number, sites: readonly string[], traceGates: Float32Array, rows: number): void {
+  /** Trace entries of the fused path from its dense host gates [N, G, E] (`where`: the rows, read now when absent). */
+  private traceFused(set: RouterSet, layer: number, sites: readonly string[], traceGates: Float32Array, rows: number, where?: TraceRows): void {
     const choices = set.choices;
+    const at = where ?? this.traceRowsNow();
     sites.forEach((site, g) => {
       const siteGates = new Float32Array(rows * choices); // [N, E]
       for (let n = 0; n < rows; n++) siteGates.set(traceGates.subarray((n * sites.length + g) * choices, (n * sites.length + g + 1) * choices), n * choices);
-      this.options.trace?.push(...this.trace(set, layer, site, siteGates, new Float32Array(rows)));
+      this.options.trace?.push(...this.trace(set, layer, site, siteGates, new Float32Array(rows), at));
     });
+  }
+
+  /**
+   * Reads `tensors` for the trace — now, or after the forward when the call deferred trace reads — and calls
+   * `build` with their values and the token rows (which need the mask, read the same way). The cache
+   * positions and modality are captured now: they belong to this forward.
+   */
+  private readTrace(tensors: readonly tf.Tensor[], build: (values: ArrayLike<number>[], where: TraceRows) => void): void {
+    const positions = this.positionsNow();
+    const imageRows = this.context.modality === undefined ? undefined : this.modalityRows();
+    const deferred = this.options.traceReads;
+    if (deferred === undefined) {
+      build(
+        tensors.map((t) => readForTrace(t)),
+        this.traceRows(this.maskOnHost(readForTrace), positions, imageRows),
+      );
+      return;
+    }
+    deferred.add([...tensors, this.context.mask], (values) =>
+      build(values.slice(0, -1), this.traceRows(values[values.length - 1] as ArrayLike<number>, positions, imageRows)),
+    );
+  }
+
+  /** The next cache position of each sequence (0 without a cache), at this forward. */
+  private positionsNow(): number[] {
+    const { batch, cache } = this.context;
+    return Array.from({ length: batch }, (_, b) => cache?.positionsOf(b) ?? 0);
+  }
+
+  /** The token rows of this forward, reading the mask now (the host-gating fused path has read it already). */
+  private traceRowsNow(): TraceRows {
+    return this.traceRows(this.maskOnHost(readForTrace), this.positionsNow(), this.context.modality === undefined ? undefined : this.modalityRows());
+  }
+
+  /** For each token row [batch, position], or undefined for padding; and which rows are image tokens. */
+  private traceRows(maskRows: ArrayLike<number>, positions: readonly number[], imageRows: ArrayLike<number> | undefined): TraceRows {
+    const { batch, tokens } = this.context;
+    const rows: ([number, number] | undefined)[] = [];
+    for (let b = 0; b < batch; b++) {
+      let position = positions[b] ?? 0;
+      for (let t = 0; t < tokens; t++) rows.push(maskRows[b * tokens + t] === 1 ? [b, position++] : undefined);
+    }
+    return { rows, imageRows };
   }
 
   /** The forward's token mask on the host, [N] (read once per forward); undefined without padding. */
@@ -240,7 +336,11 @@ export class RoutingPass {
         }
       }
       if (sequence && cache !== undefined) cache.routingMemory.set(memoryKey, gates);
-      if (options.trace !== undefined) options.trace.push(...this.trace(set, layer, site, readForTrace(gates), readForTrace(decision.dropped)));
+      if (options.trace !== undefined) {
+        this.readTrace([gates, decision.dropped], ([g, d], where) =>
+          options.trace?.push(...this.trace(set, layer, site, g as ArrayLike<number>, d as ArrayLike<number>, where)),
+        );
+      }
     }
     const tokenGates = sequence
       ? (tf.reshape(tf.tile(tf.expandDims(gates, 1), [1, tokens, 1]), [batch * tokens, set.choices]) as tf.Tensor2D) // [N, E]
@@ -346,14 +446,8 @@ export class RoutingPass {
     ); // [B, T]
   }
 
-  private trace(set: RouterSet, layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>): RoutingTraceEntry[] {
-    const { batch, tokens, cache } = this.context;
-    const maskRows = this.maskOnHost(readForTrace);
-    const rows: ([number, number] | undefined)[] = [];
-    for (let b = 0; b < batch; b++) {
-      let position = cache?.positionsOf(b) ?? 0;
-      for (let t = 0; t < tokens; t++) rows.push(maskRows[b * tokens + t] === 1 ? [b, position++] : undefined);
-    }
+  private trace(set: RouterSet, layer: number, site: string, gates: ArrayLike<number>, dropped: ArrayLike<number>, where: TraceRows): RoutingTraceEntry[] {
+    const { tokens } = this.context;
     const sequence = set.node.granularity === 'sequence';
     return traceEntries({
       layer,
@@ -362,9 +456,9 @@ export class RoutingPass {
       expertNames: set.expertNames,
       gates,
       dropped,
-      rows,
+      rows: where.rows,
       decisionRow: (n) => (sequence ? Math.floor(n / tokens) : n),
-      ...(this.context.modality === undefined ? {} : { imageRows: this.modalityRows() }),
+      ...(where.imageRows === undefined ? {} : { imageRows: where.imageRows }),
     });
   }
 }

@@ -4,7 +4,7 @@
  * and whether the token was dropped (capacity) and so kept only the base output.
  */
 
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import { readSync } from '../backend-capabilities.js';
 
 export const NULL_EXPERT = 'null';
@@ -16,6 +16,39 @@ export function readForTrace(tensor: tf.Tensor): ArrayLike<number> {
     'A routing trace',
     'Routing traces are read during the forward: trace on a backend with synchronous reads (wasm, cpu), or omit routing.trace on webgpu',
   );
+}
+
+/**
+ * Trace reads postponed past the forward, for backends without synchronous reads (webgpu): the forward keeps
+ * what its trace needs (tensor handles that share the data, so the forward's own tensors are untouched) and
+ * `flush` reads them with `await data()`, in the order they were recorded, and builds the entries. Pass one
+ * as `routing.traceReads` beside `routing.trace`; `dispose` frees whatever was not flushed.
+ */
+export class DeferredTraceReads {
+  private pending: { readonly tensors: tf.Tensor[]; readonly build: (values: ArrayLike<number>[]) => void }[] = [];
+
+  /** Keeps `tensors` until flush, which calls `build` with their values (in the same order). */
+  add(tensors: readonly tf.Tensor[], build: (values: ArrayLike<number>[]) => void): void {
+    this.pending.push({ tensors: tensors.map((t) => tf.keep(tf.clone(t))), build });
+  }
+
+  /** Reads every recorded tensor and builds its entries; frees them whatever happens. */
+  async flush(): Promise<void> {
+    const pending = this.pending;
+    this.pending = [];
+    try {
+      const values = await Promise.all(pending.map((p) => Promise.all(p.tensors.map((t) => t.data()))));
+      pending.forEach((p, i) => p.build(values[i] as ArrayLike<number>[]));
+    } finally {
+      for (const p of pending) tf.dispose(p.tensors);
+    }
+  }
+
+  /** Frees what was recorded and not flushed. */
+  dispose(): void {
+    for (const p of this.pending) tf.dispose(p.tensors);
+    this.pending = [];
+  }
 }
 
 export interface RoutingTraceEntry {

@@ -17,12 +17,11 @@
  * Shape letters: B batch, T tokens, V vocabulary.
  */
 import * as tf from '@tensorflow/tfjs';
-import { readSync } from '../backend-capabilities.js';
 import { oneHotFloat } from '../base/one-hot.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
 import type { SelectionInput } from '../model/selection.js';
-import { NULL_EXPERT, type RoutingTraceEntry } from '../routing/trace.js';
+import { DeferredTraceReads, NULL_EXPERT, type RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
 import { DatasetError } from './dataset-errors.js';
@@ -105,7 +104,7 @@ export interface EvaluationResult {
 }
 
 /** Per-row Σ target NLL and target counts of one forward's logits [B, T, V]. */
-function rowLosses(logits: tf.Tensor, batch: TrainBatch): { sums: Float32Array; counts: number[] } {
+async function rowLosses(logits: tf.Tensor, batch: TrainBatch): Promise<{ sums: Float32Array; counts: number[] }> {
   const weights = lmTargetWeights(batch.mask, batch.lossMask);
   const counts = weights.map((row) => row.reduce((s, w) => s + w, 0));
   const [rows, tokens, vocab] = logits.shape as [number, number, number];
@@ -123,15 +122,11 @@ function rowLosses(logits: tf.Tensor, batch: TrainBatch): { sums: Float32Array; 
     const w = tf.tensor2d(weights, [rows, tokens - 1], 'float32'); // [B, T−1]
     return tf.sum(tf.mul(nll, w), 1); // [B]
   });
-  const values = Float32Array.from(
-    readSync(
-      sums,
-      'Evaluation',
-      'Training and evaluation read results synchronously: run them on wasm or cpu (ROUTED_PEFT_BACKEND=wasm); on webgpu use the runtime and generateAsync',
-    ),
-  );
-  sums.dispose();
-  return { sums: values, counts };
+  try {
+    return { sums: Float32Array.from(await sums.data()), counts }; // one read per batch, never blocking a GPU
+  } finally {
+    sums.dispose();
+  }
 }
 
 interface Scored {
@@ -142,22 +137,31 @@ interface Scored {
 }
 
 /** Scores tokenized examples (in their order) with the selection; traces routing when asked. */
-function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batchSize: number, select: SelectionInput | undefined, withTrace: boolean): Scored {
+async function score(
+  model: AdaptedModel,
+  tokenized: readonly TokenizedExample[],
+  batchSize: number,
+  select: SelectionInput | undefined,
+  withTrace: boolean,
+): Promise<Scored> {
   const perExample = tokenized.map(() => ({ loss: 0, tokens: 0 }));
   const trace: RoutingTraceEntry[] = [];
   let lossSum = 0;
   let tokens = 0;
   for (const batch of makeBatches(tokenized, { batchSize, shuffle: false })) {
     const batchTrace: RoutingTraceEntry[] | undefined = withTrace ? [] : undefined;
-    const logits = model.forward({
-      ids: batch.ids,
-      mask: batch.mask,
-      training: false,
-      routing: { routingMask: batch.routingMask, taskIds: batch.taskIds, trace: batchTrace },
-      select,
-    }); // [B, T, V]
+    const traceReads = withTrace ? new DeferredTraceReads() : undefined; // the trace is read after the forward, like the losses
+    let logits: tf.Tensor | undefined;
     try {
-      const { sums, counts } = rowLosses(logits, batch);
+      logits = model.forward({
+        ids: batch.ids,
+        mask: batch.mask,
+        training: false,
+        routing: { routingMask: batch.routingMask, taskIds: batch.taskIds, trace: batchTrace, traceReads },
+        select,
+      }); // [B, T, V]
+      const { sums, counts } = await rowLosses(logits, batch);
+      await traceReads?.flush();
       batch.indices.forEach((index, b) => {
         const n = counts[b] ?? 0;
         const sum = sums[b] ?? 0;
@@ -166,7 +170,8 @@ function score(model: AdaptedModel, tokenized: readonly TokenizedExample[], batc
         tokens += n;
       });
     } finally {
-      logits.dispose();
+      logits?.dispose();
+      traceReads?.dispose();
     }
     // Map the trace's batch rows back to example positions.
     for (const entry of batchTrace ?? []) trace.push({ ...entry, batch: batch.indices[entry.batch] ?? entry.batch });
@@ -181,12 +186,12 @@ function promptPrefix(example: TokenizedExample): number[] {
 }
 
 /** Greedy exact match of prompt/completion examples (indices into `examples`), batched. */
-function exactMatches(
+async function exactMatches(
   options: EvaluateOptions,
   examples: readonly Example[],
   tokenized: readonly TokenizedExample[],
   indices: readonly number[],
-): Map<number, boolean> {
+): Promise<Map<number, boolean>> {
   const { model, tokenizer, batchSize } = options;
   const results = new Map<number, boolean>();
   const jobs = indices
@@ -200,7 +205,7 @@ function exactMatches(
     const chunk = jobs.slice(start, start + batchSize);
     const maxNewTokens = Math.max(...chunk.map((j) => j.budget));
     const taskIds = chunk.every((j) => j.task !== undefined) ? chunk.map((j) => j.task as number) : undefined;
-    const outputs = model.generate(
+    const outputs = await model.generateAsync(
       chunk.map((j) => j.prompt),
       { maxNewTokens, temperature: 0, eosId: tokenizer.eosId ?? null, routing: { taskIds }, select: options.select },
     );
@@ -249,8 +254,11 @@ function routingStatistics(model: AdaptedModel, trace: readonly RoutingTraceEntr
   };
 }
 
-/** Evaluates a model on a language-modelling dataset: loss, per-task loss and exact match, routing statistics. */
-export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
+/**
+ * Evaluates a model on a language-modelling dataset: loss, per-task loss and exact match, routing statistics.
+ * Every result is read with `await data()`, so it runs on every backend (webgpu included).
+ */
+export async function evaluateDataset(options: EvaluateOptions): Promise<EvaluationResult> {
   const { model, tokenizer, dataset, batchSize } = options;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new ConfigError(`batchSize must be an integer ≥ 1, got ${batchSize}`, { path: 'batchSize' });
   if (options.maxNewTokens !== undefined && (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0)) {
@@ -266,10 +274,10 @@ export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
   const examples = dataset.examples;
   const tokenized = tokenizeExamples(examples, tokenizer, { maxLength });
   const routed = model.resolveSelection(options.select) !== undefined && model.routes.length > 0;
-  const scored = score(model, tokenized, batchSize, options.select, routed);
+  const scored = await score(model, tokenized, batchSize, options.select, routed);
 
   const completionIndices = examples.flatMap((e, i) => (e.kind === 'prompt-completion' ? [i] : []));
-  const matches = options.maxNewTokens === 0 ? new Map<number, boolean>() : exactMatches(options, examples, tokenized, completionIndices);
+  const matches = options.maxNewTokens === 0 ? new Map<number, boolean>() : await exactMatches(options, examples, tokenized, completionIndices);
 
   const nameOf = (task: number | undefined): string => (task === undefined ? NO_TASK : (dataset.tasks[task] ?? String(task)));
   const groups = new Map<string, { lossSum: number; tokens: number; count: number; right: number; judged: number }>();
@@ -304,8 +312,8 @@ export function evaluateDataset(options: EvaluateOptions): EvaluationResult {
 
   const baseExamples: Example[] = options.baseText.map((text, i) => ({ kind: 'text', text, line: i + 1 }));
   const baseTokenized = tokenizeExamples(baseExamples, tokenizer, { maxLength });
-  const withModel = score(model, baseTokenized, batchSize, options.select, routed);
-  const bare = score(model, baseTokenized, batchSize, 'base', false);
+  const withModel = await score(model, baseTokenized, batchSize, options.select, routed);
+  const bare = await score(model, baseTokenized, batchSize, 'base', false);
   if (withModel.tokens === 0) return result;
   const share = routed ? nullShare(withModel.trace, NULL_EXPERT) : null;
   return { ...result, baseRetention: { ...baseRetention(withModel.lossSum / withModel.tokens, bare.lossSum / bare.tokens), nullShare: share } };

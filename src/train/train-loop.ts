@@ -208,9 +208,9 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
     validationExamples === undefined || validationExamples.length === 0
       ? undefined
       : { ...dataset, examples: validationExamples, source: `${dataset.source} (validation)` };
-  const validate = (): void => {
+  const validate = async (): Promise<void> => {
     if (validationSet === undefined) return;
-    const result = evaluateDataset({
+    const result = await evaluateDataset({
       model,
       tokenizer,
       dataset: validationSet,
@@ -245,7 +245,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       const tracing = wantLoad ? model.traces$.subscribe((event) => (trained = event.entries)) : undefined;
       let report: StepReport;
       try {
-        report = trainer.step(retention === undefined ? batch : { ...batch, retention: retention.at(microBatches) });
+        report = await trainer.stepAsync(retention === undefined ? batch : { ...batch, retention: retention.at(microBatches) }); // reads with await data(): every backend
         microBatches += 1;
       } finally {
         tracing?.unsubscribe();
@@ -278,7 +278,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       stepTokens = 0;
       stepMs = 0;
       const last = trainer.steps >= steps;
-      if (options.validation !== undefined && (report.step % options.validation.every === 0 || last)) validate();
+      if (options.validation !== undefined && (report.step % options.validation.every === 0 || last)) await validate();
       if (checkpointEvery > 0 && report.step % checkpointEvery === 0 && !last) await save();
     }
     if (lastSaved !== trainer.steps) await save();

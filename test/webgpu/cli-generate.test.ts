@@ -1,6 +1,8 @@
 // The issue's Show command in-process: `ROUTED_PEFT_BACKEND=webgpu routed-peft generate --model stories260K
 // --tokenizer tok512 --routed DIR --temperature 0` prints the same ids as wasm (a routed model of 4 LoRA
-// experts with different ranks, top-2 + null expert, on every linear site, created with `init`).
+// experts with different ranks, top-2 + null expert, on every linear site, created with `init`); and
+// `routed-peft eval` there gives wasm's loss, exact-match accuracy and routing statistics (its trace and its
+// greedy completions are read with await data()).
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,11 +32,25 @@ const SPEC = {
   composition: { kind: 'route', experts: ['e0', 'e1', 'e2', 'e3'], router: { kind: 'top-k', k: 2 }, nullExpert: true },
 };
 
+const EVAL_LINES = [
+  { prompt: 'Once upon a time, there was a', completion: ' little girl.', task: 'story' },
+  { prompt: 'The cat sat on the', completion: ' mat.', task: 'story' },
+  { prompt: 'Q: What color is the sky? A:', completion: ' blue.', task: 'qa' },
+  { text: 'The sun was warm and the birds sang in the tree.', task: 'qa' },
+];
+
+interface EvalJson {
+  loss: number;
+  tasks: Record<string, { loss: number; accuracy: number | null; count: number }>;
+  routing: { decisions: number; load: { layer: number; site: string; fractions: readonly number[] }[] };
+}
+
 describe.skipIf(!hasWebGpu || !hasSharedModels)(`routed-peft generate on webgpu${WEBGPU_SKIP_NOTE}${SHARED_MODELS_SKIP_NOTE}`, () => {
   let dir: string;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'routed-webgpu-cli-'));
     await writeFile(join(dir, 'spec.json'), JSON.stringify(SPEC));
+    await writeFile(join(dir, 'data.jsonl'), `${EVAL_LINES.map((l) => JSON.stringify(l)).join('\n')}\n`);
     const init = await run(
       'wasm',
       'init',
@@ -80,5 +96,37 @@ describe.skipIf(!hasWebGpu || !hasSharedModels)(`routed-peft generate on webgpu$
     expect(b.ids).toEqual(a.ids);
     expect(b.text).toBe(a.text);
     expect(a.ids.length).toBeGreaterThan(10);
+  });
+
+  test('eval --routed DIR --data FILE gives the loss, accuracy and routing statistics of wasm', async () => {
+    const argv = [
+      'eval',
+      '--model',
+      stories260kPath,
+      '--tokenizer',
+      tok512Path,
+      '--routed',
+      join(dir, 'routed'),
+      '--data',
+      join(dir, 'data.jsonl'),
+      '--max-new-tokens',
+      '4',
+      '--format',
+      'json',
+    ];
+    const wasm = await run('wasm', ...argv);
+    expect(wasm.code).toBe(0);
+    const webgpu = await run('webgpu', ...argv);
+    expect(webgpu.err).toBe('');
+    expect(webgpu.code).toBe(0);
+    const [a, b] = [JSON.parse(wasm.out) as EvalJson, JSON.parse(webgpu.out) as EvalJson];
+    expect(Math.abs(b.loss - a.loss)).toBeLessThanOrEqual(1e-4 * a.loss);
+    for (const [name, task] of Object.entries(a.tasks)) {
+      expect(b.tasks[name]?.accuracy).toBe(task.accuracy);
+      expect(b.tasks[name]?.count).toBe(task.count);
+    }
+    expect(a.routing.decisions).toBeGreaterThan(0);
+    expect(b.routing.decisions).toBe(a.routing.decisions); // the trace was read on webgpu: one entry per decision and token
+    expect(b.routing.load).toEqual(a.routing.load);
   });
 });

@@ -10,6 +10,7 @@ import { generateAsync } from '../../src/base/generate.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { SyncReadError } from '../../src/errors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
+import type { RoutingTraceEntry } from '../../src/routing/trace.js';
 import { RoutedRuntime } from '../../src/runtime/runtime.js';
 import type { Selection } from '../../src/runtime/types.js';
 import { Trainer } from '../../src/train/trainer.js';
@@ -118,6 +119,30 @@ describe.skipIf(!hasWebGpu)(`webgpu against wasm${WEBGPU_SKIP_NOTE}`, () => {
       );
       expect(actual).toEqual(expected);
     });
+  });
+
+  test('generateAsync with a routing trace: on webgpu the trace is read after each step and equals the trace of wasm', async () => {
+    const spec = SPECS['routed LoRA, top-2 of 4 experts + null expert (fused group path)'];
+    const traced = (backend: 'wasm' | 'webgpu') =>
+      onBackend(backend, () =>
+        withModel(tinyLlama, spec, async (model) => {
+          const options = { maxNewTokens: 5, temperature: 0, eosId: null };
+          await model.generateAsync([[1, 5, 9]], { ...options, routing: { trace: [] } }); // warm: cached bank and router operands are built once
+          const trace: RoutingTraceEntry[] = [];
+          const before = tf.memory().numTensors;
+          const out = await model.generateAsync([[1, 5, 9]], { ...options, routing: { trace } });
+          expect(tf.memory().numTensors).toBe(before); // the deferred trace reads are freed
+          return { out, trace };
+        }),
+      );
+    const expected = await traced('wasm');
+    const actual = await traced('webgpu');
+    expect(actual.out).toEqual(expected.out);
+    expect(expected.trace.length).toBeGreaterThan(0);
+    expect(actual.trace.map(({ weights, ...rest }) => rest)).toEqual(expected.trace.map(({ weights, ...rest }) => rest));
+    actual.trace.forEach((entry, i) =>
+      expectClose(Float32Array.from(entry.weights), Float32Array.from(expected.trace[i]?.weights ?? []), { rtol: 1e-4, atol: 1e-6 }),
+    );
   });
 
   test('no tensor or GPU-buffer leaks over 200 generated tokens on webgpu (tf.memory())', async () => {

@@ -88,7 +88,7 @@ export function choiceRuns(spread: ArrayLike<number>, choices: number, totalRank
 const runsOfBank = new WeakMap<MixBank, ChoiceRun[] | null>();
 
 /** The bank's runs, computed once per bank (the layout never changes; only the weights do). */
-function bankRuns(bank: MixBank): ChoiceRun[] | undefined {
+export function bankRuns(bank: MixBank): ChoiceRun[] | undefined {
   let runs = runsOfBank.get(bank);
   if (runs === undefined) {
     const spread = bank.spreadOf(0);
@@ -114,7 +114,7 @@ function siteRuns(bank: MixBank, g: number): ChoiceRun[] | undefined {
 }
 
 /** Exact f32 literal for WGSL. */
-function f32(value: number): string {
+export function wgslF32(value: number): string {
   const bits = new Uint32Array(new Float32Array([value]).buffer)[0] as number;
   return `bitcast<f32>(${bits}u)`;
 }
@@ -135,7 +135,7 @@ function routedLoraProgram(p: {
   const E = runs.length;
   const starts = runs.map((r) => `${r.start}`).join(', ');
   const ranks = runs.map((r) => `${r.rank}`).join(', ');
-  const factors = runs.map((r) => f32(r.factor)).join(', ');
+  const factors = runs.map((r) => wgslF32(r.factor)).join(', ');
   const key = `routedLora_${I}_${O}_${G}_${g}_${SR}_${K}_${starts}_${ranks}_${runs.map((r) => r.factor).join(',')}`;
   return {
     outputShape: [p.rows, O],
@@ -215,7 +215,7 @@ function denseLoraProgram(p: { rows: number; inputWidth: number; outputWidth: nu
   });
   const starts = runs.map((r) => `${r.start}`).join(', ');
   const ranks = runs.map((r) => `${r.rank}`).join(', ');
-  const factors = runs.map((r) => f32(r.factor)).join(', ');
+  const factors = runs.map((r) => wgslF32(r.factor)).join(', ');
   return {
     outputShape: [p.rows, O],
     shaderKey: `denseLora_${I}_${O}_${SR}_${starts}_${ranks}_${runs.map((r) => r.factor).join(',')}`,
