@@ -45,10 +45,11 @@ import {
 
 export * from './routed-model-source.js';
 
-function variablesToWrite(variables: ReadonlyMap<string, tf.Variable>): Map<string, TensorToWrite> {
-  const out = new Map<string, TensorToWrite>();
-  for (const [name, v] of variables) out.set(name, { dtype: 'F32', shape: v.shape, data: v.dataSync() as Float32Array });
-  return out;
+/** Host copies of the variables, read with `await data()` (every backend, webgpu included). */
+async function variablesToWrite(variables: ReadonlyMap<string, tf.Variable>): Promise<Map<string, TensorToWrite>> {
+  const entries = [...variables];
+  const values = await Promise.all(entries.map(([, v]) => v.data()));
+  return new Map(entries.map(([name, v], i) => [name, { dtype: 'F32', shape: v.shape, data: values[i] as Float32Array }]));
 }
 
 /**
@@ -78,14 +79,14 @@ export async function writeRoutedModelContent(dir: string, model: AdaptedModel, 
       adapters[adapter.name] = { path, format: 'peft' };
     } else {
       await mkdir(join(dir, path), { recursive: true });
-      await writeSafetensorsFile(join(dir, path, NATIVE_ADAPTER_FILE), variablesToWrite(adapterVariables(model, adapter.name)));
+      await writeSafetensorsFile(join(dir, path, NATIVE_ADAPTER_FILE), await variablesToWrite(adapterVariables(model, adapter.name)));
       if (adapter.kind === 'adalora')
         await writeAdaloraOutputs(join(dir, path), instance, model.base, options.basePath === undefined ? {} : { baseModelName: options.basePath });
       adapters[adapter.name] = { path, format: 'native' };
     }
   }
   const routers = routerVariables(model);
-  if (routers.size > 0) await writeSafetensorsFile(join(dir, ROUTERS_FILE), variablesToWrite(routers));
+  if (routers.size > 0) await writeSafetensorsFile(join(dir, ROUTERS_FILE), await variablesToWrite(routers));
   const manifest: RoutedModelManifest = {
     format: 'routed-peft',
     version: 1,

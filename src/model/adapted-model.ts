@@ -300,8 +300,15 @@ export class AdaptedModel {
         return { ...options.routing, trace: sink };
       },
       end: () => {
-        if (streamed !== undefined) this.traceSubject.next({ pastLength, entries: streamed.sink.slice(streamed.start) });
+        const done = streamed;
         streamed = undefined;
+        if (done === undefined) return;
+        const past = pastLength;
+        const emit = () => this.traceSubject.next({ pastLength: past, entries: done.sink.slice(done.start) });
+        // Deferred trace reads fill the sink when flushed: emit after them, in the same flush.
+        const deferred = options.routing?.traceReads;
+        if (deferred === undefined) emit();
+        else deferred.add([], emit);
       },
     });
   }

@@ -129,14 +129,25 @@ export class AdamW {
     this.stepCount += 1;
   }
 
-  /** Host copies of the moments and step counts (plain data, for checkpoints). */
+  /** Host copies of the moments and step counts (plain data, for checkpoints); reads synchronously (wasm, cpu). */
   getState(): AdamWState {
+    const { step, tensors, paramSteps } = this.stateTensors();
+    const host = new Map<string, HostStateTensor>();
+    for (const [key, t] of tensors) host.set(key, { shape: [...t.shape], values: Float32Array.from(t.dataSync() as Float32Array) });
+    return { step, tensors: host, paramSteps };
+  }
+
+  /**
+   * The moments as the optimizer holds them (`<name>/m`, `<name>/v`: read them, do not keep or dispose them)
+   * and the step counts; checkpoints copy them with asynchronous reads.
+   */
+  stateTensors(): { readonly step: number; readonly tensors: Map<string, tf.Tensor>; readonly paramSteps: Map<string, number> } {
     this.checkAlive();
-    const tensors = new Map<string, HostStateTensor>();
+    const tensors = new Map<string, tf.Tensor>();
     const paramSteps = new Map<string, number>();
     for (const [name, slot] of this.slots) {
-      tensors.set(`${name}/m`, { shape: [...slot.m.shape], values: Float32Array.from(slot.m.dataSync() as Float32Array) });
-      tensors.set(`${name}/v`, { shape: [...slot.v.shape], values: Float32Array.from(slot.v.dataSync() as Float32Array) });
+      tensors.set(`${name}/m`, slot.m);
+      tensors.set(`${name}/v`, slot.v);
       paramSteps.set(name, slot.steps);
     }
     return { step: this.stepCount, tensors, paramSteps };

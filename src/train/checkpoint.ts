@@ -203,10 +203,18 @@ function toWrite(values: ReadonlyMap<string, HostStateTensor>): Map<string, Tens
   return new Map([...values].map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, data: t.values } as const]));
 }
 
-function hostValues(variables: Iterable<readonly [string, tf.Variable]>): Map<string, HostStateTensor> {
-  const out = new Map<string, HostStateTensor>();
-  for (const [name, v] of variables) out.set(name, { shape: [...v.shape], values: Float32Array.from(v.dataSync() as Float32Array) });
-  return out;
+/**
+ * Host copies of named tensors, read with `await data()` (every backend). Handles on the current data are
+ * taken first, synchronously, so the copies describe one instant even if a variable is assigned meanwhile.
+ */
+async function hostValues(tensors: Iterable<readonly [string, tf.Tensor]>): Promise<Map<string, HostStateTensor>> {
+  const held = [...tensors].map(([name, t]) => [name, tf.clone(t)] as const); // share the data, no copy
+  try {
+    const values = await Promise.all(held.map(([, t]) => t.data()));
+    return new Map(held.map(([name, t], i) => [name, { shape: [...t.shape], values: Float32Array.from(values[i] as Float32Array) }]));
+  } finally {
+    tf.dispose(held.map(([, t]) => t));
+  }
 }
 
 const finiteOrNull = (x: number | null): number | null => (x === null || !Number.isFinite(x) ? null : x);
@@ -215,7 +223,7 @@ const finiteOrNull = (x: number | null): number | null => (x === null || !Number
 export function trainingState(model: AdaptedModel, trainer: Trainer, loop: LoopState): TrainingState {
   const parsedLoop = parseConfig(LoopState, loop, 'loop state');
   const progress: TrainerProgress = trainer.progress();
-  const optimizer = trainer.optimizer.getState();
+  const optimizer = trainer.optimizer.stateTensors(); // the step counts only: no tensor is read
   const random: Record<string, number> = {};
   for (const [key, router] of statefulRouters(model)) random[key] = router.getRandomState();
   return {
@@ -246,9 +254,11 @@ export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, op
   // Copy everything to host memory first, so the files describe one instant of training.
   const state = trainingState(model, trainer, input.state);
   const headNames = new Set([...(trainer.head?.namedVariables().keys() ?? [])]);
-  const variables = hostValues(model.namedVariables());
-  const head = hostValues([...trainer.namedVariables()].filter(([name]) => headNames.has(name)));
-  const moments = trainer.optimizer.getState().tensors;
+  const [variables, head, moments] = await Promise.all([
+    hostValues(model.namedVariables()),
+    hostValues([...trainer.namedVariables()].filter(([name]) => headNames.has(name))),
+    hostValues(trainer.optimizer.stateTensors().tensors),
+  ]);
   const hook = options.afterFile;
   const onStep = options.onStep;
   await replaceDirectoryVersioned(

@@ -36,6 +36,7 @@ import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
+import { DeferredTraceReads } from '../routing/trace.js';
 import { TrainingError } from './errors.js';
 import { bufferedIterable, type BufferedIterable, type StepReport, type TrainEvent, type TrainSummary } from './events.js';
 import { ClassificationHead, causalLmLoss, classificationLoss, countLmTargets } from './losses.js';
@@ -298,7 +299,15 @@ export class Trainer {
     this.checkUsable();
     this.inFlight = true;
     try {
-      return await runPlanAsync(this.stepPlan(batch));
+      // Routing traces of the training forward (model.traces$ subscribers) are read after it, like the loss.
+      const traceReads = new DeferredTraceReads();
+      try {
+        const report = await runPlanAsync(this.stepPlan(batch, traceReads));
+        await traceReads.flush();
+        return report;
+      } finally {
+        traceReads.dispose();
+      }
     } finally {
       this.inFlight = false;
     }
@@ -311,7 +320,7 @@ export class Trainer {
   }
 
   /** One micro-batch's work, yielding each tensor it must read on the host (step and stepAsync drive it). */
-  private *stepPlan(batch: TrainBatch): StepPlan<StepReport> {
+  private *stepPlan(batch: TrainBatch, traceReads?: DeferredTraceReads): StepPlan<StepReport> {
     const started = performance.now();
     this.checkVarList();
     const objective = this.config.objective;
@@ -325,7 +334,7 @@ export class Trainer {
 
     const mixed = batch.retention === undefined ? undefined : this.mixRetention(batch, batch.retention);
     if (targets > 0) {
-      const { loss, task, aux, retention, grads } = yield* this.gradients(batch, stepIndex, microBatch, mixed);
+      const { loss, task, aux, retention, grads } = yield* this.gradients(batch, stepIndex, microBatch, mixed, traceReads);
       this.accumulate(grads, targets);
       pending.weight += targets;
       pending.lossSum += targets * loss;
@@ -450,6 +459,7 @@ export class Trainer {
     step: number,
     microBatch: number,
     mixed: MixedRows | undefined,
+    traceReads: DeferredTraceReads | undefined,
   ): StepPlan<{ loss: number; task: number; aux: number; retention: number | undefined; grads: Map<string, tf.Tensor> }> {
     const sink: tf.Scalar[] = [];
     const kept: tf.Tensor[] = [];
@@ -474,6 +484,7 @@ export class Trainer {
             taskIds: mixed === undefined ? batch.taskIds : undefined, // only task routers read them, and those refuse retention rows
             routingMask: mixed === undefined ? batch.routingMask : mixed.routingMask,
             ...(mixed === undefined ? {} : { retentionRows: mixed.retentionRows }),
+            ...(traceReads === undefined ? {} : { traceReads }),
           },
           select: this.options.select,
           output: head === undefined ? 'logits' : 'hidden',

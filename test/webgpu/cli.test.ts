@@ -2,7 +2,8 @@
 // --tokenizer tok512 --routed DIR --temperature 0` prints the same ids as wasm (a routed model of 4 LoRA
 // experts with different ranks, top-2 + null expert, on every linear site, created with `init`); and
 // `routed-peft eval` there gives wasm's loss, exact-match accuracy and routing statistics (its trace and its
-// greedy completions are read with await data()).
+// greedy completions are read with await data()); `routed-peft train --out` there gives wasm's step losses,
+// expert load and a routed-model directory with wasm's variables (every read asynchronous).
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +13,8 @@ import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { BACKEND_ENV_VAR, selectBackend } from '../../src/backend.js';
 import { createMemoryIo } from '../../src/cli/io.js';
 import { main } from '../../src/cli/main.js';
+import { decodeFloat32, readSafetensorsFile } from '../../src/formats/safetensors.js';
+import { expectClose } from '../helpers/tensor-asserts.js';
 import { SHARED_MODELS_SKIP_NOTE, hasSharedModels, stories260kPath, tok512Path } from '../helpers/tiny-models.js';
 import { WEBGPU_SKIP_NOTE, hasWebGpu } from '../helpers/webgpu.js';
 
@@ -128,5 +131,51 @@ describe.skipIf(!hasWebGpu || !hasSharedModels)(`routed-peft generate on webgpu$
     expect(a.routing.decisions).toBeGreaterThan(0);
     expect(b.routing.decisions).toBe(a.routing.decisions); // the trace was read on webgpu: one entry per decision and token
     expect(b.routing.load).toEqual(a.routing.load);
+  });
+
+  test('train --steps 2 --out DIR (JSON lines with expert load, checkpoint and routed model saved) matches wasm', async () => {
+    const train = async (backend: 'wasm' | 'webgpu') => {
+      const out = join(dir, `trained-${backend}`);
+      const argv = [
+        'train',
+        '--model',
+        stories260kPath,
+        '--tokenizer',
+        tok512Path,
+        '--data',
+        join(dir, 'data.jsonl'),
+        '--spec',
+        join(dir, 'spec.json'),
+        '--out',
+        out,
+        '--steps',
+        '2',
+        '--batch-size',
+        '4',
+      ];
+      const result = await run(backend, ...argv);
+      expect(result.err).toBe('');
+      expect(result.code).toBe(0);
+      const steps = result.out
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as { type: string; loss?: number; load?: { fractions: number[] }[] })
+        .filter((line) => line.type === 'step');
+      const variables = await readSafetensorsFile(join(out, 'routers.safetensors'));
+      return { steps, routers: variables };
+    };
+    const a = await train('wasm');
+    const b = await train('webgpu');
+    expect(b.steps).toHaveLength(2);
+    b.steps.forEach((step, i) => {
+      const expected = a.steps[i];
+      expect(Math.abs((step.loss ?? Number.NaN) - (expected?.loss ?? Number.NaN))).toBeLessThanOrEqual(1e-3 * Math.abs(expected?.loss ?? 1));
+      expect(step.load?.length).toBeGreaterThan(0); // the training forward's trace, read after the step
+      expect(step.load?.map((l) => l.fractions.length)).toEqual(expected?.load?.map((l) => l.fractions.length));
+    });
+    expect([...b.routers.entries.keys()]).toEqual([...a.routers.entries.keys()]);
+    for (const [name, t] of a.routers.entries) {
+      expectClose(decodeFloat32(b.routers.entries.get(name) as typeof t), decodeFloat32(t), { rtol: 1e-3, atol: 1e-5, label: name });
+    }
   });
 });
