@@ -29,6 +29,7 @@ const BENCHMARKS: readonly { name: string; requires?: string }[] = [
   { name: 'resident-adapters' },
   { name: 'webgpu-kernels' },
   { name: 'threads' },
+  { name: 'serve-pool', requires: 'src/runtime/pool.ts' },
 ];
 /**
  * Targets from the issue, by ratio id (a ratio's own `target` in its JSON takes precedence): `max` bounds a

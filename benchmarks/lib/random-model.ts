@@ -11,7 +11,10 @@ import { buildTransformer } from '../../src/base/checkpoints/load-model.js';
 import { seededRandom } from '../../src/base/sampling.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { llamaConfigFromHf } from '../../src/base/families/llama.js';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { mapSource, type HostTensor } from '../../src/formats/host-tensors.js';
+import { writeSafetensorsFile } from '../../src/formats/safetensors.js';
 
 export interface RandomLlamaOptions {
   readonly dim: number; // D
@@ -88,4 +91,14 @@ export function randomLlama(options: RandomLlamaOptions): Transformer {
 export function randomIds(batch: number, tokens: number, vocabSize: number, seed = 7): number[][] {
   const random = seededRandom(seed);
   return Array.from({ length: batch }, () => Array.from({ length: tokens }, () => Math.floor(random() * vocabSize)));
+}
+
+/** Writes the random llama as a Hugging Face model directory (config.json + model.safetensors), for loaders that read paths. */
+export async function writeRandomLlamaDir(dir: string, options: RandomLlamaOptions): Promise<string> {
+  const { config, tensors } = randomLlamaCheckpoint(options);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  const entries = [...tensors].map(([name, t]) => [name, { dtype: 'F32' as const, shape: t.shape, data: t.values }] as const);
+  await writeSafetensorsFile(join(dir, 'model.safetensors'), new Map(entries), { format: 'pt' });
+  return dir;
 }
