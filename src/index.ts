@@ -69,7 +69,10 @@ export { AdapterInstance } from './adapters/instance.js';
 export type { Router, RouterKind, RouterInput, RouterShape, RoutingDecision } from './routing/router.js';
 export { RouterRegistry } from './routing/router-registry.js';
 export { loadBalancingLoss, routerZLoss, importanceLoss, routingEntropy, auxLossTotal } from './routing/aux-losses.js';
-export type { RoutingTraceEntry } from './routing/trace.js';
+export { DeferredTraceReads, NULL_EXPERT, type RoutingTraceEntry } from './routing/trace.js';
+export { registerTopKSlotsKernel, unregisterTopKSlotsKernel, type TopKSlotsKernel } from './routing/gating.js';
+export { registerRoutedSiteKernel, unregisterRoutedSiteKernel, type RoutedSiteKernel } from './routing/fused-group.js';
+export { registerLoraMixKernel, unregisterLoraMixKernel } from './adapters/lora/bank.js';
 
 export { AdaptedModel, type AdaptedForwardOptions, type AdaptedGenerateOptions, type ParameterReport } from './model/adapted-model.js';
 export { Selection, type SelectionInput } from './model/selection.js';
@@ -114,6 +117,7 @@ export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualI
 
 export { RoutedRuntime, type RoutedRuntimeOptions } from './runtime/runtime.js';
 export { MemoryBudgetError } from './runtime/registry.js';
+export { RuntimePool, type RuntimePoolOptions, type PoolBaseSource } from './runtime/pool.js';
 export * from './runtime/types.js';
 export { saveCheckpoint, loadCheckpoint, readCheckpoint, resumeTrainer, restoreTrainer, type TrainingState } from './train/checkpoint.js';
 export { trainFromDataset } from './train/train-loop.js';
