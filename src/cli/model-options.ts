@@ -51,6 +51,12 @@ export interface LoadedCliModel extends LoadedModel {
   readonly allowNonFinite: boolean;
 }
 
+/** --tokenizer, else the model directory when it holds a tokenizer.json; undefined when there is none. */
+export function cliTokenizerPath(model: string, tokenizer: string | undefined): string | undefined {
+  if (tokenizer !== undefined) return tokenizer;
+  return statSync(model).isDirectory() && existsSync(join(model, 'tokenizer.json')) ? model : undefined;
+}
+
 export async function loadCliModel(values: {
   readonly model?: string | undefined;
   readonly tokenizer?: string | undefined;
@@ -61,10 +67,7 @@ export async function loadCliModel(values: {
   await selectBackend();
   const loaded = await loadBaseModel(values.model, { allowNonFinite });
   try {
-    let tokenizerPath = values.tokenizer;
-    if (tokenizerPath === undefined && statSync(values.model).isDirectory() && existsSync(join(values.model, 'tokenizer.json'))) {
-      tokenizerPath = values.model;
-    }
+    const tokenizerPath = cliTokenizerPath(values.model, values.tokenizer);
     const tokenizer = tokenizerPath === undefined ? undefined : await loadTokenizer(tokenizerPath, { vocabSize: loaded.model.config.vocabSize });
     return { ...loaded, tokenizer, allowNonFinite };
   } catch (error) {

@@ -8,18 +8,69 @@ import { basename, dirname, resolve } from 'node:path';
 import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
 import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
-import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
+import { MODEL_FLAGS, MODEL_USAGE, cliTokenizerPath, loadCliModel } from './model-options.js';
 import { UsageError } from '../errors.js';
+import { RuntimePool } from '../runtime/pool.js';
 import { RoutedRuntime } from '../runtime/runtime.js';
+import { poolServingRuntime, type ServingRuntime } from '../server/serving-runtime.js';
+import { loadTokenizer } from '../tokenizers/load-tokenizer.js';
 import { RoutedServer } from '../server/server.js';
 import { TargetName } from '../server/schemas.js';
 
 export const API_KEY_ENV_VAR = 'ROUTED_PEFT_API_KEY';
 
+/** The runtime serve runs on: one RoutedRuntime here, or a RuntimePool of `workers` threads. */
+async function startRuntime(
+  values: { readonly model?: string | undefined; readonly tokenizer?: string | undefined; readonly 'allow-non-finite'?: boolean | undefined },
+  workers: number,
+  context: CliContext,
+  settings: { readonly memoryBudgetBytes: number | undefined; readonly batching: { readonly windowMs: number; readonly maxBatchSize: number } },
+  io: CliIo,
+): Promise<{ readonly runtime: ServingRuntime; close(): Promise<void> }> {
+  if (workers === 1) {
+    const loaded = await loadCliModel(values);
+    const runtime = RoutedRuntime.create({ base: loaded.model, routers: context.routers, tokenizer: loaded.tokenizer, ...settings });
+    return {
+      runtime,
+      close: async () => {
+        runtime.dispose();
+        await runtime.idle();
+        loaded.model.dispose();
+      },
+    };
+  }
+  if (values.model === undefined) throw new UsageError('--model is required');
+  const tokenizerPath = cliTokenizerPath(values.model, values.tokenizer);
+  const pool = await RuntimePool.create({
+    base: {
+      model: resolve(values.model),
+      tokenizer: tokenizerPath === undefined ? undefined : resolve(tokenizerPath),
+      allowNonFinite: values['allow-non-finite'] === true,
+    },
+    workers,
+    ...settings,
+  });
+  try {
+    const tokenizer = tokenizerPath === undefined ? undefined : await loadTokenizer(tokenizerPath, { vocabSize: pool.config.vocabSize });
+    const runtime = await poolServingRuntime(pool, tokenizer, { onError: (error) => io.stderr(`routed-peft serve: ${(error as Error).message}\n`) });
+    return {
+      runtime,
+      close: async () => {
+        runtime.close();
+        await pool.close();
+      },
+    };
+  } catch (error) {
+    await pool.close();
+    throw error;
+  }
+}
+
 const usage = `Usage: routed-peft serve --model PATH [--tokenizer PATH] [--adapter NAME=DIR]... [--routed NAME=DIR]...
                        [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-concurrency N] [--max-queue N]
                        [--memory-budget BYTES] [--max-tokens N] [--max-body-bytes N]
                        [--adapter-dir DIR [--allow-runtime-loading]] [--drain-timeout S] [--log-level LEVEL]
+                       [--workers N]
 
 Serve the base model, PEFT LoRA adapters and routed models over an OpenAI-compatible HTTP API: a request's
 "model" is "base", an adapter name or a routed-model name. Concurrent requests for different targets share
@@ -48,6 +99,9 @@ ${MODEL_USAGE}
   --drain-timeout S        On SIGTERM, seconds to wait for running requests before cancelling them (default 30)
   --batch-window-ms MS     How long the runtime waits to batch arriving requests (default 2)
   --max-batch-size N       Most requests per runtime pass (default 16)
+  --workers N              Worker threads, each a runtime with its own copy of the base on one wasm thread;
+                           requests go to the least busy (default 1: one runtime in this thread). About N
+                           times the memory; --memory-budget then bounds each worker
   --log-level LEVEL        info | warn | error | silent: request log as JSON lines on stderr (default warn)
 `;
 
@@ -98,6 +152,7 @@ export const serveCommand: CliCommand = {
       'batch-window-ms': { type: 'string', default: '2' },
       'max-batch-size': { type: 'string', default: '16' },
       'log-level': { type: 'string', default: 'warn' },
+      workers: { type: 'string', default: '1' },
     });
     const port = toInt('port', values.port, { min: 0, max: 65535 });
     const maxConcurrency = toInt('max-concurrency', values['max-concurrency'], { min: 1 });
@@ -107,6 +162,7 @@ export const serveCommand: CliCommand = {
     const drainTimeoutMs = toNumber('drain-timeout', values['drain-timeout'], { min: 0 }) * 1000;
     const windowMs = toNumber('batch-window-ms', values['batch-window-ms'], { min: 0 });
     const maxBatchSize = toInt('max-batch-size', values['max-batch-size'], { min: 1 });
+    const workers = toInt('workers', values.workers, { min: 1, max: 256 });
     const memoryBudgetBytes = optional(values['memory-budget'], (raw) => toBytes('memory-budget', raw), undefined);
     const logLevel = toChoice('log-level', values['log-level'], ['info', 'warn', 'error', 'silent'] as const);
     const apiKey = values['api-key'] ?? (process.env[API_KEY_ENV_VAR] || undefined);
@@ -125,14 +181,8 @@ export const serveCommand: CliCommand = {
       names.add(name);
     }
 
-    const loaded = await loadCliModel(values);
-    const runtime = RoutedRuntime.create({
-      base: loaded.model,
-      routers: context.routers,
-      tokenizer: loaded.tokenizer,
-      memoryBudgetBytes,
-      batching: { windowMs, maxBatchSize },
-    });
+    const serving = await startRuntime(values, workers, context, { memoryBudgetBytes, batching: { windowMs, maxBatchSize } }, io);
+    const runtime = serving.runtime;
     let server: RoutedServer | undefined;
     try {
       for (const [kind, name, dir] of targets) {
@@ -176,9 +226,7 @@ export const serveCommand: CliCommand = {
       return 0;
     } finally {
       await server?.close();
-      runtime.dispose();
-      await runtime.idle();
-      loaded.model.dispose();
+      await serving.close();
     }
   },
 };

@@ -71,7 +71,9 @@ export type FromWorker =
   | { readonly type: 'failed'; readonly error: SentError }
   | { readonly type: 'result'; readonly id: number; readonly value: unknown }
   | { readonly type: 'error'; readonly id: number; readonly error: SentError }
-  | { readonly type: 'event'; readonly id: number; readonly event: unknown };
+  | { readonly type: 'event'; readonly id: number; readonly event: unknown }
+  /** One pass the worker's batcher ran (its runtime's batches$). */
+  | { readonly type: 'batch'; readonly event: unknown };
 
 /** An error as plain data. */
 export function sendError(error: unknown): SentError {

@@ -29,6 +29,7 @@ async function init(message: Extract<ToWorker, { type: 'init' }>): Promise<void>
   const tokenizer = message.base.tokenizer === undefined ? undefined : await loadTokenizer(message.base.tokenizer, { vocabSize: model.config.vocabSize });
   const routers = ((await import(message.routersModule)) as { builtinRouters(): RouterRegistry }).builtinRouters();
   runtime = RoutedRuntime.create({ base: model, routers, tokenizer, ...message.runtime });
+  runtime.batches$.subscribe((event) => post({ type: 'batch', event }));
   post({ type: 'ready', config: model.config, tokenizerVocab: tokenizer?.vocabSize });
 }
 

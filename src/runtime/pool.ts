@@ -18,12 +18,14 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { Observable, Subject } from 'rxjs';
 import { z } from 'zod';
 import type { ModelConfig } from '../base/config.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError, RoutedPeftError } from '../errors.js';
 import { type FromWorker, type PoolBaseSource, type PoolMethod, reviveError, type ToWorker } from './pool-protocol.js';
 import type {
+  BatchEvent,
   CallOptions,
   Classification,
   ClassifyOptions,
@@ -102,6 +104,7 @@ class PoolWorker {
   constructor(
     readonly index: number,
     readonly thread: Worker,
+    private readonly onBatch: (event: BatchEvent) => void,
   ) {
     thread.on('message', (message: FromWorker) => this.receive(message));
     thread.on('error', (error) => this.fail(error));
@@ -124,6 +127,10 @@ class PoolWorker {
 
   private receive(message: FromWorker): void {
     if (message.type === 'ready' || message.type === 'failed') return; // handled by the start-up listener
+    if (message.type === 'batch') {
+      this.onBatch(message.event as BatchEvent);
+      return;
+    }
     const pending = this.pending.get(message.id);
     if (pending === undefined) return;
     if (message.type === 'event') {
@@ -146,14 +153,23 @@ export class RuntimePool {
   private nextId = 1;
   private turn = 0;
   private closed = false;
+  private readonly batchSubject: Subject<BatchEvent>;
+  private readonly workers: readonly PoolWorker[];
+  /** One event per pass any worker's batcher runs (plain data, as RoutedRuntime.batches$). */
+  readonly batches$: Observable<BatchEvent>;
 
   private constructor(
-    private readonly workers: readonly PoolWorker[],
+    threads: readonly Worker[],
+    batchSubject: Subject<BatchEvent>,
     /** The base's architecture (every worker loaded the same). */
     readonly config: ModelConfig,
     /** The tokenizer's vocabulary size when the base came with one. */
     readonly tokenizerVocab: number | undefined,
-  ) {}
+  ) {
+    this.batchSubject = batchSubject;
+    this.batches$ = batchSubject.asObservable();
+    this.workers = threads.map((thread, i) => new PoolWorker(i, thread, (event) => batchSubject.next(event)));
+  }
 
   /** Starts the workers and loads the base in each; rejects (stopping them) if any fails. */
   static async create(options: RuntimePoolOptions): Promise<RuntimePool> {
@@ -199,11 +215,7 @@ export class RuntimePool {
         ),
       );
       const first = ready[0] as Extract<FromWorker, { type: 'ready' }>;
-      return new RuntimePool(
-        threads.map((thread, i) => new PoolWorker(i, thread)),
-        first.config,
-        first.tokenizerVocab,
-      );
+      return new RuntimePool(threads, new Subject<BatchEvent>(), first.config, first.tokenizerVocab);
     } catch (error) {
       await Promise.all(threads.map((t) => t.terminate()));
       throw error;
@@ -348,6 +360,26 @@ export class RuntimePool {
         }
       }),
     );
+    this.batchSubject.complete();
+  }
+
+  /** generateIterable as an rxjs Observable (unsubscribing cancels the generation), as RoutedRuntime.generate$. */
+  generate$(prompt: readonly number[] | string, options: RuntimeGenerateOptions): Observable<GenerationEvent> {
+    return new Observable<GenerationEvent>((subscriber) => {
+      const stop = new AbortController();
+      const outer = options.signal;
+      const onOuter = () => stop.abort();
+      outer?.addEventListener('abort', onOuter, { once: true });
+      if (outer?.aborted === true) stop.abort();
+      (async () => {
+        for await (const event of this.generateIterable(prompt, { ...options, signal: stop.signal })) subscriber.next(event);
+        subscriber.complete();
+      })().catch((error: unknown) => subscriber.error(error));
+      return () => {
+        outer?.removeEventListener('abort', onOuter);
+        stop.abort();
+      };
+    });
   }
 
   // ---------------------------------------------------------------------------------------------------

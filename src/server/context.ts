@@ -1,5 +1,5 @@
 /** What every route shares: the runtime and its tokenizer, the served targets, limits, metrics, admission. */
-import type { RoutedRuntime } from '../runtime/runtime.js';
+import type { ServingRuntime } from './serving-runtime.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { Admission } from './admission.js';
 import type { ChatTemplate } from './chat-template.js';
@@ -14,7 +14,7 @@ export interface ServerLimits {
 }
 
 export interface ServerContext {
-  readonly runtime: RoutedRuntime;
+  readonly runtime: ServingRuntime;
   readonly tokenizer: Tokenizer | undefined;
   /** Prepend BOS to text prompts (llama-family models whose tokenizer has one). */
   readonly addBos: boolean;

@@ -6,7 +6,7 @@
  * The runtime does the batching: concurrent choices (of one request or of many) share its passes.
  */
 import type { RoutingTraceEntry } from '../routing/trace.js';
-import type { RoutedRuntime } from '../runtime/runtime.js';
+import type { ServingRuntime } from './serving-runtime.js';
 import type { FinishReason, Selection } from '../runtime/types.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import { StopMatcher } from './stop.js';
@@ -47,7 +47,7 @@ export interface ChoiceCallbacks {
 
 /** Runs one choice to its end. Rejects only on runtime errors (bad ids, a target unloaded meanwhile). */
 export function runChoice(
-  runtime: RoutedRuntime,
+  runtime: ServingRuntime,
   tokenizer: Tokenizer | undefined,
   request: ChoiceRequest,
   callbacks: ChoiceCallbacks = {},
@@ -113,7 +113,7 @@ export interface TokenLogprob {
  * the generated tokens (the model's own distribution, before temperature and top-p).
  */
 export async function choiceLogprobs(
-  runtime: RoutedRuntime,
+  runtime: ServingRuntime,
   request: Pick<ChoiceRequest, 'ids' | 'select' | 'taskIds'>,
   tokens: readonly number[],
   topN: number,

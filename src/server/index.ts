@@ -3,6 +3,7 @@
 // does not load the HTTP stack.
 export { RoutedServer, type RoutedServerOptions, type ListenOptions } from './server.js';
 export { ServerError, type OpenAiErrorBody, type ErrorType } from './errors.js';
+export { poolServingRuntime, sumStats, type PoolServing, type ServingRuntime } from './serving-runtime.js';
 export { loadChatTemplate, plainChatTemplate, jinjaChatTemplate, type ChatTemplate, type TemplateMessage } from './chat-template.js';
 export {
   CompletionRequest,

@@ -1,5 +1,6 @@
 /**
- * RoutedServer: an OpenAI-compatible HTTP server over a RoutedRuntime.
+ * RoutedServer: an OpenAI-compatible HTTP server over a RoutedRuntime (or a RuntimePool through
+ * serving-runtime.ts `poolServingRuntime`).
  *
  *   const server = await RoutedServer.create({ runtime, tokenizer, apiKey: 'secret' });
  *   const { url } = await server.listen({ host: '127.0.0.1', port: 8000 });
@@ -16,7 +17,7 @@ import type { Subscription } from 'rxjs';
 import { z } from 'zod';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError } from '../errors.js';
-import type { RoutedRuntime } from '../runtime/runtime.js';
+import type { ServingRuntime } from './serving-runtime.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import { Admission } from './admission.js';
 import { buildApp } from './app.js';
@@ -46,7 +47,7 @@ const ServerSettings = z
   .strict();
 
 export interface RoutedServerOptions {
-  readonly runtime: RoutedRuntime;
+  readonly runtime: ServingRuntime;
   /** Defaults to the runtime's tokenizer. */
   readonly tokenizer?: Tokenizer | undefined;
   /** Bearer key every request but GET /health and GET /metrics must send. */

@@ -16,7 +16,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join, sep } from 'node:path';
 import { MANIFEST_FILE } from '../io/routed-model-dir.js';
-import type { RoutedRuntime } from '../runtime/runtime.js';
+import type { ServingRuntime } from './serving-runtime.js';
 import type { Selection, TargetInfo, TargetSource } from '../runtime/types.js';
 import { RoutedPeftError } from '../errors.js';
 import { ServerError } from './errors.js';
@@ -58,7 +58,7 @@ export class ServedTargets {
   private readonly startedAt = Math.floor(Date.now() / 1000);
 
   constructor(
-    private readonly runtime: RoutedRuntime,
+    private readonly runtime: ServingRuntime,
     private readonly adapterDir: string | undefined,
   ) {}
 

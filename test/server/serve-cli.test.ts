@@ -1,6 +1,6 @@
 // `routed-peft serve` as a real process: it prints where it listens, serves adapters and routed models given
 // as NAME=DIR, and on SIGTERM stops accepting, lets the running request finish, then exits 0. Also its
-// argument errors.
+// argument errors; and with --workers 2 (a RuntimePool) the same answers as one runtime.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
@@ -93,6 +93,44 @@ describe('routed-peft serve', () => {
     }
   });
 
+  test('--workers 2 serves the same greedy completions as one runtime, concurrently, and unloads on every worker', async () => {
+    const args = ['--model', demoModelDir, '--adapter', `a=${fx.dir('a')}`, '--routed', `moe=${fx.dir('moe')}`, '--port', '0', '--api-key', 'k'];
+    const ask = async (url: string) => {
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'k', maxRetries: 0 });
+      const requests = ['base', 'a', 'moe', 'a', 'moe', 'base'].map((model, i) =>
+        client.completions.create({ model, prompt: ['ab', 'kq3z|', 'x+y='][i % 3] as string, max_tokens: 8, temperature: 0 }),
+      );
+      return { client, texts: (await Promise.all(requests)).map((r) => r.choices[0]?.text) };
+    };
+    const one = await startCli(args);
+    let expected: (string | undefined)[];
+    try {
+      expected = (await ask(one.url)).texts;
+    } finally {
+      one.process.kill('SIGKILL');
+    }
+    const pooled = await startCli([...args, '--workers', '2', '--allow-runtime-loading', '--adapter-dir', fx.adapterDir]);
+    try {
+      expect(pooled.stderr()).toContain('models: base, a, moe');
+      const { client, texts } = await ask(pooled.url);
+      expect(texts).toEqual(expected);
+      const metrics = await (await fetch(`${pooled.url}/metrics`)).text();
+      expect(metrics).toMatch(/routed_peft_batch_rows_count\{kind="generate"\} [1-9]/); // workers' passes reach the metrics
+      const unload = await fetch(`${pooled.url}/v1/unload_lora_adapter`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer k', 'content-type': 'application/json' },
+        body: JSON.stringify({ lora_name: 'a' }),
+      });
+      expect(unload.status).toBe(200);
+      expect((await client.models.list()).data.map((m) => m.id)).toEqual(['base', 'moe']);
+      await expect(client.completions.create({ model: 'a', prompt: 'ab', max_tokens: 2 })).rejects.toThrow(/does not exist/);
+      pooled.process.kill('SIGTERM');
+      expect(await pooled.exited).toBe(0);
+    } finally {
+      pooled.process.kill('SIGKILL');
+    }
+  }, 120_000);
+
   test('argument errors are usage errors (exit 2) naming the flag', async () => {
     const cases: [string[], RegExp][] = [
       [['--model', demoModelDir, '--port', 'x'], /--port: 'x'/],
@@ -100,6 +138,7 @@ describe('routed-peft serve', () => {
       [['--model', demoModelDir, '--adapter', 'base=/tmp'], /reserved for the base model/],
       [['--model', demoModelDir, '--adapter', `a=${fx.dir('a')}`, '--routed', `a=${fx.dir('moe')}`], /two targets are named "a"/],
       [['--model', demoModelDir, '--memory-budget', 'lots'], /--memory-budget: 'lots'/],
+      [['--model', demoModelDir, '--workers', '0'], /--workers/],
     ];
     for (const [args, message] of cases) {
       const io = createMemoryIo();
