@@ -15,6 +15,30 @@ const WORKGROUP = 64;
 /** Most choices the kernel keeps per thread (its `taken` flags); more go to the reference. */
 export const MAX_GATING_CHOICES = 256;
 
+/**
+ * WGSL that picks the k largest of `score(e)` over e < E (ties: the lower index, as tf.topk) into the local
+ * arrays `ids[K]` and `vals[K]`, and sets `total` = Σ exp(vals[slot] − vals[0]) for the softmax over them.
+ */
+export function topKSelectWgsl(E: number, K: number, score: (e: string) => string): string {
+  return `
+        var taken : array<bool, ${E}>;
+        var ids : array<i32, ${K}>;
+        var vals : array<f32, ${K}>;
+        for (var slot = 0; slot < ${K}; slot = slot + 1) {
+          var best = -1;
+          var bestValue = 0.0;
+          for (var e = 0; e < ${E}; e = e + 1) {
+            let v = ${score('e')};
+            if (!taken[e] && (best < 0 || v > bestValue)) { best = e; bestValue = v; }
+          }
+          taken[best] = true;
+          ids[slot] = best;
+          vals[slot] = bestValue;
+        }
+        var total = 0.0;
+        for (var slot = 0; slot < ${K}; slot = slot + 1) { total = total + exp(vals[slot] - vals[0]); }`;
+}
+
 function topKProgram(rows: number, choices: number, k: number, masked: boolean, emit: 'ids' | 'weights'): WebGpuProgram {
   const E = choices;
   const K = k;
@@ -31,22 +55,7 @@ function topKProgram(rows: number, choices: number, k: number, masked: boolean, 
       fn main(index : i32) {
         let r = index;
         if (r * ${K} >= uniforms.size) { return; }
-        var taken : array<bool, ${E}>;
-        var ids : array<i32, ${K}>;
-        var vals : array<f32, ${K}>;
-        for (var slot = 0; slot < ${K}; slot = slot + 1) {
-          var best = -1;
-          var bestValue = 0.0;
-          for (var e = 0; e < ${E}; e = e + 1) {
-            let v = f32(Scores[r * ${E} + e]); // f32(): a cast int32 tensor keeps its i32 buffer
-            if (!taken[e] && (best < 0 || v > bestValue)) { best = e; bestValue = v; }
-          }
-          taken[best] = true;
-          ids[slot] = best;
-          vals[slot] = bestValue;
-        }
-        var total = 0.0;
-        for (var slot = 0; slot < ${K}; slot = slot + 1) { total = total + exp(vals[slot] - vals[0]); }
+${topKSelectWgsl(E, K, (e) => `f32(Scores[r * ${E} + ${e}])`) /* f32(): a cast int32 tensor keeps its i32 buffer */}
         let rowMask = ${masked ? 'f32(Mask[r])' : '1.0'};
         for (var slot = 0; slot < ${K}; slot = slot + 1) {
           ${emit === 'ids' ? 'setOutputAtIndexI32(r * K_ + slot, ids[slot]);' : 'setOutputAtIndex(r * K_ + slot, exp(vals[slot] - vals[0]) / total * rowMask);'}

@@ -22,9 +22,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { LoraBank } from '../adapters/lora/bank.js';
-import { bankRuns, type ChoiceRun, MAX_SLOT_COLUMNS, wgslF32 } from '../adapters/lora/webgpu-mix.js';
+import { bankRuns, type ChoiceRun, MAX_SLOT_COLUMNS, runsKey, runTablesWgsl, shrinkExpandWgsl, wgslF32 } from '../adapters/lora/webgpu-mix.js';
 import { activeWebGpuBackend, type WebGpuProgram } from '../webgpu-program.js';
-import { MAX_GATING_CHOICES } from './webgpu-gating.js';
+import { MAX_GATING_CHOICES, topKSelectWgsl } from './webgpu-gating.js';
 import type { LinearTopK } from './router.js';
 
 const WORKGROUP = 64;
@@ -48,23 +48,16 @@ function routedSiteProgram(p: SiteProgram): WebGpuProgram {
   const { inputWidth: I, outputWidth: O, sites: G, site: g, totalRank: SR, k: K, runs } = p;
   const E = runs.length;
   const R = Math.max(1, ...runs.map((r) => r.rank));
-  const starts = runs.map((r) => `${r.start}`).join(', ');
-  const ranks = runs.map((r) => `${r.rank}`).join(', ');
-  const factors = runs.map((r) => wgslF32(r.factor)).join(', ');
   // The reference divides the scores only when τ ≠ 1 (fused-group.ts), so the kernel does the same.
   const scale = p.temperature === 1 ? '' : ` / ${wgslF32(p.temperature)}`;
-  const key = `routedSite_${I}_${O}_${G}_${g}_${SR}_${K}_${p.temperature}_${p.masked}_${starts}_${ranks}_${runs.map((r) => r.factor).join(',')}`;
   return {
     outputShape: [p.rows, O],
-    shaderKey: key,
+    shaderKey: `routedSite_${I}_${O}_${G}_${g}_${SR}_${K}_${p.temperature}_${p.masked}_${runsKey(runs)}`,
     dispatchLayout: { x: [0], y: [1] }, // not flat: main() reads workgroupId / localId itself
     dispatch: [p.rows, 1, 1],
     variableNames: p.masked ? ['X', 'Gate', 'ACat', 'BT', 'Y', 'Mask'] : ['X', 'Gate', 'ACat', 'BT', 'Y'],
     workgroupSize: [WORKGROUP, 1, 1],
-    getUserCode: () => `
-      var<private> RUN_START : array<i32, ${E}> = array<i32, ${E}>(${starts});
-      var<private> RUN_RANK : array<i32, ${E}> = array<i32, ${E}>(${ranks});
-      var<private> RUN_FACTOR : array<f32, ${E}> = array<f32, ${E}>(${factors});
+    getUserCode: () => `${runTablesWgsl(runs)}
       var<workgroup> score : array<f32, ${E}>;
       var<workgroup> expert : array<i32, ${K}>;
       var<workgroup> weight : array<f32, ${K}>;
@@ -84,59 +77,25 @@ function routedSiteProgram(p: SiteProgram): WebGpuProgram {
         }
         workgroupBarrier();
         // The gating: top-k (ties to the lower index), softmax over the chosen, the row mask.
-        if (lane == 0) {
-          var taken : array<bool, ${E}>;
-          var vals : array<f32, ${K}>;
-          for (var slot = 0; slot < ${K}; slot = slot + 1) {
-            var best = -1;
-            var bestValue = 0.0;
-            for (var e = 0; e < ${E}; e = e + 1) {
-              if (!taken[e] && (best < 0 || score[e] > bestValue)) { best = e; bestValue = score[e]; }
-            }
-            taken[best] = true;
-            expert[slot] = best;
-            vals[slot] = bestValue;
-          }
-          var total = 0.0;
-          for (var slot = 0; slot < ${K}; slot = slot + 1) { total = total + exp(vals[slot] - vals[0]); }
+        if (lane == 0) {${topKSelectWgsl(E, K, (e) => `score[${e}]`)}
           let rowMask = ${p.masked ? 'f32(Mask[n])' : '1.0'};
           for (var slot = 0; slot < ${K}; slot = slot + 1) {
             let w = exp(vals[slot] - vals[0]) / total * rowMask;
             weight[slot] = w;
-            if (w == 0.0) { expert[slot] = -1; }
+            expert[slot] = select(ids[slot], -1, w == 0.0);
           }
         }
         workgroupBarrier();
-        // Shrink: only the chosen experts' own rank columns.
-        for (var idx = lane; idx < ${K * R}; idx = idx + ${WORKGROUP}) {
-          let slot = idx / ${R};
-          let j = idx - slot * ${R};
-          let e = expert[slot];
-          var value = 0.0;
-          if (e >= 0 && j < RUN_RANK[e]) {
-            let column = ${g * SR} + RUN_START[e] + j;
-            var acc = 0.0;
-            for (var i = 0; i < ${I}; i = i + 1) {
-              acc = acc + f32(X[n * ${I} + i]) * f32(ACat[i * ${G * SR} + column]);
-            }
-            value = acc * (weight[slot] * RUN_FACTOR[e]);
-          }
-          shrunk[idx] = value;
-        }
-        workgroupBarrier();
-        // Expand the same columns of B and add the frozen output.
-        for (var o = lane; o < ${O} && n < rows; o = o + ${WORKGROUP}) {
-          var acc = 0.0;
-          for (var slot = 0; slot < ${K}; slot = slot + 1) {
-            let e = expert[slot];
-            if (e < 0) { continue; }
-            let start = RUN_START[e];
-            for (var j = 0; j < RUN_RANK[e]; j = j + 1) {
-              acc = acc + shrunk[slot * ${R} + j] * f32(BT[(start + j) * ${O} + o]);
-            }
-          }
-          setOutputAtIndex(n * ${O} + o, f32(Y[n * ${O} + o]) + acc);
-        }
+        // The chosen experts' shrink and expand, added to the frozen output.${shrinkExpandWgsl({
+          inputWidth: I,
+          outputWidth: O,
+          aWidth: G * SR,
+          columnOffset: g * SR,
+          k: K,
+          maxRank: R,
+          weightOf: (slot) => `weight[${slot}]`,
+          emit: (o, acc) => `setOutputAtIndex(n * ${O} + ${o}, f32(Y[n * ${O} + ${o}]) + ${acc});`,
+        })}
       }
     `,
   };

@@ -24,6 +24,7 @@ import type { ModelConfig } from '../base/config.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError, RoutedPeftError } from '../errors.js';
 import { type FromWorker, type PoolBaseSource, type PoolMethod, reviveError, type ToWorker } from './pool-protocol.js';
+import { RuntimeSettings } from './runtime.js';
 import type {
   BatchEvent,
   CallOptions,
@@ -42,26 +43,14 @@ import type {
 
 export type { PoolBaseSource } from './pool-protocol.js';
 
-const PoolSettings = z
-  .object({
-    /** Worker threads (default: the machine's available parallelism). */
-    workers: z.number().int().min(1).max(256).optional(),
-    /** wasm threads inside each worker (default 1: the pool's parallelism is its workers). */
-    threadsPerWorker: z.number().int().min(1).max(8).default(1),
-    batching: z
-      .object({ windowMs: z.number().min(0).optional(), maxBatchSize: z.number().int().min(1).optional() })
-      .strict()
-      .optional(),
-    memoryBudgetBytes: z.number().positive().optional(),
-    memoryQueue: z
-      .object({ maxWaiting: z.number().int().min(0).optional(), timeoutMs: z.number().min(0).optional() })
-      .strict()
-      .optional(),
-    batchCoupledRouters: z.array(z.string()).optional(),
-    /** Module (URL or path) whose `builtinRouters()` every worker uses (default: the package's routers). */
-    routersModule: z.string().optional(),
-  })
-  .strict();
+const PoolSettings = RuntimeSettings.extend({
+  /** Worker threads (default: the machine's available parallelism). */
+  workers: z.number().int().min(1).max(256).optional(),
+  /** wasm threads inside each worker (default 1: the pool's parallelism is its workers). */
+  threadsPerWorker: z.number().int().min(1).max(8).default(1),
+  /** Module (URL or path) whose `builtinRouters()` every worker uses (default: the package's routers). */
+  routersModule: z.string().optional(),
+}).strict();
 
 export interface RuntimePoolOptions {
   readonly base: PoolBaseSource;
@@ -182,12 +171,7 @@ export class RuntimePool {
       });
     }
     const count = settings.workers ?? availableParallelism();
-    const runtime = {
-      ...(settings.batching === undefined ? {} : { batching: settings.batching }),
-      ...(settings.memoryBudgetBytes === undefined ? {} : { memoryBudgetBytes: settings.memoryBudgetBytes }),
-      ...(settings.memoryQueue === undefined ? {} : { memoryQueue: settings.memoryQueue }),
-      ...(settings.batchCoupledRouters === undefined ? {} : { batchCoupledRouters: settings.batchCoupledRouters }),
-    };
+    const { workers: _workers, threadsPerWorker, routersModule, ...runtime } = settings; // the rest: each worker's RoutedRuntime settings
     const threads = Array.from({ length: count }, () => startWorker());
     try {
       const ready = await Promise.all(
@@ -207,8 +191,8 @@ export class RuntimePool {
                 type: 'init',
                 base,
                 runtime,
-                threads: settings.threadsPerWorker,
-                routersModule: settings.routersModule ?? DEFAULT_ROUTERS,
+                threads: threadsPerWorker,
+                routersModule: routersModule ?? DEFAULT_ROUTERS,
               };
               thread.postMessage(init);
             }),

@@ -58,7 +58,8 @@ import {
   type TargetSource,
 } from './types.js';
 
-const RuntimeSettings = z
+/** RoutedRuntime.create's settings (a RuntimePool passes the same to each worker's runtime). */
+export const RuntimeSettings = z
   .object({
     batching: z
       .object({

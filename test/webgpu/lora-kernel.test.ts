@@ -6,8 +6,9 @@
 import { fc } from '@fast-check/vitest';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, test } from 'vitest';
-import { LoraBank, type LoraTerm, type LoraWeights, registerLoraMixKernel, unregisterLoraMixKernel } from '../../src/adapters/lora/bank.js';
+import { registerLoraMixKernel, unregisterLoraMixKernel } from '../../src/adapters/lora/bank.js';
 import { choiceRuns, webgpuLoraMix } from '../../src/adapters/lora/webgpu-mix.js';
+import { randomLoraBank, seededValues } from '../helpers/lora-banks.js';
 import { expectClose } from '../helpers/tensor-asserts.js';
 import { WEBGPU_SKIP_NOTE, countDispatches, hasWebGpu, onBackend } from '../helpers/webgpu.js';
 
@@ -46,37 +47,13 @@ const caseArb: fc.Arbitrary<Case> = fc
     });
   });
 
-/** Seeded values in [-1, 1] generated on the host (the same on every backend). */
-function values(count: number, seed: number): Float32Array {
-  let s = seed * 2654435761 + 1;
-  return Float32Array.from({ length: count }, () => {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    return (s / 2147483648) * 2 - 1;
-  });
-}
-
 /** A bank of one LoRA per expert (rank per expert, shared by every site), slots with distinct ids per row. */
 function build(c: Case) {
-  const loras: LoraWeights[] = [];
-  const terms: LoraTerm[][] = c.outputs.map((out, g) =>
-    c.ranks.flatMap((rank, e) => {
-      if (rank === 0) return []; // the null expert: no columns
-      const lora: LoraWeights = {
-        a: tf.tidy(() => tf.variable(tf.tensor2d(values(rank * c.inputWidth, c.seed + 17 * e + 3 * g), [rank, c.inputWidth]))), // the tidy frees the initial value
-        b: tf.tidy(() => tf.variable(tf.tensor2d(values(out * rank, c.seed + 17 * e + 3 * g + 1), [out, rank]))),
-        rank,
-        scale: 0.5 + (e % 3) * 0.25,
-        dropout: 0,
-      };
-      loras.push(lora);
-      return [{ lora, choice: e, weight: 1 }];
-    }),
-  );
-  const bank = new LoraBank(terms, c.ranks.length);
+  const { bank, dispose: disposeBank } = randomLoraBank(c.outputs, c.ranks, c.inputWidth, c.seed);
   const slotRows = c.rows * c.outputs.length;
   const ids = new Int32Array(slotRows * c.k);
   const weights = new Float32Array(slotRows * c.k);
-  const noise = values(slotRows * c.ranks.length, c.seed + 99);
+  const noise = seededValues(slotRows * c.ranks.length, c.seed + 99);
   for (let r = 0; r < slotRows; r++) {
     const order = c.ranks.map((_, e) => e).sort((p, q) => (noise[r * c.ranks.length + q] as number) - (noise[r * c.ranks.length + p] as number));
     for (let slot = 0; slot < c.k; slot++) {
@@ -84,15 +61,15 @@ function build(c: Case) {
       weights[r * c.k + slot] = c.zeroRows[Math.floor(r / c.outputs.length)] ? 0 : Math.fround(0.1 + Math.abs(noise[r * c.ranks.length + slot] as number));
     }
   }
-  const x = tf.tensor2d(values(c.rows * c.inputWidth, c.seed + 7), [c.rows, c.inputWidth]);
+  const x = tf.tensor2d(seededValues(c.rows * c.inputWidth, c.seed + 7), [c.rows, c.inputWidth]);
   const gates = { kind: 'slots' as const, ids: tf.tensor2d(ids, [slotRows, c.k], 'int32'), weights: tf.tensor2d(weights, [slotRows, c.k]) };
   return {
     bank,
     x,
     gates,
     dispose: () => {
-      bank.dispose();
-      tf.dispose([x, gates.ids, gates.weights, ...loras.flatMap((l) => [l.a, l.b])]);
+      disposeBank();
+      tf.dispose([x, gates.ids, gates.weights]);
     },
   };
 }
@@ -186,7 +163,7 @@ describe.skipIf(!hasWebGpu)(`routed-LoRA WGSL kernel on webgpu${WEBGPU_SKIP_NOTE
         fc.asyncProperty(caseArb, fc.boolean(), fc.boolean(), async (c, membership, perSite) => {
           const { bank, x, dispose } = build(c);
           const E = c.ranks.length;
-          const noise = values(c.rows * E * c.outputs.length, c.seed + 5);
+          const noise = seededValues(c.rows * E * c.outputs.length, c.seed + 5);
           const gateRows = (g: number) =>
             Array.from({ length: c.rows * E }, (_, i) => {
               const n = Math.floor(i / E);

@@ -119,6 +119,73 @@ export function wgslF32(value: number): string {
   return `bitcast<f32>(${bits}u)`;
 }
 
+/** The choices' rank runs as WGSL constants RUN_START, RUN_RANK, RUN_FACTOR (exact float bits). */
+export function runTablesWgsl(runs: readonly ChoiceRun[]): string {
+  const E = runs.length;
+  const starts = runs.map((r) => `${r.start}`).join(', ');
+  const ranks = runs.map((r) => `${r.rank}`).join(', ');
+  const factors = runs.map((r) => wgslF32(r.factor)).join(', ');
+  return `
+      var<private> RUN_START : array<i32, ${E}> = array<i32, ${E}>(${starts});
+      var<private> RUN_RANK : array<i32, ${E}> = array<i32, ${E}>(${ranks});
+      var<private> RUN_FACTOR : array<f32, ${E}> = array<f32, ${E}>(${factors});`;
+}
+
+/** A shader-key part that names a layout exactly (starts, ranks, factors). */
+export function runsKey(runs: readonly ChoiceRun[]): string {
+  return `${runs.map((r) => r.start).join(',')}_${runs.map((r) => r.rank).join(',')}_${runs.map((r) => r.factor).join(',')}`;
+}
+
+/**
+ * WGSL for row `n` of the routed mix, after `expert[K]` (chosen choice per slot, −1: none) is set: shrink the
+ * chosen experts' own rank columns of A_cat into `shrunk[K·R]` (scaled by `weightOf(slot)` · factor), a
+ * barrier, then expand by the same columns of B_gᵀ ('BT') and `emit(o, acc)` each output. The caller
+ * declares RUN_* (runTablesWgsl), `expert` and `shrunk` (workgroup arrays), and `n`, `lane`, `rows`.
+ */
+export function shrinkExpandWgsl(p: {
+  readonly inputWidth: number;
+  readonly outputWidth: number;
+  /** Columns of A_cat: G·Σr. */
+  readonly aWidth: number;
+  /** This site's first column in A_cat: g·Σr. */
+  readonly columnOffset: number;
+  readonly k: number;
+  readonly maxRank: number;
+  readonly weightOf: (slot: string) => string;
+  readonly emit: (o: string, acc: string) => string;
+}): string {
+  const { inputWidth: I, outputWidth: O, k: K, maxRank: R } = p;
+  return `
+        for (var idx = lane; idx < ${K * R}; idx = idx + ${WORKGROUP}) {
+          let slot = idx / ${R};
+          let j = idx - slot * ${R};
+          let e = expert[slot];
+          var value = 0.0;
+          if (e >= 0 && j < RUN_RANK[e]) {
+            let column = ${p.columnOffset} + RUN_START[e] + j;
+            var acc = 0.0;
+            for (var i = 0; i < ${I}; i = i + 1) {
+              acc = acc + f32(X[n * ${I} + i]) * f32(ACat[i * ${p.aWidth} + column]);
+            }
+            value = acc * (${p.weightOf('slot')} * RUN_FACTOR[e]);
+          }
+          shrunk[idx] = value;
+        }
+        workgroupBarrier();
+        for (var o = lane; o < ${O} && n < rows; o = o + ${WORKGROUP}) {
+          var acc = 0.0;
+          for (var slot = 0; slot < ${K}; slot = slot + 1) {
+            let e = expert[slot];
+            if (e < 0) { continue; }
+            let start = RUN_START[e];
+            for (var j = 0; j < RUN_RANK[e]; j = j + 1) {
+              acc = acc + shrunk[slot * ${R} + j] * f32(BT[(start + j) * ${O} + o]);
+            }
+          }
+          ${p.emit('o', 'acc')}
+        }`;
+}
+
 /** The routed-LoRA program of one site: one workgroup per row, output [N, O]. */
 function routedLoraProgram(p: {
   rows: number;
@@ -133,21 +200,14 @@ function routedLoraProgram(p: {
   const { inputWidth: I, outputWidth: O, sites: G, site: g, totalRank: SR, k: K, runs } = p;
   const R = Math.max(1, ...runs.map((r) => r.rank));
   const E = runs.length;
-  const starts = runs.map((r) => `${r.start}`).join(', ');
-  const ranks = runs.map((r) => `${r.rank}`).join(', ');
-  const factors = runs.map((r) => wgslF32(r.factor)).join(', ');
-  const key = `routedLora_${I}_${O}_${G}_${g}_${SR}_${K}_${starts}_${ranks}_${runs.map((r) => r.factor).join(',')}`;
   return {
     outputShape: [p.rows, O],
-    shaderKey: key,
+    shaderKey: `routedLora_${I}_${O}_${G}_${g}_${SR}_${K}_${runsKey(runs)}`,
     dispatchLayout: { x: [0], y: [1] }, // not flat: main() reads workgroupId / localId itself
     dispatch: [p.rows, 1, 1],
     variableNames: ['X', 'ACat', 'Ids', 'W', 'BT'],
     workgroupSize: [WORKGROUP, 1, 1],
-    getUserCode: () => `
-      var<private> RUN_START : array<i32, ${E}> = array<i32, ${E}>(${starts});
-      var<private> RUN_RANK : array<i32, ${E}> = array<i32, ${E}>(${ranks});
-      var<private> RUN_FACTOR : array<f32, ${E}> = array<f32, ${E}>(${factors});
+    getUserCode: () => `${runTablesWgsl(runs)}
       var<workgroup> shrunk : array<f32, ${K * R}>;
       var<workgroup> expert : array<i32, ${K}>;
 
@@ -162,36 +222,16 @@ function routedLoraProgram(p: {
           expert[lane] = select(-1, e, w != 0.0 && e >= 0 && e < ${E});
         }
         workgroupBarrier();
-        // Shrink: only the chosen experts' own rank columns.
-        for (var idx = lane; idx < ${K * R}; idx = idx + ${WORKGROUP}) {
-          let slot = idx / ${R};
-          let j = idx - slot * ${R};
-          let e = expert[slot];
-          var value = 0.0;
-          if (e >= 0 && j < RUN_RANK[e]) {
-            let column = ${g * SR} + RUN_START[e] + j;
-            var acc = 0.0;
-            for (var i = 0; i < ${I}; i = i + 1) {
-              acc = acc + f32(X[n * ${I} + i]) * f32(ACat[i * ${G * SR} + column]);
-            }
-            value = acc * (f32(W[slotRow + slot]) * RUN_FACTOR[e]);
-          }
-          shrunk[idx] = value;
-        }
-        workgroupBarrier();
-        // Expand: the same columns of B, gathered by expert id.
-        for (var o = lane; o < ${O} && n < rows; o = o + ${WORKGROUP}) {
-          var acc = 0.0;
-          for (var slot = 0; slot < ${K}; slot = slot + 1) {
-            let e = expert[slot];
-            if (e < 0) { continue; }
-            let start = RUN_START[e];
-            for (var j = 0; j < RUN_RANK[e]; j = j + 1) {
-              acc = acc + shrunk[slot * ${R} + j] * f32(BT[(start + j) * ${O} + o]);
-            }
-          }
-          setOutputAtIndex(n * ${O} + o, acc);
-        }
+        // Shrink only the chosen experts' own rank columns, then expand the same columns of B.${shrinkExpandWgsl({
+          inputWidth: I,
+          outputWidth: O,
+          aWidth: G * SR,
+          columnOffset: g * SR,
+          k: K,
+          maxRank: R,
+          weightOf: (slot) => `f32(W[slotRow + ${slot}])`,
+          emit: (o, acc) => `setOutputAtIndex(n * ${O} + ${o}, ${acc});`,
+        })}
       }
     `,
   };
@@ -213,20 +253,14 @@ function denseLoraProgram(p: { rows: number; inputWidth: number; outputWidth: nu
   runs.forEach((r, e) => {
     for (let j = 0; j < r.rank; j++) owner[r.start + j] = e;
   });
-  const starts = runs.map((r) => `${r.start}`).join(', ');
-  const ranks = runs.map((r) => `${r.rank}`).join(', ');
-  const factors = runs.map((r) => wgslF32(r.factor)).join(', ');
   return {
     outputShape: [p.rows, O],
-    shaderKey: `denseLora_${I}_${O}_${SR}_${starts}_${ranks}_${runs.map((r) => r.factor).join(',')}`,
+    shaderKey: `denseLora_${I}_${O}_${SR}_${runsKey(runs)}`,
     dispatchLayout: { x: [0], y: [1] },
     dispatch: [p.rows, 1, 1],
     variableNames: ['X', 'AT', 'Gates', 'BT'],
     workgroupSize: [WORKGROUP, 1, 1],
-    getUserCode: () => `
-      var<private> RUN_START : array<i32, ${E}> = array<i32, ${E}>(${starts});
-      var<private> RUN_RANK : array<i32, ${E}> = array<i32, ${E}>(${ranks});
-      var<private> RUN_FACTOR : array<f32, ${E}> = array<f32, ${E}>(${factors});
+    getUserCode: () => `${runTablesWgsl(runs)}
       var<private> OWNER : array<i32, ${SR}> = array<i32, ${SR}>(${owner.join(', ')});
       var<workgroup> shrunk : array<f32, ${SR}>;
       var<workgroup> gate : array<f32, ${E}>;
