@@ -67,7 +67,11 @@ export interface DemoSizes {
   readonly retentionBatch: number;
   /** Weight of the retained setup's KL-to-base term (TrainerConfig.retentionWeight). */
   readonly retentionWeight: number;
-  /** Peak learning rate of the retained setup's router (it has one more thing to learn: which inputs are base-domain). */
+  /**
+   * Peak learning rate of the retained setup's router (it has one more thing to learn: which inputs are
+   * base-domain). 5e-2 against 1e-2 took its quick-mode accuracy from 45.0% to 63.1% and purity from 0.68 to
+   * 0.98 (seed 0), at 83% instead of 95% of the documents sent to the null expert.
+   */
   readonly retainedRouterLr: number;
 }
 
@@ -85,7 +89,7 @@ export const FULL_SIZES: DemoSizes = {
   retentionDocuments: 128,
   retentionBatch: 16,
   retentionWeight: 1,
-  retainedRouterLr: 1e-2,
+  retainedRouterLr: 5e-2,
 };
 
 export const QUICK_SIZES: DemoSizes = {
@@ -102,7 +106,7 @@ export const QUICK_SIZES: DemoSizes = {
   retentionDocuments: 64,
   retentionBatch: 16,
   retentionWeight: 1,
-  retainedRouterLr: 1e-2,
+  retainedRouterLr: 5e-2,
 };
 
 /** The adapter design shared by the three setups (see setups.ts). */
