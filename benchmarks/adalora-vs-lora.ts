@@ -16,6 +16,7 @@
  *
  *   node --import tsx benchmarks/adalora-vs-lora.ts            3 seeds (0, 1, 2), the demo's full sizes
  *   node --import tsx benchmarks/adalora-vs-lora.ts --quick    a smoke run: 1 seed, 20 steps, few prompts
+ *   node --import tsx benchmarks/adalora-vs-lora.ts --variant NAME --seeds 0,1,2   another schedule (VARIANTS)
  *   npm run bench -- --only adalora-vs-lora
  *
  * Writes benchmarks/results/adalora-vs-lora.json (results/quick/ for --quick).
@@ -54,16 +55,45 @@ const QUICK: Partial<DemoSizes> = { steps: 20, trainPerTask: 40, batchSize: 16, 
 const RANK = DEMO_ADAPTERS.rank;
 /** The AdaLoRA paper's b⁰ = 1.5·bᵀ: every module starts at 1.5·r and a third of the triplets are pruned. */
 const INIT_RANK = Math.round(1.5 * RANK);
+/** AdaLoRA's schedule as fractions of the run's steps T (rounded to whole steps), and its other settings. */
+export interface AdaloraSchedule {
+  readonly tinit: number;
+  readonly tfinal: number;
+  readonly deltaT: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly orthWeight: number;
+  /** The AdaLoRA arm's peak learning rate as a multiple of the demo's. */
+  readonly lrScale: number;
+  /** The LoRA arm's peak learning rate as a multiple of the demo's. */
+  readonly loraLrScale: number;
+}
 /**
- * The AdaLoRA schedule as fractions of the run's steps T (rounded to whole steps):
+ * The schedules the benchmark can run (`--variant NAME`; the first is the default):
+ *
+ * paper-defaults
  *  - tinit 0.1·T: past the demo's 5-step LR warm-up, and long enough for the β = 0.85 EMAs (a memory of
  *    ~7 steps) to hold a score worth pruning on;
  *  - tfinal 0.3·T: the last 30 steps fine-tune the final allocation (the cosine LR is still ~⅓ of its peak);
  *  - deltaT 0.05·T: 12 allocations over the 60 budgeting steps, each pruning a few triplets, so a triplet
- *    pruned early on a noisy score can come back.
- * betas 0.85 and orthWeight 0.1 are the paper's (and PEFT's) defaults.
+ *    pruned early on a noisy score can come back;
+ *  - betas 0.85 and orthWeight 0.1, the paper's (and PEFT's) defaults; the demo's learning rate.
+ *
+ * late-pruning: the same with pruning starting at 0.3·T and the allocation fixed at 0.8·T, so the scores
+ * are taken on an adapter that has already learned something (AdaLoRA's Λ = 0, P, Q ~ N(0, 0.02²) start
+ * makes it learn slowly at first).
+ *
+ * tuned-lr: paper-defaults, with each arm at its own best peak learning rate, chosen on a seed that is not
+ * reported (seed 9) from the multiples of the demo's 1e-2: LoRA from {0.5, 1, 2, 3, 5} (2 best; 3 and 5
+ * diverge), AdaLoRA from {1, 2, 3, 5, 8} (3 best). AdaLoRA's update s·P·diag(Λ)·Q is a product of three
+ * factors that start at 0, 0.02 and 0.02 (LoRA's is two: 0 and a Kaiming-scale A), so at one Adam step size
+ * it moves far slower in the first steps, and the two kinds need not share a learning rate.
  */
-const SCHEDULE = { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1 };
+export const VARIANTS: Readonly<Record<string, AdaloraSchedule>> = {
+  'paper-defaults': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1 },
+  'late-pruning': { tinit: 0.3, tfinal: 0.2, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1 },
+  'tuned-lr': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 3, loraLrScale: 2 },
+};
 // ---------------------------------------------------------------------------------------------------------
 
 export type ArmName = 'lora' | 'adalora';
@@ -78,7 +108,7 @@ export function armSpecs(options: {
   readonly initRank: number;
   /** LoRA's alpha; AdaLoRA gets alpha · initRank / rank so both start with the same scale alpha / r. */
   readonly alpha: number;
-  readonly schedule: typeof SCHEDULE;
+  readonly schedule: AdaloraSchedule;
 }): Record<ArmName, Record<string, unknown>> {
   const { seed, steps, sites, rank, initRank, alpha, schedule } = options;
   const targets = { sites: [...sites], layers: 'all' };
@@ -205,9 +235,10 @@ function runSeed(
   seed: number,
   sizes: DemoSizes,
   sites: readonly SiteName[],
+  schedule: AdaloraSchedule,
 ): SeedResult {
   const prepared = prepare(tokenizer, seed, sizes);
-  const specs = armSpecs({ seed, steps: sizes.steps, sites, rank: RANK, initRank: INIT_RANK, alpha: DEMO_ADAPTERS.alpha, schedule: SCHEDULE });
+  const specs = armSpecs({ seed, steps: sizes.steps, sites, rank: RANK, initRank: INIT_RANK, alpha: DEMO_ADAPTERS.alpha, schedule });
   const routers = builtinRouters();
   const models: Partial<Record<ArmName, AdaptedModel>> = {};
   try {
@@ -219,7 +250,8 @@ function runSeed(
       models[arm] = model;
       const setup = { name: arm, usesTaskIds: false, retention: false };
       const started = performance.now();
-      const losses = trainSetup(model, setup, prepared, sizes, (line) => console.log(`seed ${seed}${line}`));
+      const armSizes = { ...sizes, lr: sizes.lr * (arm === 'adalora' ? schedule.lrScale : schedule.loraLrScale) };
+      const losses = trainSetup(model, setup, prepared, armSizes, (line) => console.log(`seed ${seed}${line}`));
       trainSeconds[arm] = round((performance.now() - started) / 1000, 1);
       finalLoss[arm] = losses.finalLoss;
       accuracy[arm] = accuracyOf(serve(model, setup, prepared, tokenizer, sizes, undefined), prepared.evalSet);
@@ -252,11 +284,41 @@ function runSeed(
   }
 }
 
-export async function run(args: BenchArgs): Promise<BenchResult> {
+/**
+ * `--variant NAME` (default: the first of VARIANTS), `--seeds 0,1,2` (default: 0, 1, 2; --quick: 0), and
+ * `--adalora-lr-scale X` / `--lora-lr-scale X` overriding the variant's learning-rate multiples.
+ */
+function parseOptions(argv: readonly string[], quick: boolean): { variant: string; schedule: AdaloraSchedule; seeds: number[] } {
+  const value = (flag: string): string | undefined => {
+    const i = argv.indexOf(flag);
+    return i < 0 ? undefined : argv[i + 1];
+  };
+  const variant = value('--variant') ?? (Object.keys(VARIANTS)[0] as string);
+  const named = VARIANTS[variant];
+  if (named === undefined) throw new Error(`--variant ${variant}: unknown; choose one of ${Object.keys(VARIANTS).join(', ')}`);
+  const scale = (flag: string, fallback: number): number => {
+    const text = value(flag);
+    const n = text === undefined ? fallback : Number(text);
+    if (!(n > 0) || !Number.isFinite(n)) throw new Error(`${flag} ${text}: expected a positive number`);
+    return n;
+  };
+  const schedule = { ...named, lrScale: scale('--adalora-lr-scale', named.lrScale), loraLrScale: scale('--lora-lr-scale', named.loraLrScale) };
+  const seedList = value('--seeds');
+  const seeds = seedList === undefined ? (quick ? SEEDS.quick : SEEDS.full) : seedList.split(',').map(Number);
+  if (seeds.some((n) => !Number.isInteger(n) || n < 0)) throw new Error(`--seeds ${seedList}: expected whole numbers separated by commas`);
+  return { variant, schedule, seeds };
+}
+
+export async function run(args: BenchArgs, argv: readonly string[] = []): Promise<BenchResult> {
   const started = performance.now();
   await useBackend('wasm');
   const sizes: DemoSizes = { ...(args.quick ? { ...QUICK_SIZES, ...QUICK } : FULL_SIZES) };
-  const seeds = args.quick ? SEEDS.quick : SEEDS.full;
+  const { variant, schedule, seeds } = parseOptions(argv, args.quick);
+  const named = VARIANTS[variant] as AdaloraSchedule;
+  const overridden = schedule.lrScale !== named.lrScale || schedule.loraLrScale !== named.loraLrScale;
+  const defaultSeeds = (args.quick ? SEEDS.quick : SEEDS.full).join(',') === seeds.join(',');
+  const tag = `${variant}${overridden ? `.lr-${schedule.lrScale}-${schedule.loraLrScale}` : ''}${defaultSeeds ? '' : `.seeds-${seeds.join('-')}`}`;
+  const isDefault = variant === Object.keys(VARIANTS)[0] && !overridden && defaultSeeds;
   const sites = DEMO_ADAPTERS.sites;
   const { model: base } = await loadBaseModel(demoModelDir());
   const startTensors = tf.memory().numTensors;
@@ -266,9 +328,9 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
     const expected = uniformLoraParameters(base.config, sites, RANK);
     console.log(
       `demo base: ${base.config.nLayers} layers, D=${base.config.dim}; lora r=${RANK} on ${sites.join(', ')} (${expected} parameters); ` +
-        `adalora ${INIT_RANK} → ${RANK} per module; seeds ${seeds.join(', ')}`,
+        `adalora ${INIT_RANK} → ${RANK} per module, variant ${variant} ${JSON.stringify(schedule)}; seeds ${seeds.join(', ')}`,
     );
-    results = seeds.map((seed) => runSeed(base, tokenizer, seed, sizes, sites));
+    results = seeds.map((seed) => runSeed(base, tokenizer, seed, sizes, sites, schedule));
     assertNoLeak(startTensors, 'adalora-vs-lora');
   } finally {
     base.dispose();
@@ -286,12 +348,14 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
   console.log(`adalora − lora, mean accuracy: ${margin >= 0 ? '+' : ''}${(margin * 100).toFixed(1)} points`);
 
   return {
-    name: 'adalora-vs-lora',
+    // Other variants, learning rates or seeds write adalora-vs-lora.VARIANT[.lr-A-L][.seeds-…].json beside
+    // the default's (run-all reports the default).
+    name: isDefault ? 'adalora-vs-lora' : `adalora-vs-lora.${tag}`,
     description: `AdaLoRA (${INIT_RANK} → ${RANK} per module) against uniform LoRA r=${RANK} at an equal final total rank, on the demo's tasks`,
     quick: args.quick,
     date: new Date().toISOString(),
     machine: machineInfo(),
-    constants: { rank: RANK, initRank: INIT_RANK, schedule: SCHEDULE, sites, seeds, sizes },
+    constants: { rank: RANK, initRank: INIT_RANK, variant, schedule, sites, seeds, sizes },
     ratios: [],
     details: { means, margin: round(margin, 4), seeds: results },
     seconds: round((performance.now() - started) / 1000, 1),
@@ -299,6 +363,6 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
 }
 
 if (isMain(import.meta.url)) {
-  const result = await run(parseArgs());
+  const result = await run(parseArgs(), process.argv.slice(2));
   console.log(`wrote ${writeResult(result)}`);
 }

@@ -29,6 +29,7 @@ const BENCHMARKS: readonly { name: string; requires?: string }[] = [
   { name: 'resident-adapters' },
   { name: 'webgpu-kernels' },
   { name: 'threads' },
+  { name: 'adalora-vs-lora' },
 ];
 /**
  * Targets from the issue, by ratio id (a ratio's own `target` in its JSON takes precedence): `max` bounds a
@@ -198,6 +199,22 @@ if (training !== undefined) {
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`,
   );
+  lines.push('');
+}
+
+const adalora = results.find((r) => r.name === 'adalora-vs-lora');
+if (adalora !== undefined) {
+  const d = adalora.details as { means: Record<string, Record<string, number>>; margin: number };
+  const c = adalora.constants as { rank: number; initRank: number; seeds: number[] };
+  const tasks = Object.keys(d.means['lora'] ?? {}).filter((t) => t !== 'mean');
+  lines.push(`## AdaLoRA (${c.initRank} → ${c.rank} per module) vs uniform LoRA r=${c.rank}, demo tasks, exact-match %, mean over seeds ${c.seeds.join(', ')}`);
+  lines.push('');
+  lines.push(`| arm | ${tasks.join(' | ')} | mean |`);
+  lines.push(`|---|${tasks.map(() => '---|').join('')}---|`);
+  for (const [arm, acc] of Object.entries(d.means))
+    lines.push(`| ${arm} | ${tasks.map((t) => fmt((acc[t] ?? 0) * 100, 1)).join(' | ')} | ${fmt((acc['mean'] ?? 0) * 100, 1)} |`);
+  lines.push('');
+  lines.push(`AdaLoRA − LoRA: ${d.margin >= 0 ? '+' : ''}${fmt(d.margin * 100, 1)} points (per-seed tables and final ranks in adalora-vs-lora.json).`);
   lines.push('');
 }
 
