@@ -214,7 +214,9 @@ if (adalora !== undefined) {
   for (const [arm, acc] of Object.entries(d.means))
     lines.push(`| ${arm} | ${tasks.map((t) => fmt((acc[t] ?? 0) * 100, 1)).join(' | ')} | ${fmt((acc['mean'] ?? 0) * 100, 1)} |`);
   lines.push('');
-  lines.push(`AdaLoRA − LoRA: ${d.margin >= 0 ? '+' : ''}${fmt(d.margin * 100, 1)} points (per-seed tables and final ranks in adalora-vs-lora.json).`);
+  lines.push(
+    `AdaLoRA − LoRA, both at the demo's learning rate: ${d.margin >= 0 ? '+' : ''}${fmt(d.margin * 100, 1)} points (per-seed tables and final ranks in adalora-vs-lora.json; other schedules and per-arm learning rates in adalora-vs-lora.*.json and the main README's AdaLoRA section).`,
+  );
   lines.push('');
 }
 
