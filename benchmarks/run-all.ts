@@ -3,7 +3,7 @@
  * affect the next), then writes benchmarks/results/README.md: a markdown table of the measured ratios
  * with the issue's targets, the date, and the machine (cores, Node version, backend).
  *
- *   npm run bench                       the full suite (~10 minutes on 2 idle cores)
+ *   npm run bench                       the full suite (~12 minutes on 2 idle cores)
  *   npm run bench -- --quick            a smoke run (< 1 minute): tiny model, few repeats → results/quick/
  *   npm run bench -- --only decode-overhead,static-adapter
  *   npm run bench -- --report-only      only regenerate README.md from the JSON already written
