@@ -53,8 +53,6 @@ const SEEDS = { full: [0, 1, 2], quick: [0] };
 const QUICK: Partial<DemoSizes> = { steps: 20, trainPerTask: 40, batchSize: 16, evalPerTask: 8, evalBatch: 32 };
 /** r: the uniform LoRA's rank, the demo's per-expert rank. */
 const RANK = DEMO_ADAPTERS.rank;
-/** The AdaLoRA paper's b⁰ = 1.5·bᵀ: every module starts at 1.5·r and a third of the triplets are pruned. */
-const INIT_RANK = Math.round(1.5 * RANK);
 /** AdaLoRA's schedule as fractions of the run's steps T (rounded to whole steps), and its other settings. */
 export interface AdaloraSchedule {
   readonly tinit: number;
@@ -67,6 +65,8 @@ export interface AdaloraSchedule {
   readonly lrScale: number;
   /** The LoRA arm's peak learning rate as a multiple of the demo's. */
   readonly loraLrScale: number;
+  /** AdaLoRA's initR as a multiple of r (the paper's b⁰ = 1.5·bᵀ: a third of the triplets are pruned; 1: none). */
+  readonly initRankScale: number;
 }
 /**
  * The schedules the benchmark can run (`--variant NAME`; the first is the default):
@@ -83,6 +83,9 @@ export interface AdaloraSchedule {
  * are taken on an adapter that has already learned something (AdaLoRA's Λ = 0, P, Q ~ N(0, 0.02²) start
  * makes it learn slowly at first).
  *
+ * no-pruning: an ablation, AdaLoRA with initR = targetR = r, so nothing is pruned and every module keeps
+ * rank r, as the LoRA: the SVD form and its regulariser without the budget allocation.
+ *
  * tuned-lr: paper-defaults, with each arm at its own best peak learning rate, chosen on a seed that is not
  * reported (seed 9) from the multiples of the demo's 1e-2: LoRA from {0.5, 1, 2, 3, 5} (2 best; 3 and 5
  * diverge), AdaLoRA from {1, 2, 3, 5, 8} (3 best). AdaLoRA's update s·P·diag(Λ)·Q is a product of three
@@ -90,9 +93,10 @@ export interface AdaloraSchedule {
  * it moves far slower in the first steps, and the two kinds need not share a learning rate.
  */
 export const VARIANTS: Readonly<Record<string, AdaloraSchedule>> = {
-  'paper-defaults': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1 },
-  'late-pruning': { tinit: 0.3, tfinal: 0.2, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1 },
-  'tuned-lr': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 3, loraLrScale: 2 },
+  'paper-defaults': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1, initRankScale: 1.5 },
+  'late-pruning': { tinit: 0.3, tfinal: 0.2, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1, initRankScale: 1.5 },
+  'no-pruning': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1, initRankScale: 1 },
+  'tuned-lr': { tinit: 0.1, tfinal: 0.3, deltaT: 0.05, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 3, loraLrScale: 2, initRankScale: 1.5 },
 };
 // ---------------------------------------------------------------------------------------------------------
 
@@ -238,7 +242,8 @@ function runSeed(
   schedule: AdaloraSchedule,
 ): SeedResult {
   const prepared = prepare(tokenizer, seed, sizes);
-  const specs = armSpecs({ seed, steps: sizes.steps, sites, rank: RANK, initRank: INIT_RANK, alpha: DEMO_ADAPTERS.alpha, schedule });
+  const initRank = Math.round(schedule.initRankScale * RANK);
+  const specs = armSpecs({ seed, steps: sizes.steps, sites, rank: RANK, initRank, alpha: DEMO_ADAPTERS.alpha, schedule });
   const routers = builtinRouters();
   const models: Partial<Record<ArmName, AdaptedModel>> = {};
   try {
@@ -268,7 +273,7 @@ function runSeed(
         `parameters lora ${budget.loraParameters}, adalora exported ${budget.adaloraParameters} (${budget.adaloraParameters - budget.loraParameters >= 0 ? '+' : ''}${budget.adaloraParameters - budget.loraParameters}); ` +
         `adalora while training ${budget.adaloraTrainingParameters}`,
     );
-    console.log(`adalora final ranks (initial ${INIT_RANK}, target mean ${RANK}):`);
+    console.log(`adalora final ranks (initial ${initRank}, target mean ${RANK}):`);
     for (const line of rankGrid(ranks, sites)) console.log(line);
     console.log('');
     return {
@@ -318,6 +323,7 @@ export async function run(args: BenchArgs, argv: readonly string[] = []): Promis
   const overridden = schedule.lrScale !== named.lrScale || schedule.loraLrScale !== named.loraLrScale;
   const defaultSeeds = (args.quick ? SEEDS.quick : SEEDS.full).join(',') === seeds.join(',');
   const tag = `${variant}${overridden ? `.lr-${schedule.lrScale}-${schedule.loraLrScale}` : ''}${defaultSeeds ? '' : `.seeds-${seeds.join('-')}`}`;
+  const initRank = Math.round(schedule.initRankScale * RANK);
   const isDefault = variant === Object.keys(VARIANTS)[0] && !overridden && defaultSeeds;
   const sites = DEMO_ADAPTERS.sites;
   const { model: base } = await loadBaseModel(demoModelDir());
@@ -328,7 +334,7 @@ export async function run(args: BenchArgs, argv: readonly string[] = []): Promis
     const expected = uniformLoraParameters(base.config, sites, RANK);
     console.log(
       `demo base: ${base.config.nLayers} layers, D=${base.config.dim}; lora r=${RANK} on ${sites.join(', ')} (${expected} parameters); ` +
-        `adalora ${INIT_RANK} → ${RANK} per module, variant ${variant} ${JSON.stringify(schedule)}; seeds ${seeds.join(', ')}`,
+        `adalora ${initRank} → ${RANK} per module, variant ${variant} ${JSON.stringify(schedule)}; seeds ${seeds.join(', ')}`,
     );
     results = seeds.map((seed) => runSeed(base, tokenizer, seed, sizes, sites, schedule));
     assertNoLeak(startTensors, 'adalora-vs-lora');
@@ -351,11 +357,11 @@ export async function run(args: BenchArgs, argv: readonly string[] = []): Promis
     // Other variants, learning rates or seeds write adalora-vs-lora.VARIANT[.lr-A-L][.seeds-…].json beside
     // the default's (run-all reports the default).
     name: isDefault ? 'adalora-vs-lora' : `adalora-vs-lora.${tag}`,
-    description: `AdaLoRA (${INIT_RANK} → ${RANK} per module) against uniform LoRA r=${RANK} at an equal final total rank, on the demo's tasks`,
+    description: `AdaLoRA (${initRank} → ${RANK} per module) against uniform LoRA r=${RANK} at an equal final total rank, on the demo's tasks`,
     quick: args.quick,
     date: new Date().toISOString(),
     machine: machineInfo(),
-    constants: { rank: RANK, initRank: INIT_RANK, variant, schedule, sites, seeds, sizes },
+    constants: { rank: RANK, initRank: initRank, variant, schedule, sites, seeds, sizes },
     ratios: [],
     details: { means, margin: round(margin, 4), seeds: results },
     seconds: round((performance.now() - started) / 1000, 1),

@@ -12,7 +12,7 @@ import { tinyLlama } from '../helpers/tiny-models.js';
 
 const SITES: readonly SiteName[] = ['attn.q', 'attn.v', 'mlp.down'];
 const STEPS = 6;
-const SCHEDULE = { tinit: 0.2, tfinal: 0.3, deltaT: 0.1, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1 };
+const SCHEDULE = { tinit: 0.2, tfinal: 0.3, deltaT: 0.1, beta1: 0.85, beta2: 0.85, orthWeight: 0.1, lrScale: 1, loraLrScale: 1, initRankScale: 1.5 };
 const batch: TrainBatch = {
   ids: [
     [1, 5, 9, 3, 7, 2, 4, 8],
