@@ -3,7 +3,7 @@
  * affect the next), then writes benchmarks/results/README.md: a markdown table of the measured ratios
  * with the issue's targets, the date, and the machine (cores, Node version, backend).
  *
- *   npm run bench                       the full suite (~10 minutes on 2 idle cores)
+ *   npm run bench                       the full suite (~12 minutes on 2 idle cores)
  *   npm run bench -- --quick            a smoke run (< 1 minute): tiny model, few repeats → results/quick/
  *   npm run bench -- --only decode-overhead,static-adapter
  *   npm run bench -- --report-only      only regenerate README.md from the JSON already written
@@ -30,6 +30,7 @@ const BENCHMARKS: readonly { name: string; requires?: string }[] = [
   { name: 'webgpu-kernels' },
   { name: 'threads' },
   { name: 'serve-pool', requires: 'src/runtime/pool.ts' },
+  { name: 'adalora-vs-lora' },
 ];
 /**
  * Targets from the issue, by ratio id (a ratio's own `target` in its JSON takes precedence): `max` bounds a
@@ -198,6 +199,24 @@ if (training !== undefined) {
     `- tensor memory above resident (MiB): ${Object.entries(d.memory ?? {})
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`,
+  );
+  lines.push('');
+}
+
+const adalora = results.find((r) => r.name === 'adalora-vs-lora');
+if (adalora !== undefined) {
+  const d = adalora.details as { means: Record<string, Record<string, number>>; margin: number };
+  const c = adalora.constants as { rank: number; initRank: number; seeds: number[] };
+  const tasks = Object.keys(d.means['lora'] ?? {}).filter((t) => t !== 'mean');
+  lines.push(`## AdaLoRA (${c.initRank} → ${c.rank} per module) vs uniform LoRA r=${c.rank}, demo tasks, exact-match %, mean over seeds ${c.seeds.join(', ')}`);
+  lines.push('');
+  lines.push(`| arm | ${tasks.join(' | ')} | mean |`);
+  lines.push(`|---|${tasks.map(() => '---|').join('')}---|`);
+  for (const [arm, acc] of Object.entries(d.means))
+    lines.push(`| ${arm} | ${tasks.map((t) => fmt((acc[t] ?? 0) * 100, 1)).join(' | ')} | ${fmt((acc['mean'] ?? 0) * 100, 1)} |`);
+  lines.push('');
+  lines.push(
+    `AdaLoRA − LoRA, both at the demo's learning rate: ${d.margin >= 0 ? '+' : ''}${fmt(d.margin * 100, 1)} points (per-seed tables and final ranks in adalora-vs-lora.json; other schedules and per-arm learning rates in adalora-vs-lora.*.json and the main README's AdaLoRA section).`,
   );
   lines.push('');
 }

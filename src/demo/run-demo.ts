@@ -287,7 +287,8 @@ export interface DemoBatch {
   readonly taskIds: number[];
 }
 
-interface Prepared {
+/** One seed's data: the training batches, retention rows and held-out prompts every setup shares. */
+export interface Prepared {
   readonly train: readonly DemoBatch[];
   /** Pretraining-style rows for each training step of the retained setup. */
   readonly retention: readonly RetentionRows[];
@@ -321,7 +322,7 @@ export function demoBatch(examples: readonly DemoExample[], tokenizer: Tokenizer
   };
 }
 
-function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared {
+export function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared {
   const trainExamples = taskExamples(sizes.trainPerTask, seed);
   const order: number[] = [];
   const all = trainExamples.map((_, i) => i);
@@ -345,15 +346,18 @@ function prepare(tokenizer: Tokenizer, seed: number, sizes: DemoSizes): Prepared
   return { train, retention, evalSet, prompts };
 }
 
+/** What training needs of a setup: its name (for the log), whether it sees task ids and retention rows. */
+export type TrainedSetup = Pick<DemoSetup, 'usesTaskIds' | 'retention'> & { readonly name: string };
+
 /**
  * Trains one setup with the library's Trainer: AdamW with the router / expert parameter groups, linear
  * warmup then cosine decay, global-norm clipping at 1, the non-finite guard. Every setup goes through it on
  * the same batches. Routers pool the prompt only (routingMask), so they decide in training exactly as they
  * will when serving, where the prompt is all they see.
  */
-function trainSetup(
+export function trainSetup(
   model: AdaptedModel,
-  setup: DemoSetup,
+  setup: TrainedSetup,
   prepared: Prepared,
   sizes: DemoSizes,
   log: (line: string) => void,
@@ -398,9 +402,9 @@ function trainSetup(
 }
 
 /** Greedy completions of every eval prompt, served in mixed left-padded batches. */
-function serve(
+export function serve(
   model: AdaptedModel,
-  setup: DemoSetup,
+  setup: Pick<DemoSetup, 'usesTaskIds'>,
   prepared: Prepared,
   tokenizer: Tokenizer,
   sizes: DemoSizes,
@@ -522,7 +526,7 @@ export function routerLabel(routing: Pick<LayerRouting, 'layer' | 'router'>): st
   return routing.router === 'model' ? 'all layers' : `layer ${routing.layer}`;
 }
 
-function accuracyOf(predictions: readonly string[], evalSet: readonly DemoExample[]): TaskAccuracy {
+export function accuracyOf(predictions: readonly string[], evalSet: readonly DemoExample[]): TaskAccuracy {
   const perTask = DEMO_TASKS.map((task) => {
     const indices = evalSet.map((e, i) => (e.task === task.id ? i : -1)).filter((i) => i >= 0);
     const right = indices.filter((i) => exactMatch(predictions[i] ?? '', evalSet[i]?.completion ?? '')).length;
