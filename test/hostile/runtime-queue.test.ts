@@ -96,11 +96,20 @@ describe('a tight memory budget queues requests instead of rejecting them', () =
     const runtime = RoutedRuntime.create({ base: fx.base, memoryBudgetBytes: a });
     await runtime.load('a', { kind: 'peft', dir: fx.peft.a });
     const controller = new AbortController();
-    const running = runtime.generate(prompt(3), { select: { adapter: 'a' }, maxNewTokens: 100, temperature: 0, eosId: null, signal: controller.signal });
-    await new Promise((r) => setTimeout(r, 5));
+    let started: () => void = () => {};
+    const firstToken = new Promise<void>((resolve) => {
+      started = resolve;
+    });
+    const running = new Promise<void>((resolve, reject) => {
+      runtime
+        .generate$(prompt(3), { select: { adapter: 'a' }, maxNewTokens: 100, temperature: 0, eosId: null, signal: controller.signal })
+        .subscribe({ next: () => started(), error: reject, complete: resolve });
+    });
+    await firstToken; // the generation holds the old version from here on
     let swapped = false;
     const swap = runtime.swap('a', { kind: 'peft', dir: fx.peft.b }).then(() => (swapped = true));
-    await new Promise((r) => setTimeout(r, 20));
+    // The swap reads its files first, then waits for room: wait for it to be queued (no fixed sleep).
+    for (let waited = 0; runtime.stats().queued === 0 && waited < 10_000; waited += 5) await new Promise((r) => setTimeout(r, 5));
     expect(swapped).toBe(false); // waiting: the old version is in use and both do not fit
     expect(runtime.stats().queued).toBe(1);
     controller.abort();
