@@ -110,20 +110,7 @@ async function loraCases(s: typeof FULL) {
       const reference = await time(mix, s.warmup, s.rounds);
       registerLoraMixKernel('webgpu', webgpuLoraMix);
       const kernel = await time(mix, s.warmup, s.rounds);
-      const name = `lora/${sites === 1 ? 'site' : 'qkv-group'}-${rows === 1 ? 'decode' : `prefill${rows}`}`;
-      out.push({
-        id: name,
-        rows,
-        sites,
-        experts: s.experts,
-        k: s.k,
-        rank: s.rank,
-        width: s.width,
-        kernelMs: round(kernel),
-        referenceMs: round(reference),
-        ratio: round(kernel / reference),
-      });
-      console.log(`${name.padEnd(28)} kernel ${kernel.toFixed(2)} ms  reference ${reference.toFixed(2)} ms  ratio ${(kernel / reference).toFixed(2)}`);
+      out.push(bankCase('lora', s, sites, rows, { kernel, reference }, { k: s.k }));
       out.push(await routedSiteCase(s, bank, x, sites, rows));
       // Membership gates of a mixed-adapter batch: row n uses adapter n mod E (the dense-gate variant).
       const membership = tf.tidy(() =>
@@ -142,21 +129,7 @@ async function loraCases(s: typeof FULL) {
       const denseReference = await time(mixDense, s.warmup, s.rounds);
       registerLoraMixKernel('webgpu', webgpuLoraMix);
       const denseKernel = await time(mixDense, s.warmup, s.rounds);
-      const denseName = `lora-membership/${sites === 1 ? 'site' : 'qkv-group'}-${rows === 1 ? 'decode' : `prefill${rows}`}`;
-      out.push({
-        id: denseName,
-        rows,
-        sites,
-        experts: s.experts,
-        rank: s.rank,
-        width: s.width,
-        kernelMs: round(denseKernel),
-        referenceMs: round(denseReference),
-        ratio: round(denseKernel / denseReference),
-      });
-      console.log(
-        `${denseName.padEnd(28)} kernel ${denseKernel.toFixed(2)} ms  reference ${denseReference.toFixed(2)} ms  ratio ${(denseKernel / denseReference).toFixed(2)}`,
-      );
+      out.push(bankCase('lora-membership', s, sites, rows, { kernel: denseKernel, reference: denseReference }));
       tf.dispose([x, scores, ids, weights, membership]);
     }
     bank.dispose();
@@ -189,23 +162,35 @@ async function routedSiteCase(s: typeof FULL, bank: LoraBank, x: tf.Tensor2D, si
   const kernel = await time(fused, s.warmup, s.rounds);
   const kernelDispatches = await dispatches(async () => tf.dispose(fused()));
   tf.dispose([...gates.map((g) => g.gate), ...ys]);
-  const name = `routed-site/${sites === 1 ? 'site' : 'qkv-group'}-${rows === 1 ? 'decode' : `prefill${rows}`}`;
-  console.log(
-    `${name.padEnd(28)} kernel ${kernel.toFixed(2)} ms  reference ${reference.toFixed(2)} ms  ratio ${(kernel / reference).toFixed(2)}  dispatches ${kernelDispatches} vs ${referenceDispatches}`,
-  );
+  return bankCase('routed-site', s, sites, rows, { kernel, reference }, { k: s.k }, { kernelDispatches, referenceDispatches });
+}
+
+/** One bank-kernel case's record (id `<kind>/<site|qkv-group>-<decode|prefillN>`), logged as it is made. */
+function bankCase(
+  kind: string,
+  s: typeof FULL,
+  sites: number,
+  rows: number,
+  ms: { readonly kernel: number; readonly reference: number },
+  shape: { readonly k?: number } = {},
+  dispatchCounts?: { readonly kernelDispatches: number; readonly referenceDispatches: number },
+): Record<string, unknown> {
+  const id = `${kind}/${sites === 1 ? 'site' : 'qkv-group'}-${rows === 1 ? 'decode' : `prefill${rows}`}`;
+  const ratio = ms.kernel / ms.reference;
+  const counts = dispatchCounts === undefined ? '' : `  dispatches ${dispatchCounts.kernelDispatches} vs ${dispatchCounts.referenceDispatches}`;
+  console.log(`${id.padEnd(28)} kernel ${ms.kernel.toFixed(2)} ms  reference ${ms.reference.toFixed(2)} ms  ratio ${ratio.toFixed(2)}${counts}`);
   return {
-    id: name,
+    id,
     rows,
     sites,
     experts: s.experts,
-    k: s.k,
+    ...shape,
     rank: s.rank,
     width: s.width,
-    kernelMs: round(kernel),
-    referenceMs: round(reference),
-    ratio: round(kernel / reference),
-    kernelDispatches,
-    referenceDispatches,
+    kernelMs: round(ms.kernel),
+    referenceMs: round(ms.reference),
+    ratio: round(ratio),
+    ...dispatchCounts,
   };
 }
 

@@ -3,6 +3,7 @@
  * tensors out of a source by their Hugging Face names and checks each shape, so every format (HF
  * safetensors directories, llama2.c .bin files) is validated by the same code.
  */
+import * as tf from '@tensorflow/tfjs';
 import { CheckpointError, formatShape } from '../errors.js';
 
 export interface HostTensor {
@@ -54,4 +55,19 @@ export function transpose2d(values: Float32Array, rows: number, cols: number): F
     for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c] as number;
   }
   return out;
+}
+
+/**
+ * Host copies of named tensors, read with `await data()` (every backend, webgpu included). Handles on the
+ * current data are taken first, synchronously, so the copies describe one instant even if a variable is
+ * assigned while the reads run.
+ */
+export async function readHostTensors(tensors: Iterable<readonly [string, tf.Tensor]>): Promise<Map<string, HostTensor>> {
+  const held = [...tensors].map(([name, t]) => [name, tf.clone(t)] as const); // share the data, no copy
+  try {
+    const values = await Promise.all(held.map(([, t]) => t.data()));
+    return new Map(held.map(([name, t], i) => [name, { shape: [...t.shape], values: Float32Array.from(values[i] as Float32Array) }]));
+  } finally {
+    tf.dispose(held.map(([, t]) => t));
+  }
 }

@@ -29,6 +29,7 @@ import { directoryFiles } from '../formats/node-files.js';
 import { resolveInside } from '../formats/paths.js';
 import { replaceDirectoryVersioned, resolveVersionedDirectory, type SaveStep } from '../formats/versioned-dir.js';
 import { writePeftAdapter } from './peft-adapter.js';
+import { readHostTensors } from '../formats/host-tensors.js';
 import { writeSafetensorsFile, type TensorToWrite } from '../formats/safetensors.js';
 import {
   MANIFEST_FILE,
@@ -45,11 +46,10 @@ import {
 
 export * from './routed-model-source.js';
 
-/** Host copies of the variables, read with `await data()` (every backend, webgpu included). */
+/** Host copies of the variables (formats/host-tensors.ts readHostTensors), as safetensors entries. */
 async function variablesToWrite(variables: ReadonlyMap<string, tf.Variable>): Promise<Map<string, TensorToWrite>> {
-  const entries = [...variables];
-  const values = await Promise.all(entries.map(([, v]) => v.data()));
-  return new Map(entries.map(([name, v], i) => [name, { dtype: 'F32', shape: v.shape, data: values[i] as Float32Array }]));
+  const host = await readHostTensors(variables);
+  return new Map([...host].map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, data: t.values }]));
 }
 
 /**

@@ -31,6 +31,7 @@ import { parseConfig } from '../config/parse.js';
 import { CheckpointError, formatShape } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic-write.js';
 import { assertFiniteTensor, type FiniteOptions } from '../formats/finite.js';
+import { readHostTensors } from '../formats/host-tensors.js';
 import { replaceDirectoryVersioned, resolveVersionedDirectory, type SaveStep } from '../formats/versioned-dir.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { MANIFEST_FILE, loadRoutedModel, readRoutedModelManifest, writeRoutedModelContent, type RoutedModelManifest } from '../io/routed-model-dir.js';
@@ -203,20 +204,6 @@ function toWrite(values: ReadonlyMap<string, HostStateTensor>): Map<string, Tens
   return new Map([...values].map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, data: t.values } as const]));
 }
 
-/**
- * Host copies of named tensors, read with `await data()` (every backend). Handles on the current data are
- * taken first, synchronously, so the copies describe one instant even if a variable is assigned meanwhile.
- */
-async function hostValues(tensors: Iterable<readonly [string, tf.Tensor]>): Promise<Map<string, HostStateTensor>> {
-  const held = [...tensors].map(([name, t]) => [name, tf.clone(t)] as const); // share the data, no copy
-  try {
-    const values = await Promise.all(held.map(([, t]) => t.data()));
-    return new Map(held.map(([name, t], i) => [name, { shape: [...t.shape], values: Float32Array.from(values[i] as Float32Array) }]));
-  } finally {
-    tf.dispose(held.map(([, t]) => t));
-  }
-}
-
 const finiteOrNull = (x: number | null): number | null => (x === null || !Number.isFinite(x) ? null : x);
 
 /** The full training state (trainer part read from `trainer`). */
@@ -255,9 +242,9 @@ export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, op
   const state = trainingState(model, trainer, input.state);
   const headNames = new Set([...(trainer.head?.namedVariables().keys() ?? [])]);
   const [variables, head, moments] = await Promise.all([
-    hostValues(model.namedVariables()),
-    hostValues([...trainer.namedVariables()].filter(([name]) => headNames.has(name))),
-    hostValues(trainer.optimizer.stateTensors().tensors),
+    readHostTensors(model.namedVariables()),
+    readHostTensors([...trainer.namedVariables()].filter(([name]) => headNames.has(name))),
+    readHostTensors(trainer.optimizer.stateTensors().tensors),
   ]);
   const hook = options.afterFile;
   const onStep = options.onStep;
