@@ -178,9 +178,14 @@ export function generate(model: Transformer, prompts: readonly (readonly number[
 }
 
 /** `generate` with asynchronous reads: the same result on every backend. */
-export async function generateAsync(model: Transformer, prompts: readonly (readonly number[])[], options: GenerateOptions): Promise<number[][]> {
+export function generateAsync(model: Transformer, prompts: readonly (readonly number[])[], options: GenerateOptions): Promise<number[][]> {
+  return collectSteps(prompts, generateStepsAsync(model, prompts, options));
+}
+
+/** Each prompt followed by the new tokens of `steps` (one token per row per step, −1 once a row stopped). */
+export async function collectSteps(prompts: readonly (readonly number[])[], steps: AsyncIterable<number[]>): Promise<number[][]> {
   const outputs = prompts.map((p) => [...p]);
-  for await (const step of generateStepsAsync(model, prompts, options)) {
+  for await (const step of steps) {
     step.forEach((token, b) => {
       if (token >= 0) (outputs[b] as number[]).push(token);
     });

@@ -12,7 +12,7 @@ import type * as tf from '@tensorflow/tfjs';
 import { Subject, type Observable } from 'rxjs';
 import type { z } from 'zod';
 import { AdapterSpec } from '../adapters/registry.js';
-import { generate, generateSteps, generateStepsAsync, type GenerateOptions } from '../base/generate.js';
+import { collectSteps, generate, generateSteps, generateStepsAsync, type GenerateOptions } from '../base/generate.js';
 import type { ForwardContext, ForwardHooks } from '../base/hooks.js';
 import type { ForwardOptions, Transformer } from '../base/transformer.js';
 import { parseConfig } from '../config/parse.js';
@@ -152,10 +152,8 @@ export class AdaptedModel {
    * `generate` with asynchronous reads: works on every backend (webgpu included). A routing trace is read
    * after each step with `await data()` too (routing.traceReads), so it fills as on wasm.
    */
-  async generateAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Promise<number[][]> {
-    const out: number[][] = prompts.map((p) => [...p]);
-    for await (const step of this.generateStepsAsync(prompts, options)) step.forEach((id, b) => id >= 0 && (out[b] as number[]).push(id));
-    return out;
+  generateAsync(prompts: readonly (readonly number[])[], options: AdaptedGenerateOptions): Promise<number[][]> {
+    return collectSteps(prompts, this.generateStepsAsync(prompts, options));
   }
 
   /** `generateSteps` with asynchronous reads: works on every backend (webgpu included); traces as generateAsync. */
