@@ -76,6 +76,11 @@ export interface SetupOptions {
   readonly modalityFeature?: boolean;
   /** Weight of the retained setup's null-expert routing term on base-domain rows (RouteNode.retention.nullRouting). */
   readonly nullRouting: number;
+  /**
+   * Softmax temperature of the retained setup's router (the routed setup's router config otherwise). Below
+   * 1 it scales the logits up, so the router reaches confident null decisions within the demo's steps.
+   */
+  readonly retainedTemperature?: number;
 }
 
 function lora(name: string, rank: number, options: SetupOptions, extra: ReadonlyMap<string, number> = new Map(), scale = 1): Record<string, unknown> {
@@ -120,9 +125,15 @@ function routedSpec(options: SetupOptions): Record<string, unknown> {
 
 function retainedSpec(options: SetupOptions): Record<string, unknown> {
   const routed = routedSpec(options);
+  const temperature = options.retainedTemperature === undefined ? {} : { temperature: options.retainedTemperature };
   return {
     ...routed,
-    composition: { ...(routed['composition'] as Record<string, unknown>), nullExpert: true, retention: { nullRouting: options.nullRouting } },
+    composition: {
+      ...(routed['composition'] as Record<string, unknown>),
+      router: { ...options.router, ...temperature },
+      nullExpert: true,
+      retention: { nullRouting: options.nullRouting },
+    },
   };
 }
 
@@ -226,7 +237,7 @@ export function buildSetups(base: Transformer, routers: RouterRegistry, options:
     },
     {
       name: 'retained',
-      description: `the routed setup plus a null expert, trained with pretraining-style rows in every batch (KL to the base; null-expert routing ${options.nullRouting})`,
+      description: `the routed setup plus a null expert, trained with pretraining-style rows in every batch (KL to the base; null-expert routing ${options.nullRouting}${options.retainedTemperature === undefined ? '' : `; router temperature ${options.retainedTemperature}`})`,
       spec: retained,
       usesTaskIds: false,
       trainableParams: measureTrainable(base, retained, routers),
