@@ -4,7 +4,7 @@
  * logarithmic when the counts span a factor of 10 or more, linear otherwise.
  */
 import type { SearchAnalysis } from './report.js';
-import { CHAR_W, escapeXml, seriesColour, shortNumber, svgOpen } from './svg.js';
+import { CHAR_W, TITLE_CHAR_W, escapeXml, seriesColour, shortNumber, svgOpen } from './svg.js';
 
 const PLOT_W = 520;
 const PLOT_H = 300;
@@ -28,9 +28,10 @@ export function renderCurves(search: SearchAnalysis): string {
   const px = (n: number): number => LEFT + 10 + (((logScale ? Math.log10(n) : n) - lo) / span) * (PLOT_W - 20);
   const py = (a: number): number => TOP + PLOT_H - ((a - aLo) / aSpan) * PLOT_H;
   const legendW = Math.max(120, ...search.methods.map((m) => m.method.length * CHAR_W + 30));
-  const width = LEFT + PLOT_W + 20 + legendW;
+  const title = `Validation accuracy vs trainable parameters (${search.trials} trials; frontier per method)`;
+  const width = Math.max(LEFT + PLOT_W + 20 + legendW, Math.ceil(24 + title.length * TITLE_CHAR_W));
   const height = TOP + PLOT_H + BOTTOM;
-  const parts = svgOpen(width, height, `Validation accuracy vs trainable parameters (${search.trials} trials; frontier per method)`);
+  const parts = svgOpen(width, height, title);
   parts.push(`<rect x="${LEFT}" y="${TOP}" width="${PLOT_W}" height="${PLOT_H}" fill="#fafafa" stroke="#999999"/>`);
   for (let i = 0; i <= 4; i++) {
     const a = aLo + (aSpan * i) / 4;
@@ -39,7 +40,9 @@ export function renderCurves(search: SearchAnalysis): string {
     parts.push(`<text x="${LEFT - 6}" y="${y + 4}" text-anchor="end">${a.toFixed(2)}</text>`);
   }
   const ticks = logScale
-    ? Array.from({ length: Math.floor(hi) - Math.ceil(lo) + 1 }, (_, i) => 10 ** (Math.ceil(lo) + i))
+    ? Array.from({ length: Math.floor(hi) - Math.floor(lo) + 1 }, (_, i) => [1, 2, 5].map((m) => m * 10 ** (Math.floor(lo) + i)))
+        .flat()
+        .filter((t) => t >= minP && t <= maxP)
     : Array.from({ length: 5 }, (_, i) => minP + ((maxP - minP) * i) / 4);
   for (const t of [...new Set(ticks)]) {
     const x = px(t);

@@ -4,7 +4,7 @@
  * subspaces, 1 deep blue: the same), labelled with its value; grey where it is undefined (a zero ΔW).
  */
 import type { RoutedAnalysis } from './report.js';
-import { CHAR_W, escapeXml, heatColour, svgOpen } from './svg.js';
+import { CHAR_W, TITLE_CHAR_W, escapeXml, heatColour, shortNumber, svgOpen } from './svg.js';
 
 const CELL_W = 64;
 const CELL_H = 22;
@@ -28,11 +28,12 @@ export function renderOverlap(analysis: RoutedAnalysis): string {
   }
   const rows = analysis.sites.filter((s) => s.overlap.some((r) => r.pairs.length > 0));
   const labelW = Math.max(80, ...rows.map((s) => `layer ${s.layer} ${s.site}`.length * CHAR_W + 12));
+  const chances = [...new Set(rows.flatMap((s) => s.overlap.flatMap((r) => r.pairs.map((p) => shortNumber(p.chance)))))];
   const title =
     columns.length === 0
       ? 'Expert subspace overlap: no route has two experts with a ΔW at the same site'
-      : 'Expert subspace overlap (mean cos² of principal angles of the output subspaces)';
-  const width = Math.max(12 + labelW + Math.max(1, columns.length) * CELL_W + 12, Math.ceil(24 + title.length * 7.2));
+      : `Expert subspace overlap: mean cos² of the principal angles between output subspaces (random subspaces: ${chances.join(', ')})`;
+  const width = Math.max(12 + labelW + Math.max(1, columns.length) * CELL_W + 12, Math.ceil(24 + title.length * TITLE_CHAR_W));
   const height = TOP + HEADER_H + Math.max(1, rows.length) * CELL_H + 16;
   const parts = svgOpen(width, height, title);
   const gridX = 12 + labelW;

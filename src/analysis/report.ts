@@ -72,6 +72,8 @@ export const ExpertPairOverlap = z
     cosines: z.array(z.number()),
     /** Mean squared cosine: 1 same subspace, 0 orthogonal; null when either ΔW is zero. */
     overlap: z.number().nullable(),
+    /** What two random subspaces of dimension rank in R^O overlap on average: rank / O (0 when rank is 0). */
+    chance: z.number(),
   })
   .strict();
 export type ExpertPairOverlap = z.infer<typeof ExpertPairOverlap>;

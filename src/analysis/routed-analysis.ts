@@ -30,7 +30,15 @@ function routeOverlap(route: number, experts: readonly string[], site: SiteEntry
         second.outputBasis as NonNullable<MeasuredModule['outputBasis']>,
         rankOf(second),
       );
-      pairs.push({ first: present[i] as string, second: present[j] as string, rank: result.rank, cosines: result.cosines, overlap: result.meanSquaredCosine });
+      const outputWidth = (first.outputBasis as NonNullable<MeasuredModule['outputBasis']>).rows; // O
+      pairs.push({
+        first: present[i] as string,
+        second: present[j] as string,
+        rank: result.rank,
+        cosines: result.cosines,
+        overlap: result.meanSquaredCosine,
+        chance: result.rank / outputWidth,
+      });
     }
   }
   const defined = pairs.flatMap((p) => (p.overlap === null ? [] : [p.overlap]));

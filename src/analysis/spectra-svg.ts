@@ -4,7 +4,7 @@
  * in the panel's title), so panels compare shapes: a steep drop is a low effective rank.
  */
 import type { RoutedAnalysis } from './report.js';
-import { CHAR_W, escapeXml, seriesColour, shortNumber, svgOpen } from './svg.js';
+import { CHAR_W, TITLE_CHAR_W, escapeXml, seriesColour, shortNumber, svgOpen } from './svg.js';
 
 const PANEL_W = 170;
 const PANEL_H = 110;
@@ -19,9 +19,10 @@ export function renderSpectra(analysis: RoutedAnalysis): string {
   const names = analysis.adapters.filter((a) => a.kind === 'lora' || a.kind === 'adalora').map((a) => a.name);
   const colourOf = new Map(names.map((n, i) => [n, seriesColour(i)]));
   const legendW = Math.max(120, ...names.map((n) => n.length * CHAR_W + 30));
-  const width = LEFT + Math.max(1, points.length) * (PANEL_W + GAP) + legendW;
+  const title = `ΔW singular values per site (${analysis.directory}); each panel scaled to its largest σ`;
+  const width = Math.max(LEFT + Math.max(1, points.length) * (PANEL_W + GAP) + legendW, Math.ceil(24 + title.length * TITLE_CHAR_W));
   const height = Math.max(TOP + Math.max(1, layers.length) * (PANEL_H + GAP) + 20, TOP + 20 + names.length * 16);
-  const parts = svgOpen(width, height, `ΔW singular values per site (${analysis.directory}); each panel scaled to its largest σ`);
+  const parts = svgOpen(width, height, title);
   layers.forEach((layer, row) => {
     const y0 = TOP + row * (PANEL_H + GAP);
     parts.push(`<text x="12" y="${y0 + PANEL_H / 2}" font-weight="bold">layer ${layer}</text>`);

@@ -9,7 +9,9 @@
  *   overlap          of two subspaces with orthonormal bases U₁ [O, r₁], U₂ [O, r₂], compared on their top
  *                    r = min(r₁, r₂) directions: the mean of cos² θ_i over the r principal angles θ_i. The
  *                    cosines are the singular values of U₁ᵀU₂ (Björck & Golub 1973), so the mean is
- *                    ‖U₁ᵀU₂‖²_F / r: 1 when the subspaces are the same, 0 when they are orthogonal.
+ *                    ‖U₁ᵀU₂‖²_F / r: 1 when the subspaces are the same, 0 when they are orthogonal. Two
+ *                    independent uniformly random r-dimensional subspaces of R^O overlap r / O on average
+ *                    (E[‖U₁ᵀU₂‖²_F] = r² / O), the chance level to read a measured overlap against.
  *
  * Shape letters: O the output width, r a subspace's dimension.
  */

@@ -38,3 +38,5 @@ export function svgOpen(width: number, height: number, title: string): string[] 
 
 /** Rough advance of an 11 px sans-serif character, to size labels' room. */
 export const CHAR_W = 6.2;
+/** Rough advance of a 13 px bold sans-serif character (titles). */
+export const TITLE_CHAR_W = 7.9;

@@ -113,7 +113,11 @@ describe('analyzeRoutedModel', () => {
     if (!(module instanceof AdaloraModule)) throw new Error('no AdaLoRA module');
     const [o, r] = module.p.shape;
     const lambda = module.lambda.dataSync(); // [r]
-    const pl = hostMatrix(o, r, Array.from(module.p.dataSync(), (x, k) => x * (lambda[k % r] as number))); // P·diag(Λ) [O, r], in float64
+    const pl = hostMatrix(
+      o,
+      r,
+      Array.from(module.p.dataSync(), (x, k) => x * (lambda[k % r] as number)),
+    ); // P·diag(Λ) [O, r], in float64
     const dense = denseSpectrum(pl, hostMatrix(r, module.q.shape[1], module.q.dataSync()), module.scale);
     const measured = deltaAt(analysis, 'ada', 0, 'attn.v');
     expect(measured).toMatchObject({ kind: 'adalora', rank: 3, scale: 2 });

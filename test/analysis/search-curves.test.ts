@@ -61,7 +61,8 @@ describe('bad search runs', () => {
   });
 
   test('a candidate whose method changes between rungs is refused', () => {
-    const text = '{"candidate":7,"method":"lora","rung":0,"trainableParams":10,"validation":{"accuracy":0.5}}\n{"candidate":7,"method":"ia3","rung":1,"trainableParams":10,"validation":{"accuracy":0.5}}';
+    const text =
+      '{"candidate":7,"method":"lora","rung":0,"trainableParams":10,"validation":{"accuracy":0.5}}\n{"candidate":7,"method":"ia3","rung":1,"trainableParams":10,"validation":{"accuracy":0.5}}';
     expect(() => searchCurves(parseTrials(text, 't'), 't')).toThrow(/line 2 gives candidate "7" the method "ia3", but line 1 gave it "lora"/);
   });
 

@@ -43,7 +43,25 @@ describe('routed-peft analyze', () => {
     const rows = ['1+2=3', '2+2=4', '3+4=7', '5+1=6'].map((text) => JSON.stringify({ text }));
     await writeFile(join(dir, 'data.jsonl'), `${rows.join('\n')}\n`);
     await writeFile(join(dir, 'spec.json'), JSON.stringify(spec));
-    const train = await run('train', '--model', demoModel, '--data', join(dir, 'data.jsonl'), '--spec', join(dir, 'spec.json'), '--out', routed, '--steps', '2', '--batch-size', '2', '--lr', '1e-2', '--format', 'json');
+    const train = await run(
+      'train',
+      '--model',
+      demoModel,
+      '--data',
+      join(dir, 'data.jsonl'),
+      '--spec',
+      join(dir, 'spec.json'),
+      '--out',
+      routed,
+      '--steps',
+      '2',
+      '--batch-size',
+      '2',
+      '--lr',
+      '1e-2',
+      '--format',
+      'json',
+    );
     expect(train.code, train.err).toBe(0);
   });
   afterAll(async () => rm(dir, { recursive: true, force: true }));
