@@ -87,7 +87,7 @@ describe('routed-peft analyze', () => {
     expect(report.routed?.notAnalysed.every((n) => n.adapter === 'bn' && n.kind === 'bottleneck')).toBe(true);
     expect(report.routed?.notAnalysed.length).toBeGreaterThan(0);
     expect(report.search?.methods.map((m) => m.method)).toEqual(['lora', 'bottleneck', 'lora+route']);
-    for (const svg of ['spectra.svg', 'overlap.svg', 'curves.svg']) expect(await readFile(join(out, svg), 'utf8')).toMatch(/^<svg [^]*<\/svg>\n$/);
+    for (const svg of ['spectra.svg', 'overlap.svg', 'curves.svg']) expect(await readFile(join(out, svg), 'utf8')).toMatch(/^<svg [\s\S]*<\/svg>\n$/);
     expect(result.out).toContain('layer 0 attn.q');
     expect(result.out).toContain('route 0 overlap: mean');
     expect(result.out).toContain('not analysed: bn (bottleneck)');
