@@ -35,13 +35,29 @@ function parameterCount(module: AdapterModule): number {
   return module.variables().reduce((sum, v) => sum + v.size, 0);
 }
 
-/** Measures ΔW = scale·B·A from host copies of B [O, r] and A [r, I]. */
+function allFinite(values: ArrayLike<number>): boolean {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i] as number)) return false;
+  return true;
+}
+
+/** What a module holding NaN or ±Infinity (loaded with --allow-non-finite) reports instead of a meaningless spectrum. */
+function nonFinite(adapter: string, kind: string, parameters: number): MeasuredModule {
+  return { measure: { adapter, kind, measure: 'none', parameters, reason: 'its weights hold NaN or ±Infinity, so it has no spectrum' } };
+}
+
+/**
+ * Measures ΔW = scale·B·A from host copies of B [O, r] and A [r, I]. Factors holding NaN or ±Infinity give a
+ * `measure: "none"` entry (its `parameters`: the factors' entries) instead of a meaningless spectrum.
+ */
 export function measureFactoredDelta(
   identity: { readonly adapter: string; readonly kind: 'lora' | 'adalora'; readonly rank: number },
   b: HostMatrix,
   a: HostMatrix,
   scale: number,
 ): MeasuredModule {
+  if (!allFinite(b.data) || !allFinite(a.data) || !Number.isFinite(scale)) {
+    return nonFinite(identity.adapter, identity.kind, b.data.length + a.data.length);
+  }
   const { u, s } = lowRankSvd(b, a, scale); // U [O, r], s [r]
   const kept = Math.min(identity.rank, s.length);
   const singularValues = Array.from(s.subarray(0, kept));
@@ -76,13 +92,16 @@ export async function measureModule(module: AdapterModule): Promise<MeasuredModu
     const [outFeatures] = module.p.shape; // [O, r]
     const p = await module.p.data(); // [O, r]
     const lambda = await module.lambda.data(); // [r]
+    const q = await module.q.data(); // [r, I]
+    if (!allFinite(p) || !allFinite(lambda) || !allFinite(q)) return nonFinite(module.adapter, module.kind, parameterCount(module));
     const b = hostMatrix(outFeatures, rank); // P·diag(Λ) [O, r]
     for (let i = 0; i < outFeatures; i++) for (let j = 0; j < rank; j++) b.data[i * rank + j] = (p[i * rank + j] as number) * (lambda[j] as number);
-    const a = hostMatrix(rank, inFeatures, await module.q.data()); // [r, I]
+    const a = hostMatrix(rank, inFeatures, q); // [r, I]
     return measureFactoredDelta({ adapter: module.adapter, kind: 'adalora', rank: module.rank }, b, a, module.scale);
   }
   if (module instanceof Ia3Module) {
     const l = await module.scale.data(); // [W]
+    if (!allFinite(l)) return nonFinite(module.adapter, module.kind, l.length);
     let squares = 0;
     let max = 0;
     let sum = 0;

@@ -151,3 +151,20 @@ describe('analyzeRoutedModel', () => {
     expect(analysis.adapters.map((a) => a.name)).toEqual(['e0', 'e1', 'ada', 'scales', 'bn', 'pf']);
   });
 });
+
+test('a module holding NaN is reported as not analysed, by name, instead of a meaningless spectrum', async () => {
+  const base = tinyLlama();
+  const model = AdaptedModel.create(base, { adapters: [{ kind: 'lora', name: 'broken', r: 2, init: 'random', targets: { sites: ['attn.q'] } }] });
+  try {
+    const module = lora(model, 'broken', 0, 'attn.q');
+    tf.tidy(() => module.b.assign(tf.fill(module.b.shape, Number.NaN) as tf.Tensor2D));
+    const analysis = await analyzeRoutedModel(model, 'in-memory');
+    expect(analysis.notAnalysed).toEqual([
+      { adapter: 'broken', kind: 'lora', layer: 0, site: 'attn.q', reason: 'its weights hold NaN or ±Infinity, so it has no spectrum' },
+    ]);
+    expect(analysis.sites.find((s) => s.layer === 1)?.modules[0]?.measure).toBe('delta-w');
+  } finally {
+    model.dispose();
+    base.dispose();
+  }
+});

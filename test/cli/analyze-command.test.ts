@@ -1,7 +1,7 @@
 // `routed-peft analyze` end to end: train a routed model (two LoRA experts and a bottleneck) for two steps on
 // the demo model, then analyze it with the search fixture; the files it writes parse, the table names what
 // it could not analyse, and a bad directory is a typed error naming its path.
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -102,12 +102,22 @@ describe('routed-peft analyze', () => {
     expect(await readdir(dir)).toEqual(before);
   });
 
-  test('a directory that is not a routed model is a typed error naming it; no flags is a usage error', async () => {
+  test('a directory that is not a routed model is a typed error naming it; a missing base or no flags is a usage error', async () => {
     const missing = join(dir, 'not-routed');
     const bad = await run('analyze', '--routed', missing);
     expect(bad.code).toBe(1);
     expect(bad.err).toContain(`no routed-peft.json in the directory (at ${missing})`);
     await expect(readRoutedModelManifest(missing)).rejects.toThrow(CheckpointError);
+    // A manifest that records no base path needs --model.
+    const copy = join(dir, 'no-base-path');
+    await cp(routed, copy, { recursive: true, dereference: true });
+    const manifest = JSON.parse(await readFile(join(copy, 'routed-peft.json'), 'utf8')) as { base: { path?: string } };
+    delete manifest.base.path;
+    await writeFile(join(copy, 'routed-peft.json'), JSON.stringify(manifest));
+    const noBase = await run('analyze', '--routed', copy);
+    expect(noBase.code).toBe(2);
+    expect(noBase.err).toContain(`${copy} does not record the path of its base: pass --model PATH`);
+    expect((await run('analyze', '--routed', copy, '--model', demoModel, '--format', 'json')).code).toBe(0);
     const none = await run('analyze');
     expect(none.code).toBe(2);
     expect(none.err).toContain('give --routed DIR, --search DIR, or both');
