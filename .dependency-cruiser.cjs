@@ -11,6 +11,7 @@ const LAYERS = [
   ['routing', '^src/routing/'],
   ['model', '^src/model/'],
   ['io', '^src/io/'],
+  ['analysis', '^src/analysis/'],
   ['serving-and-training', '^src/(runtime|train)/'],
   ['server', '^src/server/'],
   ['apps', '^src/(cli|demo)/|^src/(index|browser)\\.ts$'],

@@ -60,6 +60,30 @@ export { AdaloraBudget, type BudgetStep } from './adapters/adalora/controller.js
 export { budgetAt, allocate, type BudgetSchedule, type BudgetPoint } from './adapters/adalora/budget.js';
 export { adaloraRanks, adaloraToLora, type AdaloraRankReport, type AdaloraModuleRank } from './adapters/adalora/export.js';
 export { writeAdaloraOutputs, ADALORA_RANKS_FILE, ADALORA_LORA_DIR, type AdaloraOutputs } from './io/adalora-outputs.js';
+export { analyzeRoutedModel } from './analysis/routed-analysis.js';
+export { analyzeSearchRun, parseTrials, searchCurves, monotoneFrontier, TrialLine, TRIALS_FILE } from './analysis/search-curves.js';
+export { measureModule, measureFactoredDelta, type MeasuredModule } from './analysis/module-measures.js';
+export { effectiveRank, numericalRank, subspaceOverlap, RANK_TOLERANCE, type SubspaceOverlap } from './analysis/spectrum.js';
+export { svd, lowRankSvd, householderQr, hostMatrix, type HostMatrix, type ThinSvd } from './analysis/linear-algebra.js';
+export {
+  AnalysisReport,
+  RoutedAnalysis,
+  SearchAnalysis,
+  SiteAnalysis,
+  ModuleMeasure,
+  DeltaWeightMeasure,
+  ScaleVectorMeasure,
+  NotAnalysed,
+  RouteOverlap,
+  ExpertPairOverlap,
+  MethodCurve,
+  FrontierPoint,
+} from './analysis/report.js';
+export { writeAnalysis, ANALYSIS_FILE } from './analysis/write-report.js';
+export { renderSpectra } from './analysis/spectra-svg.js';
+export { renderOverlap } from './analysis/overlap-svg.js';
+export { renderCurves } from './analysis/curves-svg.js';
+export { formatAnalysisSummary } from './analysis/summary-table.js';
 
 export { CompositionNode, RouteNode, AuxLossWeights, type CompositionInput } from './compose/spec.js';
 export { AdaptedModelSpec, parseAdaptedModelSpec, checkSpecAgainstModel } from './compose/model-spec.js';

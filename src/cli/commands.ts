@@ -2,6 +2,7 @@
  * The CLI command table. To add a command, write `src/cli/<name>-command.ts` exporting a CliCommand
  * (command.ts) and register it in `commands` below (the key must equal the command's `name`).
  */
+import { analyzeCommand } from './analyze-command.js';
 import type { CliCommand } from './command.js';
 import { demoCommand } from './demo-command.js';
 import { forwardCommand } from './forward-command.js';
@@ -23,6 +24,7 @@ export const commands: Readonly<Record<string, CliCommand>> = {
   inspect: inspectCommand,
   train: trainCommand,
   eval: evalCommand,
+  analyze: analyzeCommand,
   demo: demoCommand,
   serve: serveCommand,
   web: webCommand,
