@@ -13,6 +13,7 @@ const LAYERS = [
   ['io', '^src/io/'],
   ['serving-and-training', '^src/(runtime|train)/'],
   ['server', '^src/server/'],
+  ['search', '^src/search/'],
   ['apps', '^src/(cli|demo)/|^src/(index|browser)\\.ts$'],
 ];
 
