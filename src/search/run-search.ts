@@ -81,6 +81,8 @@ export interface SearchOptions {
   /** Stop after this many trials have run in this call (resumed ones do not count). */
   readonly maxNewTrials?: number;
   readonly onEvent?: (event: SearchEvent) => void;
+  /** Milliseconds for the time limit and the trials' seconds (default performance.now; tests pass a fake one). */
+  readonly clock?: () => number;
 }
 
 export type SearchEvent =
@@ -215,7 +217,8 @@ export function renderParetoSvg(trials: readonly TrialRecord[], rungs: readonly 
 }
 
 export async function runSearch(options: SearchOptions): Promise<SearchResult> {
-  const started = performance.now();
+  const now = options.clock ?? ((): number => performance.now());
+  const started = now();
   const seed = options.seed ?? 0;
   const requested = options.trials ?? 27;
   const eta = options.eta ?? 3;
@@ -281,12 +284,12 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
 
   const deadline = options.timeLimitSeconds === undefined ? Number.POSITIVE_INFINITY : started + options.timeLimitSeconds * 1000;
   const stopReason = (): 'time-limit' | 'stopped' | undefined =>
-    options.signal?.aborted === true ? 'stopped' : performance.now() >= deadline ? 'time-limit' : undefined;
+    options.signal?.aborted === true ? 'stopped' : now() >= deadline ? 'time-limit' : undefined;
   let ran = 0;
   let status: Exclude<SearchStatus, 'running'> = 'complete';
 
   const runTrial = async (fit: FittedCandidate, rung: Rung): Promise<TrialRecord> => {
-    const trialStart = performance.now();
+    const trialStart = now();
     const key = candidateKey(fit.candidate);
     const id = trialId(key, rung.rung);
     const model = AdaptedModel.create(options.base, fit.spec, { routers: options.routers });
@@ -342,7 +345,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
         spec: fit.spec as TrialRecord['spec'],
         trainableParams,
         validation: { accuracy: judged === 0 ? 0 : right / judged, loss: evaluation.loss, examples: split.validation.examples.length, tasks },
-        seconds: Number(((performance.now() - trialStart) / 1000).toFixed(3)),
+        seconds: Number(((now() - trialStart) / 1000).toFixed(3)),
       };
     } finally {
       model.dispose();
