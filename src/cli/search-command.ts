@@ -129,6 +129,7 @@ export const searchCommand: CliCommand = {
       if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
       const useBar = io.isTTY && format === 'text';
       let current = '';
+      let bestAccuracy: number | undefined;
       const result = await runSearch({
         base: loaded.model,
         tokenizer,
@@ -169,7 +170,9 @@ export const searchCommand: CliCommand = {
             current = `rung ${event.rung}: ${event.trainableParams} params, ${event.steps} steps`;
             bar?.update({ current });
           } else if (event.type === 'trial') {
-            if (bar !== undefined) bar.update(event.done, { best: '-', current });
+            const accuracy = event.record.validation.accuracy;
+            if (bestAccuracy === undefined || accuracy > bestAccuracy) bestAccuracy = accuracy;
+            if (bar !== undefined) bar.update(event.done, { best: `${(bestAccuracy * 100).toFixed(1)}%`, current });
             else io.stdout(`${trialLine(event)}\n`);
           }
         },

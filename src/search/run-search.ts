@@ -283,8 +283,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   await writeAll('running');
 
   const deadline = options.timeLimitSeconds === undefined ? Number.POSITIVE_INFINITY : started + options.timeLimitSeconds * 1000;
-  const stopReason = (): 'time-limit' | 'stopped' | undefined =>
-    options.signal?.aborted === true ? 'stopped' : now() >= deadline ? 'time-limit' : undefined;
+  const stopReason = (): 'time-limit' | 'stopped' | undefined => (options.signal?.aborted === true ? 'stopped' : now() >= deadline ? 'time-limit' : undefined);
   let ran = 0;
   let status: Exclude<SearchStatus, 'running'> = 'complete';
 

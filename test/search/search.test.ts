@@ -146,10 +146,11 @@ describe('routed-peft search', () => {
     expect(await main([...train, '--steps', '2', '--batch-size', '4', '--format', 'json'], trainIo, { routers })).toBe(0);
     expect(trainIo.err).toBe('');
 
-    // Same flags again: everything is finished, nothing runs.
-    const again = createMemoryIo();
-    expect(await main([...argv, ...flags, '--format', 'json'], again, { routers })).toBe(0);
-    expect(JSON.parse(again.out.trim().split('\n').at(-1) as string)).toMatchObject({ status: 'complete', ran: 0, reused: 6 });
+    // Same flags again, on a terminal: everything is finished, nothing runs; the bar shows all trials done.
+    const again = createMemoryIo({ isTTY: true });
+    expect(await main([...argv, ...flags], again, { routers })).toBe(0);
+    expect(again.err).toMatch(/search \|.*\| 6\/6 trials/);
+    expect(again.out).toMatch(/^search complete \(0 trials run, 6 resumed\): best /);
     expect((await readTrials(out)).map(identity)).toEqual(trials.map(identity));
   });
 
