@@ -144,18 +144,24 @@ function splitData(dataset: Dataset, wanted: number, seed: number): Split {
   };
 }
 
-/** `trials` distinct candidates that fit the budget, drawn from the seed (fewer if the space has fewer). */
+/** `trials` candidates of distinct specs that fit the budget, drawn from the seed (fewer if the space has fewer). */
 function drawCandidates(options: SearchOptions, count: number, seed: number): FittedCandidate[] {
   const random = seededRandom(seed ^ 0x3c6ef372);
   const fitted: FittedCandidate[] = [];
   const seen = new Set<string>();
+  const specs = new Set<string>();
   for (let draw = 0; draw < count * 50 && fitted.length < count; draw++) {
     const candidate = drawCandidate(random);
     const key = candidateKey(candidate);
     if (seen.has(key)) continue;
     seen.add(key);
     const fit = fitCandidate(options.base, options.routers, candidate, Math.floor(options.budget * candidate.budgetShare), seed);
-    if (fit !== undefined) fitted.push(fit);
+    if (fit === undefined) continue;
+    // Two shares can fit the same spec (a size at its cap, (IA)³ without a size): train it once.
+    const spec = JSON.stringify(fit.spec);
+    if (specs.has(spec)) continue;
+    specs.add(spec);
+    fitted.push(fit);
   }
   if (fitted.length === 0) {
     throw new SearchError(`no candidate of the search space fits --budget ${options.budget} trainable parameters`, {
