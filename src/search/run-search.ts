@@ -5,7 +5,8 @@
  *
  *   1. Split the data: up to `validationExamples` prompt/completion lines (seeded) are held out; the rest
  *      trains.
- *   2. Draw candidates (seeded) until `trials` distinct ones fit the budget at their budget share.
+ *   2. Draw candidates (seeded, stratified by kind and routing) until `trials` distinct ones fit the budget
+ *      at their budget share.
  *   3. Rung by rung: train each candidate from scratch for the rung's steps (AdamW, warmup then cosine over
  *      those steps, clipping at 1), measure validation accuracy, keep the best 1/η for the next rung.
  *   4. After every trial, rewrite trials.jsonl, search.json, best-spec.json, pareto.json and pareto.svg
@@ -31,7 +32,7 @@ import { type FittedCandidate, fitCandidate, trainableCount } from './budget.js'
 import { SearchError } from './errors.js';
 import { compareResults, halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
-import { candidateKey, drawCandidate, methodOf } from './space.js';
+import { candidateKey, methodOf, stratifiedDraws } from './space.js';
 import { renderPlot } from './svg-plot.js';
 import {
   checkSameSettings,
@@ -146,12 +147,12 @@ function splitData(dataset: Dataset, wanted: number, seed: number): Split {
 
 /** `trials` candidates of distinct specs that fit the budget, drawn from the seed (fewer if the space has fewer). */
 function drawCandidates(options: SearchOptions, count: number, seed: number): FittedCandidate[] {
-  const random = seededRandom(seed ^ 0x3c6ef372);
+  const next = stratifiedDraws(seededRandom(seed ^ 0x3c6ef372));
   const fitted: FittedCandidate[] = [];
   const seen = new Set<string>();
   const specs = new Set<string>();
   for (let draw = 0; draw < count * 50 && fitted.length < count; draw++) {
-    const candidate = drawCandidate(random);
+    const candidate = next();
     const key = candidateKey(candidate);
     if (seen.has(key)) continue;
     seen.add(key);

@@ -177,23 +177,57 @@ function pick<T>(random: () => number, items: readonly T[]): T {
   return items[Math.floor(random() * items.length)] as T;
 }
 
+/** A cell of the space's coarsest split: an adapter kind, routed or not. */
+export interface Stratum {
+  readonly kind: string;
+  readonly routed: boolean;
+}
+
+/** Every (kind, routed or not) cell, in SEARCH_KINDS order. */
+export const STRATA: readonly Stratum[] = SEARCH_KINDS.flatMap((k) => [
+  { kind: k.kind, routed: false },
+  { kind: k.kind, routed: true },
+]);
+
 /**
- * One candidate drawn uniformly per dimension: kind, injection, layers, budget share, then routing (half of
- * the draws route). Choices that cannot combine are not drawn: a prefix route is per sequence, a top-k k is
- * below the expert count, a kind without a size uses the whole budget share.
+ * One candidate of a stratum (or of a uniformly drawn kind and routing), the other dimensions drawn
+ * uniformly: injection, layers, budget share, and for a route E, the router, granularity and placement.
+ * Choices that cannot combine are not drawn: a prefix route is per sequence, a top-k k is below the expert
+ * count, a kind without a size uses the whole budget share.
  */
-export function drawCandidate(random: () => number): Candidate {
-  const kind = pick(random, SEARCH_KINDS);
+export function drawCandidate(random: () => number, stratum?: Stratum): Candidate {
+  const kind = stratum === undefined ? pick(random, SEARCH_KINDS) : searchKind(stratum.kind);
   const injection = pick(random, kind.injections).name;
   const layers = pick(random, LAYER_CHOICES);
   const budgetShare = kind.sizeField === undefined ? 1 : pick(random, BUDGET_SHARES);
-  if (random() < 0.5) return { kind: kind.kind, injection, layers, budgetShare, routing: { kind: 'none' } };
+  const routed = stratum === undefined ? random() >= 0.5 : stratum.routed;
+  if (!routed) return { kind: kind.kind, injection, layers, budgetShare, routing: { kind: 'none' } };
   const experts = pick(random, EXPERT_COUNTS);
   const routers = ROUTER_CHOICES.filter((r) => typeof r['k'] !== 'number' || (r['k'] as number) < experts);
   const router = pick(random, routers);
   const granularity = kind.sequenceOnly ? 'sequence' : pick(random, GRANULARITIES);
   const placement = pick(random, PLACEMENTS);
   return { kind: kind.kind, injection, layers, budgetShare, routing: { kind: 'route', experts, router, granularity, placement } };
+}
+
+/**
+ * Stratified draws (the strata of STRATA): each round of |STRATA| draws visits every stratum once, in an
+ * order shuffled by `random`, so n draws give every (kind, routed or not) cell ⌊n / |STRATA|⌋ or one more.
+ * Drawing the kind and the routing uniformly instead can miss a whole cell: seed 0's first 27 uniform draws
+ * held no routed LoRA at all.
+ */
+export function stratifiedDraws(random: () => number): () => Candidate {
+  let round: Stratum[] = [];
+  return () => {
+    if (round.length === 0) {
+      round = [...STRATA];
+      for (let i = round.length - 1; i > 0; i--) {
+        const j = Math.floor(random() * (i + 1));
+        [round[i], round[j]] = [round[j] as Stratum, round[i] as Stratum];
+      }
+    }
+    return drawCandidate(random, round.pop());
+  };
 }
 
 /** The layers a layer choice targets in an L-layer model: all, the lower ⌈L/2⌉, or the upper ⌈L/2⌉. */

@@ -19,7 +19,8 @@ import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { fitCandidate } from '../../src/search/budget.js';
 import { SearchError } from '../../src/search/errors.js';
 import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
-import { type Candidate, candidateSpec, SEARCH_KINDS } from '../../src/search/space.js';
+import { type Candidate, candidateSpec, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
+import { seededRandom } from '../../src/base/sampling.js';
 import { readTrials, type TrialRecord } from '../../src/search/trial-log.js';
 import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
@@ -72,6 +73,18 @@ describe('routed-peft search', () => {
   });
   // What a rerun must reproduce exactly (seconds differ by run).
   const identity = (t: TrialRecord): unknown => ({ ...t, seconds: undefined });
+
+  test('stratified draws give every (kind, routed or not) cell the same number of candidates', () => {
+    const draw = stratifiedDraws(seededRandom(7));
+    const cells = new Map<string, number>();
+    for (let i = 0; i < STRATA.length * 3; i++) {
+      const c = draw();
+      const cell = `${c.kind}:${c.routing.kind}`;
+      cells.set(cell, (cells.get(cell) ?? 0) + 1);
+    }
+    expect(cells.size).toBe(SEARCH_KINDS.length * 2);
+    expect([...cells.values()].every((n) => n === 3)).toBe(true);
+  });
 
   test('each kind, routed or not, fits the largest size within its share, and the count is Σ variable sizes', () => {
     const model = { family: base.config.family, nLayers: base.config.nLayers };
