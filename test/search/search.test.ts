@@ -14,7 +14,7 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { createMemoryIo } from '../../src/cli/io.js';
 import { main } from '../../src/cli/main.js';
 import { demoModelDir } from '../../src/demo/run-demo.js';
-import { demoSearchJsonl } from '../../src/demo/search-data.js';
+import { demoHeldOutPrompts, demoSearchJsonl } from '../../src/demo/search-data.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { fitCandidate } from '../../src/search/budget.js';
 import { SearchError } from '../../src/search/errors.js';
@@ -73,6 +73,14 @@ describe('routed-peft search', () => {
   });
   // What a rerun must reproduce exactly (seconds differ by run).
   const identity = (t: TrialRecord): unknown => ({ ...t, seconds: undefined });
+
+  test("the demo search file holds every task and none of the prompts the demo's seeds 0-2 score on", () => {
+    const lines = dataset.examples.flatMap((e) => (e.kind === 'prompt-completion' ? [e] : []));
+    expect(lines).toHaveLength(40);
+    expect(new Set(lines.map((e) => e.task)).size).toBe(4);
+    const scored = demoHeldOutPrompts(3);
+    expect(lines.filter((e) => scored.has(e.prompt))).toEqual([]);
+  });
 
   test('stratified draws give every (kind, routed or not) cell the same number of candidates', () => {
     const draw = stratifiedDraws(seededRandom(7));
