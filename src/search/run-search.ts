@@ -212,7 +212,9 @@ export function paretoSummary(trials: readonly TrialRecord[], rungs: readonly Ru
 
 export function renderParetoSvg(trials: readonly TrialRecord[], rungs: readonly Rung[], budget: number): string {
   return renderPlot({
-    title: `Search: validation accuracy vs trainable parameters (budget ${budget.toLocaleString('en-US')}; line: each rung's Pareto front)`,
+    title: 'Search: validation accuracy vs trainable parameters',
+    subtitle: "each point a trial, each line a rung's Pareto front (best accuracy at ≤ that many parameters)",
+    xMarker: { x: budget, label: `budget ${budget.toLocaleString('en-US')}` },
     xLabel: 'trainable parameters',
     yLabel: 'validation exact-match accuracy',
     series: rungs.map((r) => ({

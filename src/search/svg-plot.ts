@@ -25,6 +25,10 @@ export interface PlotSeries {
 
 export interface PlotInput {
   readonly title: string;
+  /** A smaller line under the title. */
+  readonly subtitle?: string;
+  /** A dashed vertical line at x (e.g. the budget), labelled. */
+  readonly xMarker?: { readonly x: number; readonly label: string };
   readonly xLabel: string;
   readonly yLabel: string;
   readonly series: readonly PlotSeries[];
@@ -36,7 +40,7 @@ const WIDTH = 720;
 const HEIGHT = 440;
 const LEFT = 64;
 const RIGHT = 200;
-const TOP = 40;
+const TOP = 52;
 const BOTTOM = 52;
 export const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
 
@@ -61,7 +65,7 @@ export function shortNumber(value: number): string {
 export function renderPlot(input: PlotInput): string {
   const all = input.series.flatMap((s) => s.points);
   const xs = all.map((p) => p.x);
-  const xMax = xs.length === 0 ? 1 : Math.max(...xs) * 1.05;
+  const xMax = Math.max(1, ...xs, input.xMarker?.x ?? 0) * 1.05;
   const [yLo, yHi] = input.yRange ?? [0, 1];
   const plotW = WIDTH - LEFT - RIGHT;
   const plotH = HEIGHT - TOP - BOTTOM;
@@ -71,8 +75,9 @@ export function renderPlot(input: PlotInput): string {
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`,
     `<rect x="0" y="0" width="${WIDTH}" height="${HEIGHT}" fill="#ffffff"/>`,
-    `<text x="${LEFT}" y="24" font-size="13" font-weight="bold">${escapeXml(input.title)}</text>`,
+    `<text x="${LEFT}" y="22" font-size="13" font-weight="bold">${escapeXml(input.title)}</text>`,
   ];
+  if (input.subtitle !== undefined) parts.push(`<text x="${LEFT}" y="40" font-size="11" fill="#555555">${escapeXml(input.subtitle)}</text>`);
   for (const t of niceTicks(0, xMax)) {
     parts.push(`<line x1="${f(px(t))}" y1="${TOP}" x2="${f(px(t))}" y2="${TOP + plotH}" stroke="#eeeeee"/>`);
     parts.push(`<text x="${f(px(t))}" y="${TOP + plotH + 16}" text-anchor="middle">${shortNumber(t)}</text>`);
@@ -82,6 +87,13 @@ export function renderPlot(input: PlotInput): string {
     parts.push(`<text x="${LEFT - 6}" y="${f(py(t) + 4)}" text-anchor="end">${shortNumber(t)}</text>`);
   }
   parts.push(`<rect x="${LEFT}" y="${TOP}" width="${plotW}" height="${plotH}" fill="none" stroke="#444444"/>`);
+  if (input.xMarker !== undefined) {
+    const x = f(px(input.xMarker.x));
+    parts.push(`<line x1="${x}" y1="${TOP}" x2="${x}" y2="${TOP + plotH}" stroke="#888888" stroke-dasharray="4 3"/>`);
+    parts.push(
+      `<text x="${f(px(input.xMarker.x) - 4)}" y="${TOP + 14}" text-anchor="end" font-size="11" fill="#555555">${escapeXml(input.xMarker.label)}</text>`,
+    );
+  }
   parts.push(`<text x="${LEFT + plotW / 2}" y="${HEIGHT - 14}" text-anchor="middle">${escapeXml(input.xLabel)}</text>`);
   parts.push(`<text x="16" y="${TOP + plotH / 2}" text-anchor="middle" transform="rotate(-90 16 ${TOP + plotH / 2})">${escapeXml(input.yLabel)}</text>`);
   input.series.forEach((series, i) => {
