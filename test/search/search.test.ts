@@ -17,6 +17,7 @@ import { demoModelDir } from '../../src/demo/run-demo.js';
 import { demoHeldOutPrompts, demoSearchJsonl } from '../../src/demo/search-data.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { fitCandidate } from '../../src/search/budget.js';
+import { halvingRungs, promote } from '../../src/search/halving.js';
 import { SearchError } from '../../src/search/errors.js';
 import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
 import { type Candidate, candidateSpec, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
@@ -80,6 +81,28 @@ describe('routed-peft search', () => {
     expect(new Set(lines.map((e) => e.task)).size).toBe(4);
     const scored = demoHeldOutPrompts(3);
     expect(lines.filter((e) => scored.has(e.prompt))).toEqual([]);
+  });
+
+  test('successive halving: the rung layout, and promotion by accuracy, then loss, then fewer parameters', () => {
+    const rungs = (minSteps: number): [number, number][] => halvingRungs({ trials: 27, eta: 3, maxSteps: 100, minSteps }).map((r) => [r.trials, r.steps]);
+    expect(rungs(10)).toEqual([
+      [27, 11],
+      [9, 33],
+      [3, 100],
+    ]);
+    expect(rungs(33)).toEqual([
+      [27, 33],
+      [9, 100],
+    ]);
+    expect(rungs(100)).toEqual([[27, 100]]);
+    const results = [
+      { key: 'a', accuracy: 0, loss: 2.0, trainableParams: 10 },
+      { key: 'b', accuracy: 0.1, loss: 3.0, trainableParams: 50 },
+      { key: 'c', accuracy: 0, loss: 1.5, trainableParams: 90 },
+      { key: 'd', accuracy: 0, loss: 1.5, trainableParams: 20 },
+      { key: 'e', accuracy: 0, loss: null, trainableParams: 1 },
+    ];
+    expect(promote(results, 5)).toEqual(['b', 'd', 'c', 'a', 'e']);
   });
 
   test('stratified draws give every (kind, routed or not) cell the same number of candidates', () => {
