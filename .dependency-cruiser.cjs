@@ -14,6 +14,7 @@ const LAYERS = [
   ['analysis', '^src/analysis/'],
   ['serving-and-training', '^src/(runtime|train)/'],
   ['server', '^src/server/'],
+  ['search', '^src/search/'],
   ['apps', '^src/(cli|demo)/|^src/(index|browser)\\.ts$'],
 ];
 

@@ -146,3 +146,8 @@ export * from './runtime/types.js';
 export { saveCheckpoint, loadCheckpoint, readCheckpoint, resumeTrainer, restoreTrainer, type TrainingState } from './train/checkpoint.js';
 export { trainFromDataset } from './train/train-loop.js';
 export { evaluateDataset } from './train/evaluate.js';
+
+export { runSearch, type SearchOptions, type SearchResult, type SearchEvent } from './search/run-search.js';
+export { SearchError } from './search/errors.js';
+export { SEARCH_KINDS, type Candidate, type SearchKind } from './search/space.js';
+export { readTrials, TrialRecord } from './search/trial-log.js';

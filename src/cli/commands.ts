@@ -14,6 +14,7 @@ import { trainCommand } from './train-command.js';
 import { evalCommand } from './eval-command.js';
 import { serveCommand } from './serve-command.js';
 import { webCommand } from './web-command.js';
+import { searchCommand } from './search-command.js';
 
 /** Every command, in the order `--help` lists them. */
 export const commands: Readonly<Record<string, CliCommand>> = {
@@ -25,6 +26,7 @@ export const commands: Readonly<Record<string, CliCommand>> = {
   train: trainCommand,
   eval: evalCommand,
   analyze: analyzeCommand,
+  search: searchCommand,
   demo: demoCommand,
   serve: serveCommand,
   web: webCommand,

@@ -78,7 +78,7 @@ with rank_pattern, for PEFT or --adapter).
 `;
 
 /** A Writable that forwards to io.stderr and claims to be a terminal, for cli-progress. */
-function terminalStream(io: CliIo): NodeJS.WritableStream {
+export function terminalStream(io: CliIo): NodeJS.WritableStream {
   const stream = new Writable({
     write(chunk: Buffer | string, _encoding, callback) {
       io.stderr(typeof chunk === 'string' ? chunk : chunk.toString('utf8'));

@@ -1,0 +1,398 @@
+/**
+ * The architecture search engine (`routed-peft search`): successive halving (halving.ts) over the space of
+ * space.ts, every candidate fitted to the trainable budget (budget.ts), each trial a short proxy training
+ * with the library's training loop and a validation by exact match of greedy completions.
+ *
+ *   1. Split the data: up to `validationExamples` prompt/completion lines (seeded) are held out; the rest
+ *      trains.
+ *   2. Draw candidates (seeded, stratified by kind and routing) until `trials` distinct ones fit the budget
+ *      at their budget share.
+ *   3. Rung by rung: train each candidate from scratch for the rung's steps (AdamW, warmup then cosine over
+ *      those steps, clipping at 1), measure validation accuracy, keep the best 1/η for the next rung.
+ *   4. After every trial, rewrite trials.jsonl, search.json, best-spec.json, pareto.json and pareto.svg
+ *      atomically, so a killed search leaves the best so far and resumes without repeating a finished trial
+ *      (the draws, the fits and the promotions are functions of the seed and the finished results).
+ *
+ * The search stops early, with everything written, at its time limit, when its AbortSignal fires (a trial
+ * being trained is abandoned, not recorded), or after `maxNewTrials` trials in this call.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Transformer } from '../base/transformer.js';
+import { seededRandom } from '../base/sampling.js';
+import { writeFileAtomic } from '../formats/atomic-write.js';
+import { AdaptedModel } from '../model/adapted-model.js';
+import type { RouterRegistry } from '../routing/router-registry.js';
+import type { Tokenizer } from '../tokenizers/tokenizer.js';
+import { seededShuffle, tokenizeExamples } from '../train/batches.js';
+import type { Dataset, Example } from '../train/dataset.js';
+import { evaluateDataset } from '../train/evaluate.js';
+import { datasetFingerprint, trainFromDataset } from '../train/train-loop.js';
+import { type FittedCandidate, fitCandidate, trainableCount } from './budget.js';
+import { SearchError } from './errors.js';
+import { compareResults, halvingRungs, promote, rankedOf, type Rung } from './halving.js';
+import { paretoFront } from './pareto.js';
+import { candidateKey, methodOf, stratifiedDraws } from './space.js';
+import { renderPlot } from './svg-plot.js';
+import {
+  checkSameSettings,
+  readSearchManifest,
+  readTrials,
+  type SearchSettings,
+  type SearchStatus,
+  type TrialRecord,
+  trialId,
+  writeSearchManifest,
+  writeTrials,
+} from './trial-log.js';
+
+export const BEST_SPEC_FILE = 'best-spec.json';
+export const PARETO_FILE = 'pareto.json';
+export const PARETO_SVG_FILE = 'pareto.svg';
+
+export interface SearchOptions {
+  readonly base: Transformer;
+  readonly tokenizer: Tokenizer;
+  readonly routers: RouterRegistry;
+  readonly dataset: Dataset;
+  /** Recorded in the settings (a resumed search must name the same model and data). */
+  readonly modelPath: string;
+  readonly dataPath: string;
+  readonly outDir: string;
+  /** Most trainable parameters any candidate may have (exact count). */
+  readonly budget: number;
+  /** n: candidates in the first rung (default 27). */
+  readonly trials?: number;
+  /** η (default 3). */
+  readonly eta?: number;
+  /** Steps of the last rung (default 100). */
+  readonly steps?: number;
+  /** Fewest steps of the first rung (default 10). */
+  readonly minSteps?: number;
+  readonly batchSize?: number;
+  readonly maxLength?: number;
+  readonly lr?: number;
+  readonly routerLr?: number;
+  readonly seed?: number;
+  /** Most held-out prompt/completion lines (default 200; at most a fifth of them). */
+  readonly validationExamples?: number;
+  /** Stop at this many seconds (checked before and during every trial). */
+  readonly timeLimitSeconds?: number;
+  readonly signal?: AbortSignal;
+  /** Stop after this many trials have run in this call (resumed ones do not count). */
+  readonly maxNewTrials?: number;
+  readonly onEvent?: (event: SearchEvent) => void;
+  /** Milliseconds for the time limit and the trials' seconds (default performance.now; tests pass a fake one). */
+  readonly clock?: () => number;
+}
+
+export type SearchEvent =
+  | { readonly type: 'plan'; readonly rungs: readonly Rung[]; readonly total: number; readonly finished: number; readonly candidates: number }
+  | { readonly type: 'trial-start'; readonly id: string; readonly rung: number; readonly steps: number; readonly trainableParams: number }
+  | { readonly type: 'trial'; readonly record: TrialRecord; readonly done: number; readonly total: number }
+  | { readonly type: 'step'; readonly id: string; readonly step: number; readonly steps: number; readonly loss: number | null };
+
+export interface SearchResult {
+  readonly status: Exclude<SearchStatus, 'running'>;
+  readonly rungs: readonly Rung[];
+  /** Every finished trial (resumed ones included), in the order they finished. */
+  readonly trials: readonly TrialRecord[];
+  /** Trials run in this call / found finished in trials.jsonl. */
+  readonly ran: number;
+  readonly reused: number;
+  readonly best: TrialRecord | undefined;
+  readonly files: { readonly trials: string; readonly manifest: string; readonly bestSpec: string; readonly pareto: string; readonly paretoSvg: string };
+}
+
+/** Thrown from inside a trial's training loop to abandon it. */
+class StopSearch extends Error {
+  constructor(readonly status: 'time-limit' | 'stopped') {
+    super(status);
+  }
+}
+
+interface Split {
+  readonly train: Dataset;
+  readonly validation: Dataset;
+}
+
+/** Holds out up to `wanted` prompt/completion examples (at most a fifth of them), seeded. */
+function splitData(dataset: Dataset, wanted: number, seed: number): Split {
+  if (dataset.kind !== 'language-modelling') {
+    throw new SearchError(`${dataset.source}: the search scores exact-match completions and needs prompt/completion lines, not labelled lines`, {
+      path: dataset.source,
+      hint: 'Give a JSONL file of {"prompt", "completion"} lines',
+    });
+  }
+  const completions = dataset.examples.flatMap((e, i) => (e.kind === 'prompt-completion' ? [i] : []));
+  const held = Math.min(wanted, Math.floor(completions.length / 5));
+  if (held < 1) {
+    throw new SearchError(
+      `${dataset.source}: ${completions.length} prompt/completion lines; the search holds out a fifth of them to validate and needs at least 5`,
+      {
+        path: dataset.source,
+        hint: 'Add {"prompt", "completion"} lines',
+      },
+    );
+  }
+  const chosen = new Set(seededShuffle(completions, seed ^ 0x5ea4c4).slice(0, held));
+  const train: Example[] = [];
+  const validation: Example[] = [];
+  dataset.examples.forEach((e, i) => (chosen.has(i) ? validation : train).push(e));
+  return {
+    train: { ...dataset, examples: train, source: `${dataset.source} (search training)` },
+    validation: { ...dataset, examples: validation, source: `${dataset.source} (search validation)` },
+  };
+}
+
+/** `trials` candidates of distinct specs that fit the budget, drawn from the seed (fewer if the space has fewer). */
+function drawCandidates(options: SearchOptions, count: number, seed: number): FittedCandidate[] {
+  const next = stratifiedDraws(seededRandom(seed ^ 0x3c6ef372));
+  const fitted: FittedCandidate[] = [];
+  const seen = new Set<string>();
+  const specs = new Set<string>();
+  for (let draw = 0; draw < count * 50 && fitted.length < count; draw++) {
+    const candidate = next();
+    const key = candidateKey(candidate);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const fit = fitCandidate(options.base, options.routers, candidate, Math.floor(options.budget * candidate.budgetShare), seed);
+    if (fit === undefined) continue;
+    // Two shares can fit the same spec (a size at its cap, (IA)³ without a size): train it once.
+    const spec = JSON.stringify(fit.spec);
+    if (specs.has(spec)) continue;
+    specs.add(spec);
+    fitted.push(fit);
+  }
+  if (fitted.length === 0) {
+    throw new SearchError(`no candidate of the search space fits --budget ${options.budget} trainable parameters`, {
+      hint: 'Raise --budget: the smallest candidate (one (IA)³ or rank-1 LoRA module set) needs more',
+    });
+  }
+  return fitted;
+}
+
+/** The best trial: highest rung reached, then accuracy, then loss, then fewer parameters. */
+export function bestTrial(trials: readonly TrialRecord[]): TrialRecord | undefined {
+  const top = Math.max(-1, ...trials.map((t) => t.rung));
+  const ranked = trials
+    .filter((t) => t.rung === top)
+    .map((t) => ({ t, r: rankedOf(t) }))
+    .sort((a, b) => compareResults(a.r, b.r));
+  return ranked[0]?.t;
+}
+
+/** Per rung: every trial's (params, accuracy) and the rung's Pareto front. */
+export function paretoSummary(trials: readonly TrialRecord[], rungs: readonly Rung[], budget: number): Record<string, unknown> {
+  const point = (t: TrialRecord): Record<string, unknown> => ({
+    id: t.id,
+    method: t.method,
+    trainableParams: t.trainableParams,
+    accuracy: t.validation.accuracy,
+    steps: t.steps,
+  });
+  return {
+    budget,
+    axes: { x: 'trainableParams (exact count of trainable variables)', y: 'validation exact-match accuracy' },
+    rungs: rungs.map((r) => {
+      const inRung = trials.filter((t) => t.rung === r.rung);
+      return {
+        rung: r.rung,
+        steps: r.steps,
+        trials: inRung.length,
+        front: paretoFront(inRung.map((t) => ({ ...t, accuracy: t.validation.accuracy }))).map(point),
+      };
+    }),
+    best: (() => {
+      const best = bestTrial(trials);
+      return best === undefined ? null : point(best);
+    })(),
+  };
+}
+
+export function renderParetoSvg(trials: readonly TrialRecord[], rungs: readonly Rung[], budget: number): string {
+  return renderPlot({
+    title: 'Search: validation accuracy vs trainable parameters',
+    subtitle: "each point a trial, each line a rung's Pareto front (best accuracy at ≤ that many parameters)",
+    xMarker: { x: budget, label: `budget ${budget.toLocaleString('en-US')}` },
+    xLabel: 'trainable parameters',
+    yLabel: 'validation exact-match accuracy',
+    series: rungs.map((r) => ({
+      name: `rung ${r.rung} (${r.steps} steps)`,
+      points: trials.filter((t) => t.rung === r.rung).map((t) => ({ x: t.trainableParams, y: t.validation.accuracy })),
+      staircase: true,
+    })),
+  });
+}
+
+export async function runSearch(options: SearchOptions): Promise<SearchResult> {
+  const now = options.clock ?? ((): number => performance.now());
+  const started = now();
+  const seed = options.seed ?? 0;
+  const requested = options.trials ?? 27;
+  const eta = options.eta ?? 3;
+  const maxSteps = options.steps ?? 100;
+  const minSteps = Math.min(options.minSteps ?? 10, maxSteps);
+  const batchSize = options.batchSize ?? 16;
+  const maxLength = options.maxLength ?? Math.min(128, options.base.config.maxSeqLen);
+  const lr = options.lr ?? 1e-2;
+  const routerLr = options.routerLr ?? lr;
+  const outDir = options.outDir;
+  if (!Number.isInteger(options.budget) || options.budget < 1)
+    throw new SearchError(`budget must be a whole number ≥ 1, got ${options.budget}`, { path: 'budget' });
+
+  const split = splitData(options.dataset, options.validationExamples ?? 200, seed);
+  const settings: SearchSettings = {
+    model: options.modelPath,
+    data: options.dataPath,
+    dataFingerprint: datasetFingerprint(tokenizeExamples(options.dataset.examples, options.tokenizer, { maxLength })),
+    budget: options.budget,
+    trials: requested,
+    eta,
+    steps: maxSteps,
+    minSteps,
+    batchSize,
+    maxLength,
+    lr,
+    routerLr,
+    seed,
+    validationExamples: split.validation.examples.length,
+  };
+  await mkdir(outDir, { recursive: true });
+  const saved = await readSearchManifest(outDir);
+  if (saved !== undefined) checkSameSettings(saved.settings, settings, outDir);
+  const finished = saved === undefined ? [] : await readTrials(outDir);
+  if (saved === undefined && (await readTrials(outDir)).length > 0) {
+    throw new SearchError(`--out ${outDir} holds a trial log without its search.json`, { path: outDir, hint: 'Choose another --out' });
+  }
+  const done = new Map(finished.map((t) => [t.id, t]));
+  const trials: TrialRecord[] = [...finished];
+
+  const candidates = drawCandidates(options, requested, seed);
+  const byKey = new Map(candidates.map((c) => [candidateKey(c.candidate), c]));
+  const rungs = halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
+  const total = rungs.reduce((s, r) => s + r.trials, 0);
+  options.onEvent?.({ type: 'plan', rungs, total, finished: done.size, candidates: candidates.length });
+
+  const files = {
+    trials: join(outDir, 'trials.jsonl'),
+    manifest: join(outDir, 'search.json'),
+    bestSpec: join(outDir, BEST_SPEC_FILE),
+    pareto: join(outDir, PARETO_FILE),
+    paretoSvg: join(outDir, PARETO_SVG_FILE),
+  };
+  const writeAll = async (status: SearchStatus): Promise<void> => {
+    const best = bestTrial(trials);
+    await writeTrials(outDir, trials);
+    if (best !== undefined) await writeFileAtomic(files.bestSpec, `${JSON.stringify(best.spec, null, 2)}\n`);
+    await writeFileAtomic(files.pareto, `${JSON.stringify(paretoSummary(trials, rungs, options.budget), null, 2)}\n`);
+    await writeFileAtomic(files.paretoSvg, renderParetoSvg(trials, rungs, options.budget));
+    await writeSearchManifest(outDir, { format: 'routed-peft-search', version: 1, settings, status, best: best?.id ?? null });
+  };
+  await writeAll('running');
+
+  const deadline = options.timeLimitSeconds === undefined ? Number.POSITIVE_INFINITY : started + options.timeLimitSeconds * 1000;
+  const stopReason = (): 'time-limit' | 'stopped' | undefined => (options.signal?.aborted === true ? 'stopped' : now() >= deadline ? 'time-limit' : undefined);
+  let ran = 0;
+  let status: Exclude<SearchStatus, 'running'> = 'complete';
+
+  const runTrial = async (fit: FittedCandidate, rung: Rung): Promise<TrialRecord> => {
+    const trialStart = now();
+    const key = candidateKey(fit.candidate);
+    const id = trialId(key, rung.rung);
+    const model = AdaptedModel.create(options.base, fit.spec, { routers: options.routers });
+    try {
+      const trainableParams = trainableCount(model);
+      options.onEvent?.({ type: 'trial-start', id, rung: rung.rung, steps: rung.steps, trainableParams });
+      await trainFromDataset({
+        model,
+        tokenizer: options.tokenizer,
+        dataset: split.train,
+        trainer: {
+          optimizer: { lr, routerLr },
+          schedule: { warmupSteps: Math.round(rung.steps * 0.05), totalSteps: rung.steps },
+          maxGradNorm: 1,
+          seed,
+        },
+        steps: rung.steps,
+        batchSize,
+        seed,
+        maxLength,
+        onStep: (report) => {
+          const reason = stopReason();
+          if (reason !== undefined) throw new StopSearch(reason);
+          options.onEvent?.({ type: 'step', id, step: report.step, steps: rung.steps, loss: report.loss });
+        },
+      });
+      const evaluation = await evaluateDataset({
+        model,
+        tokenizer: options.tokenizer,
+        dataset: split.validation,
+        batchSize: Math.max(batchSize, 32),
+        maxLength,
+      });
+      let right = 0;
+      let judged = 0;
+      const tasks: TrialRecord['validation']['tasks'] = {};
+      for (const [name, t] of Object.entries(evaluation.tasks)) {
+        tasks[name] = { accuracy: t.accuracy, count: t.count };
+        if (t.accuracy !== null) {
+          right += t.accuracy * t.count;
+          judged += t.count;
+        }
+      }
+      return {
+        type: 'trial',
+        id,
+        key,
+        method: methodOf(fit.candidate),
+        rung: rung.rung,
+        steps: rung.steps,
+        candidate: fit.candidate as TrialRecord['candidate'],
+        size: fit.size,
+        spec: fit.spec as TrialRecord['spec'],
+        trainableParams,
+        validation: { accuracy: judged === 0 ? 0 : right / judged, loss: evaluation.loss, examples: split.validation.examples.length, tasks },
+        seconds: Number(((now() - trialStart) / 1000).toFixed(3)),
+      };
+    } finally {
+      model.dispose();
+    }
+  };
+
+  let keys = candidates.map((c) => candidateKey(c.candidate));
+  search: for (const rung of rungs) {
+    if (rung.rung > 0) {
+      const previous = trials.filter((t) => t.rung === rung.rung - 1).map(rankedOf);
+      keys = promote(previous, rung.trials);
+    }
+    for (const key of keys) {
+      if (done.has(trialId(key, rung.rung))) continue;
+      const reason = stopReason() ?? (options.maxNewTrials !== undefined && ran >= options.maxNewTrials ? 'stopped' : undefined);
+      if (reason !== undefined) {
+        status = reason;
+        break search;
+      }
+      const fit = byKey.get(key);
+      if (fit === undefined)
+        throw new SearchError(`trials.jsonl promotes candidate ${key}, which this search did not draw`, { path: files.trials, hint: 'Use another --out' });
+      let record: TrialRecord;
+      try {
+        record = await runTrial(fit, rung);
+      } catch (error) {
+        if (error instanceof StopSearch) {
+          status = error.status;
+          break search;
+        }
+        throw error;
+      }
+      ran++;
+      trials.push(record);
+      done.set(record.id, record);
+      await writeAll('running');
+      options.onEvent?.({ type: 'trial', record, done: done.size, total });
+    }
+  }
+  await writeAll(status);
+  return { status, rungs, trials, ran, reused: finished.length, best: bestTrial(trials), files };
+}

@@ -1,0 +1,250 @@
+// `routed-peft search` on the demo base model (3 layers, D=64) with a small file of the demo's tasks:
+// every trial's reported trainable count is the exact sum of its model's variables and within the budget;
+// a search stopped part-way (AbortSignal mid-trial, a trial limit, the time limit) resumes from trials.jsonl
+// without repeating a finished trial and ends where an uninterrupted search ends; the best spec is one
+// `routed-peft train --spec` accepts. Tiny proxies (2 and 4 steps), so accuracies are not the point here.
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { builtinRouters } from '../../routers/index.js';
+import { loadBaseModel } from '../../src/base/checkpoints/load-model.js';
+import type { Transformer } from '../../src/base/transformer.js';
+import { createMemoryIo } from '../../src/cli/io.js';
+import { main } from '../../src/cli/main.js';
+import { demoModelDir } from '../../src/demo/run-demo.js';
+import { demoHeldOutPrompts, demoSearchJsonl } from '../../src/demo/search-data.js';
+import { AdaptedModel } from '../../src/model/adapted-model.js';
+import { fitCandidate } from '../../src/search/budget.js';
+import { halvingRungs, promote } from '../../src/search/halving.js';
+import { SearchError } from '../../src/search/errors.js';
+import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
+import { type Candidate, candidateSpec, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
+import { seededRandom } from '../../src/base/sampling.js';
+import { readTrials, type TrialRecord } from '../../src/search/trial-log.js';
+import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
+import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
+import { parseJsonlDataset, type Dataset } from '../../src/train/dataset.js';
+
+const routers = builtinRouters();
+const BUDGET = 12_000;
+
+describe('routed-peft search', () => {
+  let dir: string;
+  let dataPath: string;
+  let base: Transformer;
+  let tokenizer: Tokenizer;
+  let dataset: Dataset;
+  let startTensors: number;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'routed-peft-search-'));
+    dataPath = join(dir, 'demo.jsonl');
+    const text = demoSearchJsonl({ perTask: 10 });
+    await writeFile(dataPath, text);
+    dataset = parseJsonlDataset(text, dataPath);
+    ({ model: base } = await loadBaseModel(demoModelDir()));
+    tokenizer = await loadTokenizer(demoModelDir());
+    startTensors = tf.memory().numTensors;
+  });
+  afterAll(async () => {
+    expect(tf.memory().numTensors).toBe(startTensors);
+    base.dispose();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const options = (outDir: string, extra: Partial<SearchOptions> = {}): SearchOptions => ({
+    base,
+    tokenizer,
+    routers,
+    dataset,
+    modelPath: demoModelDir(),
+    dataPath,
+    outDir,
+    budget: BUDGET,
+    trials: 4,
+    eta: 2,
+    steps: 4,
+    minSteps: 2,
+    batchSize: 8,
+    maxLength: 32,
+    validationExamples: 8,
+    ...extra,
+  });
+  // What a rerun must reproduce exactly (seconds differ by run).
+  const identity = (t: TrialRecord): unknown => ({ ...t, seconds: undefined });
+
+  test("the demo search file holds every task and none of the prompts the demo's seeds 0-2 score on", () => {
+    const lines = dataset.examples.flatMap((e) => (e.kind === 'prompt-completion' ? [e] : []));
+    expect(lines).toHaveLength(40);
+    expect(new Set(lines.map((e) => e.task)).size).toBe(4);
+    const scored = demoHeldOutPrompts(3);
+    expect(lines.filter((e) => scored.has(e.prompt))).toEqual([]);
+  });
+
+  test('successive halving: the rung layout, and promotion by accuracy, then loss, then fewer parameters', () => {
+    const rungs = (minSteps: number): [number, number][] => halvingRungs({ trials: 27, eta: 3, maxSteps: 100, minSteps }).map((r) => [r.trials, r.steps]);
+    expect(rungs(10)).toEqual([
+      [27, 11],
+      [9, 33],
+      [3, 100],
+    ]);
+    expect(rungs(33)).toEqual([
+      [27, 33],
+      [9, 100],
+    ]);
+    expect(rungs(100)).toEqual([[27, 100]]);
+    const results = [
+      { key: 'a', accuracy: 0, loss: 2.0, trainableParams: 10 },
+      { key: 'b', accuracy: 0.1, loss: 3.0, trainableParams: 50 },
+      { key: 'c', accuracy: 0, loss: 1.5, trainableParams: 90 },
+      { key: 'd', accuracy: 0, loss: 1.5, trainableParams: 20 },
+      { key: 'e', accuracy: 0, loss: null, trainableParams: 1 },
+    ];
+    expect(promote(results, 5)).toEqual(['b', 'd', 'c', 'a', 'e']);
+  });
+
+  test('stratified draws give every (kind, routed or not) cell the same number of candidates', () => {
+    const draw = stratifiedDraws(seededRandom(7));
+    const cells = new Map<string, number>();
+    for (let i = 0; i < STRATA.length * 3; i++) {
+      const c = draw();
+      const cell = `${c.kind}:${c.routing.kind}`;
+      cells.set(cell, (cells.get(cell) ?? 0) + 1);
+    }
+    expect(cells.size).toBe(SEARCH_KINDS.length * 2);
+    expect([...cells.values()].every((n) => n === 3)).toBe(true);
+  });
+
+  test('each kind, routed or not, fits the largest size within its share, and the count is Σ variable sizes', () => {
+    const model = { family: base.config.family, nLayers: base.config.nLayers };
+    const routed = { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'layer' } as const;
+    for (const kind of SEARCH_KINDS) {
+      for (const routing of [{ kind: 'none' } as const, routed]) {
+        const candidate: Candidate = { kind: kind.kind, injection: (kind.injections[0] as { name: string }).name, layers: 'all', budgetShare: 1, routing };
+        const fit = fitCandidate(base, routers, candidate, BUDGET, 0);
+        expect(fit, `${kind.kind} ${routing.kind}`).toBeDefined();
+        if (fit === undefined) continue;
+        const built = AdaptedModel.create(base, fit.spec, { routers });
+        try {
+          const sum = built.variables().reduce((s, v) => s + v.shape.reduce((a, b) => a * b, 1), 0);
+          expect(fit.trainableParams).toBe(sum);
+          expect(fit.trainableParams).toBe(built.parameterReport().trainable);
+          expect(fit.trainableParams).toBeLessThanOrEqual(BUDGET);
+        } finally {
+          built.dispose();
+        }
+        // Largest: one size more would not fit (unless the kind has no size or is at its cap).
+        if (kind.sizeField !== undefined && fit.size < kind.maxSize(base.config.maxSeqLen)) {
+          const bigger = AdaptedModel.create(base, candidateSpec(candidate, fit.size + 1, model, 0), { routers });
+          try {
+            expect(bigger.parameterReport().trainable).toBeGreaterThan(BUDGET);
+          } finally {
+            bigger.dispose();
+          }
+        }
+      }
+    }
+  });
+
+  test('the CLI writes every trial, the Pareto front and a best spec that train accepts', async () => {
+    const out = join(dir, 'cli');
+    const io = createMemoryIo();
+    const argv = ['search', '--model', demoModelDir(), '--data', dataPath, '--budget', String(BUDGET), '--out', out];
+    const flags = ['--trials', '4', '--eta', '2', '--steps', '4', '--min-steps', '2', '--batch-size', '8', '--max-length', '32', '--validation', '8'];
+    expect(await main([...argv, ...flags, '--format', 'json'], io, { routers })).toBe(0);
+    const summary = JSON.parse(io.out.trim().split('\n').at(-1) as string) as { status: string; ran: number; best: { id: string } };
+    expect(summary).toMatchObject({ status: 'complete', ran: 6 });
+
+    const trials = await readTrials(out);
+    // Rungs: 4 candidates × 2 steps, then the best 2 × 4 steps.
+    expect(trials.map((t) => [t.rung, t.steps])).toEqual([
+      [0, 2],
+      [0, 2],
+      [0, 2],
+      [0, 2],
+      [1, 4],
+      [1, 4],
+    ]);
+    for (const t of trials) {
+      expect(t.trainableParams).toBeLessThanOrEqual(BUDGET);
+      const built = AdaptedModel.create(base, t.spec, { routers });
+      try {
+        expect(t.trainableParams).toBe(built.variables().reduce((s, v) => s + v.size, 0));
+      } finally {
+        built.dispose();
+      }
+      expect(t.validation.examples).toBe(8);
+      expect(typeof t.method).toBe('string');
+    }
+    const pareto = JSON.parse(await readFile(join(out, 'pareto.json'), 'utf8')) as { rungs: { front: { id: string }[] }[]; best: { id: string } };
+    expect(pareto.rungs).toHaveLength(2);
+    expect(pareto.best.id).toBe(summary.best.id);
+    expect(await readFile(join(out, 'pareto.svg'), 'utf8')).toMatch(/^<svg[\s\S]*<circle[\s\S]*<\/svg>\n$/);
+
+    const bestSpec = JSON.parse(await readFile(join(out, 'best-spec.json'), 'utf8')) as unknown;
+    expect(bestSpec).toEqual(trials.find((t) => t.id === summary.best.id)?.spec);
+    const trainIo = createMemoryIo();
+    const train = ['train', '--model', demoModelDir(), '--data', dataPath, '--spec', join(out, 'best-spec.json'), '--out', join(dir, 'trained')];
+    expect(await main([...train, '--steps', '2', '--batch-size', '4', '--format', 'json'], trainIo, { routers })).toBe(0);
+    expect(trainIo.err).toBe('');
+
+    // Same flags again, on a terminal: everything is finished, nothing runs; the bar shows all trials done.
+    const again = createMemoryIo({ isTTY: true });
+    expect(await main([...argv, ...flags], again, { routers })).toBe(0);
+    expect(again.err).toMatch(/search \|.*\| 6\/6 trials/);
+    expect(again.out).toMatch(/^search complete \(0 trials run, 6 resumed\): best /);
+    expect((await readTrials(out)).map(identity)).toEqual(trials.map(identity));
+  });
+
+  test('stopped mid-trial, then at a trial limit, then at the time limit, it resumes without repeats and ends as an uninterrupted search', async () => {
+    const whole = await runSearch(options(join(dir, 'whole')));
+    expect(whole.status).toBe('complete');
+
+    const out = join(dir, 'resumed');
+    // 1. Abort during the second trial's training: the first is kept, the second is not recorded.
+    const controller = new AbortController();
+    let trialsStarted = 0;
+    const first = await runSearch(
+      options(out, {
+        signal: controller.signal,
+        onEvent: (event) => {
+          if (event.type === 'trial-start') trialsStarted++;
+          if (event.type === 'step' && trialsStarted === 2) controller.abort();
+        },
+      }),
+    );
+    expect(first.status).toBe('stopped');
+    expect(first.ran).toBe(1);
+    expect(await readTrials(out)).toHaveLength(1);
+    const manifest = JSON.parse(await readFile(join(out, 'search.json'), 'utf8')) as { status: string };
+    expect(manifest.status).toBe('stopped');
+
+    // 2. Two more trials, then stop.
+    const second = await runSearch(options(out, { maxNewTrials: 2 }));
+    expect(second).toMatchObject({ status: 'stopped', ran: 2, reused: 1 });
+
+    // 3. A time limit that has passed after the first check (a fake clock: 1 s per reading).
+    let ms = 0;
+    const third = await runSearch(options(out, { timeLimitSeconds: 2.5, clock: () => (ms += 1000) }));
+    expect(third.status).toBe('time-limit');
+    expect(third.ran).toBe(0);
+
+    // 4. To the end.
+    const last = await runSearch(options(out));
+    expect(last).toMatchObject({ status: 'complete', reused: 3, ran: whole.trials.length - 3 });
+    const trials = await readTrials(out);
+    const ids = trials.map((t) => t.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(trials.map(identity)).toEqual(whole.trials.map(identity));
+    expect(last.best?.id).toBe(whole.best?.id);
+  });
+
+  test('a resumed search with other settings, or a budget nothing fits, is refused by name', async () => {
+    const out = join(dir, 'whole');
+    await expect(runSearch(options(out, { budget: BUDGET + 1 }))).rejects.toThrow(/other settings \(budget 12000 → 12001\)/);
+    await expect(runSearch(options(join(dir, 'tiny'), { budget: 10 }))).rejects.toThrow(SearchError);
+    await expect(runSearch(options(join(dir, 'tiny'), { budget: 10 }))).rejects.toThrow(/no candidate of the search space fits --budget 10/);
+  });
+});
