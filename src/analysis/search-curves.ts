@@ -1,9 +1,10 @@
 /**
  * Accuracy-vs-trainable-parameters curves from a search run's `trials.jsonl`: one JSON object a line, of
- * which this reads `method`, `rung`, `trainableParams`, `validation.accuracy` and, when present, `candidate`
- * (the search's other fields are its own and pass through unread). Lines with the same `candidate` are one
- * candidate at successive rungs; a candidate counts once, at the highest rung it reached (the last line of
- * that rung). A line without `candidate` is a candidate of its own.
+ * which this reads `method`, `rung`, `trainableParams`, `validation.accuracy` and, when present, `key` (the
+ * candidate's identity in routed-peft search's trial log, src/search/trial-log.ts; the search's other fields
+ * are its own and pass through unread). Lines with the same `key` are one candidate at successive rungs; a
+ * candidate counts once, at the highest rung it reached (the last line of that rung). A line without `key`
+ * is a candidate of its own.
  *
  * Per method the curve is a monotone frontier: for every parameter count N, the best accuracy of the method's
  * candidates with ≤ N trainable parameters; it is written as the steps where that best rises.
@@ -23,7 +24,7 @@ export const TrialLine = z.looseObject({
   rung: z.number().int().min(0),
   trainableParams: z.number().int().min(0),
   validation: z.looseObject({ accuracy: z.number().min(0).max(1) }),
-  candidate: z.union([z.string().min(1), z.number().int()]).optional(),
+  key: z.string().min(1).optional(),
 });
 export type TrialLine = z.infer<typeof TrialLine>;
 
@@ -74,7 +75,7 @@ export function monotoneFrontier(points: readonly MethodCurve['points'][number][
 export function searchCurves(trials: readonly { line: number; trial: TrialLine }[], source: string): MethodCurve[] {
   const candidates = new Map<string, CandidateBest>();
   for (const { line, trial } of trials) {
-    const candidate = trial.candidate === undefined ? `line ${line}` : String(trial.candidate);
+    const candidate = trial.key ?? `line ${line}`;
     const accuracy = trial.validation.accuracy;
     const seen = candidates.get(candidate);
     if (seen === undefined) {

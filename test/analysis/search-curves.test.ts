@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { analyzeSearchRun, monotoneFrontier, parseTrials, searchCurves } from '../../src/analysis/search-curves.js';
 import { CheckpointError, ConfigError } from '../../src/errors.js';
+import { TrialRecord, trialId, writeTrials } from '../../src/search/trial-log.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/search-run/', import.meta.url));
 
@@ -62,8 +63,8 @@ describe('bad search runs', () => {
 
   test('a candidate whose method changes between rungs is refused', () => {
     const text =
-      '{"candidate":7,"method":"lora","rung":0,"trainableParams":10,"validation":{"accuracy":0.5}}\n{"candidate":7,"method":"ia3","rung":1,"trainableParams":10,"validation":{"accuracy":0.5}}';
-    expect(() => searchCurves(parseTrials(text, 't'), 't')).toThrow(/line 2 gives candidate "7" the method "ia3", but line 1 gave it "lora"/);
+      '{"key":"c7","method":"lora","rung":0,"trainableParams":10,"validation":{"accuracy":0.5}}\n{"key":"c7","method":"ia3","rung":1,"trainableParams":10,"validation":{"accuracy":0.5}}';
+    expect(() => searchCurves(parseTrials(text, 't'), 't')).toThrow(/line 2 gives candidate "c7" the method "ia3", but line 1 gave it "lora"/);
   });
 
   test('a directory without trials.jsonl, or with an empty one, is a typed error naming the path', async () => {
@@ -71,5 +72,35 @@ describe('bad search runs', () => {
     await expect(analyzeSearchRun(join(dir, 'missing'))).rejects.toThrow(join(dir, 'missing', 'trials.jsonl'));
     await writeFile(join(dir, 'trials.jsonl'), '\n\n');
     await expect(analyzeSearchRun(dir)).rejects.toThrow(/holds no trials/);
+  });
+});
+
+describe('the trial log routed-peft search writes', () => {
+  test('is read as it is: one candidate per key, at its highest rung', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'routed-peft-search-log-'));
+    try {
+      const trial = (key: string, rung: number, accuracy: number, trainableParams: number): TrialRecord =>
+        TrialRecord.parse({
+          type: 'trial',
+          id: trialId(key, rung),
+          key,
+          method: 'lora',
+          rung,
+          steps: 10 * (rung + 1),
+          candidate: { kind: 'lora', injection: 'attn.qv', layers: 'all', budgetShare: 1, routing: { kind: 'none' } },
+          size: 2,
+          spec: { adapters: [] },
+          trainableParams,
+          validation: { accuracy, loss: 1, examples: 4, tasks: {} },
+          seconds: 1,
+        });
+      await writeTrials(dir, [trial('a', 0, 0.25, 100), trial('b', 0, 0.5, 200), trial('a', 1, 0.75, 100)]);
+      const analysis = await analyzeSearchRun(dir);
+      const lora = analysis.methods.find((m) => m.method === 'lora');
+      expect(lora?.candidates).toBe(2);
+      expect(lora?.frontier).toEqual([{ trainableParams: 100, accuracy: 0.75, candidate: 'a', rung: 1 }]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
