@@ -157,7 +157,7 @@ describe('train, eval and generate with images through the CLI', () => {
     expect(imageWithoutVision.err).toMatch(/--image needs --vision DIR/);
 
     const wrongSize = join(dir, 'big.png');
-    await writeFile(wrongSize, encodePng({ width: 32, height: 32, data: new Uint8Array(32 * 32 * 4) }));
+    await writeFile(wrongSize, encodePng({ width: 32, height: 32, data: new Float32Array(32 * 32 * 3) }));
     const big = await run(['generate', ...model, ...vision, '--routed', out, '--image', wrongSize]);
     expect(big.code).toBe(1);
     expect(big.err).toMatch(/32×32.*big\.png/s);

@@ -10,7 +10,7 @@ import type { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
 import { demoModelDir } from '../../src/demo/run-demo.js';
 import { demoVisionDir } from '../../src/demo/run-multimodal-demo.js';
-import { DatasetError } from '../../src/errors.js';
+import { DatasetError } from '../../src/train/dataset-errors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { MultimodalModel } from '../../src/model/multimodal-model.js';
 import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
