@@ -15,9 +15,7 @@ import { renderImageSpec } from '../src/vision/image-spec.js';
 const dir = join(import.meta.dirname, '..', 'examples', 'image-qa');
 mkdirSync(dir, { recursive: true });
 const lines = (examples: readonly ImageExample[]): string =>
-  examples
-    .map((e) => JSON.stringify({ prompt: e.prompt, completion: e.completion, image: e.spec, task: IMAGE_TASKS[e.task]?.name }))
-    .join('\n');
+  examples.map((e) => JSON.stringify({ prompt: e.prompt, completion: e.completion, image: e.spec, task: IMAGE_TASKS[e.task]?.name })).join('\n');
 const train = imageExamples(100, 1);
 const held = imageExamples(20, 2, new Set(train.map((e) => JSON.stringify(e.spec))));
 writeFileSync(join(dir, 'train.jsonl'), `${lines(train)}\n`);

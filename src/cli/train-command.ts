@@ -19,7 +19,7 @@ import { CheckpointError, UsageError } from '../errors.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
 import { checkOutputDirectory } from '../formats/output.js';
-import { isMultimodalModelDir, saveMultimodalModel } from '../io/multimodal-model-dir.js';
+import { isMultimodalModelDir, readMultimodalManifest, saveMultimodalModel } from '../io/multimodal-model-dir.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import { MultimodalModel } from '../model/multimodal-model.js';
@@ -265,7 +265,15 @@ export const trainCommand: CliCommand = {
     for (const problem of retentionData?.problems ?? []) io.stderr(`warning: ${values['retention-data']}: line ${problem.line} skipped: ${problem.message}\n`);
     const spec = values.spec === undefined || resume ? undefined : await readJsonFile(values.spec, 'spec');
     // The data's task and label names keep the ids of the run being resumed.
-    const dataset = await readJsonlDataset(values.data, saved === undefined ? {} : { tasks: saved.data.tasks, labels: saved.data.labels });
+    // A saved multimodal model trained further keeps its task ids too.
+    const savedTasks =
+      visionPath !== undefined && values.routed !== undefined && isMultimodalModelDir(values.routed)
+        ? (await readMultimodalManifest(values.routed)).tasks
+        : undefined;
+    const dataset = await readJsonlDataset(
+      values.data,
+      saved === undefined ? (savedTasks === undefined ? {} : { tasks: savedTasks }) : { tasks: saved.data.tasks, labels: saved.data.labels },
+    );
     if (visionPath === undefined) refuseImages(datasetImages(dataset), values.data);
     else if (dataset.kind === 'classification') {
       throw new UsageError(`--vision: ${values.data} holds labelled lines; a multimodal model trains on text and prompt/completion lines only`, {

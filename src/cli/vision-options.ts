@@ -13,8 +13,8 @@ import { type PixelImage, checkImageSize, readPngFile } from '../vision/image.js
 import { ImageSpec, renderImageSpec } from '../vision/image-spec.js';
 import { loadVisionEncoder } from '../vision/load-encoder.js';
 import type { CliContext } from './command.js';
+import type { Transformer } from '../base/transformer.js';
 import type { CliIo } from './io.js';
-import type { LoadedCliModel } from './model-options.js';
 
 export const VISION_FLAGS = { vision: { type: 'string' } } as const;
 
@@ -45,7 +45,7 @@ export async function loadCliVision(path: string): Promise<VisionEncoder> {
 
 /** Loads a multimodal model directory on the loaded base and encoder, printing its warnings. */
 export async function loadCliMultimodal(
-  loaded: LoadedCliModel,
+  loaded: { readonly model: Transformer; readonly allowNonFinite: boolean },
   encoder: VisionEncoder,
   dir: string,
   context: CliContext,

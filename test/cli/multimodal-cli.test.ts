@@ -76,7 +76,7 @@ describe('train, eval and generate with images through the CLI', () => {
   });
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
-  test('eval reads the images and reports every task, with routing over image and text tokens', async () => {
+  test('eval reads the images and reports every task, with routing statistics', async () => {
     const evaluated = await run(['eval', ...model, ...vision, '--routed', out, '--data', data, '--max-new-tokens', '2', '--format', 'json']);
     expect(evaluated.err).toBe('');
     expect(evaluated.code).toBe(0);
@@ -143,6 +143,14 @@ describe('train, eval and generate with images through the CLI', () => {
     const evalWithoutVision = await run(['eval', ...model, '--routed', out, '--data', data]);
     expect(evalWithoutVision.code).toBe(2);
     expect(evalWithoutVision.err).toMatch(/is a multimodal model directory.*--vision DIR/s);
+
+    const forwardWithoutVision = await run(['forward', ...model, '--routed', out, '--ids', '1,2']);
+    expect(forwardWithoutVision.code).toBe(2);
+    expect(forwardWithoutVision.err).toMatch(/is a multimodal model directory/);
+
+    const visionWithTextDir = await run(['eval', ...model, ...vision, '--routed', join(dir, 'mm', 'language'), '--data', data]);
+    expect(visionWithTextDir.code).toBe(2);
+    expect(visionWithTextDir.err).toMatch(/is not a multimodal model directory/);
 
     const resume = await run(['train', ...model, ...vision, '--data', data, '--out', out, '--resume']);
     expect(resume.code).toBe(2);
