@@ -46,6 +46,16 @@ export {
   loadRoutedModelFrom,
   readRoutedManifestFrom,
 } from './io/routed-model-dir.js';
+export {
+  MultimodalManifest,
+  VisionReference,
+  isMultimodalModelDir,
+  loadMultimodalModel,
+  readMultimodalManifest,
+  saveMultimodalModel,
+  visionWeightsHash,
+  type SaveMultimodalOptions,
+} from './io/multimodal-model-dir.js';
 export { writeFileAtomic, replaceDirectoryAtomic } from './formats/atomic-write.js';
 export { replaceDirectoryVersioned, resolveVersionedDirectory } from './formats/versioned-dir.js';
 export { checkOutputDirectory } from './formats/output.js';

@@ -5,7 +5,11 @@
  * task names map to the ids the routers were trained with.
  */
 import { UsageError } from '../errors.js';
+import { readMultimodalManifest } from '../io/multimodal-model-dir.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
+import type { AdaptedModel } from '../model/adapted-model.js';
+import type { MultimodalModel } from '../model/multimodal-model.js';
+import type { VisionEncoder } from '../vision/encoder.js';
 import { readTrainingState } from '../train/checkpoint.js';
 import { datasetImages } from '../train/dataset.js';
 import { readJsonlDataset } from '../train/dataset-file.js';
@@ -15,16 +19,27 @@ import { optional, parseStrict, toChoice, toInt } from './args.js';
 import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
+import {
+  VISION_FLAGS,
+  VISION_USAGE,
+  loadCliMultimodal,
+  loadCliVision,
+  refuseMultimodalWithoutVision,
+  refuseVisionWithoutMultimodal,
+} from './vision-options.js';
 
 const usage = `Usage: routed-peft eval --model PATH [--tokenizer PATH] --routed DIR --data FILE.jsonl
                       [--batch-size N] [--max-new-tokens N] [--max-length N] [--base-text FILE.jsonl]
-                      [--format text|json]
+                      [--format text|json] [--vision DIR]
 
 Evaluate a routed model on language-modelling data (text and/or prompt/completion lines).
 
 Options:
 ${MODEL_USAGE}
-  --routed DIR          The routed-model directory (from init or train)
+  --routed DIR          The routed-model directory (from init or train), or with --vision the
+                        multimodal model directory train --vision wrote
+${VISION_USAGE}
+                       (the encoder the model was trained with; another one is refused)
   --data FILE           Evaluation data (JSONL), with an optional "task" per line
   --batch-size N        Examples per forward (default 8)
   --max-new-tokens N    Greedy tokens per prompt/completion example for exact match
@@ -83,6 +98,7 @@ export const evalCommand: CliCommand = {
       'max-length': { type: 'string' },
       'base-text': { type: 'string' },
       format: { type: 'string', default: 'text' },
+      ...VISION_FLAGS,
     });
     const format = toChoice('format', values.format, ['text', 'json'] as const);
     const batchSize = toInt('batch-size', values['batch-size'], { min: 1 });
@@ -92,9 +108,13 @@ export const evalCommand: CliCommand = {
     if (values.routed === undefined) throw new UsageError('--routed is required');
     if (values.data === undefined) throw new UsageError('--data is required');
 
-    const state = await readTrainingState(values.routed);
-    const dataset = await readJsonlDataset(values.data, state === undefined ? {} : { tasks: state.data.tasks });
-    refuseImages(datasetImages(dataset), values.data);
+    const visionPath = values.vision;
+    if (visionPath === undefined) refuseMultimodalWithoutVision(values.routed);
+    else refuseVisionWithoutMultimodal(values.routed);
+    // Task names keep the ids the routers were trained with.
+    const tasks = visionPath === undefined ? (await readTrainingState(values.routed))?.data.tasks : (await readMultimodalManifest(values.routed)).tasks;
+    const dataset = await readJsonlDataset(values.data, tasks === undefined ? {} : { tasks });
+    if (visionPath === undefined) refuseImages(datasetImages(dataset), values.data);
     for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
     const baseText =
       values['base-text'] === undefined
@@ -108,8 +128,21 @@ export const evalCommand: CliCommand = {
       const maxSeqLen = loaded.model.config.maxSeqLen;
       const maxLength = maxLengthFlag ?? maxSeqLen;
       if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
-      const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, { routers: context.routers, allowNonFinite: loaded.allowNonFinite });
-      for (const w of warnings) io.stderr(`warning: ${w}\n`);
+      let model: AdaptedModel | MultimodalModel;
+      let encoder: VisionEncoder | undefined;
+      if (visionPath === undefined) {
+        const routed = await loadRoutedModel(values.routed, loaded.model, { routers: context.routers, allowNonFinite: loaded.allowNonFinite });
+        for (const w of routed.warnings) io.stderr(`warning: ${w}\n`);
+        model = routed.model;
+      } else {
+        encoder = await loadCliVision(visionPath);
+        try {
+          model = (await loadCliMultimodal(loaded, encoder, values.routed, context, io)).model;
+        } catch (error) {
+          encoder.dispose();
+          throw error;
+        }
+      }
       try {
         const result = await evaluateDataset({
           model,
@@ -123,6 +156,7 @@ export const evalCommand: CliCommand = {
         io.stdout(format === 'json' ? `${JSON.stringify(result)}\n` : formatText(result));
       } finally {
         model.dispose();
+        encoder?.dispose();
       }
       return 0;
     } finally {

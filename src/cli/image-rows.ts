@@ -1,10 +1,10 @@
-/** Dataset rows with images: the CLI commands refuse them by name (they have no vision encoder option yet). */
+/** Dataset rows with images: a command running a text-only model refuses them by name. */
 import { UsageError } from '../errors.js';
-/** Image rows train and evaluate through the library's MultimodalModel; this command has no vision encoder. */
+/** Image rows need a multimodal model (--vision DIR); a text-only model cannot read them. */
 export function refuseImages(lines: readonly number[], source: string): void {
   if (lines.length === 0) return;
-  throw new UsageError(`${source}: ${lines.length} line(s) carry an "image" (first: line ${lines[0]}), which this command cannot use`, {
+  throw new UsageError(`${source}: ${lines.length} line(s) carry an "image" (first: line ${lines[0]}), which a text-only model cannot read`, {
     path: source,
-    hint: 'The CLI has no vision encoder option yet; train and evaluate image rows with the library (MultimodalModel + Trainer, see README "Multimodal"), or remove the image fields',
+    hint: 'Pass --vision DIR (a vision encoder, e.g. demo-vision/) with a multimodal spec or directory, or remove the image fields',
   });
 }

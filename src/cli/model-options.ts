@@ -16,6 +16,7 @@ import { selectBackend } from '../backend.js';
 import { loadBaseModel, type LoadedModel } from '../base/checkpoints/load-model.js';
 import { UsageError } from '../errors.js';
 import { loadTokenizer } from '../tokenizers/load-tokenizer.js';
+import { refuseMultimodalWithoutVision } from './vision-options.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 
 export const MODEL_FLAGS = {
@@ -114,6 +115,7 @@ export async function loadCliAdapters(
   const adapters = values.adapter ?? [];
   if (values.routed !== undefined && adapters.length > 0) throw new UsageError('give --routed or --adapter, not both');
   if (values.routed !== undefined) {
+    refuseMultimodalWithoutVision(values.routed);
     const { model, warnings } = await loadRoutedModel(values.routed, loaded.model, { routers: context.routers, allowNonFinite: loaded.allowNonFinite });
     for (const w of warnings) io.stderr(`warning: ${w}\n`);
     return { model, taskIds };

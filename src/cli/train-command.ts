@@ -19,8 +19,11 @@ import { CheckpointError, UsageError } from '../errors.js';
 import { readJsonFile } from '../base/checkpoints/hf-model-dir.js';
 import { checkSpecAgainstModel, parseAdaptedModelSpec } from '../compose/model-spec.js';
 import { checkOutputDirectory } from '../formats/output.js';
+import { isMultimodalModelDir, readMultimodalManifest, saveMultimodalModel } from '../io/multimodal-model-dir.js';
 import { loadRoutedModel } from '../io/routed-model-dir.js';
 import { AdaptedModel } from '../model/adapted-model.js';
+import { MultimodalModel } from '../model/multimodal-model.js';
+import type { VisionEncoder } from '../vision/encoder.js';
 import { hasCheckpoint, loadCheckpoint, readTrainingState, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { datasetImages } from '../train/dataset.js';
 import { readJsonlDataset } from '../train/dataset-file.js';
@@ -32,6 +35,14 @@ import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
 import type { CliCommand, CliContext } from './command.js';
 import type { CliIo } from './io.js';
 import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
+import {
+  VISION_FLAGS,
+  VISION_USAGE,
+  loadCliMultimodal,
+  loadCliVision,
+  refuseMultimodalSpecWithoutVision,
+  refuseMultimodalWithoutVision,
+} from './vision-options.js';
 
 const DEFAULT_STEPS = 100;
 const DEFAULT_BATCH_SIZE = 8;
@@ -41,10 +52,13 @@ const usage = `Usage: routed-peft train --model PATH [--tokenizer PATH] --data F
                        --out DIR [--steps N] [--batch-size N] [--seed S] [--lr X] [--router-lr X]
                        [--max-length N] [--checkpoint-every N] [--resume] [--format text|json]
                        [--retention-data FILE.jsonl [--retention-weight W] [--retention-batch-size N]]
+                       [--vision DIR]
 
 Train the experts and routers of a routed model on JSONL data; the base model stays frozen.
 Data lines: {"text": ...}, {"prompt": ..., "completion": ...} (loss on the completion only), or
 {"text": ..., "label": ...} (classification head), each with an optional "task" for task routers.
+With --vision, text and prompt/completion lines may carry an "image": a PNG path (relative to the data
+file) or a generated-image spec ({"kind": "shapes" | "digit", ...}); the image enters before the text.
 
 Options:
 ${MODEL_USAGE}
@@ -69,6 +83,12 @@ ${MODEL_USAGE}
                        e.g. nullRouting, learn which inputs those are)
   --retention-weight W Weight of that KL term (default 1)
   --retention-batch-size N  Retention rows per step (default: --batch-size)
+${VISION_USAGE}
+                       --spec is then a multimodal spec (adapters on vision.* sites adapt the encoder,
+                       "projector": {"hidden": N}); --routed a multimodal directory to train further. --out
+                       gets a multimodal model directory (routed-peft-multimodal.json, language/,
+                       multimodal.safetensors), written at the end; --resume and --checkpoint-every are
+                       not implemented for it (refused), nor --retention-data or labelled lines
 
 Without a terminal (or with --format json) stdout gets one JSON line per step:
   {"type":"step","step","loss","taskLoss","auxLoss","retentionLoss"?,"lr","routerLr","gradNorm","skipped","tokensPerSecond","load"?}
@@ -177,6 +197,7 @@ export const trainCommand: CliCommand = {
       'retention-data': { type: 'string' },
       'retention-weight': { type: 'string' },
       'retention-batch-size': { type: 'string' },
+      ...VISION_FLAGS,
     });
     const format = toChoice('format', values.format, ['text', 'json'] as const);
     const retentionWeightFlag = optional(values['retention-weight'], (raw) => toNumber('retention-weight', raw, { min: 0 }), undefined);
@@ -196,6 +217,28 @@ export const trainCommand: CliCommand = {
     if (values.model === undefined) throw new UsageError('--model is required');
     const out = values.out;
     const resume = values.resume;
+    const visionPath = values.vision;
+    if (visionPath === undefined) refuseMultimodalWithoutVision(values.routed);
+    else {
+      const hint = 'With --vision the trained model is saved to --out once, at the end';
+      if (resume) {
+        throw new UsageError('--resume with --vision: training checkpoints of a multimodal model are not implemented', {
+          hint: 'Continue from the saved model instead: --vision DIR --routed OLD_OUT --out NEW_OUT (a fresh optimizer and schedule)',
+        });
+      }
+      if (checkpointEvery > 0)
+        throw new UsageError('--checkpoint-every with --vision: training checkpoints of a multimodal model are not implemented', { hint });
+      if (values['retention-data'] !== undefined) {
+        throw new UsageError('--retention-data with --vision is not implemented (retention rows cannot share a batch with images)', {
+          hint: 'Train the multimodal model without --retention-data',
+        });
+      }
+      if (isMultimodalModelDir(out)) {
+        throw new UsageError(`--out ${out} already holds a multimodal model; choose another --out`, {
+          hint: `To train it further: --routed ${out} --out NEW_DIR`,
+        });
+      }
+    }
     if (!resume) {
       if ((values.spec === undefined) === (values.routed === undefined)) throw new UsageError('give exactly one of --spec and --routed (or --resume)');
       if (hasCheckpoint(out)) throw new UsageError(`--out ${out} already holds a training checkpoint; pass --resume to continue it, or choose another --out`);
@@ -228,13 +271,30 @@ export const trainCommand: CliCommand = {
     const retentionData = values['retention-data'] === undefined ? undefined : await readJsonlDataset(values['retention-data']);
     for (const problem of retentionData?.problems ?? []) io.stderr(`warning: ${values['retention-data']}: line ${problem.line} skipped: ${problem.message}\n`);
     const spec = values.spec === undefined || resume ? undefined : await readJsonFile(values.spec, 'spec');
+    if (visionPath === undefined && values.spec !== undefined) refuseMultimodalSpecWithoutVision(spec, values.spec);
     // The data's task and label names keep the ids of the run being resumed.
-    const dataset = await readJsonlDataset(values.data, saved === undefined ? {} : { tasks: saved.data.tasks, labels: saved.data.labels });
-    refuseImages(datasetImages(dataset), values.data);
+    // A saved multimodal model trained further keeps its task ids too.
+    const savedTasks =
+      visionPath !== undefined && values.routed !== undefined && isMultimodalModelDir(values.routed)
+        ? (await readMultimodalManifest(values.routed)).tasks
+        : undefined;
+    const dataset = await readJsonlDataset(
+      values.data,
+      saved === undefined ? (savedTasks === undefined ? {} : { tasks: savedTasks }) : { tasks: saved.data.tasks, labels: saved.data.labels },
+    );
+    if (visionPath === undefined) refuseImages(datasetImages(dataset), values.data);
+    else if (dataset.kind === 'classification') {
+      throw new UsageError(`--vision: ${values.data} holds labelled lines; a multimodal model trains on text and prompt/completion lines only`, {
+        path: values.data,
+        hint: 'Give "text" or "prompt"/"completion" lines (with optional "image"), or train the classifier without --vision',
+      });
+    }
     for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
 
     const loaded = await loadCliModel(values);
     let model: AdaptedModel | undefined;
+    let encoder: VisionEncoder | undefined;
+    let multimodal: MultimodalModel | undefined;
     let checkpoint: LoadedCheckpoint | undefined;
     let bar: SingleBar | undefined;
     try {
@@ -246,7 +306,14 @@ export const trainCommand: CliCommand = {
       if (maxLength > maxSeqLen) throw new UsageError(`--max-length ${maxLength} exceeds the model's context of ${maxSeqLen} tokens`);
       const routers = context.routers === undefined ? {} : { routers: context.routers };
       const finite = { allowNonFinite: loaded.allowNonFinite };
-      if (resume) {
+      if (visionPath !== undefined) {
+        encoder = await loadCliVision(visionPath);
+        multimodal =
+          values.routed === undefined
+            ? MultimodalModel.create(loaded.model, encoder, spec, routers)
+            : (await loadCliMultimodal(loaded, encoder, values.routed, context, io)).model;
+        model = multimodal.language;
+      } else if (resume) {
         checkpoint = await loadCheckpoint(out, loaded.model, { ...routers, ...finite });
         for (const w of checkpoint.warnings) io.stderr(`warning: ${w}\n`);
         model = checkpoint.model;
@@ -259,7 +326,8 @@ export const trainCommand: CliCommand = {
         model = AdaptedModel.create(loaded.model, spec, routers);
       }
       // A checkpoint holds the variables, two AdamW moments and the PEFT copy: about 4× the trainable bytes.
-      await checkOutputDirectory(out, { what: '--out', bytes: 4 * model.parameterReport().trainableBytes + (1 << 20) });
+      const trainee = multimodal ?? model;
+      await checkOutputDirectory(out, { what: '--out', bytes: 4 * trainee.parameterReport().trainableBytes + (1 << 20) });
       const trainerConfig: TrainerConfigInput = {
         optimizer: { ...(lrFlag === undefined ? {} : { lr: lrFlag }), ...(routerLrFlag === undefined ? {} : { routerLr: routerLrFlag }) },
         schedule: { totalSteps: steps },
@@ -281,7 +349,7 @@ export const trainCommand: CliCommand = {
         bar.start(steps, Math.min(startStep, steps), { loss: '-', tps: '-' });
       }
       const result = await trainFromDataset({
-        model,
+        model: trainee,
         tokenizer,
         dataset,
         trainer: trainerConfig,
@@ -289,8 +357,8 @@ export const trainCommand: CliCommand = {
         batchSize,
         seed,
         maxLength,
-        checkpointDir: out,
-        checkpointEvery,
+        // A multimodal model has no training checkpoints: it is saved below, once.
+        ...(multimodal === undefined ? { checkpointDir: out, checkpointEvery } : {}),
         ...(checkpoint === undefined ? {} : { resumeFrom: checkpoint }),
         basePath: loaded.path,
         ...(retentionData === undefined
@@ -306,6 +374,10 @@ export const trainCommand: CliCommand = {
           if (bar === undefined) io.stdout(`${JSON.stringify({ type: 'checkpoint', step, dir })}\n`);
         },
       });
+      if (multimodal !== undefined) {
+        await saveMultimodalModel(out, multimodal, { basePath: loaded.path, visionPath: visionPath as string, tasks: dataset.tasks });
+        if (bar === undefined) io.stdout(`${JSON.stringify({ type: 'checkpoint', step: result.summary.steps, dir: out })}\n`);
+      }
       bar?.stop();
       bar = undefined;
       const { summary } = result;
@@ -336,7 +408,9 @@ export const trainCommand: CliCommand = {
       return 0;
     } finally {
       bar?.stop();
-      model?.dispose();
+      if (multimodal !== undefined) multimodal.dispose();
+      else model?.dispose();
+      encoder?.dispose();
       loaded.model.dispose();
     }
   },

@@ -47,7 +47,7 @@ import {
 export * from './routed-model-source.js';
 
 /** Host copies of the variables (formats/host-tensors.ts readHostTensors), as safetensors entries. */
-async function variablesToWrite(variables: ReadonlyMap<string, tf.Variable>): Promise<Map<string, TensorToWrite>> {
+export async function variablesToWrite(variables: ReadonlyMap<string, tf.Variable>): Promise<Map<string, TensorToWrite>> {
   const host = await readHostTensors(variables);
   return new Map([...host].map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, data: t.values }]));
 }

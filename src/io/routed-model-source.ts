@@ -76,7 +76,7 @@ export function checkBase(reference: BaseReference, config: ModelConfig, manifes
 }
 
 /** Assigns saved values to variables; every variable must be present with its shape and finite values, and nothing extra. */
-async function assignFromFile(files: FileSource, name: string, variables: ReadonlyMap<string, tf.Variable>, finite: FiniteOptions): Promise<void> {
+export async function assignFromFile(files: FileSource, name: string, variables: ReadonlyMap<string, tf.Variable>, finite: FiniteOptions): Promise<void> {
   const file = files.path(name);
   const saved = await readSafetensorsFrom(files, name);
   for (const name of saved.entries.keys()) {

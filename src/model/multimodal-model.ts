@@ -16,6 +16,7 @@ import * as tf from '@tensorflow/tfjs';
 import { AdapterSpec } from '../adapters/registry.js';
 import { type AdapterInstance, createAdapter, deriveSeed } from '../adapters/instance.js';
 import { sitePattern } from '../adapters/targets.js';
+import { collectSteps } from '../base/generate.js';
 import type { ForwardHooks } from '../base/hooks.js';
 import { FAMILY_SITES } from '../base/sites.js';
 import type { PrefixEmbeddings, Transformer } from '../base/transformer.js';
@@ -45,6 +46,7 @@ export const MultimodalSpec = z
     projector: ProjectorSpec.prefault({}),
   })
   .strict();
+export type MultimodalSpec = z.infer<typeof MultimodalSpec>;
 
 /** One image per row, or undefined for a row without one. */
 export type RowImages = readonly (PixelImage | undefined)[];
@@ -104,6 +106,8 @@ export class MultimodalModel {
   private disposed = false;
 
   private constructor(
+    /** The validated spec the model was built from (what a saved multimodal directory records). */
+    readonly spec: MultimodalSpec,
     readonly language: AdaptedModel,
     readonly encoder: VisionEncoder,
     readonly projector: Projector,
@@ -166,7 +170,7 @@ export class MultimodalModel {
         { seed: parsed.seed, adapters: language, ...(parsed.composition === undefined ? {} : { composition: parsed.composition }) },
         options,
       );
-      return new MultimodalModel(adapted, encoder, projector, vision);
+      return new MultimodalModel(parsed, adapted, encoder, projector, vision);
     } catch (error) {
       for (const a of vision.values()) a.dispose();
       projector?.dispose();
@@ -229,16 +233,46 @@ export class MultimodalModel {
     this.checkLive();
     const { images, ...rest } = options;
     if (images === undefined) return this.language.generate(prompts, rest);
-    let prefix: PrefixEmbeddings | undefined;
-    tf.tidy(() => {
-      const built = this.imagePrefix(images, prompts.length);
-      if (built !== undefined) prefix = { embeddings: tf.keep(built.embeddings), ...(built.mask ? { mask: built.mask } : {}) };
-    });
+    const prefix = this.keptPrefix(images, prompts.length);
     try {
       return this.language.generate(prompts, prefix === undefined ? rest : { ...rest, prefix });
     } finally {
-      (prefix as PrefixEmbeddings | undefined)?.embeddings.dispose();
+      prefix?.embeddings.dispose();
     }
+  }
+
+  /**
+   * `generate` with asynchronous reads: works on every backend (webgpu included). The image prefix is built
+   * once and freed when the generation ends (or is abandoned).
+   */
+  generateAsync(prompts: readonly (readonly number[])[], options: MultimodalGenerateOptions): Promise<number[][]> {
+    return collectSteps(prompts, this.generateStepsAsync(prompts, options));
+  }
+
+  /** Step-by-step generation with asynchronous reads (each yield: one new token per row, −1 once a row stopped). */
+  async *generateStepsAsync(prompts: readonly (readonly number[])[], options: MultimodalGenerateOptions): AsyncGenerator<number[], void, undefined> {
+    this.checkLive();
+    const { images, ...rest } = options;
+    if (images === undefined) {
+      yield* this.language.generateStepsAsync(prompts, rest);
+      return;
+    }
+    const prefix = this.keptPrefix(images, prompts.length);
+    try {
+      yield* this.language.generateStepsAsync(prompts, prefix === undefined ? rest : { ...rest, prefix });
+    } finally {
+      prefix?.embeddings.dispose();
+    }
+  }
+
+  /** The image prefix outside any tidy: the caller disposes its embeddings. */
+  private keptPrefix(images: RowImages, rows: number): PrefixEmbeddings | undefined {
+    let prefix: PrefixEmbeddings | undefined;
+    tf.tidy(() => {
+      const built = this.imagePrefix(images, rows);
+      if (built !== undefined) prefix = { embeddings: tf.keep(built.embeddings), ...(built.mask ? { mask: built.mask } : {}) };
+    });
+    return prefix;
   }
 
   /** Trainable variables by stable name: the language model's, `projector/W1…b2`, `vision/<adapter>/<layer>|<point>/<i>`. */

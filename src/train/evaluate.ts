@@ -20,12 +20,14 @@ import * as tf from '@tensorflow/tfjs';
 import { oneHotFloat } from '../base/one-hot.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import { MultimodalModel, type RowImages } from '../model/multimodal-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { DeferredTraceReads, NULL_EXPERT, type RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
 import { DatasetError } from './dataset-errors.js';
 import type { Dataset, Example } from './dataset.js';
+import { exampleImageLoader, hasImages } from './example-images.js';
 import { lmTargetWeights } from './losses.js';
 import {
   baseRetention,
@@ -43,7 +45,8 @@ import {
 export const NO_TASK = '(none)';
 
 export interface EvaluateOptions {
-  readonly model: AdaptedModel;
+  /** A MultimodalModel reads the rows' images (PNG paths or generated specs); an AdaptedModel refuses them. */
+  readonly model: AdaptedModel | MultimodalModel;
   readonly tokenizer: Tokenizer;
   /** A language-modelling dataset (text and/or prompt/completion lines). */
   readonly dataset: Dataset;
@@ -136,13 +139,17 @@ interface Scored {
   trace: RoutingTraceEntry[];
 }
 
+/** The images of a batch's rows by example index; undefined: the examples have none. */
+type ImageLoader = ((indices: readonly number[]) => Promise<RowImages>) | undefined;
+
 /** Scores tokenized examples (in their order) with the selection; traces routing when asked. */
 async function score(
-  model: AdaptedModel,
+  model: AdaptedModel | MultimodalModel,
   tokenized: readonly TokenizedExample[],
   batchSize: number,
   select: SelectionInput | undefined,
   withTrace: boolean,
+  images: ImageLoader = undefined,
 ): Promise<Scored> {
   const perExample = tokenized.map(() => ({ loss: 0, tokens: 0 }));
   const trace: RoutingTraceEntry[] = [];
@@ -152,6 +159,7 @@ async function score(
     const batchTrace: RoutingTraceEntry[] | undefined = withTrace ? [] : undefined;
     const traceReads = withTrace ? new DeferredTraceReads() : undefined; // the trace is read after the forward, like the losses
     let logits: tf.Tensor | undefined;
+    const rowImages = images === undefined ? undefined : await images(batch.indices);
     try {
       logits = model.forward({
         ids: batch.ids,
@@ -159,6 +167,7 @@ async function score(
         training: false,
         routing: { routingMask: batch.routingMask, taskIds: batch.taskIds, trace: batchTrace, traceReads },
         select,
+        ...(rowImages === undefined ? {} : { images: rowImages }),
       }); // [B, T, V]
       const { sums, counts } = await rowLosses(logits, batch);
       await traceReads?.flush();
@@ -191,6 +200,7 @@ async function exactMatches(
   examples: readonly Example[],
   tokenized: readonly TokenizedExample[],
   indices: readonly number[],
+  images: ImageLoader,
 ): Promise<Map<number, boolean>> {
   const { model, tokenizer, batchSize } = options;
   const results = new Map<number, boolean>();
@@ -205,9 +215,17 @@ async function exactMatches(
     const chunk = jobs.slice(start, start + batchSize);
     const maxNewTokens = Math.max(...chunk.map((j) => j.budget));
     const taskIds = chunk.every((j) => j.task !== undefined) ? chunk.map((j) => j.task as number) : undefined;
+    const rowImages = images === undefined ? undefined : await images(chunk.map((j) => j.i));
     const outputs = await model.generateAsync(
       chunk.map((j) => j.prompt),
-      { maxNewTokens, temperature: 0, eosId: tokenizer.eosId ?? null, routing: { taskIds }, select: options.select },
+      {
+        maxNewTokens,
+        temperature: 0,
+        eosId: tokenizer.eosId ?? null,
+        routing: { taskIds },
+        select: options.select,
+        ...(rowImages === undefined ? {} : { images: rowImages }),
+      },
     );
     chunk.forEach((job, b) => {
       const generated = (outputs[b] ?? []).slice(job.prompt.length, job.prompt.length + job.budget);
@@ -254,6 +272,18 @@ function routingStatistics(model: AdaptedModel, trace: readonly RoutingTraceEntr
   };
 }
 
+/** Loads the rows' images for a MultimodalModel; an AdaptedModel has no encoder, so image rows are refused by name. */
+export function imageLoader(model: AdaptedModel | MultimodalModel, examples: readonly Example[], source: string): NonNullable<ImageLoader> {
+  if (!(model instanceof MultimodalModel)) {
+    const first = examples.find((e) => e.kind !== 'labelled' && e.image !== undefined);
+    throw new DatasetError(`${source}: line ${first?.line ?? '?'} carries an "image", but the model has no vision encoder`, {
+      path: source,
+      hint: 'Use a MultimodalModel (a language model joined with a vision encoder) for image rows, or remove the image fields',
+    });
+  }
+  return exampleImageLoader(examples, model.encoder.config.imageSize);
+}
+
 /**
  * Evaluates a model on a language-modelling dataset: loss, per-task loss and exact match, routing statistics.
  * Every result is read with `await data()`, so it runs on every backend (webgpu included).
@@ -270,14 +300,16 @@ export async function evaluateDataset(options: EvaluateOptions): Promise<Evaluat
       hint: 'Evaluate classification with the trainer’s head instead',
     });
   }
-  const maxLength = options.maxLength ?? model.base.config.maxSeqLen;
+  const language = model instanceof MultimodalModel ? model.language : model;
   const examples = dataset.examples;
+  const images = hasImages(examples) ? imageLoader(model, examples, dataset.source) : undefined;
+  const maxLength = options.maxLength ?? language.base.config.maxSeqLen;
   const tokenized = tokenizeExamples(examples, tokenizer, { maxLength });
-  const routed = model.resolveSelection(options.select) !== undefined && model.routes.length > 0;
-  const scored = await score(model, tokenized, batchSize, options.select, routed);
+  const routed = language.resolveSelection(options.select) !== undefined && language.routes.length > 0;
+  const scored = await score(model, tokenized, batchSize, options.select, routed, images);
 
   const completionIndices = examples.flatMap((e, i) => (e.kind === 'prompt-completion' ? [i] : []));
-  const matches = options.maxNewTokens === 0 ? new Map<number, boolean>() : await exactMatches(options, examples, tokenized, completionIndices);
+  const matches = options.maxNewTokens === 0 ? new Map<number, boolean>() : await exactMatches(options, examples, tokenized, completionIndices, images);
 
   const nameOf = (task: number | undefined): string => (task === undefined ? NO_TASK : (dataset.tasks[task] ?? String(task)));
   const groups = new Map<string, { lossSum: number; tokens: number; count: number; right: number; judged: number }>();
@@ -306,7 +338,7 @@ export async function evaluateDataset(options: EvaluateOptions): Promise<Evaluat
   }
 
   const loss = scored.tokens === 0 ? null : scored.lossSum / scored.tokens;
-  const routing = routed ? routingStatistics(model, scored.trace, (i) => examples[i]?.task) : null;
+  const routing = routed ? routingStatistics(language, scored.trace, (i) => examples[i]?.task) : null;
   const result: EvaluationResult = { loss, perplexity: loss === null ? null : perplexity(loss), tokens: scored.tokens, count: examples.length, tasks, routing };
   if (options.baseText === undefined || options.baseText.length === 0) return result;
 

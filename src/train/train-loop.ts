@@ -12,6 +12,7 @@
  */
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import { MultimodalModel } from '../model/multimodal-model.js';
 import type { RoutingTraceEntry } from '../routing/trace.js';
 import { ConfigError } from '../errors.js';
 import { makeBatches, splitTrainValidation, tokenizeExamples, type TokenizedExample, type TrainBatch } from './batches.js';
@@ -19,7 +20,8 @@ import { readCheckpoint, resumeTrainer, saveCheckpoint, type CheckpointData, typ
 import { DatasetError } from './dataset-errors.js';
 import type { Dataset, Example } from './dataset.js';
 import { TrainingError } from './errors.js';
-import { evaluateDataset, type EvaluationResult } from './evaluate.js';
+import { evaluateDataset, imageLoader, type EvaluationResult } from './evaluate.js';
+import { hasImages } from './example-images.js';
 import { expertLoad, type ExpertLoad } from './metrics.js';
 import { Trainer, type StepReport, type TrainerConfigInput, type TrainerOptions, type TrainSummary } from './trainer.js';
 
@@ -45,8 +47,12 @@ export interface LoopStepReport extends StepRecord {
 }
 
 export interface TrainFromDatasetOptions {
-  /** The model to train (fresh, or the one loadCheckpoint returned when resuming). */
-  readonly model: AdaptedModel;
+  /**
+   * The model to train (fresh, or the one loadCheckpoint returned when resuming). A MultimodalModel reads
+   * the rows' images (an AdaptedModel refuses image rows by name); it has no training checkpoints yet, so
+   * `checkpointDir` and `resumeFrom` are refused for it (save it with io/multimodal-model-dir.ts).
+   */
+  readonly model: AdaptedModel | MultimodalModel;
   readonly tokenizer: Tokenizer;
   readonly dataset: Dataset;
   /** Trainer config for a fresh run; a resumed run uses the checkpoint's (schedules must not change). */
@@ -138,6 +144,16 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   const loadEvery = options.routingLoadEvery ?? 0;
   positiveInt('routingLoadEvery', loadEvery, 0);
   if (options.validation !== undefined) positiveInt('validation.every', options.validation.every);
+  const language = model instanceof MultimodalModel ? model.language : model;
+  if (model instanceof MultimodalModel && (options.checkpointDir !== undefined || options.resumeFrom !== undefined)) {
+    throw new TrainingError(
+      `${options.checkpointDir === undefined ? 'resumeFrom' : 'checkpointDir'}: training checkpoints of a multimodal model are not implemented`,
+      {
+        path: options.checkpointDir === undefined ? 'resumeFrom' : 'checkpointDir',
+        hint: 'Train it without checkpointDir / resumeFrom and save the result with saveMultimodalModel (io/multimodal-model-dir.ts)',
+      },
+    );
+  }
 
   // Data: optional seeded validation split, then tokenisation (deterministic).
   const fraction = options.validation?.examples === undefined ? options.validation?.fraction : undefined;
@@ -145,6 +161,8 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   const trainExamples = split?.train ?? dataset.examples;
   const validationExamples = options.validation?.examples ?? split?.validation;
   const tokenized = tokenizeExamples(trainExamples, tokenizer, { maxLength });
+  // tokenized[i] is trainExamples[i], so a batch's indices find its rows' images.
+  const images = hasImages(trainExamples) ? imageLoader(model, trainExamples, dataset.source) : undefined;
   if (tokenized.length === 0)
     throw new DatasetError(`${dataset.source}: no training examples left`, { path: dataset.source, hint: 'Lower the validation fraction or add data' });
   const fingerprint = datasetFingerprint(tokenized);
@@ -171,7 +189,9 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   }
 
   const trainer =
-    resume === undefined ? new Trainer(model, options.trainer ?? {}, options.trainerOptions ?? {}) : resumeTrainer(model, resume, options.trainerOptions ?? {});
+    resume === undefined || model instanceof MultimodalModel // (a multimodal resume is refused above)
+      ? new Trainer(model, options.trainer ?? {}, options.trainerOptions ?? {})
+      : resumeTrainer(model, resume, options.trainerOptions ?? {});
   const startStep = trainer.steps;
   const history: StepRecord[] = [...(resume?.state.history ?? [])];
   const validation: ValidationRecord[] = [...(resume?.state.validation ?? [])];
@@ -195,7 +215,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
   });
   let lastSaved = resume === undefined ? -1 : startStep;
   const save = async (): Promise<void> => {
-    if (options.checkpointDir === undefined) return;
+    if (options.checkpointDir === undefined || model instanceof MultimodalModel) return; // (refused above for a multimodal model)
     await saveCheckpoint(
       options.checkpointDir,
       { model, trainer, state: { data: position(), history, validation } },
@@ -240,12 +260,13 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
       const batch = batches[next] as TrainBatch;
       next += 1;
       // The training forward's own routing decisions, read from the trace stream (no extra forward).
-      const wantLoad = loadEvery > 0 && model.routes.length > 0 && (trainer.steps + 1) % loadEvery === 0;
+      const wantLoad = loadEvery > 0 && language.routes.length > 0 && (trainer.steps + 1) % loadEvery === 0;
       let trained: readonly RoutingTraceEntry[] = [];
-      const tracing = wantLoad ? model.traces$.subscribe((event) => (trained = event.entries)) : undefined;
+      const rows = images === undefined ? batch : { ...batch, images: await images(batch.indices) };
+      const tracing = wantLoad ? language.traces$.subscribe((event) => (trained = event.entries)) : undefined;
       let report: StepReport;
       try {
-        report = await trainer.stepAsync(retention === undefined ? batch : { ...batch, retention: retention.at(microBatches) }); // reads with await data(): every backend
+        report = await trainer.stepAsync(retention === undefined ? rows : { ...rows, retention: retention.at(microBatches) }); // reads with await data(): every backend
         microBatches += 1;
       } finally {
         tracing?.unsubscribe();
@@ -267,7 +288,7 @@ export async function trainFromDataset(options: TrainFromDatasetOptions): Promis
         tokens: stepTokens,
       };
       history.push(record);
-      const load = wantLoad && report.step % loadEvery === 0 ? routingLoad(model, trained) : undefined;
+      const load = wantLoad && report.step % loadEvery === 0 ? routingLoad(language, trained) : undefined;
       options.onStep?.({
         ...record,
         ms: stepMs,
