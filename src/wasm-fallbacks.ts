@@ -7,8 +7,11 @@
  *   path than a plain one, and every backward pass of a linear map has one (dW = xᵀ·dy, dx = dy·Wᵀ). The
  *   wrapper materialises the transpose with the Transpose kernel and then multiplies plainly — the same
  *   products, about 3× faster for the backward passes of training here.
+ * - Batched BatchMatMul (slow): one XNNPACK product per batch slice (`wasm-batched-matmul.ts`) instead of
+ *   tfjs-wasm's naive loop.
  */
 import * as tf from '@tensorflow/tfjs';
+import { batchedMatMulBySlices } from './wasm-batched-matmul.js';
 
 interface WasmBackendLike {
   readSync(dataId: object): ArrayLike<number>;
@@ -58,7 +61,10 @@ function registerPlainTransposedMatMul(): void {
   const kernelFunc: tf.KernelFunc = (args) => {
     const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
-    if (!transposeA && !transposeB) return plainMatMul(args);
+    const plain = (inputs: { a: tf.TensorInfo; b: tf.TensorInfo }): tf.TensorInfo =>
+      batchedMatMulBySlices(inputs.a, inputs.b, args.backend) ??
+      (plainMatMul({ ...args, inputs, attrs: { ...args.attrs, transposeA: false, transposeB: false } }) as tf.TensorInfo);
+    if (!transposeA && !transposeB) return plain({ a, b });
     const temporaries: tf.TensorInfo[] = [];
     const swapLastTwo = (x: tf.TensorInfo): tf.TensorInfo => {
       const rank = x.shape.length;
@@ -68,8 +74,7 @@ function registerPlainTransposedMatMul(): void {
       return swapped;
     };
     try {
-      const inputs = { a: transposeA ? swapLastTwo(a) : a, b: transposeB ? swapLastTwo(b) : b };
-      return plainMatMul({ ...args, inputs, attrs: { ...args.attrs, transposeA: false, transposeB: false } });
+      return plain({ a: transposeA ? swapLastTwo(a) : a, b: transposeB ? swapLastTwo(b) : b });
     } finally {
       const backend = args.backend as unknown as { disposeData(dataId: object): void };
       for (const t of temporaries) backend.disposeData(t.dataId);
