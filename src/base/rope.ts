@@ -29,12 +29,24 @@ export function ropeTables(headDim: number, maxLen: number, theta: number): Rope
   return { cos: tf.tensor2d(cos, [maxLen, half]), sin: tf.tensor2d(sin, [maxLen, half]) };
 }
 
-/** Rotates x by the angles of each token's position. positions [B, T] int32. */
-export function applyRope(x: tf.Tensor4D, positions: tf.Tensor2D, tables: RopeTables): tf.Tensor4D {
-  const [b, t, h, dh] = x.shape;
-  const half = dh / 2;
+/** The cos/sin of each token's position, gathered once per forward and shared by every layer's q and k. */
+export interface RopeAngles {
+  readonly cos: tf.Tensor4D; // [B, T, 1, Dh/2]
+  readonly sin: tf.Tensor4D; // [B, T, 1, Dh/2]
+}
+
+/** The angles of positions [B, T] int32. */
+export function ropeAngles(positions: tf.Tensor2D, tables: RopeTables): RopeAngles {
   const cos = tf.expandDims(tf.gather(tables.cos, positions), 2) as tf.Tensor4D; // [B, T, 1, Dh/2]
   const sin = tf.expandDims(tf.gather(tables.sin, positions), 2) as tf.Tensor4D; // [B, T, 1, Dh/2]
+  return { cos, sin };
+}
+
+/** Rotates x [B, T, H, Dh] by its tokens' angles. */
+export function applyRope(x: tf.Tensor4D, angles: RopeAngles): tf.Tensor4D {
+  const [b, t, h, dh] = x.shape;
+  const half = dh / 2;
+  const { cos, sin } = angles;
   const first = tf.slice(x, [0, 0, 0, 0], [b, t, h, half]); // [B, T, H, Dh/2]
   const second = tf.slice(x, [0, 0, 0, half], [b, t, h, half]); // [B, T, H, Dh/2]
   const rotatedFirst: tf.Tensor4D = tf.sub(tf.mul(first, cos), tf.mul(second, sin)); // [B, T, H, Dh/2]

@@ -14,7 +14,7 @@ import { headDim } from './config.js';
 import type { ForwardContext, ForwardHooks } from './hooks.js';
 import { KVCache } from './kv-cache.js';
 import { geluTanh, layerNorm, rmsNorm } from './layers.js';
-import { applyRope, ropeTables, type RopeTables } from './rope.js';
+import { applyRope, type RopeAngles, ropeAngles, ropeTables, type RopeTables } from './rope.js';
 import { FAMILY_SITE_GROUPS, FAMILY_SITES, type SiteGroup, type SiteName } from './sites.js';
 import { countParameters, disposeWeights, type NormWeights, type TransformerWeights } from './weights.js';
 
@@ -136,10 +136,11 @@ export class Transformer {
         const positionTensor = tf.tensor2d(positions, [batch, tokens], 'int32'); // [B, T]
 
         let hidden = prefix === undefined ? this.embed(ids, positionTensor) : this.embedWithPrefix(options.ids, prefix.embeddings, positionTensor); // [N, D]
+        const angles = this.rope === undefined ? undefined : ropeAngles(positionTensor, this.rope); // [B, T, 1, Dh/2] ×2
         for (let layer = 0; layer < this.config.nLayers; layer++) {
           hooks?.beginLayer?.(layer, hidden);
           const attnIn = this.norm(hidden, this.layer(layer).attnNorm); // [N, D]
-          let attnOut = this.attention(layer, attnIn, positionTensor, keyMask, batch, tokens, past, options); // [N, D]
+          let attnOut = this.attention(layer, attnIn, angles, keyMask, batch, tokens, past, options); // [N, D]
           if (hooks?.blockOutput) attnOut = hooks.blockOutput(layer, 'attn', attnOut);
           hidden = tf.add<tf.Tensor2D>(hidden, attnOut); // [N, D]
           const mlpIn = this.norm(hidden, this.layer(layer).mlpNorm); // [N, D]
@@ -233,7 +234,7 @@ export class Transformer {
   private attention(
     layer: number,
     x: tf.Tensor2D,
-    positions: tf.Tensor2D,
+    angles: RopeAngles | undefined,
     keyMask: readonly (readonly number[])[],
     batch: number,
     tokens: number,
@@ -247,9 +248,9 @@ export class Transformer {
     let q = tf.reshape<tf.Rank.R4>(qx, [batch, tokens, nHeads, dh]); // [B, T, H, Dh]
     let k = tf.reshape<tf.Rank.R4>(kx, [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
     let v = tf.reshape<tf.Rank.R4>(vx, [batch, tokens, nKvHeads, dh]); // [B, T, Hk, Dh]
-    if (this.rope !== undefined) {
-      q = applyRope(q, positions, this.rope); // [B, T, H, Dh]
-      k = applyRope(k, positions, this.rope); // [B, T, Hk, Dh]
+    if (angles !== undefined) {
+      q = applyRope(q, angles); // [B, T, H, Dh]
+      k = applyRope(k, angles); // [B, T, Hk, Dh]
     }
     const cache = options.cache;
     const cached = cache?.get(layer);
