@@ -7,7 +7,7 @@
 import { parseConfig } from '../config/parse.js';
 import { UsageError } from '../errors.js';
 import { isMultimodalModelDir, loadMultimodalModel } from '../io/multimodal-model-dir.js';
-import { type MultimodalModel, VISION_SITE_PREFIX } from '../model/multimodal-model.js';
+import { type MultimodalModel, multimodalSpecFeature } from '../model/multimodal-model.js';
 import type { VisionEncoder } from '../vision/encoder.js';
 import { type PixelImage, checkImageSize, readPngFile } from '../vision/image.js';
 import { ImageSpec, renderImageSpec } from '../vision/image-spec.js';
@@ -41,15 +41,9 @@ export function refuseVisionWithoutMultimodal(dir: string, flag = '--routed'): v
 
 /** Refuses a multimodal spec (a projector, or adapters on vision.* sites) given without --vision, instead of a schema error. */
 export function refuseMultimodalSpecWithoutVision(spec: unknown, path: string): void {
-  const record = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-  if (!record(spec)) return;
-  const adapters = Array.isArray(spec['adapters']) ? spec['adapters'] : [];
-  const visionSite = adapters.some((a) => {
-    const sites = record(a) && record(a['targets']) ? a['targets']['sites'] : undefined;
-    return Array.isArray(sites) && sites.some((site) => typeof site === 'string' && site.startsWith(VISION_SITE_PREFIX));
-  });
-  if (!('projector' in spec) && !visionSite) return;
-  throw new UsageError(`--spec ${path} is a multimodal spec (${visionSite ? 'adapters on vision.* sites' : 'a projector'}); it needs a vision encoder`, {
+  const feature = multimodalSpecFeature(spec);
+  if (feature === undefined) return;
+  throw new UsageError(`--spec ${path} is a multimodal spec (${feature}); it needs a vision encoder`, {
     path,
     hint: 'Pass --vision DIR (a ViT directory, e.g. demo-vision/)',
   });

@@ -58,11 +58,32 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+/** The site entries of a raw adapter spec, when it has a list of them. */
+function siteEntries(adapter: unknown): unknown[] | undefined {
+  const sites = isRecord(adapter) && isRecord(adapter['targets']) ? adapter['targets']['sites'] : undefined;
+  return Array.isArray(sites) ? sites : undefined;
+}
+
+function isVisionEntry(site: unknown): boolean {
+  return typeof site === 'string' && site.startsWith(VISION_SITE_PREFIX);
+}
+
+/**
+ * What makes a raw spec multimodal — `'adapters on vision.* sites'`, `'a projector'` — or undefined for a
+ * text-only spec. Never throws: callers use it to refuse a multimodal spec where no encoder is loaded.
+ */
+export function multimodalSpecFeature(spec: unknown): string | undefined {
+  if (!isRecord(spec)) return undefined;
+  const adapters = Array.isArray(spec['adapters']) ? spec['adapters'] : [];
+  if (adapters.some((adapter) => siteEntries(adapter)?.some(isVisionEntry) ?? false)) return 'adapters on vision.* sites';
+  return 'projector' in spec ? 'a projector' : undefined;
+}
+
 /** Whether a raw adapter spec targets the encoder: every site entry starts with `vision.`; a mix is refused by name. */
 function targetsVision(adapter: unknown, path: string): boolean {
-  const sites = isRecord(adapter) && isRecord(adapter['targets']) ? adapter['targets']['sites'] : undefined;
-  if (!Array.isArray(sites)) return false;
-  const vision = sites.map((s) => typeof s === 'string' && s.startsWith(VISION_SITE_PREFIX));
+  const sites = siteEntries(adapter);
+  if (sites === undefined) return false;
+  const vision = sites.map(isVisionEntry);
   if (vision.every(Boolean)) return sites.length > 0;
   if (vision.some(Boolean)) {
     throw new ConfigError('an adapter targets both vision-encoder sites and language-model sites', {
