@@ -25,7 +25,10 @@ interface WasmBackendInternals {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
 }
 
-/** Below this many rows per slice the naive loop is as fast as a per-slice XNNPACK product (decode: 1 row). */
+/**
+ * Slices of fewer rows keep the naive loop: decode's one-row products, where creating and packing an XNNPACK
+ * operator per slice would cost as much as the product (not tuned further).
+ */
 export const MIN_SLICE_ROWS = 8;
 
 const BYTES_PER_FLOAT = 4;
