@@ -40,10 +40,6 @@ export function slicedMatMulCount(): number {
   return slicedProducts;
 }
 
-function product(shape: readonly number[]): number {
-  return shape.reduce((p, d) => p * d, 1);
-}
-
 function shapeBytes(shape: readonly number[]): Uint8Array {
   return new Uint8Array(new Int32Array(shape).buffer); // what the module's 'array' arguments take
 }
@@ -62,10 +58,10 @@ export function batchedMatMulBySlices(a: tf.TensorInfo, b: tf.TensorInfo, backen
   const [kb, n] = b.shape.slice(-2) as [number, number];
   const batchShapeA = a.shape.slice(0, -2);
   const batchShapeB = b.shape.slice(0, -2);
-  const batchA = product(batchShapeA);
-  const batchB = product(batchShapeB);
+  const batchA = tf.util.sizeFromShape(batchShapeA);
+  const batchB = tf.util.sizeFromShape(batchShapeB);
   const batch = Math.max(batchA, batchB);
-  const sameBatch = batchShapeA.length === batchShapeB.length && batchShapeA.every((d, i) => d === batchShapeB[i]);
+  const sameBatch = tf.util.arraysEqual(batchShapeA, batchShapeB);
   if (k !== kb || m < MIN_SLICE_ROWS || batch < 2 || m * k * n === 0) return undefined;
   if (!sameBatch && batchA !== 1 && batchB !== 1) return undefined;
   const aData = backend.dataIdMap.get(a.dataId);
