@@ -29,6 +29,7 @@ import * as tf from '@tensorflow/tfjs';
 import { format } from 'node:util';
 import { BackendError } from './errors.js';
 import { registerWasmFallbacks } from './wasm-fallbacks.js';
+import { setTransposeCacheLimit, transposeCacheLimitFromEnv } from './wasm-transpose-cache.js';
 import { registerWebGpuFallbacks } from './webgpu-fallbacks.js';
 import {
   activateThreadedWasm,
@@ -201,16 +202,18 @@ export function resolveBackendPreference(options: SelectBackendOptions = {}): Ba
  */
 export function selectBackend(options: SelectBackendOptions = {}): Promise<BackendReport> {
   const explicitThreads = options.threads ?? defaultThreads;
-  const run = queue.then(() =>
-    selectNow(
+  const run = queue.then(() => {
+    const transposeCacheBytes = transposeCacheLimitFromEnv(options.env ?? process.env);
+    if (transposeCacheBytes !== undefined) setTransposeCacheLimit(transposeCacheBytes);
+    return selectNow(
       resolveBackendPreference(options),
       resolveThreads({
         ...(explicitThreads === undefined ? {} : { threads: explicitThreads }),
         ...(options.env === undefined ? {} : { env: options.env }),
       }),
       explicitThreads !== undefined,
-    ),
-  );
+    );
+  });
   queue = run.catch(() => undefined);
   return run;
 }

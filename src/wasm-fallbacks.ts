@@ -6,12 +6,19 @@
  * - BatchMatMul with a transposed operand (slow): tfjs-wasm multiplies a transposed operand on a much slower
  *   path than a plain one, and every backward pass of a linear map has one (dW = xᵀ·dy, dx = dy·Wᵀ). The
  *   wrapper materialises the transpose with the Transpose kernel and then multiplies plainly — the same
- *   products, about 3× faster for the backward passes of training here.
+ *   products, about 3× faster for the backward passes of training here. An operand that recurs (a frozen
+ *   weight, every step) keeps its transpose (`wasm-transpose-cache.ts`).
  * - Batched BatchMatMul (slow): one XNNPACK product per batch slice (`wasm-batched-matmul.ts`) instead of
  *   tfjs-wasm's naive loop.
+ * - Identity (copies): tfjs-wasm's Identity copies its input, and tfjs clones every input a gradient saves
+ *   (≈ 6,600 copies per routed training step here, all on one thread). The cpu backend's Identity shares the
+ *   data instead (one more reference, as Reshape does): data under one id never changes in tfjs, so a
+ *   shared clone is exact. Sharing also keeps a saved frozen weight's id stable from step to step, which is
+ *   what lets its transpose be cached.
  */
 import * as tf from '@tensorflow/tfjs';
 import { batchedMatMulBySlices } from './wasm-batched-matmul.js';
+import { cachedTranspose } from './wasm-transpose-cache.js';
 
 interface WasmBackendLike {
   readSync(dataId: object): ArrayLike<number>;
@@ -26,6 +33,7 @@ export function registerWasmFallbacks(): void {
   if (registered) return;
   registered = true;
   registerPlainTransposedMatMul();
+  registerSharingIdentity();
   if (tf.getKernel('UnsortedSegmentSum', 'wasm') === undefined) {
     tf.registerKernel({
       kernelName: 'UnsortedSegmentSum',
@@ -66,12 +74,15 @@ function registerPlainTransposedMatMul(): void {
       (plainMatMul({ ...args, inputs, attrs: { ...args.attrs, transposeA: false, transposeB: false } }) as tf.TensorInfo);
     if (!transposeA && !transposeB) return plain({ a, b });
     const temporaries: tf.TensorInfo[] = [];
-    const swapLastTwo = (x: tf.TensorInfo): tf.TensorInfo => {
+    const swap = (x: tf.TensorInfo): tf.TensorInfo => {
       const rank = x.shape.length;
       const perm = [...Array.from({ length: rank - 2 }, (_, i) => i), rank - 1, rank - 2];
-      const swapped = transpose.kernelFunc({ inputs: { x }, attrs: { perm }, backend: args.backend }) as tf.TensorInfo; // [..., N, M]
-      temporaries.push(swapped);
-      return swapped;
+      return transpose.kernelFunc({ inputs: { x }, attrs: { perm }, backend: args.backend }) as tf.TensorInfo; // [..., N, M]
+    };
+    const swapLastTwo = (x: tf.TensorInfo): tf.TensorInfo => {
+      const { info, temporary } = cachedTranspose(x, args.backend, swap); // [..., N, M]
+      if (temporary) temporaries.push(info);
+      return info;
     };
     try {
       return plain({ a: transposeA ? swapLastTwo(a) : a, b: transposeB ? swapLastTwo(b) : b });
@@ -82,4 +93,19 @@ function registerPlainTransposedMatMul(): void {
   };
   tf.unregisterKernel('BatchMatMul', 'wasm');
   tf.registerKernel({ ...matMul, kernelFunc });
+}
+
+/** Identity as a new reference to the same data (string tensors keep tfjs-wasm's own kernel). */
+function registerSharingIdentity(): void {
+  const identity = tf.getKernel('Identity', 'wasm');
+  if (identity === undefined) return;
+  const copying = identity.kernelFunc;
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    if (x.dtype === 'string') return copying(args);
+    (args.backend as unknown as { incRef(dataId: object): void }).incRef(x.dataId);
+    return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+  };
+  tf.unregisterKernel('Identity', 'wasm');
+  tf.registerKernel({ ...identity, kernelFunc });
 }
