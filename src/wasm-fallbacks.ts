@@ -15,9 +15,12 @@
  *   data instead (one more reference, as Reshape does): data under one id never changes in tfjs, so a
  *   shared clone is exact. Sharing also keeps a saved frozen weight's id stable from step to step, which is
  *   what lets its transpose be cached.
+ * - Slice and SplitV (copy the whole input per piece): pieces copied from a view of the heap instead
+ *   (`wasm-slice.ts`).
  */
 import * as tf from '@tensorflow/tfjs';
 import { batchedMatMulBySlices } from './wasm-batched-matmul.js';
+import { registerHeapViewSlicing } from './wasm-slice.js';
 import { cachedTranspose } from './wasm-transpose-cache.js';
 
 interface WasmBackendLike {
@@ -34,6 +37,7 @@ export function registerWasmFallbacks(): void {
   registered = true;
   registerPlainTransposedMatMul();
   registerSharingIdentity();
+  registerHeapViewSlicing();
   if (tf.getKernel('UnsortedSegmentSum', 'wasm') === undefined) {
     tf.registerKernel({
       kernelName: 'UnsortedSegmentSum',

@@ -2,8 +2,8 @@
 // exactly 1 − lr·wd), untouched parameters without a gradient, state round trips and shape checks, no leaks.
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, test } from 'vitest';
-import { CheckpointError } from '../../src/errors.js';
-import { AdamW } from '../../src/train/adamw.js';
+import { CheckpointError, ConfigError } from '../../src/errors.js';
+import { AdamW, FUSED_CHUNK_ELEMENTS } from '../../src/train/adamw.js';
 import { expectClose, expectNoLeak } from '../helpers/tensor-asserts.js';
 
 /** Host AdamW over plain arrays (double precision), the formula of Loshchilov & Hutter 2019 as in adamw.ts. */
@@ -141,6 +141,70 @@ describe('AdamW', () => {
     second.dispose();
     p.dispose();
     q.dispose();
+  });
+
+  test('updating many parameters in one call gives the same bits as one call per parameter', () => {
+    // Shapes that fill more than one fused chunk; two weight decays and two learning rates make four groups.
+    const shapes: number[][] = [[3, 4], [FUSED_CHUNK_ELEMENTS - 5], [7], [2, 3, 2], [5, 1], [16]];
+    const names = shapes.map((_, i) => `p${i}`);
+    const initial = shapes.map((shape, i) => tf.randomNormal(shape, 0, 1, 'float32', 100 + i));
+    const make = () => new Map(names.map((name, i) => [name, tf.variable(initial[i] as tf.Tensor, true, `${name}#${Math.random()}`)]));
+    const fusedParams = make();
+    const singleParams = make();
+    const decay = new Map(names.map((name, i) => [name, i % 2 === 0 ? 0.01 : 0]));
+    const fused = new AdamW(fusedParams, decay);
+    const single = new AdamW(singleParams, decay);
+    const lrs = new Map(names.map((name, i) => [name, i < 3 ? 1e-3 : 3e-4]));
+    for (let step = 0; step < 3; step++) {
+      // Parameter p2 sits out step 1, so its step count falls behind the others'.
+      const grads = new Map(
+        names
+          .filter((name) => !(step === 1 && name === 'p2'))
+          .map((name, i) => [name, tf.randomNormal(shapes[names.indexOf(name)] as number[], 0, 1, 'float32', 7 * step + i)]),
+      );
+      fused.applyGradients(grads, lrs);
+      for (const [name, g] of grads) single.applyGradients(new Map([[name, g]]), lrs);
+      tf.dispose([...grads.values()]);
+    }
+    for (const name of names) {
+      expect(fusedParams.get(name)?.dataSync()).toEqual(singleParams.get(name)?.dataSync());
+      expect(fused.stateTensors().tensors.get(`${name}/v`)?.dataSync()).toEqual(single.stateTensors().tensors.get(`${name}/v`)?.dataSync());
+    }
+    expect(fused.stateTensors().paramSteps.get('p2')).toBe(2);
+    expect(fused.step).toBe(3);
+    fused.dispose();
+    single.dispose();
+    tf.dispose([...initial, ...fusedParams.values(), ...singleParams.values()]);
+  });
+
+  test('a call with one bad gradient is refused before any parameter changes', () => {
+    const a = tf.variable(tf.tensor1d([1, 2]), true, `a#${Math.random()}`);
+    const b = tf.variable(tf.tensor1d([3, 4]), true, `b#${Math.random()}`);
+    const optimizer = new AdamW(
+      new Map([
+        ['a', a],
+        ['b', b],
+      ]),
+    );
+    const ga = tf.tensor1d([1, 1]);
+    const gb = tf.tensor1d([1, 1, 1]); // wrong shape
+    expect(() =>
+      optimizer.applyGradients(
+        new Map([
+          ['a', ga],
+          ['b', gb],
+        ]),
+        new Map([
+          ['a', 0.1],
+          ['b', 0.1],
+        ]),
+      ),
+    ).toThrow(ConfigError);
+    expect([...a.dataSync()]).toEqual([1, 2]);
+    expect(optimizer.stateTensors().paramSteps.get('a')).toBe(0);
+    expect(optimizer.step).toBe(0);
+    optimizer.dispose();
+    tf.dispose([a, b, ga, gb]);
   });
 
   test('dispose frees both moments of every parameter', () => {
