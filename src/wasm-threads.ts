@@ -42,14 +42,17 @@ export const THREADS_ENV_VAR = 'ROUTED_PEFT_THREADS';
 /** tfjs-wasm's threaded build pre-starts 8 workers; its C++ caps the pool there. */
 export const MAX_WASM_THREADS = 8;
 /**
- * From this many multiply-adds a BatchMatMul runs on the pool: ≈ 1 ms of one thread's work here, so a thread
- * hand-off (microseconds on idle cores, up to a scheduler time slice when other processes hold them) stays
- * small against it. At prefill 4 × 128 (d = 512) the projections (134–360 M) and attention's products
- * (33.5 M) go to the pool; the LoRA products of routed experts (≈ 17 M), routers and decode-sized products
- * (1 × 512 × 1376 ≈ 0.7 M) stay on the calling thread. Measured in one process at load ≈ 4.5 on 2 cores
- * (routed prefill 4 × 128, one thread 2.7 s): 4 M → 2.9 s, 32 M → 1.8 s, 100 M → 1.8 s.
+ * From this many multiply-adds a BatchMatMul runs on the pool: ≈ 0.5 ms of one thread's work here, so a
+ * thread hand-off (microseconds on idle cores) stays small against it. At prefill 4 × 128 (d = 512) the
+ * projections (134–360 M), attention's products (33.5 M) and the LoRA products of routed experts (≈ 17 M; 8.4 M
+ * in a 2 × 128 training step) go to the pool; routers and decode-sized products (1 × 512 × 1376 ≈ 0.7 M) stay on
+ * the calling thread. Measured on 2 cores at load ≈ 2, in separate processes alternated (2 threads, after the
+ * wasm kernels of wasm-fallbacks.ts): routed prefill 4 × 128 747 / 744 ms at 32 M against 705 / 731 ms at 8 M;
+ * a routed training step 1,465 / 1,517 ms against 1,392 / 1,376 ms. On a machine whose cores other processes
+ * hold, a hand-off can cost a scheduler time slice instead, and smaller products then lose more (at load ≈ 4.5,
+ * routed prefill one thread 2.7 s: 4 M → 2.9 s, 32 M → 1.8 s); `--threads 1` is the answer there.
  */
-export const MIN_PARALLEL_MACS = 32_000_000;
+export const MIN_PARALLEL_MACS = 8_000_000;
 
 /** How many threads the wasm backend computes on, as measured after it loaded. */
 export interface WasmThreadsReport {
