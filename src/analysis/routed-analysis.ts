@@ -6,6 +6,7 @@
 import { pointKey } from '../adapters/adapter.js';
 import { routesIn } from '../compose/spec.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import type { HostMatrix } from './linear-algebra.js';
 import { type MeasuredModule, measureModule } from './module-measures.js';
 import type { ExpertPairOverlap, RouteOverlap, RoutedAnalysis, SiteAnalysis } from './report.js';
 import { RANK_TOLERANCE, subspaceOverlap } from './spectrum.js';
@@ -16,33 +17,41 @@ interface SiteEntry {
   readonly measured: Map<string, MeasuredModule>; // adapter name → measure
 }
 
+/** A route's expert at one site, with the output basis of its ΔW. */
+interface ExpertBasis {
+  readonly name: string;
+  readonly basis: HostMatrix; // [O, r]
+  readonly rank: number;
+}
+
 function routeOverlap(route: number, experts: readonly string[], site: SiteEntry): RouteOverlap {
-  const present = experts.filter((name) => site.measured.get(name)?.outputBasis !== undefined);
+  const present: ExpertBasis[] = experts.flatMap((name) => {
+    const measured = site.measured.get(name);
+    if (measured?.outputBasis === undefined || measured.measure.measure !== 'delta-w') return [];
+    return [{ name, basis: measured.outputBasis, rank: measured.measure.numericalRank }];
+  });
   const pairs: ExpertPairOverlap[] = [];
-  for (let i = 0; i < present.length; i++) {
-    for (let j = i + 1; j < present.length; j++) {
-      const first = site.measured.get(present[i] as string) as MeasuredModule;
-      const second = site.measured.get(present[j] as string) as MeasuredModule;
-      const rankOf = (m: MeasuredModule): number => (m.measure.measure === 'delta-w' ? m.measure.numericalRank : 0);
-      const result = subspaceOverlap(
-        first.outputBasis as NonNullable<MeasuredModule['outputBasis']>,
-        rankOf(first),
-        second.outputBasis as NonNullable<MeasuredModule['outputBasis']>,
-        rankOf(second),
-      );
-      const outputWidth = (first.outputBasis as NonNullable<MeasuredModule['outputBasis']>).rows; // O
+  present.forEach((first, i) => {
+    for (const second of present.slice(i + 1)) {
+      const result = subspaceOverlap(first.basis, first.rank, second.basis, second.rank);
+      const outputWidth = first.basis.rows; // O
       pairs.push({
-        first: present[i] as string,
-        second: present[j] as string,
+        first: first.name,
+        second: second.name,
         rank: result.rank,
         cosines: result.cosines,
         overlap: result.meanSquaredCosine,
         chance: result.rank / outputWidth,
       });
     }
-  }
+  });
   const defined = pairs.flatMap((p) => (p.overlap === null ? [] : [p.overlap]));
-  return { route, experts: present, pairs, mean: defined.length === 0 ? null : defined.reduce((s, x) => s + x, 0) / defined.length };
+  return {
+    route,
+    experts: present.map((e) => e.name),
+    pairs,
+    mean: defined.length === 0 ? null : defined.reduce((sum, x) => sum + x, 0) / defined.length,
+  };
 }
 
 /** Measures every module of `model` (host reads only: it creates no tensors). `directory` is recorded as given. */
