@@ -309,7 +309,7 @@ function registerPoolSwitchingMatMul(): void {
     const { transposeA } = args.attrs as { transposeA: boolean };
     const aShape = a.shape; // [..., M, K] or [..., K, M]
     const bShape = b.shape; // [..., K, N] or [..., N, K]
-    const size = (shape: readonly number[]): number => shape.reduce((p, d) => p * d, 1);
+    const size = tf.util.sizeFromShape;
     const k = (transposeA ? aShape[aShape.length - 2] : aShape[aShape.length - 1]) ?? 1;
     const batch = Math.max(size(aShape.slice(0, -2)), size(bShape.slice(0, -2)));
     const macs = batch * (size(aShape.slice(-2)) / k) * size(bShape.slice(-2)); // batch·M·K·N
