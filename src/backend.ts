@@ -45,6 +45,7 @@ export {
   THREADS_ENV_VAR,
   MAX_WASM_THREADS,
   MIN_PARALLEL_MACS,
+  MIN_PARALLEL_ELEMENTS,
   resolveThreads,
   withWasmThreads,
   wasmThreadsStats,

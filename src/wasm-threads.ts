@@ -53,6 +53,13 @@ export const MAX_WASM_THREADS = 8;
  * routed prefill one thread 2.7 s: 4 M → 2.9 s, 32 M → 1.8 s); `--threads 1` is the answer there.
  */
 export const MIN_PARALLEL_MACS = 8_000_000;
+/**
+ * From this many elements a Sigmoid, Softmax or broadcasting binary op runs on the pool (see
+ * POOLED_ELEMENTWISE). Measured on 2 cores, one process (µs per call, calling thread → pool): sigmoid of
+ * 65,536 elements 57 → 313 (waking the pool costs more than the work), of 262,144 231 → 126, of 704,512
+ * 603 → 308; a [512, 1376] + [1376] add 242 → 138; a softmax over [32, 128, 128] 504 → 256.
+ */
+export const MIN_PARALLEL_ELEMENTS = 262_144;
 
 /** How many threads the wasm backend computes on, as measured after it loaded. */
 export interface WasmThreadsReport {
@@ -66,12 +73,15 @@ export interface WasmThreadsReport {
   readonly build: 'simd' | 'threaded-simd';
   /**
    * Which kernels run on the pool: `large-matmuls` (BatchMatMul of at least `minParallelMacs`
-   * multiply-adds; everything else on the calling thread, so decode-sized work pays no thread hand-off) or
+   * multiply-adds, and Sigmoid, Softmax and broadcasting binary ops of at least `minParallelElements`
+   * elements; everything else on the calling thread, so decode-sized work pays no thread hand-off) or
    * `all` (every XNNPACK kernel; used when the pool cannot be switched per call). Absent on one thread.
    */
   readonly parallel?: 'large-matmuls' | 'all';
   /** The size, in multiply-adds (batch·M·K·N), from which a BatchMatMul runs on the pool. */
   readonly minParallelMacs?: number;
+  /** The size, in elements, from which a pooled elementwise kernel runs on the pool. */
+  readonly minParallelElements?: number;
   /** Why fewer threads than asked are in use, when that is the case. */
   readonly note?: string;
 }
@@ -170,7 +180,12 @@ export async function activateThreadedWasm(wasm: WasmPackage, threads: number, a
     used,
     workers,
     build: 'threaded-simd',
-    ...(used < 2 ? {} : { parallel: slot === undefined ? 'all' : 'large-matmuls', ...(slot === undefined ? {} : { minParallelMacs: state.minParallelMacs }) }),
+    ...(used < 2
+      ? {}
+      : {
+          parallel: slot === undefined ? 'all' : 'large-matmuls',
+          ...(slot === undefined ? {} : { minParallelMacs: state.minParallelMacs, minParallelElements: state.minParallelElements }),
+        }),
     ...(note === undefined ? {} : { note }),
   };
 }
@@ -207,19 +222,35 @@ interface ProcessState {
   singleOnly: boolean;
   /** BatchMatMuls run on the N-thread pool so far (what `wasmThreadsStats` reports). */
   parallelMatMuls: number;
+  /** Elementwise kernels run on the N-thread pool so far. */
+  parallelElementwise: number;
   kernelRegistered: boolean;
   /** From this many multiply-adds a BatchMatMul runs on the pool (MIN_PARALLEL_MACS unless set). */
   minParallelMacs: number;
+  /** From this many elements a pooled elementwise kernel runs on the pool (MIN_PARALLEL_ELEMENTS unless set). */
+  minParallelElements: number;
 }
 
 const STATE_KEY = Symbol.for('routed-peft.wasm-threads');
 const holder = globalThis as Record<symbol, ProcessState | undefined>;
-const state: ProcessState = holder[STATE_KEY] ?? { singleOnly: false, parallelMatMuls: 0, kernelRegistered: false, minParallelMacs: MIN_PARALLEL_MACS };
+const state: ProcessState = holder[STATE_KEY] ?? {
+  singleOnly: false,
+  parallelMatMuls: 0,
+  parallelElementwise: 0,
+  kernelRegistered: false,
+  minParallelMacs: MIN_PARALLEL_MACS,
+  minParallelElements: MIN_PARALLEL_ELEMENTS,
+};
 holder[STATE_KEY] = state;
 
 /** Sets the size (multiply-adds) from which a BatchMatMul runs on the pool; for measuring the threshold. */
 export function setMinParallelMacs(macs: number): void {
   state.minParallelMacs = macs;
+}
+
+/** Sets the size (elements) from which a pooled elementwise kernel runs on the pool; for tests and measuring. */
+export function setMinParallelElements(elements: number): void {
+  state.minParallelElements = elements;
 }
 
 /** The threads of the wasm backend already loaded in this process, or undefined when it has not loaded. */
@@ -233,9 +264,9 @@ export function rememberWasmThreads(report: WasmThreadsReport): WasmThreadsRepor
   return state.report;
 }
 
-/** Counts since the backend loaded: how many BatchMatMuls ran on the N-thread pool. */
-export function wasmThreadsStats(): { readonly parallelMatMuls: number } {
-  return { parallelMatMuls: state.parallelMatMuls };
+/** Counts since the backend loaded: how many BatchMatMuls and elementwise kernels ran on the N-thread pool. */
+export function wasmThreadsStats(): { readonly parallelMatMuls: number; readonly parallelElementwise: number } {
+  return { parallelMatMuls: state.parallelMatMuls, parallelElementwise: state.parallelElementwise };
 }
 
 /** Words of static data searched for the pool pointer (the module's globals sit in its first few hundred KiB). */
@@ -298,6 +329,16 @@ export function wasmPoolSwitchable(): boolean {
   return state.pools !== undefined;
 }
 
+/** Runs `inner(args)` with the N-thread pool current. */
+function onPool<T>(inner: () => T): T {
+  usePool(true);
+  try {
+    return inner();
+  } finally {
+    usePool(false);
+  }
+}
+
 /** Wraps wasm's BatchMatMul (after wasm-fallbacks' wrapper) so large products run on the N-thread pool. */
 function registerPoolSwitchingMatMul(): void {
   const matMul = tf.getKernel('BatchMatMul', 'wasm');
@@ -314,16 +355,48 @@ function registerPoolSwitchingMatMul(): void {
     const batch = Math.max(size(aShape.slice(0, -2)), size(bShape.slice(0, -2)));
     const macs = batch * (size(aShape.slice(-2)) / k) * size(bShape.slice(-2)); // batch·M·K·N
     if (state.singleOnly || macs < state.minParallelMacs) return inner(args);
-    usePool(true);
     state.parallelMatMuls++;
-    try {
-      return inner(args);
-    } finally {
-      usePool(false);
-    }
+    return onPool(() => inner(args));
   };
   tf.unregisterKernel('BatchMatMul', 'wasm');
   tf.registerKernel({ ...matMul, kernelFunc });
+  registerPoolSwitchingElementwise();
+}
+
+/**
+ * The elementwise kernels tfjs-wasm runs through XNNPACK and that XNNPACK splits across its pool: Sigmoid and
+ * Softmax by rows, and a binary op whose operands broadcast (a norm's weight row times activations) by its
+ * outer dimensions. A binary op of two equal shapes is one contiguous run to XNNPACK, which it does not
+ * split, so it stays on the calling thread (measured: no gain, only the hand-off). Every output element is
+ * computed by the same code on whichever thread, so results are bit-identical to one thread.
+ */
+const POOLED_ELEMENTWISE: Readonly<Record<string, 'always' | 'broadcast'>> = {
+  Sigmoid: 'always',
+  Softmax: 'always',
+  Add: 'broadcast',
+  Sub: 'broadcast',
+  Multiply: 'broadcast',
+  RealDiv: 'broadcast',
+};
+
+function registerPoolSwitchingElementwise(): void {
+  for (const [name, when] of Object.entries(POOLED_ELEMENTWISE)) {
+    const kernel = tf.getKernel(name, 'wasm');
+    if (kernel === undefined) continue;
+    const inner = kernel.kernelFunc;
+    const kernelFunc: tf.KernelFunc = (args) => {
+      const inputs = Object.values(args.inputs) as tf.TensorInfo[];
+      const first = inputs[0];
+      if (state.singleOnly || first === undefined || inputs.some((x) => x.dtype !== 'float32')) return inner(args);
+      const largest = Math.max(...inputs.map((x) => tf.util.sizeFromShape(x.shape))); // the output's size
+      if (largest < state.minParallelElements) return inner(args);
+      if (when === 'broadcast' && inputs.every((x) => tf.util.arraysEqual(x.shape, first.shape))) return inner(args);
+      state.parallelElementwise++;
+      return onPool(() => inner(args));
+    };
+    tf.unregisterKernel(name, 'wasm');
+    tf.registerKernel({ ...kernel, kernelFunc });
+  }
 }
 
 /** The pool's workers no longer keep the process alive; pre-started workers the pool does not use stop. */

@@ -9,7 +9,7 @@ import { BackendError } from '../../src/errors.js';
 import { getBackendReport, resolveThreads, selectBackend, wasmPoolSwitchable, wasmThreadsStats, withWasmThreads } from '../../src/backend.js';
 import type { InfoReport } from '../../src/cli/info-command.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
-import { MIN_PARALLEL_MACS, setMinParallelMacs } from '../../src/wasm-threads.js';
+import { MIN_PARALLEL_ELEMENTS, MIN_PARALLEL_MACS, setMinParallelMacs } from '../../src/wasm-threads.js';
 import { causalLmLoss } from '../../src/train/losses.js';
 import { randomIds, randomLlama } from '../../benchmarks/lib/random-model.js';
 import { routedLoraSpec } from '../../benchmarks/lib/specs.js';
@@ -94,6 +94,43 @@ describe.skipIf(!threaded)('the pool computes what one thread computes', () => {
     } finally {
       routed.dispose();
       base.dispose();
+    }
+    expect(tf.memory().numTensors).toBe(start);
+  });
+
+  test('large Sigmoid, Softmax and broadcasting binary ops run on the pool with the bits of one thread; equal-shape ones stay', () => {
+    const start = tf.memory().numTensors;
+    const rows = Math.ceil(MIN_PARALLEL_ELEMENTS / 1376) + 1;
+    const x = tf.randomNormal([rows, 1376], 0, 3, 'float32', 1); // [R, F]: above the threshold
+    const row = tf.randomNormal([1376], 1, 0.5, 'float32', 2); // [F]
+    const y = tf.randomNormal([rows, 1376], 0, 1, 'float32', 3); // [R, F]
+    const ops: Record<string, () => tf.Tensor> = {
+      sigmoid: () => tf.sigmoid(x), // [R, F]
+      softmax: () => tf.softmax(x), // [R, F]
+      'add row': () => tf.add(x, row), // [R, F]
+      'sub row': () => tf.sub(x, row), // [R, F]
+      'mul row': () => tf.mul(x, row), // [R, F]
+      'div row': () => tf.div(x, row), // [R, F]
+    };
+    try {
+      for (const [name, op] of Object.entries(ops)) {
+        const before = wasmThreadsStats().parallelElementwise;
+        const many = op();
+        expect(wasmThreadsStats().parallelElementwise - before, name).toBe(1);
+        const one = withWasmThreads(1, op);
+        expect(wasmThreadsStats().parallelElementwise - before, name).toBe(1); // withWasmThreads(1) kept it off the pool
+        expect(Array.from(many.dataSync()), name).toEqual(Array.from(one.dataSync()));
+        tf.dispose([many, one]);
+      }
+      const before = wasmThreadsStats().parallelElementwise;
+      tf.tidy(() => {
+        tf.add(x, y); // [R, F]: equal shapes
+        tf.mul(x, y); // [R, F]
+        tf.sigmoid(tf.slice(x, [0, 0], [4, 1376])); // [4, F]: small
+      });
+      expect(wasmThreadsStats().parallelElementwise).toBe(before);
+    } finally {
+      tf.dispose([x, row, y]);
     }
     expect(tf.memory().numTensors).toBe(start);
   });
