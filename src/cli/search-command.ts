@@ -9,7 +9,8 @@ import { resolve } from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { RoutedPeftError, UsageError } from '../errors.js';
 import { checkOutputDirectory } from '../formats/output.js';
-import { runSearch, type SearchEvent } from '../search/run-search.js';
+import { EVOLUTION_DEFAULTS } from '../search/evolution.js';
+import { SEARCH_METHODS, runSearch, type SearchEvent } from '../search/run-search.js';
 import { readJsonlDataset } from '../train/dataset-file.js';
 import { MAX_LEARNING_RATE } from '../train/param-groups.js';
 import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
@@ -19,7 +20,8 @@ import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
 import { terminalStream } from './train-command.js';
 
 const usage = `Usage: routed-peft search --model PATH [--tokenizer PATH] --data FILE.jsonl --budget N --out DIR
-                        [--trials N] [--eta N] [--steps N] [--min-steps N] [--time-limit S]
+                        [--method halving|evolution] [--trials N] [--eta N] [--steps N] [--min-steps N]
+                        [--population N] [--sample N] [--time-limit S]
                         [--batch-size N] [--lr X] [--router-lr X] [--max-length N] [--validation N]
                         [--seed S] [--format text|json]
 
@@ -27,7 +29,9 @@ Search where to inject which adapter (lora, bottleneck, prefix, ia3), of which s
 (none, or E experts with a top-k / noisy top-k / soft router per token or sequence, per site, layer or
 model), inside a budget of trainable parameters. Successive halving (Jamieson & Talwalkar 2016): --trials
 candidates train for a short proxy; the best 1/eta of each rung train again for eta times as many steps, up
-to --steps. Each trial is scored by exact match of greedy completions on held-out prompt/completion lines.
+to --steps. Regularized evolution (Real et al. 2019): --population draws, then children one change away
+from the best of --sample of the --population most recent trials, --trials in all, each for --steps. Each
+trial is scored by exact match of greedy completions on held-out prompt/completion lines.
 
 Options:
 ${MODEL_USAGE}
@@ -36,10 +40,13 @@ ${MODEL_USAGE}
   --budget N           Most trainable parameters (adapters + routers, counted exactly) of any candidate
   --out DIR            Search directory: trials.jsonl, pareto.json, pareto.svg, best-spec.json, search.json.
                        Running again with the same flags resumes it, skipping finished trials
-  --trials N           Candidates in the first rung (default 27)
-  --eta N              Keep the best 1/eta of each rung (default 3)
-  --steps N            Optimizer steps of the last rung (default 100)
-  --min-steps N        Fewest steps of the first rung (default 10; fewer rungs if needed)
+  --method M           halving (default) or evolution
+  --trials N           Halving: candidates in the first rung; evolution: trials in all (default 27)
+  --eta N              Halving: keep the best 1/eta of each rung (default 3)
+  --steps N            Optimizer steps of the last rung; evolution: of every trial (default 100)
+  --min-steps N        Halving: fewest steps of the first rung (default 10; fewer rungs if needed)
+  --population N       Evolution: the most recent trials parents are drawn from (default 10)
+  --sample N           Evolution: trials drawn per tournament, at most --population (default 3)
   --time-limit S       Stop after S seconds with the best so far (a trial in training is abandoned)
   --batch-size N       Examples per step (default 16)
   --lr X               Peak learning rate of every trial's adapters (default 1e-2)
@@ -68,7 +75,7 @@ function trialLine(event: Extract<SearchEvent, { type: 'trial' }>): string {
 
 export const searchCommand: CliCommand = {
   name: 'search',
-  summary: 'Search adapter kind, sites, size and routing within a trainable budget (successive halving)',
+  summary: 'Search adapter kind, sites, size and routing within a trainable budget (successive halving or evolution)',
   usage,
   async run(args: string[], io: CliIo, context: CliContext): Promise<number> {
     const { values } = parseStrict(args, {
@@ -76,7 +83,10 @@ export const searchCommand: CliCommand = {
       data: { type: 'string' },
       budget: { type: 'string' },
       out: { type: 'string' },
+      method: { type: 'string', default: 'halving' },
       trials: { type: 'string', default: '27' },
+      population: { type: 'string', default: String(EVOLUTION_DEFAULTS.population) },
+      sample: { type: 'string', default: String(EVOLUTION_DEFAULTS.sample) },
       eta: { type: 'string', default: '3' },
       steps: { type: 'string', default: '100' },
       'min-steps': { type: 'string', default: '10' },
@@ -95,7 +105,11 @@ export const searchCommand: CliCommand = {
     if (values.budget === undefined) throw new UsageError('--budget is required');
     if (values.out === undefined) throw new UsageError('--out is required');
     const budget = toInt('budget', values.budget, { min: 1 });
+    const method = toChoice('method', values.method, SEARCH_METHODS);
     const trials = toInt('trials', values.trials, { min: 1 });
+    const population = toInt('population', values.population, { min: 1 });
+    const sample = toInt('sample', values.sample, { min: 1 });
+    if (sample > population) throw new UsageError(`--sample ${sample} exceeds --population ${population}; a tournament draws from the population`);
     const eta = toInt('eta', values.eta, { min: 2 });
     const steps = toInt('steps', values.steps, { min: 1 });
     const minSteps = toInt('min-steps', values['min-steps'], { min: 1 });
@@ -139,7 +153,10 @@ export const searchCommand: CliCommand = {
         dataPath: resolve(values.data),
         outDir: values.out,
         budget,
+        method,
         trials,
+        population,
+        sample,
         eta,
         steps,
         minSteps,

@@ -1,7 +1,8 @@
 /**
- * The architecture search engine (`routed-peft search`): successive halving (halving.ts) over the space of
- * space.ts, every candidate fitted to the trainable budget (budget.ts), each trial a short proxy training
- * with the library's training loop and a validation by exact match of greedy completions.
+ * The architecture search engine (`routed-peft search`): successive halving (halving.ts) or regularized
+ * evolution (evolution.ts) over the space of space.ts, every candidate fitted to the trainable budget
+ * (budget.ts), each trial a short proxy training with the library's training loop and a validation by exact
+ * match of greedy completions.
  *
  *   1. Split the data: up to `validationExamples` prompt/completion lines (seeded) are held out; the rest
  *      trains.
@@ -9,6 +10,8 @@
  *      at their budget share.
  *   3. Rung by rung: train each candidate from scratch for the rung's steps (AdamW, warmup then cosine over
  *      those steps, clipping at 1), measure validation accuracy, keep the best 1/η for the next rung.
+ *      Evolution instead trains the first P draws, then `trials` − P children, each one mutation away from
+ *      the best of S members of the P most recent trials, all for `steps` steps.
  *   4. After every trial, rewrite trials.jsonl, search.json, best-spec.json, pareto.json and pareto.svg
  *      atomically, so a killed search leaves the best so far and resumes without repeating a finished trial
  *      (the draws, the fits and the promotions are functions of the seed and the finished results).
@@ -30,6 +33,7 @@ import { evaluateDataset } from '../train/evaluate.js';
 import { datasetFingerprint, trainFromDataset } from '../train/train-loop.js';
 import { type FittedCandidate, fitCandidate, trainableCount } from './budget.js';
 import { SearchError } from './errors.js';
+import { EVOLUTION_DEFAULTS, type EvolvedTrial, mutateCandidate, tournamentParent, trialRandom } from './evolution.js';
 import { compareResults, halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
 import { candidateKey, methodOf, stratifiedDraws } from './space.js';
@@ -61,8 +65,14 @@ export interface SearchOptions {
   readonly outDir: string;
   /** Most trainable parameters any candidate may have (exact count). */
   readonly budget: number;
-  /** n: candidates in the first rung (default 27). */
+  /** `halving` (default) or `evolution`. */
+  readonly method?: SearchMethod;
+  /** Halving: candidates in the first rung; evolution: trials in all (default 27). */
   readonly trials?: number;
+  /** Evolution: population size P, the most recent trials parents are drawn from (default 10). */
+  readonly population?: number;
+  /** Evolution: members drawn per tournament, S ≤ P (default 3). */
+  readonly sample?: number;
   /** η (default 3). */
   readonly eta?: number;
   /** Steps of the last rung (default 100). */
@@ -85,6 +95,9 @@ export interface SearchOptions {
   /** Milliseconds for the time limit and the trials' seconds (default performance.now; tests pass a fake one). */
   readonly clock?: () => number;
 }
+
+export const SEARCH_METHODS = ['halving', 'evolution'] as const;
+export type SearchMethod = (typeof SEARCH_METHODS)[number];
 
 export type SearchEvent =
   | { readonly type: 'plan'; readonly rungs: readonly Rung[]; readonly total: number; readonly finished: number; readonly candidates: number }
@@ -229,7 +242,10 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const now = options.clock ?? ((): number => performance.now());
   const started = now();
   const seed = options.seed ?? 0;
+  const method = options.method ?? 'halving';
   const requested = options.trials ?? 27;
+  const population = options.population ?? EVOLUTION_DEFAULTS.population;
+  const sample = options.sample ?? EVOLUTION_DEFAULTS.sample;
   const eta = options.eta ?? 3;
   const maxSteps = options.steps ?? 100;
   const minSteps = Math.min(options.minSteps ?? 10, maxSteps);
@@ -240,6 +256,17 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const outDir = options.outDir;
   if (!Number.isInteger(options.budget) || options.budget < 1)
     throw new SearchError(`budget must be a whole number ≥ 1, got ${options.budget}`, { path: 'budget' });
+  if (!(SEARCH_METHODS as readonly string[]).includes(method))
+    throw new SearchError(`unknown search method ${JSON.stringify(method)}`, { path: 'method', hint: `Use one of ${SEARCH_METHODS.join(', ')}` });
+  if (method === 'evolution') {
+    if (!Number.isInteger(population) || population < 1)
+      throw new SearchError(`population must be a whole number ≥ 1, got ${population}`, { path: 'population' });
+    if (!Number.isInteger(sample) || sample < 1 || sample > population)
+      throw new SearchError(`sample must be a whole number from 1 to the population (${population}), got ${sample}`, {
+        path: 'sample',
+        hint: 'A tournament draws --sample members of the --population most recent trials',
+      });
+  }
 
   const split = splitData(options.dataset, options.validationExamples ?? 200, seed);
   const settings: SearchSettings = {
@@ -247,7 +274,9 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     data: options.dataPath,
     dataFingerprint: datasetFingerprint(tokenizeExamples(options.dataset.examples, options.tokenizer, { maxLength })),
     budget: options.budget,
+    method,
     trials: requested,
+    ...(method === 'evolution' ? { population, sample } : {}),
     eta,
     steps: maxSteps,
     minSteps,
@@ -268,9 +297,11 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const done = new Map(finished.map((t) => [t.id, t]));
   const trials: TrialRecord[] = [...finished];
 
-  const candidates = drawCandidates(options, requested, seed);
+  // Evolution starts from the first P of the draws halving starts from, and trains every trial fully.
+  const candidates = drawCandidates(options, method === 'evolution' ? Math.min(population, requested) : requested, seed);
   const byKey = new Map(candidates.map((c) => [candidateKey(c.candidate), c]));
-  const rungs = halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
+  const rungs =
+    method === 'evolution' ? [{ rung: 0, steps: maxSteps, trials: requested }] : halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
   const total = rungs.reduce((s, r) => s + r.trials, 0);
   options.onEvent?.({ type: 'plan', rungs, total, finished: done.size, candidates: candidates.length });
 
@@ -360,6 +391,65 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     }
   };
 
+  /** Trains `fit` in `rung` unless trials.jsonl has it; undefined when the search must stop first (status set). */
+  const trialOf = async (fit: FittedCandidate, rung: Rung): Promise<TrialRecord | undefined> => {
+    const finishedTrial = done.get(trialId(candidateKey(fit.candidate), rung.rung));
+    if (finishedTrial !== undefined) return finishedTrial;
+    const reason = stopReason() ?? (options.maxNewTrials !== undefined && ran >= options.maxNewTrials ? 'stopped' : undefined);
+    if (reason !== undefined) {
+      status = reason;
+      return undefined;
+    }
+    let record: TrialRecord;
+    try {
+      record = await runTrial(fit, rung);
+    } catch (error) {
+      if (error instanceof StopSearch) {
+        status = error.status;
+        return undefined;
+      }
+      throw error;
+    }
+    ran++;
+    trials.push(record);
+    done.set(record.id, record);
+    await writeAll('running');
+    options.onEvent?.({ type: 'trial', record, done: done.size, total });
+    return record;
+  };
+
+  if (method === 'evolution') {
+    const rung = rungs[0] as Rung;
+    const history: EvolvedTrial[] = [];
+    const triedKeys = new Set<string>();
+    const triedSpecs = new Set<string>();
+    // A child one mutation from a tournament's winner, new to this search and within the budget; undefined when
+    // 200 tries find none (the population's neighbourhood is exhausted).
+    const childOf = (index: number): FittedCandidate | undefined => {
+      const random = trialRandom(seed, index);
+      for (let attempt = 0; attempt < 200; attempt++) {
+        const parent = tournamentParent(random, history, population, sample);
+        const child = mutateCandidate(random, parent.candidate);
+        if (triedKeys.has(candidateKey(child))) continue;
+        const fit = fitCandidate(options.base, options.routers, child, Math.floor(options.budget * child.budgetShare), seed);
+        if (fit === undefined || triedSpecs.has(JSON.stringify(fit.spec))) continue;
+        return fit;
+      }
+      return undefined;
+    };
+    for (let index = 0; index < requested; index++) {
+      const fit = index < candidates.length ? candidates[index] : childOf(index);
+      if (fit === undefined) break;
+      triedKeys.add(candidateKey(fit.candidate));
+      triedSpecs.add(JSON.stringify(fit.spec));
+      const record = await trialOf(fit, rung);
+      if (record === undefined) break;
+      history.push({ candidate: fit.candidate, ranked: rankedOf(record) });
+    }
+    await writeAll(status);
+    return { status, rungs, trials, ran, reused: finished.length, best: bestTrial(trials), files };
+  }
+
   let keys = candidates.map((c) => candidateKey(c.candidate));
   search: for (const rung of rungs) {
     if (rung.rung > 0) {
@@ -367,30 +457,10 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
       keys = promote(previous, rung.trials);
     }
     for (const key of keys) {
-      if (done.has(trialId(key, rung.rung))) continue;
-      const reason = stopReason() ?? (options.maxNewTrials !== undefined && ran >= options.maxNewTrials ? 'stopped' : undefined);
-      if (reason !== undefined) {
-        status = reason;
-        break search;
-      }
       const fit = byKey.get(key);
       if (fit === undefined)
         throw new SearchError(`trials.jsonl promotes candidate ${key}, which this search did not draw`, { path: files.trials, hint: 'Use another --out' });
-      let record: TrialRecord;
-      try {
-        record = await runTrial(fit, rung);
-      } catch (error) {
-        if (error instanceof StopSearch) {
-          status = error.status;
-          break search;
-        }
-        throw error;
-      }
-      ran++;
-      trials.push(record);
-      done.set(record.id, record);
-      await writeAll('running');
-      options.onEvent?.({ type: 'trial', record, done: done.size, total });
+      if ((await trialOf(fit, rung)) === undefined) break search;
     }
   }
   await writeAll(status);

@@ -125,7 +125,12 @@ export const SearchSettings = z
     /** Tokenized fingerprint of the data (train/train-loop.ts datasetFingerprint). */
     dataFingerprint: z.string(),
     budget: z.number().int().positive(),
+    /** Searches written before evolution existed were halving searches. */
+    method: z.enum(['halving', 'evolution']).default('halving'),
     trials: z.number().int().positive(),
+    /** Evolution only: population size and tournament sample. */
+    population: z.number().int().min(1).optional(),
+    sample: z.number().int().min(1).optional(),
     eta: z.number().int().min(2),
     steps: z.number().int().positive(),
     minSteps: z.number().int().positive(),

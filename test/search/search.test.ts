@@ -17,10 +17,12 @@ import { demoModelDir } from '../../src/demo/run-demo.js';
 import { demoHeldOutPrompts, demoSearchJsonl } from '../../src/demo/search-data.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { fitCandidate } from '../../src/search/budget.js';
+import fc from 'fast-check';
+import { type EvolvedTrial, mutableDimensions, mutateCandidate, tournamentParent } from '../../src/search/evolution.js';
 import { halvingRungs, promote } from '../../src/search/halving.js';
 import { SearchError } from '../../src/search/errors.js';
 import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
-import { type Candidate, candidateSpec, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
+import { type Candidate, candidateKey, candidateSpec, drawCandidate, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
 import { seededRandom } from '../../src/base/sampling.js';
 import { readTrials, type TrialRecord } from '../../src/search/trial-log.js';
 import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
@@ -239,6 +241,108 @@ describe('routed-peft search', () => {
     expect(new Set(ids).size).toBe(ids.length);
     expect(trials.map(identity)).toEqual(whole.trials.map(identity));
     expect(last.best?.id).toBe(whole.best?.id);
+  });
+
+  test('evolution: a mutation changes exactly one dimension and stays in the space; a tournament returns the best of its sample', () => {
+    const dimensionsOf = (c: Candidate): Record<string, unknown> => {
+      const r = c.routing;
+      return {
+        kind: c.kind,
+        injection: c.injection,
+        layers: c.layers,
+        budgetShare: c.budgetShare,
+        routed: r.kind,
+        ...(r.kind === 'route' ? { experts: r.experts, router: JSON.stringify(r.router), granularity: r.granularity, placement: r.placement } : {}),
+      };
+    };
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 2 ** 31 - 1 }), fc.integer({ min: 0, max: 2 ** 31 - 1 }), (drawSeed, mutateSeed) => {
+        const parent = drawCandidate(seededRandom(drawSeed));
+        expect(mutableDimensions(parent).length).toBeGreaterThan(2);
+        const child = mutateCandidate(seededRandom(mutateSeed), parent);
+        expect(candidateKey(child)).not.toBe(candidateKey(parent));
+        // Still a point of the space: its spec builds for the real base.
+        expect(() =>
+          AdaptedModel.create(base, candidateSpec(child, 2, { family: base.config.family, nLayers: base.config.nLayers }, 0), { routers }).dispose(),
+        ).not.toThrow();
+        const kind = SEARCH_KINDS.find((k) => k.kind === child.kind);
+        if (child.routing.kind === 'route') {
+          const k = child.routing.router['k'];
+          if (typeof k === 'number') expect(k).toBeLessThan(child.routing.experts);
+          if (kind?.sequenceOnly === true) expect(child.routing.granularity).toBe('sequence');
+        }
+        if (kind?.sizeField === undefined) expect(child.budgetShare).toBe(1);
+        const before = dimensionsOf(parent);
+        const after = dimensionsOf(child);
+        const changed = Object.keys({ ...before, ...after }).filter((d) => before[d] !== after[d]);
+        // One dimension, plus only the repairs it forces (a new kind's injection, share or granularity; a new
+        // route's fields; a router whose k reaches the new expert count).
+        const onlyAmong = (allowed: readonly string[]): boolean => changed.every((d) => allowed.includes(d));
+        if (changed.includes('kind')) expect(onlyAmong(['kind', 'injection', 'budgetShare', 'granularity'])).toBe(true);
+        else if (changed.includes('routed')) expect(onlyAmong(['routed', 'experts', 'router', 'granularity', 'placement'])).toBe(true);
+        else if (changed.includes('experts')) expect(onlyAmong(['experts', 'router'])).toBe(true);
+        else expect(changed).toHaveLength(1);
+      }),
+      { numRuns: 300 },
+    );
+    const trial = (key: string, accuracy: number): EvolvedTrial => ({
+      candidate: drawCandidate(seededRandom(key.charCodeAt(0))),
+      ranked: { key, accuracy, loss: 1, trainableParams: 10 },
+    });
+    const history = [trial('a', 0.1), trial('b', 0.9), trial('c', 0.5), trial('d', 0.3)];
+    // A sample of the whole population always holds the best; the population is the most recent trials only.
+    expect(tournamentParent(seededRandom(1), history, 4, 4)).toBe(history[1]);
+    expect(tournamentParent(seededRandom(1), history, 2, 2)).toBe(history[2]);
+  });
+
+  test('evolution: children of the best of each tournament, all at full steps, resumable without repeats', async () => {
+    const evolution = { method: 'evolution' as const, trials: 6, population: 3, sample: 2 };
+    const whole = await runSearch(options(join(dir, 'evo-whole'), evolution));
+    expect(whole.status).toBe('complete');
+    expect(whole.trials).toHaveLength(6);
+    expect(whole.rungs).toEqual([{ rung: 0, steps: 4, trials: 6 }]);
+    expect(whole.trials.every((t) => t.rung === 0 && t.steps === 4 && t.trainableParams <= BUDGET)).toBe(true);
+    expect(new Set(whole.trials.map((t) => t.key)).size).toBe(6);
+    // Every trial after the first population is one mutation from a trial before it.
+    for (const [i, t] of whole.trials.entries()) {
+      if (i < 3) continue;
+      const earlier = whole.trials.slice(Math.max(0, i - 3), i);
+      const oneAway = earlier.some((p) => {
+        const a = p.candidate as unknown as Record<string, unknown>;
+        const b = t.candidate as unknown as Record<string, unknown>;
+        // A route that appears or goes is one change; a kind change may repair the injection and the share.
+        const routing = (c: Record<string, unknown>): Record<string, unknown> => c['routing'] as Record<string, unknown>;
+        const flat = (c: Record<string, unknown>, other: Record<string, unknown>): Record<string, string> => ({
+          ...Object.fromEntries(
+            Object.entries(c)
+              .filter(([k]) => k !== 'routing')
+              .map(([k, v]) => [k, JSON.stringify(v)]),
+          ),
+          ...(routing(c)['kind'] !== routing(other)['kind']
+            ? { routing: String(routing(c)['kind']) }
+            : Object.fromEntries(Object.entries(routing(c)).map(([k, v]) => [`routing.${k}`, JSON.stringify(v)]))),
+        });
+        const fa = flat(a, b);
+        const fb = flat(b, a);
+        const differing = new Set([...Object.keys(fa), ...Object.keys(fb)].filter((k) => fa[k] !== fb[k]));
+        differing.delete('routing.router'); // an experts change may redraw the router
+        return differing.size <= 3;
+      });
+      expect(oneAway).toBe(true);
+    }
+    const manifest = JSON.parse(await readFile(join(dir, 'evo-whole', 'search.json'), 'utf8')) as { settings: Record<string, unknown> };
+    expect(manifest.settings).toMatchObject({ method: 'evolution', population: 3, sample: 2 });
+
+    const out = join(dir, 'evo-resumed');
+    const first = await runSearch(options(out, { ...evolution, maxNewTrials: 4 }));
+    expect(first).toMatchObject({ status: 'stopped', ran: 4 });
+    const last = await runSearch(options(out, evolution));
+    expect(last).toMatchObject({ status: 'complete', ran: 2, reused: 4 });
+    expect((await readTrials(out)).map(identity)).toEqual(whole.trials.map(identity));
+    await expect(runSearch(options(out, { ...evolution, sample: 3, population: 4 }))).rejects.toThrow(/other settings \(population 3 → 4, sample 2 → 3\)/);
+    await expect(runSearch(options(join(dir, 'evo-bad'), { ...evolution, sample: 4 }))).rejects.toThrow(
+      /sample must be a whole number from 1 to the population \(3\), got 4/,
+    );
   });
 
   test('a resumed search with other settings, or a budget nothing fits, is refused by name', async () => {
