@@ -1,6 +1,6 @@
 /**
  * `routed-peft search`: architecture search over injection sites × adapter kind × size × routing by
- * successive halving with short proxy trainings, inside an exact trainable budget (src/search/). Writes
+ * successive halving or regularized evolution with short proxy trainings, inside an exact trainable budget (src/search/). Writes
  * every trial (trials.jsonl), the Pareto front (pareto.json, pareto.svg), the best spec (best-spec.json,
  * what `train --spec` reads) and the search's settings and status (search.json) to --out after every trial;
  * run again with the same flags to resume. Stops at --time-limit (or Ctrl-C) with the best so far.
