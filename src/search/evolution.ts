@@ -13,12 +13,14 @@ import { type RankedResult, compareResults } from './halving.js';
 import {
   BUDGET_SHARES,
   type Candidate,
+  drawRouting,
   EXPERT_COUNTS,
   GRANULARITIES,
   LAYER_CHOICES,
   PLACEMENTS,
-  ROUTER_CHOICES,
+  pick,
   type Routing,
+  routersFor,
   SEARCH_KINDS,
   searchKind,
 } from './space.js';
@@ -29,28 +31,7 @@ export const EVOLUTION_DEFAULTS = { population: 10, sample: 3 } as const;
 /** One dimension a mutation can change. */
 export type MutationDimension = 'kind' | 'injection' | 'layers' | 'budgetShare' | 'routed' | 'experts' | 'router' | 'granularity' | 'placement';
 
-function pick<T>(random: () => number, items: readonly T[]): T {
-  return items[Math.floor(random() * items.length)] as T;
-}
-
 const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
-
-/** The routers a route of `experts` experts may use (a top-k's k stays below E). */
-function routersFor(experts: number): readonly Readonly<Record<string, unknown>>[] {
-  return ROUTER_CHOICES.filter((r) => typeof r['k'] !== 'number' || (r['k'] as number) < experts);
-}
-
-/** A fresh routing drawn as drawCandidate draws one (space.ts). */
-function drawRouting(random: () => number, sequenceOnly: boolean): Routing {
-  const experts = pick(random, EXPERT_COUNTS);
-  return {
-    kind: 'route',
-    experts,
-    router: pick(random, routersFor(experts)),
-    granularity: sequenceOnly ? 'sequence' : pick(random, GRANULARITIES),
-    placement: pick(random, PLACEMENTS),
-  };
-}
 
 /** The dimensions along which `candidate` has another valid value. */
 export function mutableDimensions(candidate: Candidate): MutationDimension[] {

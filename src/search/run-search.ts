@@ -36,12 +36,14 @@ import { SearchError } from './errors.js';
 import { EVOLUTION_DEFAULTS, type EvolvedTrial, mutateCandidate, tournamentParent, trialRandom } from './evolution.js';
 import { compareResults, halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
-import { candidateKey, methodOf, stratifiedDraws } from './space.js';
+import { type Candidate, candidateKey, methodOf, stratifiedDraws } from './space.js';
 import { renderPlot } from './svg-plot.js';
 import {
   checkSameSettings,
   readSearchManifest,
   readTrials,
+  SEARCH_METHODS,
+  type SearchMethod,
   type SearchSettings,
   type SearchStatus,
   type TrialRecord,
@@ -96,8 +98,7 @@ export interface SearchOptions {
   readonly clock?: () => number;
 }
 
-export const SEARCH_METHODS = ['halving', 'evolution'] as const;
-export type SearchMethod = (typeof SEARCH_METHODS)[number];
+export { SEARCH_METHODS, type SearchMethod };
 
 export type SearchEvent =
   | { readonly type: 'plan'; readonly rungs: readonly Rung[]; readonly total: number; readonly finished: number; readonly candidates: number }
@@ -158,24 +159,34 @@ function splitData(dataset: Dataset, wanted: number, seed: number): Split {
   };
 }
 
-/** `trials` candidates of distinct specs that fit the budget, drawn from the seed (fewer if the space has fewer). */
-function drawCandidates(options: SearchOptions, count: number, seed: number): FittedCandidate[] {
-  const next = stratifiedDraws(seededRandom(seed ^ 0x3c6ef372));
-  const fitted: FittedCandidate[] = [];
+/**
+ * Fits candidates to their share of the budget, each one once: undefined for a candidate seen before, one that
+ * does not fit, or one whose fitted spec an earlier one has (two shares can fit the same spec: a size at its
+ * cap, (IA)³ without a size), so no spec trains twice.
+ */
+function newCandidateFitter(options: SearchOptions, seed: number): (candidate: Candidate) => FittedCandidate | undefined {
   const seen = new Set<string>();
   const specs = new Set<string>();
-  for (let draw = 0; draw < count * 50 && fitted.length < count; draw++) {
-    const candidate = next();
+  return (candidate) => {
     const key = candidateKey(candidate);
-    if (seen.has(key)) continue;
+    if (seen.has(key)) return undefined;
     seen.add(key);
     const fit = fitCandidate(options.base, options.routers, candidate, Math.floor(options.budget * candidate.budgetShare), seed);
-    if (fit === undefined) continue;
-    // Two shares can fit the same spec (a size at its cap, (IA)³ without a size): train it once.
+    if (fit === undefined) return undefined;
     const spec = JSON.stringify(fit.spec);
-    if (specs.has(spec)) continue;
+    if (specs.has(spec)) return undefined;
     specs.add(spec);
-    fitted.push(fit);
+    return fit;
+  };
+}
+
+/** `count` new candidates that fit the budget, drawn from the seed (fewer if the space has fewer). */
+function drawCandidates(options: SearchOptions, count: number, seed: number, fitNew: (candidate: Candidate) => FittedCandidate | undefined): FittedCandidate[] {
+  const next = stratifiedDraws(seededRandom(seed ^ 0x3c6ef372));
+  const fitted: FittedCandidate[] = [];
+  for (let draw = 0; draw < count * 50 && fitted.length < count; draw++) {
+    const fit = fitNew(next());
+    if (fit !== undefined) fitted.push(fit);
   }
   if (fitted.length === 0) {
     throw new SearchError(`no candidate of the search space fits --budget ${options.budget} trainable parameters`, {
@@ -298,7 +309,8 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const trials: TrialRecord[] = [...finished];
 
   // Evolution starts from the first P of the draws halving starts from, and trains every trial fully.
-  const candidates = drawCandidates(options, method === 'evolution' ? Math.min(population, requested) : requested, seed);
+  const fitNew = newCandidateFitter(options, seed);
+  const candidates = drawCandidates(options, method === 'evolution' ? Math.min(population, requested) : requested, seed, fitNew);
   const byKey = new Map(candidates.map((c) => [candidateKey(c.candidate), c]));
   const rungs =
     method === 'evolution' ? [{ rung: 0, steps: maxSteps, trials: requested }] : halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
@@ -418,51 +430,46 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     return record;
   };
 
-  if (method === 'evolution') {
+  const evolve = async (): Promise<void> => {
     const rung = rungs[0] as Rung;
     const history: EvolvedTrial[] = [];
-    const triedKeys = new Set<string>();
-    const triedSpecs = new Set<string>();
     // A child one mutation from a tournament's winner, new to this search and within the budget; undefined when
     // 200 tries find none (the population's neighbourhood is exhausted).
     const childOf = (index: number): FittedCandidate | undefined => {
       const random = trialRandom(seed, index);
       for (let attempt = 0; attempt < 200; attempt++) {
         const parent = tournamentParent(random, history, population, sample);
-        const child = mutateCandidate(random, parent.candidate);
-        if (triedKeys.has(candidateKey(child))) continue;
-        const fit = fitCandidate(options.base, options.routers, child, Math.floor(options.budget * child.budgetShare), seed);
-        if (fit === undefined || triedSpecs.has(JSON.stringify(fit.spec))) continue;
-        return fit;
+        const fit = fitNew(mutateCandidate(random, parent.candidate));
+        if (fit !== undefined) return fit;
       }
       return undefined;
     };
     for (let index = 0; index < requested; index++) {
       const fit = index < candidates.length ? candidates[index] : childOf(index);
-      if (fit === undefined) break;
-      triedKeys.add(candidateKey(fit.candidate));
-      triedSpecs.add(JSON.stringify(fit.spec));
+      if (fit === undefined) return;
       const record = await trialOf(fit, rung);
-      if (record === undefined) break;
+      if (record === undefined) return;
       history.push({ candidate: fit.candidate, ranked: rankedOf(record) });
     }
-    await writeAll(status);
-    return { status, rungs, trials, ran, reused: finished.length, best: bestTrial(trials), files };
-  }
+  };
 
-  let keys = candidates.map((c) => candidateKey(c.candidate));
-  search: for (const rung of rungs) {
-    if (rung.rung > 0) {
-      const previous = trials.filter((t) => t.rung === rung.rung - 1).map(rankedOf);
-      keys = promote(previous, rung.trials);
+  const halve = async (): Promise<void> => {
+    let keys = candidates.map((c) => candidateKey(c.candidate));
+    for (const rung of rungs) {
+      if (rung.rung > 0) {
+        const previous = trials.filter((t) => t.rung === rung.rung - 1).map(rankedOf);
+        keys = promote(previous, rung.trials);
+      }
+      for (const key of keys) {
+        const fit = byKey.get(key);
+        if (fit === undefined)
+          throw new SearchError(`trials.jsonl promotes candidate ${key}, which this search did not draw`, { path: files.trials, hint: 'Use another --out' });
+        if ((await trialOf(fit, rung)) === undefined) return;
+      }
     }
-    for (const key of keys) {
-      const fit = byKey.get(key);
-      if (fit === undefined)
-        throw new SearchError(`trials.jsonl promotes candidate ${key}, which this search did not draw`, { path: files.trials, hint: 'Use another --out' });
-      if ((await trialOf(fit, rung)) === undefined) break search;
-    }
-  }
+  };
+
+  await (method === 'evolution' ? evolve() : halve());
   await writeAll(status);
   return { status, rungs, trials, ran, reused: finished.length, best: bestTrial(trials), files };
 }

@@ -173,8 +173,23 @@ export function searchKind(kind: string): SearchKind {
   return found;
 }
 
-function pick<T>(random: () => number, items: readonly T[]): T {
+/** One of `items`, uniformly. */
+export function pick<T>(random: () => number, items: readonly T[]): T {
   return items[Math.floor(random() * items.length)] as T;
+}
+
+/** The routers a route of `experts` experts may use (a top-k's k stays below E). */
+export function routersFor(experts: number): readonly Readonly<Record<string, unknown>>[] {
+  return ROUTER_CHOICES.filter((r) => typeof r['k'] !== 'number' || (r['k'] as number) < experts);
+}
+
+/** A route drawn uniformly: E, a router that fits E, the granularity (per sequence only if so), the placement. */
+export function drawRouting(random: () => number, sequenceOnly: boolean): Routing {
+  const experts = pick(random, EXPERT_COUNTS);
+  const router = pick(random, routersFor(experts));
+  const granularity = sequenceOnly ? 'sequence' : pick(random, GRANULARITIES);
+  const placement = pick(random, PLACEMENTS);
+  return { kind: 'route', experts, router, granularity, placement };
 }
 
 /** A cell of the space's coarsest split: an adapter kind, routed or not. */
@@ -202,12 +217,7 @@ export function drawCandidate(random: () => number, stratum?: Stratum): Candidat
   const budgetShare = kind.sizeField === undefined ? 1 : pick(random, BUDGET_SHARES);
   const routed = stratum === undefined ? random() >= 0.5 : stratum.routed;
   if (!routed) return { kind: kind.kind, injection, layers, budgetShare, routing: { kind: 'none' } };
-  const experts = pick(random, EXPERT_COUNTS);
-  const routers = ROUTER_CHOICES.filter((r) => typeof r['k'] !== 'number' || (r['k'] as number) < experts);
-  const router = pick(random, routers);
-  const granularity = kind.sequenceOnly ? 'sequence' : pick(random, GRANULARITIES);
-  const placement = pick(random, PLACEMENTS);
-  return { kind: kind.kind, injection, layers, budgetShare, routing: { kind: 'route', experts, router, granularity, placement } };
+  return { kind: kind.kind, injection, layers, budgetShare, routing: drawRouting(random, kind.sequenceOnly) };
 }
 
 /**

@@ -117,6 +117,10 @@ export async function writeTrials(dir: string, trials: readonly TrialRecord[]): 
   await writeFileAtomic(join(dir, TRIALS_FILE), trials.map((t) => `${JSON.stringify(t)}\n`).join(''));
 }
 
+/** The search methods: successive halving (halving.ts) and regularized evolution (evolution.ts). */
+export const SEARCH_METHODS = ['halving', 'evolution'] as const;
+export type SearchMethod = (typeof SEARCH_METHODS)[number];
+
 /** What must not change between a search and its resumption. */
 export const SearchSettings = z
   .object({
@@ -126,7 +130,7 @@ export const SearchSettings = z
     dataFingerprint: z.string(),
     budget: z.number().int().positive(),
     /** Searches written before evolution existed were halving searches. */
-    method: z.enum(['halving', 'evolution']).default('halving'),
+    method: z.enum(SEARCH_METHODS).default('halving'),
     trials: z.number().int().positive(),
     /** Evolution only: population size and tournament sample. */
     population: z.number().int().min(1).optional(),

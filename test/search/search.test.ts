@@ -32,6 +32,34 @@ import { parseJsonlDataset, type Dataset } from '../../src/train/dataset.js';
 const routers = builtinRouters();
 const BUDGET = 12_000;
 
+/** A candidate's dimensions (space.ts), flat; a route's fields only when routed. */
+function dimensionsOf(c: Candidate): Record<string, unknown> {
+  const r = c.routing;
+  return {
+    kind: c.kind,
+    injection: c.injection,
+    layers: c.layers,
+    budgetShare: c.budgetShare,
+    routed: r.kind,
+    ...(r.kind === 'route' ? { experts: r.experts, router: JSON.stringify(r.router), granularity: r.granularity, placement: r.placement } : {}),
+  };
+}
+
+/**
+ * Whether `child` is one mutation from `parent`: one dimension changed, plus only the repairs it forces (a new
+ * kind's injection, share or granularity; a new route's fields; a router whose k reaches the new expert count).
+ */
+function isOneMutation(parent: Candidate, child: Candidate): boolean {
+  const before = dimensionsOf(parent);
+  const after = dimensionsOf(child);
+  const changed = Object.keys({ ...before, ...after }).filter((d) => before[d] !== after[d]);
+  const onlyAmong = (allowed: readonly string[]): boolean => changed.every((d) => allowed.includes(d));
+  if (changed.includes('kind')) return onlyAmong(['kind', 'injection', 'budgetShare', 'granularity']);
+  if (changed.includes('routed')) return onlyAmong(['routed', 'experts', 'router', 'granularity', 'placement']);
+  if (changed.includes('experts')) return onlyAmong(['experts', 'router']);
+  return changed.length === 1;
+}
+
 describe('routed-peft search', () => {
   let dir: string;
   let dataPath: string;
@@ -244,17 +272,6 @@ describe('routed-peft search', () => {
   });
 
   test('evolution: a mutation changes exactly one dimension and stays in the space; a tournament returns the best of its sample', () => {
-    const dimensionsOf = (c: Candidate): Record<string, unknown> => {
-      const r = c.routing;
-      return {
-        kind: c.kind,
-        injection: c.injection,
-        layers: c.layers,
-        budgetShare: c.budgetShare,
-        routed: r.kind,
-        ...(r.kind === 'route' ? { experts: r.experts, router: JSON.stringify(r.router), granularity: r.granularity, placement: r.placement } : {}),
-      };
-    };
     fc.assert(
       fc.property(fc.integer({ min: 0, max: 2 ** 31 - 1 }), fc.integer({ min: 0, max: 2 ** 31 - 1 }), (drawSeed, mutateSeed) => {
         const parent = drawCandidate(seededRandom(drawSeed));
@@ -272,16 +289,7 @@ describe('routed-peft search', () => {
           if (kind?.sequenceOnly === true) expect(child.routing.granularity).toBe('sequence');
         }
         if (kind?.sizeField === undefined) expect(child.budgetShare).toBe(1);
-        const before = dimensionsOf(parent);
-        const after = dimensionsOf(child);
-        const changed = Object.keys({ ...before, ...after }).filter((d) => before[d] !== after[d]);
-        // One dimension, plus only the repairs it forces (a new kind's injection, share or granularity; a new
-        // route's fields; a router whose k reaches the new expert count).
-        const onlyAmong = (allowed: readonly string[]): boolean => changed.every((d) => allowed.includes(d));
-        if (changed.includes('kind')) expect(onlyAmong(['kind', 'injection', 'budgetShare', 'granularity'])).toBe(true);
-        else if (changed.includes('routed')) expect(onlyAmong(['routed', 'experts', 'router', 'granularity', 'placement'])).toBe(true);
-        else if (changed.includes('experts')) expect(onlyAmong(['experts', 'router'])).toBe(true);
-        else expect(changed).toHaveLength(1);
+        expect(isOneMutation(parent, child)).toBe(true);
       }),
       { numRuns: 300 },
     );
@@ -307,27 +315,7 @@ describe('routed-peft search', () => {
     for (const [i, t] of whole.trials.entries()) {
       if (i < 3) continue;
       const earlier = whole.trials.slice(Math.max(0, i - 3), i);
-      const oneAway = earlier.some((p) => {
-        const a = p.candidate as unknown as Record<string, unknown>;
-        const b = t.candidate as unknown as Record<string, unknown>;
-        // A route that appears or goes is one change; a kind change may repair the injection and the share.
-        const routing = (c: Record<string, unknown>): Record<string, unknown> => c['routing'] as Record<string, unknown>;
-        const flat = (c: Record<string, unknown>, other: Record<string, unknown>): Record<string, string> => ({
-          ...Object.fromEntries(
-            Object.entries(c)
-              .filter(([k]) => k !== 'routing')
-              .map(([k, v]) => [k, JSON.stringify(v)]),
-          ),
-          ...(routing(c)['kind'] !== routing(other)['kind']
-            ? { routing: String(routing(c)['kind']) }
-            : Object.fromEntries(Object.entries(routing(c)).map(([k, v]) => [`routing.${k}`, JSON.stringify(v)]))),
-        });
-        const fa = flat(a, b);
-        const fb = flat(b, a);
-        const differing = new Set([...Object.keys(fa), ...Object.keys(fb)].filter((k) => fa[k] !== fb[k]));
-        differing.delete('routing.router'); // an experts change may redraw the router
-        return differing.size <= 3;
-      });
+      const oneAway = earlier.some((p) => isOneMutation(p.candidate as Candidate, t.candidate as Candidate));
       expect(oneAway).toBe(true);
     }
     const manifest = JSON.parse(await readFile(join(dir, 'evo-whole', 'search.json'), 'utf8')) as { settings: Record<string, unknown> };
