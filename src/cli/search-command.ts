@@ -11,6 +11,7 @@ import { RoutedPeftError, UsageError } from '../errors.js';
 import { checkOutputDirectory } from '../formats/output.js';
 import { EVOLUTION_DEFAULTS } from '../search/evolution.js';
 import { SEARCH_METHODS, runSearch, type SearchEvent } from '../search/run-search.js';
+import { readStartCandidates } from '../search/start-file.js';
 import { readJsonlDataset } from '../train/dataset-file.js';
 import { MAX_LEARNING_RATE } from '../train/param-groups.js';
 import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
@@ -21,7 +22,7 @@ import { terminalStream } from './train-command.js';
 
 const usage = `Usage: routed-peft search --model PATH [--tokenizer PATH] --data FILE.jsonl --budget N --out DIR
                         [--method halving|evolution] [--trials N] [--eta N] [--steps N] [--min-steps N]
-                        [--population N] [--sample N] [--time-limit S]
+                        [--population N] [--sample N] [--start FILE] [--time-limit S]
                         [--batch-size N] [--lr X] [--router-lr X] [--max-length N] [--validation N]
                         [--seed S] [--format text|json]
 
@@ -47,6 +48,9 @@ ${MODEL_USAGE}
   --min-steps N        Halving: fewest steps of the first rung (default 10; fewer rungs if needed)
   --population N       Evolution: the most recent trials parents are drawn from (default 10)
   --sample N           Evolution: trials drawn per tournament, at most --population (default 3)
+  --start FILE         Candidates to train first, e.g. a design to improve on: one candidate object or an
+                       array of them, as the "candidate" fields of trials.jsonl; they open the first rung
+                       (halving) or the first population (evolution)
   --time-limit S       Stop after S seconds with the best so far (a trial in training is abandoned)
   --batch-size N       Examples per step (default 16)
   --lr X               Peak learning rate of every trial's adapters (default 1e-2)
@@ -90,6 +94,7 @@ export const searchCommand: CliCommand = {
       eta: { type: 'string', default: '3' },
       steps: { type: 'string', default: '100' },
       'min-steps': { type: 'string', default: '10' },
+      start: { type: 'string' },
       'time-limit': { type: 'string' },
       'batch-size': { type: 'string', default: '16' },
       lr: { type: 'string', default: '0.01' },
@@ -126,6 +131,7 @@ export const searchCommand: CliCommand = {
       });
     }
     await checkOutputDirectory(values.out, { what: '--out' });
+    const start = values.start === undefined ? [] : await readStartCandidates(values.start);
     const dataset = await readJsonlDataset(values.data);
     for (const problem of dataset.problems) io.stderr(`warning: ${values.data}: line ${problem.line} skipped: ${problem.message}\n`);
 
@@ -157,6 +163,7 @@ export const searchCommand: CliCommand = {
         trials,
         population,
         sample,
+        start,
         eta,
         steps,
         minSteps,

@@ -36,9 +36,10 @@ import { SearchError } from './errors.js';
 import { EVOLUTION_DEFAULTS, type EvolvedTrial, mutateCandidate, tournamentParent, trialRandom } from './evolution.js';
 import { compareResults, halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
-import { type Candidate, candidateKey, methodOf, stratifiedDraws } from './space.js';
+import { type Candidate, candidateKey, methodOf, outsideSpace, stratifiedDraws } from './space.js';
 import { renderPlot } from './svg-plot.js';
 import {
+  CandidateRecord,
   checkSameSettings,
   readSearchManifest,
   readTrials,
@@ -75,6 +76,12 @@ export interface SearchOptions {
   readonly population?: number;
   /** Evolution: members drawn per tournament, S ≤ P (default 3). */
   readonly sample?: number;
+  /**
+   * Candidates to train first (a known design to improve on): they open the first rung (halving) or the first
+   * population (evolution), and the search's draws fill the rest. Each must be a point of the space that fits
+   * its budget share.
+   */
+  readonly start?: readonly Candidate[];
   /** η (default 3). */
   readonly eta?: number;
   /** Steps of the last rung (default 100). */
@@ -180,10 +187,39 @@ function newCandidateFitter(options: SearchOptions, seed: number): (candidate: C
   };
 }
 
-/** `count` new candidates that fit the budget, drawn from the seed (fewer if the space has fewer). */
-function drawCandidates(options: SearchOptions, count: number, seed: number, fitNew: (candidate: Candidate) => FittedCandidate | undefined): FittedCandidate[] {
-  const next = stratifiedDraws(seededRandom(seed ^ 0x3c6ef372));
+/**
+ * The `start` candidates fitted, then new ones drawn from the seed, `count` in all (fewer if the space has
+ * fewer). A start candidate outside the space, over its budget share or repeating another is refused by name.
+ */
+function initialCandidates(
+  options: SearchOptions,
+  count: number,
+  seed: number,
+  fitNew: (candidate: Candidate) => FittedCandidate | undefined,
+): FittedCandidate[] {
+  const start = options.start ?? [];
   const fitted: FittedCandidate[] = [];
+  start.forEach((candidate, i) => {
+    const problem = outsideSpace(candidate);
+    if (problem !== undefined)
+      throw new SearchError(`start candidate ${i}: ${problem.message}`, { path: `start[${i}].${problem.path}`, hint: 'Start from points of the search space' });
+    const earlier = start.findIndex((c) => candidateKey(c) === candidateKey(candidate));
+    if (earlier < i)
+      throw new SearchError(`start candidate ${i} repeats start candidate ${earlier}`, { path: `start[${i}]`, hint: 'List each candidate once' });
+    const fit = fitNew(candidate);
+    if (fit === undefined) {
+      const share = Math.floor(options.budget * candidate.budgetShare);
+      throw new SearchError(
+        `start candidate ${i} (${candidateKey(candidate)}) does not fit its budget share (${share} trainable parameters) even at size 1, or trains the spec of an earlier start candidate`,
+        {
+          path: `start[${i}]`,
+          hint: 'Raise --budget, give it a larger budgetShare, or remove it',
+        },
+      );
+    }
+    fitted.push(fit);
+  });
+  const next = stratifiedDraws(seededRandom(seed ^ 0x3c6ef372));
   for (let draw = 0; draw < count * 50 && fitted.length < count; draw++) {
     const fit = fitNew(next());
     if (fit !== undefined) fitted.push(fit);
@@ -279,6 +315,16 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
       });
   }
 
+  const start = options.start ?? [];
+  const opening = method === 'evolution' ? Math.min(population, requested) : requested;
+  if (start.length > opening) {
+    const what = method === 'evolution' ? `the first population (--population ${population}, --trials ${requested})` : `the first rung (--trials ${requested})`;
+    throw new SearchError(`${start.length} start candidates do not fit in ${what}`, {
+      path: 'start',
+      hint: 'Give fewer start candidates or raise those flags',
+    });
+  }
+
   const split = splitData(options.dataset, options.validationExamples ?? 200, seed);
   const settings: SearchSettings = {
     model: options.modelPath,
@@ -288,6 +334,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     method,
     trials: requested,
     ...(method === 'evolution' ? { population, sample } : {}),
+    ...(start.length > 0 ? { start: start.map((c) => CandidateRecord.parse(c)) } : {}),
     eta,
     steps: maxSteps,
     minSteps,
@@ -308,9 +355,9 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const done = new Map(finished.map((t) => [t.id, t]));
   const trials: TrialRecord[] = [...finished];
 
-  // Evolution starts from the first P of the draws halving starts from, and trains every trial fully.
+  // Evolution starts from the first P of the candidates halving starts from, and trains every trial fully.
   const fitNew = newCandidateFitter(options, seed);
-  const candidates = drawCandidates(options, method === 'evolution' ? Math.min(population, requested) : requested, seed, fitNew);
+  const candidates = initialCandidates(options, opening, seed, fitNew);
   const byKey = new Map(candidates.map((c) => [candidateKey(c.candidate), c]));
   const rungs =
     method === 'evolution' ? [{ rung: 0, steps: maxSteps, trials: requested }] : halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });

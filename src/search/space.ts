@@ -284,3 +284,39 @@ export function candidateSpec(
     },
   };
 }
+
+/**
+ * Why `candidate` is not a point of this space (naming the field, its value and the values allowed), or
+ * undefined when it is. For candidates that come from outside (`search --start`): every one the search draws
+ * or mutates passes.
+ */
+export function outsideSpace(candidate: Candidate): { readonly path: string; readonly message: string } | undefined {
+  const list = (items: readonly unknown[]): string => items.map((i) => JSON.stringify(i)).join(', ');
+  const kind = SEARCH_KINDS.find((k) => k.kind === candidate.kind);
+  if (kind === undefined)
+    return { path: 'kind', message: `unknown adapter kind ${JSON.stringify(candidate.kind)}; the search has ${list(SEARCH_KINDS.map((k) => k.kind))}` };
+  if (!kind.injections.some((i) => i.name === candidate.injection))
+    return {
+      path: 'injection',
+      message: `${kind.kind} has no injection ${JSON.stringify(candidate.injection)}; it has ${list(kind.injections.map((i) => i.name))}`,
+    };
+  if (!LAYER_CHOICES.includes(candidate.layers))
+    return { path: 'layers', message: `layers ${JSON.stringify(candidate.layers)} is not one of ${list(LAYER_CHOICES)}` };
+  const shares = kind.sizeField === undefined ? [1] : BUDGET_SHARES;
+  if (!shares.includes(candidate.budgetShare))
+    return { path: 'budgetShare', message: `budgetShare ${candidate.budgetShare} is not one of ${list(shares)} for ${kind.kind}` };
+  const routing = candidate.routing;
+  if (routing.kind === 'none') return undefined;
+  if (!EXPERT_COUNTS.includes(routing.experts)) return { path: 'routing.experts', message: `${routing.experts} experts is not one of ${list(EXPERT_COUNTS)}` };
+  const routers = routersFor(routing.experts);
+  if (!routers.some((r) => JSON.stringify(r) === JSON.stringify(routing.router)))
+    return { path: 'routing.router', message: `router ${JSON.stringify(routing.router)} is not one of ${list(routers)} for ${routing.experts} experts` };
+  if (!GRANULARITIES.includes(routing.granularity) || (kind.sequenceOnly && routing.granularity !== 'sequence'))
+    return {
+      path: 'routing.granularity',
+      message: `granularity ${JSON.stringify(routing.granularity)} is not allowed for ${kind.kind}${kind.sequenceOnly ? ' (per sequence only)' : ''}`,
+    };
+  if (!PLACEMENTS.includes(routing.placement))
+    return { path: 'routing.placement', message: `placement ${JSON.stringify(routing.placement)} is not one of ${list(PLACEMENTS)}` };
+  return undefined;
+}

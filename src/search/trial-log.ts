@@ -135,6 +135,8 @@ export const SearchSettings = z
     /** Evolution only: population size and tournament sample. */
     population: z.number().int().min(1).optional(),
     sample: z.number().int().min(1).optional(),
+    /** The candidates the search starts from (`--start`), before its own draws; absent when none. */
+    start: z.array(CandidateRecord).optional(),
     eta: z.number().int().min(2),
     steps: z.number().int().positive(),
     minSteps: z.number().int().positive(),
@@ -195,7 +197,9 @@ export async function writeSearchManifest(dir: string, manifest: SearchManifest)
 
 /** Throws a SearchError naming every setting that differs from the directory's. */
 export function checkSameSettings(saved: SearchSettings, now: SearchSettings, dir: string): void {
-  const differing = (Object.keys(now) as (keyof SearchSettings)[]).filter((k) => saved[k] !== now[k]);
+  const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+  const keys = [...new Set([...Object.keys(saved), ...Object.keys(now)])] as (keyof SearchSettings)[];
+  const differing = keys.filter((k) => !same(saved[k], now[k]));
   if (differing.length === 0) return;
   const list = differing.map((k) => `${k} ${JSON.stringify(saved[k])} → ${JSON.stringify(now[k])}`).join(', ');
   throw new SearchError(`--out holds a search with other settings (${list}); a resumed search keeps its settings`, {

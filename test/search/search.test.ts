@@ -24,6 +24,7 @@ import { SearchError } from '../../src/search/errors.js';
 import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
 import { type Candidate, candidateKey, candidateSpec, drawCandidate, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
 import { seededRandom } from '../../src/base/sampling.js';
+import { parseStartCandidates, readStartCandidates } from '../../src/search/start-file.js';
 import { readTrials, type TrialRecord } from '../../src/search/trial-log.js';
 import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
 import type { Tokenizer } from '../../src/tokenizers/tokenizer.js';
@@ -331,6 +332,74 @@ describe('routed-peft search', () => {
     await expect(runSearch(options(join(dir, 'evo-bad'), { ...evolution, sample: 4 }))).rejects.toThrow(
       /sample must be a whole number from 1 to the population \(3\), got 4/,
     );
+  });
+
+  test('--start: the given candidates train first, are recorded in the settings, and bad ones are refused by name', async () => {
+    const handWritten: Candidate = {
+      kind: 'lora',
+      injection: 'all-linear',
+      layers: 'all',
+      budgetShare: 1,
+      routing: { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'model' },
+    };
+    const single: Candidate = { kind: 'lora', injection: 'attn.qv', layers: 'lower', budgetShare: 0.5, routing: { kind: 'none' } };
+    const evolution = { method: 'evolution' as const, trials: 4, population: 3, sample: 2, start: [handWritten, single] };
+    const out = join(dir, 'evo-start');
+    const started = await runSearch(options(out, evolution));
+    expect(started.trials.map((t) => t.candidate).slice(0, 2)).toEqual([handWritten, single]);
+    // Draws fill the rest of the population; children follow; no candidate twice.
+    expect(new Set(started.trials.map((t) => t.key)).size).toBe(4);
+    const manifest = JSON.parse(await readFile(join(out, 'search.json'), 'utf8')) as { settings: Record<string, unknown> };
+    expect(manifest.settings['start']).toEqual([handWritten, single]);
+    expect(await runSearch(options(out, evolution))).toMatchObject({ ran: 0, reused: 4 });
+    await expect(runSearch(options(out, { ...evolution, start: [handWritten] }))).rejects.toThrow(/other settings \(start \[/);
+    await expect(runSearch(options(out, { method: 'evolution', trials: 4, population: 3, sample: 2 }))).rejects.toThrow(
+      /other settings \(start \[.*→ undefined\)/,
+    );
+
+    // Halving: the start candidates open the first rung.
+    const halving = await runSearch(options(join(dir, 'halving-start'), { start: [single], maxNewTrials: 1 }));
+    expect(halving.trials.map((t) => t.candidate)).toEqual([single]);
+
+    const refused = (start: unknown[], extra: Partial<SearchOptions> = {}) =>
+      runSearch(options(join(dir, 'start-bad'), { ...evolution, start: start as Candidate[], ...extra }));
+    await expect(refused([{ ...single, injection: 'qv' }])).rejects.toThrow(
+      /start candidate 0: lora has no injection "qv"; it has "attn.qv", "attn", "mlp", "all-linear" \(at start\[0\]\.injection\)/,
+    );
+    await expect(refused([single, { ...handWritten, routing: { ...handWritten.routing, experts: 3 } }])).rejects.toThrow(
+      /start candidate 1: 3 experts is not one of 2, 4, 8 \(at start\[1\]\.routing\.experts\)/,
+    );
+    await expect(refused([{ ...handWritten, routing: { ...handWritten.routing, router: { kind: 'top-k', k: 2 } } }])).rejects.toThrow(
+      /router \{"kind":"top-k","k":2\} is not one of .* for 2 experts \(at start\[0\]\.routing\.router\)/,
+    );
+    await expect(refused([{ ...single, budgetShare: 0.3 }])).rejects.toThrow(
+      /budgetShare 0.3 is not one of 1, 0.5, 0.25 for lora \(at start\[0\]\.budgetShare\)/,
+    );
+    await expect(refused([single, single])).rejects.toThrow(/start candidate 1 repeats start candidate 0 \(at start\[1\]\)/);
+    await expect(refused([single, handWritten, { ...single, layers: 'all' }, { ...single, layers: 'upper' }])).rejects.toThrow(
+      /4 start candidates do not fit in the first population \(--population 3, --trials 4\)/,
+    );
+    await expect(refused([handWritten], { budget: 600 })).rejects.toThrow(
+      /start candidate 0 \(lora:all-linear:.*\) does not fit its budget share \(600 trainable parameters\)/,
+    );
+  });
+
+  test('--start files: one candidate or an array; not JSON or a malformed candidate is refused with its place', async () => {
+    const one = { kind: 'ia3', injection: 'kv-down', layers: 'all', budgetShare: 1, routing: { kind: 'none' } };
+    expect(parseStartCandidates(JSON.stringify(one), 'one.json')).toEqual([one]);
+    expect(parseStartCandidates(JSON.stringify([one, { ...one, layers: 'upper' }]), 'two.json')).toHaveLength(2);
+    expect(() => parseStartCandidates('{"kind":', 'bad.json')).toThrow(/--start bad.json is not JSON/);
+    expect(() => parseStartCandidates('[]', 'empty.json')).toThrow(/--start empty.json holds no candidate/);
+    expect(() => parseStartCandidates(JSON.stringify([one, { ...one, layers: 'middle' }]), 'f.json')).toThrow(/--start f.json at \[1\]\.layers: /);
+    expect(() => parseStartCandidates(JSON.stringify({ ...one, rank: 4 }), 'f.json')).toThrow(/--start f.json: .*rank/);
+
+    const file = join(dir, 'start-bad.json');
+    await writeFile(file, JSON.stringify({ ...one, injection: 'everywhere' }));
+    const io = createMemoryIo();
+    const argv = ['search', '--model', demoModelDir(), '--data', dataPath, '--budget', String(BUDGET), '--out', join(dir, 'cli-start'), '--start', file];
+    expect(await main(argv, io, { routers })).not.toBe(0);
+    expect(io.err).toMatch(/ia3 has no injection "everywhere"; it has "kv-down", "all-linear" \(at start\[0\]\.injection\)/);
+    await expect(readStartCandidates(join(dir, 'missing.json'))).rejects.toThrow(/cannot read --start .*missing.json/);
   });
 
   test('a resumed search with other settings, or a budget nothing fits, is refused by name', async () => {
