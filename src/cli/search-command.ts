@@ -22,7 +22,8 @@ import { terminalStream } from './train-command.js';
 
 const usage = `Usage: routed-peft search --model PATH [--tokenizer PATH] --data FILE.jsonl --budget N --out DIR
                         [--method halving|evolution] [--trials N] [--eta N] [--steps N] [--min-steps N]
-                        [--population N] [--sample N] [--start FILE] [--time-limit S]
+                        [--population N] [--sample N] [--start FILE] [--final-seeds N] [--finalists N]
+                        [--time-limit S]
                         [--batch-size N] [--lr X] [--router-lr X] [--max-length N] [--validation N]
                         [--seed S] [--format text|json]
 
@@ -51,6 +52,9 @@ ${MODEL_USAGE}
   --start FILE         Candidates to train first, e.g. a design to improve on: one candidate object or an
                        array of them, as the "candidate" fields of trials.jsonl; they open the first rung
                        (halving) or the first population (evolution)
+  --final-seeds N      Train the finalists N times in all (from seeds S+1 … S+N-1 besides the search's);
+                       the best mean wins. Default 1: each trial once, the best single score wins
+  --finalists N        Trials re-run by --final-seeds: the best N of the last rung (default 3)
   --time-limit S       Stop after S seconds with the best so far (a trial in training is abandoned)
   --batch-size N       Examples per step (default 16)
   --lr X               Peak learning rate of every trial's adapters (default 1e-2)
@@ -95,6 +99,8 @@ export const searchCommand: CliCommand = {
       steps: { type: 'string', default: '100' },
       'min-steps': { type: 'string', default: '10' },
       start: { type: 'string' },
+      'final-seeds': { type: 'string', default: '1' },
+      finalists: { type: 'string', default: '3' },
       'time-limit': { type: 'string' },
       'batch-size': { type: 'string', default: '16' },
       lr: { type: 'string', default: '0.01' },
@@ -115,6 +121,8 @@ export const searchCommand: CliCommand = {
     const population = toInt('population', values.population, { min: 1 });
     const sample = toInt('sample', values.sample, { min: 1 });
     if (sample > population) throw new UsageError(`--sample ${sample} exceeds --population ${population}; a tournament draws from the population`);
+    const finalSeeds = toInt('final-seeds', values['final-seeds'], { min: 1 });
+    const finalists = toInt('finalists', values.finalists, { min: 1 });
     const eta = toInt('eta', values.eta, { min: 2 });
     const steps = toInt('steps', values.steps, { min: 1 });
     const minSteps = toInt('min-steps', values['min-steps'], { min: 1 });
@@ -164,6 +172,8 @@ export const searchCommand: CliCommand = {
         population,
         sample,
         start,
+        finalSeeds,
+        finalists,
         eta,
         steps,
         minSteps,
@@ -214,14 +224,23 @@ export const searchCommand: CliCommand = {
         best:
           best === undefined
             ? null
-            : { id: best.id, method: best.method, trainableParams: best.trainableParams, accuracy: best.validation.accuracy, steps: best.steps },
+            : {
+                id: best.id,
+                method: best.method,
+                trainableParams: best.trainableParams,
+                accuracy: best.validation.accuracy,
+                steps: best.steps,
+                ...(result.bestMean === undefined ? {} : { meanAccuracy: result.bestMean.accuracy, runs: result.bestMean.runs }),
+              },
         files: result.files,
       };
       if (useBar) {
         const line =
           best === undefined
             ? 'no trial finished'
-            : `best ${best.id}: accuracy ${(best.validation.accuracy * 100).toFixed(1)}% at ${best.steps} steps, ${best.trainableParams} trainable parameters`;
+            : `best ${best.id}: accuracy ${(best.validation.accuracy * 100).toFixed(1)}%${
+                result.bestMean === undefined ? '' : ` (mean of ${result.bestMean.runs} seeds ${(result.bestMean.accuracy * 100).toFixed(1)}%)`
+              } at ${best.steps} steps, ${best.trainableParams} trainable parameters`;
         io.stdout(`search ${result.status} (${result.ran} trials run, ${result.reused} resumed): ${line}\nbest spec: ${result.files.bestSpec}\n`);
       } else {
         io.stdout(`${JSON.stringify(summary)}\n`);

@@ -34,13 +34,15 @@ import { datasetFingerprint, trainFromDataset } from '../train/train-loop.js';
 import { type FittedCandidate, fitCandidate, trainableCount } from './budget.js';
 import { SearchError } from './errors.js';
 import { EVOLUTION_DEFAULTS, type EvolvedTrial, mutateCandidate, tournamentParent, trialRandom } from './evolution.js';
-import { compareResults, halvingRungs, promote, rankedOf, type Rung } from './halving.js';
+import { halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
+import { bestByMean, type FinalChoice, finalistsOf, rerunSeeds, seedRunId } from './reevaluation.js';
 import { type Candidate, candidateKey, methodOf, outsideSpace, stratifiedDraws } from './space.js';
 import { renderPlot } from './svg-plot.js';
 import {
   CandidateRecord,
   checkSameSettings,
+  FINALS_FILE,
   readSearchManifest,
   readTrials,
   SEARCH_METHODS,
@@ -48,6 +50,7 @@ import {
   type SearchSettings,
   type SearchStatus,
   type TrialRecord,
+  TRIALS_FILE,
   trialId,
   writeSearchManifest,
   writeTrials,
@@ -82,6 +85,13 @@ export interface SearchOptions {
    * its budget share.
    */
   readonly start?: readonly Candidate[];
+  /**
+   * Runs per finalist (reevaluation.ts): with N ≥ 2, the best `finalists` trials train again from N − 1 more
+   * seeds after the search and the best mean wins (default 1: no re-runs).
+   */
+  readonly finalSeeds?: number;
+  /** Finalists re-run with `finalSeeds` (default 3). */
+  readonly finalists?: number;
   /** η (default 3). */
   readonly eta?: number;
   /** Steps of the last rung (default 100). */
@@ -122,7 +132,18 @@ export interface SearchResult {
   readonly ran: number;
   readonly reused: number;
   readonly best: TrialRecord | undefined;
-  readonly files: { readonly trials: string; readonly manifest: string; readonly bestSpec: string; readonly pareto: string; readonly paretoSvg: string };
+  /** With re-evaluation: the best finalist's mean over its runs (accuracy, loss, runs). */
+  readonly bestMean: { readonly accuracy: number; readonly loss: number | null; readonly runs: number } | undefined;
+  /** The finalists' re-runs (finals.jsonl), in the order they finished. */
+  readonly finals: readonly TrialRecord[];
+  readonly files: {
+    readonly trials: string;
+    readonly finals: string;
+    readonly manifest: string;
+    readonly bestSpec: string;
+    readonly pareto: string;
+    readonly paretoSvg: string;
+  };
 }
 
 /** Thrown from inside a trial's training loop to abandon it. */
@@ -234,16 +255,16 @@ function initialCandidates(
 
 /** The best trial: highest rung reached, then accuracy, then loss, then fewer parameters. */
 export function bestTrial(trials: readonly TrialRecord[]): TrialRecord | undefined {
-  const top = Math.max(-1, ...trials.map((t) => t.rung));
-  const ranked = trials
-    .filter((t) => t.rung === top)
-    .map((t) => ({ t, r: rankedOf(t) }))
-    .sort((a, b) => compareResults(a.r, b.r));
-  return ranked[0]?.t;
+  return finalistsOf(trials, 1)[0];
 }
 
-/** Per rung: every trial's (params, accuracy) and the rung's Pareto front. */
-export function paretoSummary(trials: readonly TrialRecord[], rungs: readonly Rung[], budget: number): Record<string, unknown> {
+/** Per rung: every trial's (params, accuracy) and the rung's Pareto front; the best (by mean, with re-runs). */
+export function paretoSummary(
+  trials: readonly TrialRecord[],
+  rungs: readonly Rung[],
+  budget: number,
+  chosen: FinalChoice | undefined = undefined,
+): Record<string, unknown> {
   const point = (t: TrialRecord): Record<string, unknown> => ({
     id: t.id,
     method: t.method,
@@ -264,6 +285,7 @@ export function paretoSummary(trials: readonly TrialRecord[], rungs: readonly Ru
       };
     }),
     best: (() => {
+      if (chosen !== undefined) return { ...point(chosen.trial), meanAccuracy: chosen.mean.accuracy, runs: chosen.mean.runs };
       const best = bestTrial(trials);
       return best === undefined ? null : point(best);
     })(),
@@ -300,6 +322,8 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const maxLength = options.maxLength ?? Math.min(128, options.base.config.maxSeqLen);
   const lr = options.lr ?? 1e-2;
   const routerLr = options.routerLr ?? lr;
+  const finalSeeds = options.finalSeeds ?? 1;
+  const finalistCount = options.finalists ?? 3;
   const outDir = options.outDir;
   if (!Number.isInteger(options.budget) || options.budget < 1)
     throw new SearchError(`budget must be a whole number ≥ 1, got ${options.budget}`, { path: 'budget' });
@@ -315,6 +339,13 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
       });
   }
 
+  if (!Number.isInteger(finalSeeds) || finalSeeds < 1)
+    throw new SearchError(`finalSeeds must be a whole number ≥ 1, got ${finalSeeds}`, {
+      path: 'finalSeeds',
+      hint: '1 trains each trial once; 3 re-runs the finalists from two more seeds',
+    });
+  if (!Number.isInteger(finalistCount) || finalistCount < 1)
+    throw new SearchError(`finalists must be a whole number ≥ 1, got ${finalistCount}`, { path: 'finalists' });
   const start = options.start ?? [];
   const opening = method === 'evolution' ? Math.min(population, requested) : requested;
   if (start.length > opening) {
@@ -335,6 +366,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     trials: requested,
     ...(method === 'evolution' ? { population, sample } : {}),
     ...(start.length > 0 ? { start: start.map((c) => CandidateRecord.parse(c)) } : {}),
+    ...(finalSeeds > 1 ? { finalSeeds, finalists: finalistCount } : {}),
     eta,
     steps: maxSteps,
     minSteps,
@@ -352,8 +384,11 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   if (saved === undefined && (await readTrials(outDir)).length > 0) {
     throw new SearchError(`--out ${outDir} holds a trial log without its search.json`, { path: outDir, hint: 'Choose another --out' });
   }
-  const done = new Map(finished.map((t) => [t.id, t]));
+  const finishedFinals = saved === undefined ? [] : await readTrials(outDir, FINALS_FILE);
+  const done = new Map([...finished, ...finishedFinals].map((t) => [t.id, t]));
   const trials: TrialRecord[] = [...finished];
+  const finals: TrialRecord[] = [...finishedFinals];
+  const seeds = rerunSeeds(seed, finalSeeds);
 
   // Evolution starts from the first P of the candidates halving starts from, and trains every trial fully.
   const fitNew = newCandidateFitter(options, seed);
@@ -361,23 +396,29 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const byKey = new Map(candidates.map((c) => [candidateKey(c.candidate), c]));
   const rungs =
     method === 'evolution' ? [{ rung: 0, steps: maxSteps, trials: requested }] : halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
-  const total = rungs.reduce((s, r) => s + r.trials, 0);
+  const finalRuns = Math.min(finalistCount, (rungs.at(-1) as Rung).trials) * seeds.length;
+  const total = rungs.reduce((s, r) => s + r.trials, 0) + finalRuns;
   options.onEvent?.({ type: 'plan', rungs, total, finished: done.size, candidates: candidates.length });
 
   const files = {
-    trials: join(outDir, 'trials.jsonl'),
+    trials: join(outDir, TRIALS_FILE),
+    finals: join(outDir, FINALS_FILE),
     manifest: join(outDir, 'search.json'),
     bestSpec: join(outDir, BEST_SPEC_FILE),
     pareto: join(outDir, PARETO_FILE),
     paretoSvg: join(outDir, PARETO_SVG_FILE),
   };
+  const chosen = (): FinalChoice | undefined => bestByMean(trials, finals, finalistCount, seeds);
   const writeAll = async (status: SearchStatus): Promise<void> => {
-    const best = bestTrial(trials);
+    const choice = chosen();
+    const best = choice?.trial ?? bestTrial(trials);
     await writeTrials(outDir, trials);
+    if (seeds.length > 0) await writeTrials(outDir, finals, FINALS_FILE);
     if (best !== undefined) await writeFileAtomic(files.bestSpec, `${JSON.stringify(best.spec, null, 2)}\n`);
-    await writeFileAtomic(files.pareto, `${JSON.stringify(paretoSummary(trials, rungs, options.budget), null, 2)}\n`);
+    await writeFileAtomic(files.pareto, `${JSON.stringify(paretoSummary(trials, rungs, options.budget, choice), null, 2)}\n`);
     await writeFileAtomic(files.paretoSvg, renderParetoSvg(trials, rungs, options.budget));
-    await writeSearchManifest(outDir, { format: 'routed-peft-search', version: 1, settings, status, best: best?.id ?? null });
+    const bestMean = choice === undefined ? {} : { bestMean: { accuracy: choice.mean.accuracy, loss: choice.mean.loss, runs: choice.mean.runs } };
+    await writeSearchManifest(outDir, { format: 'routed-peft-search', version: 1, settings, status, best: best?.id ?? null, ...bestMean });
   };
   await writeAll('running');
 
@@ -386,11 +427,15 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   let ran = 0;
   let status: Exclude<SearchStatus, 'running'> = 'complete';
 
-  const runTrial = async (fit: FittedCandidate, rung: Rung): Promise<TrialRecord> => {
+  // A trial trains from the search's seed; a finalist's re-run (`rerunSeed`) from another: its spec's init
+  // and its batch order change, the split does not.
+  const runTrial = async (fit: FittedCandidate, rung: Rung, rerunSeed: number | undefined): Promise<TrialRecord> => {
     const trialStart = now();
     const key = candidateKey(fit.candidate);
-    const id = trialId(key, rung.rung);
-    const model = AdaptedModel.create(options.base, fit.spec, { routers: options.routers });
+    const trialSeed = rerunSeed ?? seed;
+    const id = rerunSeed === undefined ? trialId(key, rung.rung) : seedRunId({ id: trialId(key, rung.rung) }, rerunSeed);
+    const spec = rerunSeed === undefined ? fit.spec : { ...fit.spec, seed: rerunSeed };
+    const model = AdaptedModel.create(options.base, spec, { routers: options.routers });
     try {
       const trainableParams = trainableCount(model);
       options.onEvent?.({ type: 'trial-start', id, rung: rung.rung, steps: rung.steps, trainableParams });
@@ -402,11 +447,11 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
           optimizer: { lr, routerLr },
           schedule: { warmupSteps: Math.round(rung.steps * 0.05), totalSteps: rung.steps },
           maxGradNorm: 1,
-          seed,
+          seed: trialSeed,
         },
         steps: rung.steps,
         batchSize,
-        seed,
+        seed: trialSeed,
         maxLength,
         onStep: (report) => {
           const reason = stopReason();
@@ -440,19 +485,24 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
         steps: rung.steps,
         candidate: fit.candidate as TrialRecord['candidate'],
         size: fit.size,
-        spec: fit.spec as TrialRecord['spec'],
+        spec: spec as TrialRecord['spec'],
         trainableParams,
         validation: { accuracy: judged === 0 ? 0 : right / judged, loss: evaluation.loss, examples: split.validation.examples.length, tasks },
         seconds: Number(((now() - trialStart) / 1000).toFixed(3)),
+        ...(rerunSeed === undefined ? {} : { seed: rerunSeed }),
       };
     } finally {
       model.dispose();
     }
   };
 
-  /** Trains `fit` in `rung` unless trials.jsonl has it; undefined when the search must stop first (status set). */
-  const trialOf = async (fit: FittedCandidate, rung: Rung): Promise<TrialRecord | undefined> => {
-    const finishedTrial = done.get(trialId(candidateKey(fit.candidate), rung.rung));
+  /**
+   * Trains `fit` in `rung` (from `rerunSeed`: a finalist's re-run) unless trials.jsonl (finals.jsonl) has it;
+   * undefined when the search must stop first (status set).
+   */
+  const trialOf = async (fit: FittedCandidate, rung: Rung, rerunSeed: number | undefined = undefined): Promise<TrialRecord | undefined> => {
+    const id = trialId(candidateKey(fit.candidate), rung.rung);
+    const finishedTrial = done.get(rerunSeed === undefined ? id : seedRunId({ id }, rerunSeed));
     if (finishedTrial !== undefined) return finishedTrial;
     const reason = stopReason() ?? (options.maxNewTrials !== undefined && ran >= options.maxNewTrials ? 'stopped' : undefined);
     if (reason !== undefined) {
@@ -461,7 +511,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     }
     let record: TrialRecord;
     try {
-      record = await runTrial(fit, rung);
+      record = await runTrial(fit, rung, rerunSeed);
     } catch (error) {
       if (error instanceof StopSearch) {
         status = error.status;
@@ -470,7 +520,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
       throw error;
     }
     ran++;
-    trials.push(record);
+    (rerunSeed === undefined ? trials : finals).push(record);
     done.set(record.id, record);
     await writeAll('running');
     options.onEvent?.({ type: 'trial', record, done: done.size, total });
@@ -516,7 +566,34 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     }
   };
 
+  // After the search: the finalists again from the other seeds (only once every rung is done).
+  const reevaluate = async (): Promise<void> => {
+    const top = rungs.at(-1) as Rung;
+    for (const finalist of finalistsOf(trials, finalistCount)) {
+      if (finalist.rung !== top.rung) return;
+      const fit: FittedCandidate = {
+        candidate: finalist.candidate as Candidate,
+        size: finalist.size,
+        spec: finalist.spec,
+        trainableParams: finalist.trainableParams,
+      };
+      for (const rerunSeed of seeds) if ((await trialOf(fit, top, rerunSeed)) === undefined) return;
+    }
+  };
+
   await (method === 'evolution' ? evolve() : halve());
+  if (status === 'complete') await reevaluate();
   await writeAll(status);
-  return { status, rungs, trials, ran, reused: finished.length, best: bestTrial(trials), files };
+  const choice = chosen();
+  return {
+    status,
+    rungs,
+    trials,
+    ran,
+    reused: finished.length + finishedFinals.length,
+    best: choice?.trial ?? bestTrial(trials),
+    bestMean: choice === undefined ? undefined : { accuracy: choice.mean.accuracy, loss: choice.mean.loss, runs: choice.mean.runs },
+    finals,
+    files,
+  };
 }

@@ -18,6 +18,8 @@ import { SearchError } from './errors.js';
 
 export const SEARCH_FILE = 'search.json';
 export const TRIALS_FILE = 'trials.jsonl';
+/** The finalists' re-runs from other seeds (reevaluation.ts), in the same record format. */
+export const FINALS_FILE = 'finals.jsonl';
 
 const RoutingRecord = z.union([
   z.object({ kind: z.literal('none') }).strict(),
@@ -71,15 +73,17 @@ export const TrialRecord = z
       .strict(),
     /** Wall time of the trial: build, training and validation. */
     seconds: z.number().min(0),
+    /** The seed it trained from, in finals.jsonl only (a trial of trials.jsonl trains from the search's seed). */
+    seed: z.number().int().optional(),
   })
   .strict();
 export type TrialRecord = z.infer<typeof TrialRecord>;
 
 export const trialId = (key: string, rung: number): string => `${key}@rung${rung}`;
 
-/** Reads trials.jsonl (an empty list when it does not exist); a malformed line is refused by number. */
-export async function readTrials(dir: string): Promise<TrialRecord[]> {
-  const path = join(dir, TRIALS_FILE);
+/** Reads trials.jsonl or finals.jsonl (an empty list when it does not exist); a malformed line is refused by number. */
+export async function readTrials(dir: string, file: typeof TRIALS_FILE | typeof FINALS_FILE = TRIALS_FILE): Promise<TrialRecord[]> {
+  const path = join(dir, file);
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -94,7 +98,7 @@ export async function readTrials(dir: string): Promise<TrialRecord[]> {
     try {
       value = JSON.parse(line);
     } catch (error) {
-      throw new SearchError(`${TRIALS_FILE} line ${i + 1} is not JSON`, {
+      throw new SearchError(`${file} line ${i + 1} is not JSON`, {
         path,
         cause: error,
         hint: 'Remove the line (its trial will run again) or use another --out',
@@ -103,7 +107,7 @@ export async function readTrials(dir: string): Promise<TrialRecord[]> {
     const parsed = TrialRecord.safeParse(value);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
-      throw new SearchError(`${TRIALS_FILE} line ${i + 1} is not a trial record: ${issue === undefined ? '' : `${formatPath(issue.path)}: ${issue.message}`}`, {
+      throw new SearchError(`${file} line ${i + 1} is not a trial record: ${issue === undefined ? '' : `${formatPath(issue.path)}: ${issue.message}`}`, {
         path,
         hint: 'Remove the line (its trial will run again) or use another --out',
       });
@@ -113,8 +117,8 @@ export async function readTrials(dir: string): Promise<TrialRecord[]> {
   return records;
 }
 
-export async function writeTrials(dir: string, trials: readonly TrialRecord[]): Promise<void> {
-  await writeFileAtomic(join(dir, TRIALS_FILE), trials.map((t) => `${JSON.stringify(t)}\n`).join(''));
+export async function writeTrials(dir: string, trials: readonly TrialRecord[], file: typeof TRIALS_FILE | typeof FINALS_FILE = TRIALS_FILE): Promise<void> {
+  await writeFileAtomic(join(dir, file), trials.map((t) => `${JSON.stringify(t)}\n`).join(''));
 }
 
 /** The search methods: successive halving (halving.ts) and regularized evolution (evolution.ts). */
@@ -137,6 +141,9 @@ export const SearchSettings = z
     sample: z.number().int().min(1).optional(),
     /** The candidates the search starts from (`--start`), before its own draws; absent when none. */
     start: z.array(CandidateRecord).optional(),
+    /** With re-evaluation only (reevaluation.ts): runs per finalist, seeds included, and how many finalists. */
+    finalSeeds: z.number().int().min(2).optional(),
+    finalists: z.number().int().min(1).optional(),
     eta: z.number().int().min(2),
     steps: z.number().int().positive(),
     minSteps: z.number().int().positive(),
@@ -159,8 +166,13 @@ export const SearchManifest = z
     version: z.literal(1),
     settings: SearchSettings,
     status: SearchStatus,
-    /** id of the best trial so far (highest rung reached, then accuracy, then fewer parameters). */
+    /** id of the best trial so far (highest rung reached, then accuracy, then fewer parameters; with re-runs, the best mean). */
     best: z.string().nullable(),
+    /** With re-runs of the finalists, once all are done: the best one's mean over its runs. */
+    bestMean: z
+      .object({ accuracy: z.number(), loss: z.number().nullable(), runs: z.number().int().min(2) })
+      .strict()
+      .optional(),
   })
   .strict();
 export type SearchManifest = z.infer<typeof SearchManifest>;

@@ -19,11 +19,12 @@ import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { fitCandidate } from '../../src/search/budget.js';
 import fc from 'fast-check';
 import { type EvolvedTrial, mutableDimensions, mutateCandidate, tournamentParent } from '../../src/search/evolution.js';
-import { halvingRungs, promote } from '../../src/search/halving.js';
+import { compareResults, halvingRungs, promote, rankedOf } from '../../src/search/halving.js';
 import { SearchError } from '../../src/search/errors.js';
 import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
 import { type Candidate, candidateKey, candidateSpec, drawCandidate, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
 import { seededRandom } from '../../src/base/sampling.js';
+import { bestByMean, finalistsOf, rerunSeeds } from '../../src/search/reevaluation.js';
 import { parseStartCandidates, readStartCandidates } from '../../src/search/start-file.js';
 import { readTrials, type TrialRecord } from '../../src/search/trial-log.js';
 import { loadTokenizer } from '../../src/tokenizers/load-tokenizer.js';
@@ -382,6 +383,76 @@ describe('routed-peft search', () => {
     await expect(refused([handWritten], { budget: 600 })).rejects.toThrow(
       /start candidate 0 \(lora:all-linear:.*\) does not fit its budget share \(600 trainable parameters\)/,
     );
+  });
+
+  test('--final-seeds: the finalists train again from other seeds, the best mean wins, and a stopped re-evaluation resumes', async () => {
+    const reeval = { method: 'evolution' as const, trials: 4, population: 3, sample: 2, finalSeeds: 3, finalists: 2 };
+    const whole = await runSearch(options(join(dir, 'finals-whole'), reeval));
+    expect(whole.status).toBe('complete');
+    expect(whole.trials).toHaveLength(4);
+    // The best 2 of the 4 trials, each from seeds 1 and 2 (the search's seed is 0), on the same validation lines.
+    const finalists = [...whole.trials].sort((a, b) => compareResults(rankedOf(a), rankedOf(b))).slice(0, 2);
+    expect(whole.finals.map((f) => [f.key, f.seed])).toEqual(
+      finalists.flatMap((t) => [
+        [t.key, 1],
+        [t.key, 2],
+      ]),
+    );
+    for (const f of whole.finals) {
+      expect(f.id).toBe(`${finalists.find((t) => t.key === f.key)?.id}@seed${f.seed}`);
+      expect(f.spec['seed']).toBe(f.seed);
+      expect(f.validation.examples).toBe(8);
+    }
+    // The best is the finalist with the best mean over its three runs.
+    const mean = (t: TrialRecord): number => [t, ...whole.finals.filter((f) => f.key === t.key)].reduce((s, r) => s + r.validation.accuracy, 0) / 3;
+    const means = finalists.map(mean);
+    expect(whole.bestMean?.accuracy).toBeCloseTo(Math.max(...means), 12);
+    expect(whole.bestMean?.runs).toBe(3);
+    expect(mean(whole.best as TrialRecord)).toBe(Math.max(...means));
+    const bestSpec = JSON.parse(await readFile(join(dir, 'finals-whole', 'best-spec.json'), 'utf8')) as unknown;
+    expect(bestSpec).toEqual(whole.best?.spec);
+    const manifest = JSON.parse(await readFile(join(dir, 'finals-whole', 'search.json'), 'utf8')) as { best: string; bestMean: { runs: number } };
+    expect(manifest).toMatchObject({ best: whole.best?.id, bestMean: { runs: 3 } });
+    // Re-runs stay out of trials.jsonl (one point per design in the fronts).
+    expect(await readTrials(join(dir, 'finals-whole'))).toHaveLength(4);
+
+    // Stopped in the middle of the re-runs, it resumes without repeating one and ends the same.
+    const out = join(dir, 'finals-resumed');
+    expect(await runSearch(options(out, { ...reeval, maxNewTrials: 5 }))).toMatchObject({ status: 'stopped', ran: 5, bestMean: undefined });
+    const last = await runSearch(options(out, reeval));
+    expect(last).toMatchObject({ status: 'complete', ran: 3, reused: 5 });
+    expect((await readTrials(out, 'finals.jsonl')).map(identity)).toEqual(whole.finals.map(identity));
+    expect(last.best?.id).toBe(whole.best?.id);
+    await expect(runSearch(options(out, { ...reeval, finalSeeds: 2 }))).rejects.toThrow(/other settings \(finalSeeds 3 → 2\)/);
+    await expect(runSearch(options(join(dir, 'finals-bad'), { ...reeval, finalSeeds: 0 }))).rejects.toThrow(/finalSeeds must be a whole number ≥ 1, got 0/);
+  });
+
+  test('re-evaluation picks the best mean, not the luckiest single run, and waits for every re-run', () => {
+    const record = (key: string, accuracy: number, seed?: number): TrialRecord => ({
+      type: 'trial',
+      id: seed === undefined ? `${key}@rung0` : `${key}@rung0@seed${seed}`,
+      key,
+      method: 'lora',
+      rung: 0,
+      steps: 4,
+      candidate: { kind: 'lora', injection: 'attn', layers: 'all', budgetShare: 1, routing: { kind: 'none' } },
+      size: 4,
+      spec: { adapters: [] },
+      trainableParams: 100,
+      validation: { accuracy, loss: 1 - accuracy, examples: 8, tasks: {} },
+      seconds: 1,
+      ...(seed === undefined ? {} : { seed }),
+    });
+    const trials = [record('lucky', 0.9), record('steady', 0.8), record('third', 0.5)];
+    const finals = [record('lucky', 0.1, 1), record('lucky', 0.2, 2), record('steady', 0.8, 1), record('steady', 0.7, 2)];
+    expect(finalistsOf(trials, 2).map((t) => t.key)).toEqual(['lucky', 'steady']);
+    const choice = bestByMean(trials, finals, 2, rerunSeeds(0, 3));
+    expect(choice?.trial.key).toBe('steady');
+    expect(choice?.mean).toMatchObject({ runs: 3, trainableParams: 100 });
+    expect(choice?.mean.accuracy).toBeCloseTo(0.7667, 4);
+    expect(bestByMean(trials, finals.slice(0, 3), 2, rerunSeeds(0, 3))).toBeUndefined();
+    expect(bestByMean(trials, [], 2, rerunSeeds(0, 1))).toBeUndefined();
+    expect(rerunSeeds(7, 3)).toEqual([8, 9]);
   });
 
   test('--start files: one candidate or an array; not JSON or a malformed candidate is refused with its place', async () => {
