@@ -22,6 +22,7 @@ import {
   type Routing,
   routersFor,
   SEARCH_KINDS,
+  SHARED_EXPERTS,
   searchKind,
 } from './space.js';
 
@@ -29,7 +30,7 @@ import {
 export const EVOLUTION_DEFAULTS = { population: 10, sample: 3 } as const;
 
 /** One dimension a mutation can change. */
-export type MutationDimension = 'kind' | 'injection' | 'layers' | 'budgetShare' | 'routed' | 'experts' | 'router' | 'granularity' | 'placement';
+export type MutationDimension = 'kind' | 'injection' | 'layers' | 'budgetShare' | 'routed' | 'experts' | 'router' | 'granularity' | 'placement' | 'shared';
 
 const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
 
@@ -42,6 +43,7 @@ export function mutableDimensions(candidate: Candidate): MutationDimension[] {
   if (candidate.routing.kind === 'route') {
     dims.push('experts', 'router', 'placement');
     if (!kind.sequenceOnly) dims.push('granularity');
+    if (kind.sharedExpert) dims.push('shared');
   }
   return dims;
 }
@@ -50,7 +52,8 @@ export function mutableDimensions(candidate: Candidate): MutationDimension[] {
  * A child of `parent` that differs along one dimension (drawn uniformly among those with another value), the
  * new value drawn uniformly among the others. Values the new point cannot hold are repaired the way
  * drawCandidate avoids them: a kind without that injection draws one of its own, a kind without a size
- * uses the whole budget, a prefix route goes per sequence, a top-k whose k reaches E draws another router.
+ * uses the whole budget, a prefix route goes per sequence, a kind without shared experts drops the shared
+ * one, a top-k whose k reaches E draws another router.
  */
 export function mutateCandidate(random: () => number, parent: Candidate): Candidate {
   const dimension = pick(random, mutableDimensions(parent));
@@ -69,7 +72,10 @@ export function mutateCandidate(random: () => number, parent: Candidate): Candid
       const row = searchKind(kind);
       const injection = row.injections.some((i) => i.name === parent.injection) ? parent.injection : pick(random, row.injections).name;
       const budgetShare = row.sizeField === undefined ? 1 : parent.budgetShare;
-      const repaired: Routing = routing.kind === 'route' && row.sequenceOnly ? { ...routing, granularity: 'sequence' } : routing;
+      const repaired: Routing =
+        routing.kind === 'route'
+          ? { ...routing, granularity: row.sequenceOnly ? 'sequence' : routing.granularity, shared: row.sharedExpert ? routing.shared : 'none' }
+          : routing;
       return { ...parent, kind, injection, budgetShare, routing: repaired };
     }
     case 'injection':
@@ -85,7 +91,7 @@ export function mutateCandidate(random: () => number, parent: Candidate): Candid
     case 'budgetShare':
       return { ...parent, budgetShare: others(BUDGET_SHARES, parent.budgetShare) };
     case 'routed':
-      return { ...parent, routing: routing.kind === 'route' ? { kind: 'none' } : drawRouting(random, searchKind(parent.kind).sequenceOnly) };
+      return { ...parent, routing: routing.kind === 'route' ? { kind: 'none' } : drawRouting(random, searchKind(parent.kind)) };
   }
   if (routing.kind !== 'route') throw new Error(`mutation ${dimension} needs a routed candidate`);
   switch (dimension) {
@@ -101,6 +107,8 @@ export function mutateCandidate(random: () => number, parent: Candidate): Candid
       return { ...parent, routing: { ...routing, granularity: others(GRANULARITIES, routing.granularity) } };
     case 'placement':
       return { ...parent, routing: { ...routing, placement: others(PLACEMENTS, routing.placement) } };
+    case 'shared':
+      return { ...parent, routing: { ...routing, shared: others(SHARED_EXPERTS, routing.shared) } };
   }
 }
 

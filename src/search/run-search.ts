@@ -37,7 +37,7 @@ import { EVOLUTION_DEFAULTS, type EvolvedTrial, mutateCandidate, tournamentParen
 import { halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
 import { bestByMean, type FinalChoice, finalistsOf, rerunSeeds, seedRunId } from './reevaluation.js';
-import { type Candidate, candidateKey, methodOf, outsideSpace, stratifiedDraws } from './space.js';
+import { type Candidate, candidateKey, methodOf, outsideSpace, SEARCH_SPACE_VERSION, stratifiedDraws } from './space.js';
 import { renderPlot } from './svg-plot.js';
 import {
   CandidateRecord,
@@ -358,6 +358,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
 
   const split = splitData(options.dataset, options.validationExamples ?? 200, seed);
   const settings: SearchSettings = {
+    space: SEARCH_SPACE_VERSION,
     model: options.modelPath,
     data: options.dataPath,
     dataFingerprint: datasetFingerprint(tokenizeExamples(options.dataset.examples, options.tokenizer, { maxLength })),

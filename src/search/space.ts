@@ -34,6 +34,8 @@ export interface SearchKind {
   readonly derived?: (size: number) => Readonly<Record<string, unknown>>;
   /** Routes of this kind's experts must route whole sequences (prefix slots are per sequence). */
   readonly sequenceOnly: boolean;
+  /** A route of this kind may add a shared expert beside it (kinds whose modules add a ΔW: summing is exact). */
+  readonly sharedExpert: boolean;
 }
 
 /** Sites of a family, in order, keeping only those in `wanted`. */
@@ -68,6 +70,7 @@ export const SEARCH_KINDS: readonly SearchKind[] = [
     maxSize: () => 256,
     fixed: { alpha: SEARCH_LORA_ALPHA },
     sequenceOnly: false,
+    sharedExpert: true,
   },
   {
     // AdaLoRA: the size is the initial rank (every module's variables are that big, so that is what the
@@ -85,6 +88,7 @@ export const SEARCH_KINDS: readonly SearchKind[] = [
     fixed: { alpha: SEARCH_LORA_ALPHA },
     derived: (size) => ({ targetR: Math.max(1, Math.round((size * 2) / 3)) }),
     sequenceOnly: false,
+    sharedExpert: true,
   },
   {
     kind: 'bottleneck',
@@ -96,6 +100,7 @@ export const SEARCH_KINDS: readonly SearchKind[] = [
     maxSize: () => 1024,
     fixed: {},
     sequenceOnly: false,
+    sharedExpert: false,
   },
   {
     kind: 'prefix',
@@ -105,6 +110,7 @@ export const SEARCH_KINDS: readonly SearchKind[] = [
     maxSize: (maxSeqLen) => Math.max(1, Math.floor(maxSeqLen / 2)),
     fixed: {},
     sequenceOnly: true,
+    sharedExpert: false,
   },
   {
     kind: 'ia3',
@@ -116,6 +122,7 @@ export const SEARCH_KINDS: readonly SearchKind[] = [
     maxSize: () => 1,
     fixed: {},
     sequenceOnly: false,
+    sharedExpert: false,
   },
 ];
 
@@ -131,6 +138,24 @@ export const GRANULARITIES: readonly ('token' | 'sequence')[] = ['token', 'seque
 export const PLACEMENTS: readonly ('site' | 'layer' | 'model')[] = ['site', 'layer', 'model'];
 export const LAYER_CHOICES: readonly ('all' | 'lower' | 'upper')[] = ['all', 'lower', 'upper'];
 export const BUDGET_SHARES: readonly number[] = [1, 0.5, 0.25];
+/**
+ * A shared expert beside a route (DeepSeekMoE's "shared expert isolation", Dai et al. 2024): one more module
+ * of the experts' kind, applied to every row whatever the router picks, summed with the route's output. Its
+ * size is the experts' (`same`) or half of it, rounded, at least 1 (`half`).
+ */
+export const SHARED_EXPERTS: readonly ('none' | 'half' | 'same')[] = ['none', 'half', 'same'];
+export type SharedExpert = (typeof SHARED_EXPERTS)[number];
+
+/** The shared expert's size for experts of `size`. */
+export function sharedSize(shared: Exclude<SharedExpert, 'none'>, size: number): number {
+  return shared === 'same' ? size : Math.max(1, Math.round(size / 2));
+}
+
+/**
+ * The version of this space, recorded in a search's settings: a search directory written with another
+ * version is not resumed (its draws and keys would differ). 1: before shared experts; 2: with them.
+ */
+export const SEARCH_SPACE_VERSION = 2;
 
 export type Routing =
   | { readonly kind: 'none' }
@@ -140,6 +165,7 @@ export type Routing =
       readonly router: Readonly<Record<string, unknown>>;
       readonly granularity: 'token' | 'sequence';
       readonly placement: 'site' | 'layer' | 'model';
+      readonly shared: SharedExpert;
     };
 
 /** One point of the space before its size is fitted. */
@@ -158,7 +184,7 @@ export function candidateKey(candidate: Candidate): string {
   const routing =
     r.kind === 'none'
       ? 'single'
-      : `route:E${r.experts}:${String(r.router['kind'])}${r.router['k'] === undefined ? '' : `:k${String(r.router['k'])}`}:${r.granularity}:${r.placement}`;
+      : `route:E${r.experts}:${String(r.router['kind'])}${r.router['k'] === undefined ? '' : `:k${String(r.router['k'])}`}:${r.granularity}:${r.placement}${r.shared === 'none' ? '' : `:shared-${r.shared}`}`;
   return `${candidate.kind}:${candidate.injection}:layers-${candidate.layers}:share-${candidate.budgetShare}:${routing}`;
 }
 
@@ -183,13 +209,17 @@ export function routersFor(experts: number): readonly Readonly<Record<string, un
   return ROUTER_CHOICES.filter((r) => typeof r['k'] !== 'number' || (r['k'] as number) < experts);
 }
 
-/** A route drawn uniformly: E, a router that fits E, the granularity (per sequence only if so), the placement. */
-export function drawRouting(random: () => number, sequenceOnly: boolean): Routing {
+/**
+ * A route of `kind`'s experts drawn uniformly: E, a router that fits E, the granularity (per sequence only
+ * if so), the placement, the shared expert (none where the kind has none).
+ */
+export function drawRouting(random: () => number, kind: SearchKind): Routing {
   const experts = pick(random, EXPERT_COUNTS);
   const router = pick(random, routersFor(experts));
-  const granularity = sequenceOnly ? 'sequence' : pick(random, GRANULARITIES);
+  const granularity = kind.sequenceOnly ? 'sequence' : pick(random, GRANULARITIES);
   const placement = pick(random, PLACEMENTS);
-  return { kind: 'route', experts, router, granularity, placement };
+  const shared = kind.sharedExpert ? pick(random, SHARED_EXPERTS) : 'none';
+  return { kind: 'route', experts, router, granularity, placement, shared };
 }
 
 /** A cell of the space's coarsest split: an adapter kind, routed or not. */
@@ -217,7 +247,7 @@ export function drawCandidate(random: () => number, stratum?: Stratum): Candidat
   const budgetShare = kind.sizeField === undefined ? 1 : pick(random, BUDGET_SHARES);
   const routed = stratum === undefined ? random() >= 0.5 : stratum.routed;
   if (!routed) return { kind: kind.kind, injection, layers, budgetShare, routing: { kind: 'none' } };
-  return { kind: kind.kind, injection, layers, budgetShare, routing: drawRouting(random, kind.sequenceOnly) };
+  return { kind: kind.kind, injection, layers, budgetShare, routing: drawRouting(random, kind) };
 }
 
 /**
@@ -259,29 +289,31 @@ export function candidateSpec(
   if (injection === undefined) throw new Error(`kind ${kind.kind} has no injection ${JSON.stringify(candidate.injection)}`);
   const fields = injection.fields(model.family);
   const layers = layerList(candidate.layers, model.nLayers);
-  const adapter = (name: string): Record<string, unknown> => ({
+  const adapter = (name: string, moduleSize = size): Record<string, unknown> => ({
     kind: kind.kind,
     name,
     ...kind.fixed,
     ...fields,
-    ...(kind.sizeField === undefined ? {} : { [kind.sizeField]: size }),
-    ...(kind.derived?.(size) ?? {}),
+    ...(kind.sizeField === undefined ? {} : { [kind.sizeField]: moduleSize }),
+    ...(kind.derived?.(moduleSize) ?? {}),
     targets: { ...((fields['targets'] as Record<string, unknown> | undefined) ?? {}), layers },
   });
   const routing = candidate.routing;
   if (routing.kind === 'none') return { seed, adapters: [adapter(kind.kind)] };
   const names = Array.from({ length: routing.experts }, (_, i) => `e${i}`);
+  const route = {
+    kind: 'route',
+    experts: names,
+    router: { ...routing.router },
+    granularity: routing.granularity,
+    placement: routing.placement,
+    ...(routing.placement === 'model' ? { readLayer: 0 } : {}),
+  };
+  if (routing.shared === 'none') return { seed, adapters: names.map((n) => adapter(n)), composition: route };
   return {
     seed,
-    adapters: names.map(adapter),
-    composition: {
-      kind: 'route',
-      experts: names,
-      router: { ...routing.router },
-      granularity: routing.granularity,
-      placement: routing.placement,
-      ...(routing.placement === 'model' ? { readLayer: 0 } : {}),
-    },
+    adapters: [adapter('shared', sharedSize(routing.shared, size)), ...names.map((n) => adapter(n))],
+    composition: { kind: 'parallel', children: ['shared', route] },
   };
 }
 
@@ -318,5 +350,8 @@ export function outsideSpace(candidate: Candidate): { readonly path: string; rea
     };
   if (!PLACEMENTS.includes(routing.placement))
     return { path: 'routing.placement', message: `placement ${JSON.stringify(routing.placement)} is not one of ${list(PLACEMENTS)}` };
+  const shared = kind.sharedExpert ? SHARED_EXPERTS : (['none'] as const);
+  if (!(shared as readonly string[]).includes(routing.shared))
+    return { path: 'routing.shared', message: `shared expert ${JSON.stringify(routing.shared)} is not one of ${list(shared)} for ${kind.kind}` };
   return undefined;
 }

@@ -30,6 +30,8 @@ const RoutingRecord = z.union([
       router: z.looseObject({ kind: z.string() }),
       granularity: z.enum(['token', 'sequence']),
       placement: z.enum(['site', 'layer', 'model']),
+      /** A shared expert beside the route (space.ts SHARED_EXPERTS); records without it have none. */
+      shared: z.enum(['none', 'half', 'same']).default('none'),
     })
     .strict(),
 ]);
@@ -128,6 +130,8 @@ export type SearchMethod = (typeof SEARCH_METHODS)[number];
 /** What must not change between a search and its resumption. */
 export const SearchSettings = z
   .object({
+    /** The search space's version (space.ts SEARCH_SPACE_VERSION); searches written before it had version 1. */
+    space: z.number().int().min(1).default(1),
     model: z.string(),
     data: z.string(),
     /** Tokenized fingerprint of the data (train/train-loop.ts datasetFingerprint). */
@@ -209,6 +213,15 @@ export async function writeSearchManifest(dir: string, manifest: SearchManifest)
 
 /** Throws a SearchError naming every setting that differs from the directory's. */
 export function checkSameSettings(saved: SearchSettings, now: SearchSettings, dir: string): void {
+  if (saved.space !== now.space) {
+    throw new SearchError(
+      `--out holds a search of search space version ${saved.space}; this version searches space ${now.space}, whose draws and keys differ, so it cannot resume it`,
+      {
+        path: join(dir, SEARCH_FILE),
+        hint: 'Start the search again in another --out',
+      },
+    );
+  }
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   const keys = [...new Set([...Object.keys(saved), ...Object.keys(now)])] as (keyof SearchSettings)[];
   const differing = keys.filter((k) => !same(saved[k], now[k]));

@@ -22,7 +22,17 @@ import { type EvolvedTrial, mutableDimensions, mutateCandidate, tournamentParent
 import { compareResults, halvingRungs, promote, rankedOf } from '../../src/search/halving.js';
 import { SearchError } from '../../src/search/errors.js';
 import { runSearch, type SearchOptions } from '../../src/search/run-search.js';
-import { type Candidate, candidateKey, candidateSpec, drawCandidate, SEARCH_KINDS, STRATA, stratifiedDraws } from '../../src/search/space.js';
+import {
+  type Candidate,
+  candidateKey,
+  candidateSpec,
+  drawCandidate,
+  outsideSpace,
+  SEARCH_KINDS,
+  SHARED_EXPERTS,
+  STRATA,
+  stratifiedDraws,
+} from '../../src/search/space.js';
 import { seededRandom } from '../../src/base/sampling.js';
 import { bestByMean, finalistsOf, rerunSeeds } from '../../src/search/reevaluation.js';
 import { parseStartCandidates, readStartCandidates } from '../../src/search/start-file.js';
@@ -43,7 +53,9 @@ function dimensionsOf(c: Candidate): Record<string, unknown> {
     layers: c.layers,
     budgetShare: c.budgetShare,
     routed: r.kind,
-    ...(r.kind === 'route' ? { experts: r.experts, router: JSON.stringify(r.router), granularity: r.granularity, placement: r.placement } : {}),
+    ...(r.kind === 'route'
+      ? { experts: r.experts, router: JSON.stringify(r.router), granularity: r.granularity, placement: r.placement, shared: r.shared }
+      : {}),
   };
 }
 
@@ -56,8 +68,8 @@ function isOneMutation(parent: Candidate, child: Candidate): boolean {
   const after = dimensionsOf(child);
   const changed = Object.keys({ ...before, ...after }).filter((d) => before[d] !== after[d]);
   const onlyAmong = (allowed: readonly string[]): boolean => changed.every((d) => allowed.includes(d));
-  if (changed.includes('kind')) return onlyAmong(['kind', 'injection', 'budgetShare', 'granularity']);
-  if (changed.includes('routed')) return onlyAmong(['routed', 'experts', 'router', 'granularity', 'placement']);
+  if (changed.includes('kind')) return onlyAmong(['kind', 'injection', 'budgetShare', 'granularity', 'shared']);
+  if (changed.includes('routed')) return onlyAmong(['routed', 'experts', 'router', 'granularity', 'placement', 'shared']);
   if (changed.includes('experts')) return onlyAmong(['experts', 'router']);
   return changed.length === 1;
 }
@@ -151,12 +163,21 @@ describe('routed-peft search', () => {
 
   test('each kind, routed or not, fits the largest size within its share, and the count is Σ variable sizes', () => {
     const model = { family: base.config.family, nLayers: base.config.nLayers };
-    const routed = { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'layer' } as const;
+    const routed = { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'layer', shared: 'none' } as const;
     for (const kind of SEARCH_KINDS) {
-      for (const routing of [{ kind: 'none' } as const, routed]) {
+      const withShared = kind.sharedExpert ? SHARED_EXPERTS.filter((s) => s !== 'none').map((shared) => ({ ...routed, shared })) : [];
+      for (const routing of [{ kind: 'none' } as const, routed, ...withShared]) {
         const candidate: Candidate = { kind: kind.kind, injection: (kind.injections[0] as { name: string }).name, layers: 'all', budgetShare: 1, routing };
         const fit = fitCandidate(base, routers, candidate, BUDGET, 0);
         expect(fit, `${kind.kind} ${routing.kind}`).toBeDefined();
+        if (fit !== undefined && routing.kind === 'route' && routing.shared !== 'none') {
+          // The shared expert sits beside the route, at the experts' size or half of it.
+          const adapters = fit.spec['adapters'] as { name: string; [field: string]: unknown }[];
+          const sizeField = kind.sizeField as string;
+          expect(adapters.map((a) => a.name)).toEqual(['shared', 'e0', 'e1']);
+          expect(adapters[0]?.[sizeField]).toBe(routing.shared === 'same' ? fit.size : Math.max(1, Math.round(fit.size / 2)));
+          expect(fit.spec['composition']).toMatchObject({ kind: 'parallel', children: ['shared', { kind: 'route', experts: ['e0', 'e1'] }] });
+        }
         if (fit === undefined) continue;
         const built = AdaptedModel.create(base, fit.spec, { routers });
         try {
@@ -278,8 +299,10 @@ describe('routed-peft search', () => {
       fc.property(fc.integer({ min: 0, max: 2 ** 31 - 1 }), fc.integer({ min: 0, max: 2 ** 31 - 1 }), (drawSeed, mutateSeed) => {
         const parent = drawCandidate(seededRandom(drawSeed));
         expect(mutableDimensions(parent).length).toBeGreaterThan(2);
+        expect(outsideSpace(parent)).toBeUndefined();
         const child = mutateCandidate(seededRandom(mutateSeed), parent);
         expect(candidateKey(child)).not.toBe(candidateKey(parent));
+        expect(outsideSpace(child)).toBeUndefined();
         // Still a point of the space: its spec builds for the real base.
         expect(() =>
           AdaptedModel.create(base, candidateSpec(child, 2, { family: base.config.family, nLayers: base.config.nLayers }, 0), { routers }).dispose(),
@@ -341,7 +364,7 @@ describe('routed-peft search', () => {
       injection: 'all-linear',
       layers: 'all',
       budgetShare: 1,
-      routing: { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'model' },
+      routing: { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'model', shared: 'none' },
     };
     const single: Candidate = { kind: 'lora', injection: 'attn.qv', layers: 'lower', budgetShare: 0.5, routing: { kind: 'none' } };
     const evolution = { method: 'evolution' as const, trials: 4, population: 3, sample: 2, start: [handWritten, single] };
@@ -376,6 +399,9 @@ describe('routed-peft search', () => {
     await expect(refused([{ ...single, budgetShare: 0.3 }])).rejects.toThrow(
       /budgetShare 0.3 is not one of 1, 0.5, 0.25 for lora \(at start\[0\]\.budgetShare\)/,
     );
+    await expect(
+      refused([{ kind: 'bottleneck', injection: 'houlsby', layers: 'all', budgetShare: 1, routing: { ...handWritten.routing, shared: 'half' } }]),
+    ).rejects.toThrow(/shared expert "half" is not one of "none" for bottleneck \(at start\[0\]\.routing\.shared\)/);
     await expect(refused([single, single])).rejects.toThrow(/start candidate 1 repeats start candidate 0 \(at start\[1\]\)/);
     await expect(refused([single, handWritten, { ...single, layers: 'all' }, { ...single, layers: 'upper' }])).rejects.toThrow(
       /4 start candidates do not fit in the first population \(--population 3, --trials 4\)/,
@@ -476,6 +502,15 @@ describe('routed-peft search', () => {
   test('a resumed search with other settings, or a budget nothing fits, is refused by name', async () => {
     const out = join(dir, 'whole');
     await expect(runSearch(options(out, { budget: BUDGET + 1 }))).rejects.toThrow(/other settings \(budget 12000 → 12001\)/);
+    // A search of the space before shared experts (its settings have no version) is not resumed.
+    const old = join(dir, 'space-1');
+    await runSearch(options(old, { maxNewTrials: 1 }));
+    const manifestPath = join(old, 'search.json');
+    const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as { settings: Record<string, unknown> };
+    expect(manifest.settings['space']).toBe(2);
+    delete manifest.settings['space'];
+    await writeFile(manifestPath, JSON.stringify(manifest));
+    await expect(runSearch(options(old, { maxNewTrials: 1 }))).rejects.toThrow(/holds a search of search space version 1; this version searches space 2/);
     await expect(runSearch(options(join(dir, 'tiny'), { budget: 10 }))).rejects.toThrow(SearchError);
     await expect(runSearch(options(join(dir, 'tiny'), { budget: 10 }))).rejects.toThrow(/no candidate of the search space fits --budget 10/);
   });
