@@ -6,13 +6,15 @@
  *
  *   1. Split the data: up to `validationExamples` prompt/completion lines (seeded) are held out; the rest
  *      trains.
- *   2. Draw candidates (seeded, stratified by kind and routing) until `trials` distinct ones fit the budget
- *      at their budget share.
+ *   2. Take the `start` candidates, then draw (seeded, stratified by kind and routing) until `trials`
+ *      distinct ones fit the budget at their budget share.
  *   3. Rung by rung: train each candidate from scratch for the rung's steps (AdamW, warmup then cosine over
  *      those steps, clipping at 1), measure validation accuracy, keep the best 1/η for the next rung.
  *      Evolution instead trains the first P draws, then `trials` − P children, each one mutation away from
  *      the best of S members of the P most recent trials, all for `steps` steps.
- *   4. After every trial, rewrite trials.jsonl, search.json, best-spec.json, pareto.json and pareto.svg
+ *   4. With `finalSeeds` N ≥ 2: train the best `finalists` of the last rung again from N − 1 more seeds;
+ *      the best mean wins (reevaluation.ts).
+ *   5. After every trial, rewrite trials.jsonl, finals.jsonl, search.json, best-spec.json, pareto.json and pareto.svg
  *      atomically, so a killed search leaves the best so far and resumes without repeating a finished trial
  *      (the draws, the fits and the promotions are functions of the seed and the finished results).
  *
