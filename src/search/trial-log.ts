@@ -211,7 +211,10 @@ export async function writeSearchManifest(dir: string, manifest: SearchManifest)
   await writeFileAtomic(join(dir, SEARCH_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
 }
 
-/** Throws a SearchError naming every setting that differs from the directory's. */
+/** Settings a resumed search may change: how many finalists are re-run, from how many seeds. */
+const REEVALUATION_SETTINGS: readonly (keyof SearchSettings)[] = ['finalSeeds', 'finalists'];
+
+/** Throws a SearchError naming every setting (but the re-runs') that differs from the directory's. */
 export function checkSameSettings(saved: SearchSettings, now: SearchSettings, dir: string): void {
   if (saved.space !== now.space) {
     throw new SearchError(
@@ -223,7 +226,9 @@ export function checkSameSettings(saved: SearchSettings, now: SearchSettings, di
     );
   }
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
-  const keys = [...new Set([...Object.keys(saved), ...Object.keys(now)])] as (keyof SearchSettings)[];
+  // The finalists' re-runs may change: trials.jsonl does not depend on them, and finals.jsonl's records are
+  // looked up by seed, so more seeds or finalists only add re-runs.
+  const keys = ([...new Set([...Object.keys(saved), ...Object.keys(now)])] as (keyof SearchSettings)[]).filter((k) => !REEVALUATION_SETTINGS.includes(k));
   const differing = keys.filter((k) => !same(saved[k], now[k]));
   if (differing.length === 0) return;
   const list = differing.map((k) => `${k} ${JSON.stringify(saved[k])} → ${JSON.stringify(now[k])}`).join(', ');

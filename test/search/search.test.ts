@@ -449,7 +449,13 @@ describe('routed-peft search', () => {
     expect(last).toMatchObject({ status: 'complete', ran: 3, reused: 5 });
     expect((await readTrials(out, 'finals.jsonl')).map(identity)).toEqual(whole.finals.map(identity));
     expect(last.best?.id).toBe(whole.best?.id);
-    await expect(runSearch(options(out, { ...reeval, finalSeeds: 2 }))).rejects.toThrow(/other settings \(finalSeeds 3 → 2\)/);
+    // The re-runs may change on resume: more seeds or finalists add runs, fewer use the ones there.
+    const more = await runSearch(options(out, { ...reeval, finalSeeds: 4, finalists: 3 }));
+    expect(more).toMatchObject({ status: 'complete', ran: 3 + 2, bestMean: { runs: 4 } });
+    expect(more.finals).toHaveLength(3 * 3);
+    const fewer = await runSearch(options(out, { ...reeval, finalSeeds: 2 }));
+    expect(fewer).toMatchObject({ status: 'complete', ran: 0, bestMean: { runs: 2 } });
+    expect(await runSearch(options(out, { ...reeval, finalSeeds: 1 }))).toMatchObject({ ran: 0, bestMean: undefined });
     await expect(runSearch(options(join(dir, 'finals-bad'), { ...reeval, finalSeeds: 0 }))).rejects.toThrow(/finalSeeds must be a whole number ≥ 1, got 0/);
   });
 
