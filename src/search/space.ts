@@ -5,7 +5,8 @@
  *
  * Adapter kinds are rows of SEARCH_KINDS: a kind names its injection choices, the spec field its size sets
  * (LoRA rank, AdaLoRA initial rank, bottleneck width, prefix length; none for (IA)³) and how it is routed. Adding a kind to the
- * search is adding one row. Routing choices are ROUTER_CHOICES × expert counts × granularities × placements.
+ * search is adding one row. Routing choices are ROUTER_CHOICES × expert counts × granularities × placements
+ * × shared experts (for kinds that allow one).
  *
  * The size is not drawn: a candidate draws a share of the budget (1, ½, ¼) and budget.ts fits the largest
  * size whose exact trainable count fits that share, so every candidate respects the budget and the trials
