@@ -21,7 +21,7 @@ import { MODEL_FLAGS, MODEL_USAGE, loadCliModel } from './model-options.js';
 import { terminalStream } from './train-command.js';
 
 const usage = `Usage: routed-peft search --model PATH [--tokenizer PATH] --data FILE.jsonl --budget N --out DIR
-                        [--method halving|evolution] [--trials N] [--eta N] [--steps N] [--min-steps N]
+                        [--method halving|evolution|local] [--trials N] [--eta N] [--steps N] [--min-steps N]
                         [--population N] [--sample N] [--start FILE] [--final-seeds N] [--finalists N]
                         [--time-limit S]
                         [--batch-size N] [--lr X] [--router-lr X] [--max-length N] [--validation N]
@@ -32,8 +32,9 @@ Search where to inject which adapter (lora, bottleneck, prefix, ia3), of which s
 model), inside a budget of trainable parameters. Successive halving (Jamieson & Talwalkar 2016): --trials
 candidates train for a short proxy; the best 1/eta of each rung train again for eta times as many steps, up
 to --steps. Regularized evolution (Real et al. 2019): --population draws, then children one change away
-from the best of --sample of the --population most recent trials, --trials in all, each for --steps. Each
-trial is scored by exact match of greedy completions on held-out prompt/completion lines.
+from the best of --sample of the --population most recent trials, --trials in all, each for --steps. Local
+search (White et al. 2021): --population trials, then every one-change neighbour of the best so far, moving
+while the best changes, up to --trials. Each trial is scored by exact match of greedy completions on held-out prompt/completion lines.
 
 Options:
 ${MODEL_USAGE}
@@ -42,12 +43,13 @@ ${MODEL_USAGE}
   --budget N           Most trainable parameters (adapters + routers, counted exactly) of any candidate
   --out DIR            Search directory: trials.jsonl, pareto.json, pareto.svg, best-spec.json, search.json.
                        Running again with the same flags resumes it, skipping finished trials
-  --method M           halving (default) or evolution
-  --trials N           Halving: candidates in the first rung; evolution: trials in all (default 27)
+  --method M           halving (default), evolution or local
+  --trials N           Halving: candidates in the first rung; evolution, local: trials in all (default 27)
   --eta N              Halving: keep the best 1/eta of each rung (default 3)
   --steps N            Optimizer steps of the last rung; evolution: of every trial (default 100)
   --min-steps N        Halving: fewest steps of the first rung (default 10; fewer rungs if needed)
-  --population N       Evolution: the most recent trials parents are drawn from (default 10)
+  --population N       Evolution: the most recent trials parents are drawn from; local: the trials it
+                       starts from, --start's and draws (default 10)
   --sample N           Evolution: trials drawn per tournament, at most --population (default 3)
   --start FILE         Candidates to train first, e.g. a design to improve on: one candidate object or an
                        array of them, as the "candidate" fields of trials.jsonl; they open the first rung
@@ -83,7 +85,7 @@ function trialLine(event: Extract<SearchEvent, { type: 'trial' }>): string {
 
 export const searchCommand: CliCommand = {
   name: 'search',
-  summary: 'Search adapter kind, sites, size and routing within a trainable budget (successive halving or evolution)',
+  summary: 'Search adapter kind, sites, size and routing within a trainable budget (successive halving, evolution or local search)',
   usage,
   async run(args: string[], io: CliIo, context: CliContext): Promise<number> {
     const { values } = parseStrict(args, {

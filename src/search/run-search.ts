@@ -1,6 +1,6 @@
 /**
- * The architecture search engine (`routed-peft search`): successive halving (halving.ts) or regularized
- * evolution (evolution.ts) over the space of space.ts, every candidate fitted to the trainable budget
+ * The architecture search engine (`routed-peft search`): successive halving (halving.ts), regularized
+ * evolution (evolution.ts) or local search (local-search.ts) over the space of space.ts, every candidate fitted to the trainable budget
  * (budget.ts), each trial a short proxy training with the library's training loop and a validation by exact
  * match of greedy completions.
  *
@@ -11,7 +11,8 @@
  *   3. Rung by rung: train each candidate from scratch for the rung's steps (AdamW, warmup then cosine over
  *      those steps, clipping at 1), measure validation accuracy, keep the best 1/η for the next rung.
  *      Evolution instead trains the first P draws, then `trials` − P children, each one mutation away from
- *      the best of S members of the P most recent trials, all for `steps` steps.
+ *      the best of S members of the P most recent trials, all for `steps` steps. Local search trains the
+ *      first P, then every neighbour of the best trial, moving while the best changes.
  *   4. With `finalSeeds` N ≥ 2: train the best `finalists` of the last rung again from N − 1 more seeds;
  *      the best mean wins (reevaluation.ts).
  *   5. After every trial, rewrite trials.jsonl, finals.jsonl, search.json, best-spec.json, pareto.json and pareto.svg
@@ -36,6 +37,7 @@ import { datasetFingerprint, trainFromDataset } from '../train/train-loop.js';
 import { type FittedCandidate, fitCandidate, trainableCount } from './budget.js';
 import { SearchError } from './errors.js';
 import { EVOLUTION_DEFAULTS, type EvolvedTrial, mutateCandidate, tournamentParent, trialRandom } from './evolution.js';
+import { neighbours } from './local-search.js';
 import { halvingRungs, promote, rankedOf, type Rung } from './halving.js';
 import { paretoFront } from './pareto.js';
 import { bestByMean, type FinalChoice, finalistsOf, rerunSeeds, seedRunId } from './reevaluation.js';
@@ -73,11 +75,11 @@ export interface SearchOptions {
   readonly outDir: string;
   /** Most trainable parameters any candidate may have (exact count). */
   readonly budget: number;
-  /** `halving` (default) or `evolution`. */
+  /** `halving` (default), `evolution` or `local`. */
   readonly method?: SearchMethod;
-  /** Halving: candidates in the first rung; evolution: trials in all (default 27). */
+  /** Halving: candidates in the first rung; evolution and local search: trials in all (default 27). */
   readonly trials?: number;
-  /** Evolution: population size P, the most recent trials parents are drawn from (default 10). */
+  /** Evolution: population size P, the most recent trials parents are drawn from; local search: the trials before it moves (default 10). */
   readonly population?: number;
   /** Evolution: members drawn per tournament, S ≤ P (default 3). */
   readonly sample?: number;
@@ -331,10 +333,11 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     throw new SearchError(`budget must be a whole number ≥ 1, got ${options.budget}`, { path: 'budget' });
   if (!(SEARCH_METHODS as readonly string[]).includes(method))
     throw new SearchError(`unknown search method ${JSON.stringify(method)}`, { path: 'method', hint: `Use one of ${SEARCH_METHODS.join(', ')}` });
-  if (method === 'evolution') {
+  const oneRung = method === 'evolution' || method === 'local';
+  if (oneRung) {
     if (!Number.isInteger(population) || population < 1)
       throw new SearchError(`population must be a whole number ≥ 1, got ${population}`, { path: 'population' });
-    if (!Number.isInteger(sample) || sample < 1 || sample > population)
+    if (method === 'evolution' && (!Number.isInteger(sample) || sample < 1 || sample > population))
       throw new SearchError(`sample must be a whole number from 1 to the population (${population}), got ${sample}`, {
         path: 'sample',
         hint: 'A tournament draws --sample members of the --population most recent trials',
@@ -349,9 +352,9 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   if (!Number.isInteger(finalistCount) || finalistCount < 1)
     throw new SearchError(`finalists must be a whole number ≥ 1, got ${finalistCount}`, { path: 'finalists' });
   const start = options.start ?? [];
-  const opening = method === 'evolution' ? Math.min(population, requested) : requested;
+  const opening = oneRung ? Math.min(population, requested) : requested;
   if (start.length > opening) {
-    const what = method === 'evolution' ? `the first population (--population ${population}, --trials ${requested})` : `the first rung (--trials ${requested})`;
+    const what = oneRung ? `the first population (--population ${population}, --trials ${requested})` : `the first rung (--trials ${requested})`;
     throw new SearchError(`${start.length} start candidates do not fit in ${what}`, {
       path: 'start',
       hint: 'Give fewer start candidates or raise those flags',
@@ -367,7 +370,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     budget: options.budget,
     method,
     trials: requested,
-    ...(method === 'evolution' ? { population, sample } : {}),
+    ...(method === 'evolution' ? { population, sample } : method === 'local' ? { population } : {}),
     ...(start.length > 0 ? { start: start.map((c) => CandidateRecord.parse(c)) } : {}),
     ...(finalSeeds > 1 ? { finalSeeds, finalists: finalistCount } : {}),
     eta,
@@ -397,8 +400,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   const fitNew = newCandidateFitter(options, seed);
   const candidates = initialCandidates(options, opening, seed, fitNew);
   const byKey = new Map(candidates.map((c) => [candidateKey(c.candidate), c]));
-  const rungs =
-    method === 'evolution' ? [{ rung: 0, steps: maxSteps, trials: requested }] : halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
+  const rungs = oneRung ? [{ rung: 0, steps: maxSteps, trials: requested }] : halvingRungs({ trials: candidates.length, eta, maxSteps, minSteps });
   const finalRuns = Math.min(finalistCount, (rungs.at(-1) as Rung).trials) * seeds.length;
   const total = rungs.reduce((s, r) => s + r.trials, 0) + finalRuns;
   options.onEvent?.({ type: 'plan', rungs, total, finished: done.size, candidates: candidates.length });
@@ -553,6 +555,30 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     }
   };
 
+  // Local search: the first P candidates, then every new neighbour of the best trial so far; move to the new
+  // best when its neighbourhood is done, stop when the best has been expanded already (a local optimum).
+  const searchLocally = async (): Promise<void> => {
+    const rung = rungs[0] as Rung;
+    const history: TrialRecord[] = [];
+    const train = async (fit: FittedCandidate): Promise<boolean> => {
+      if (history.length >= requested) return false;
+      const record = await trialOf(fit, rung);
+      if (record === undefined) return false;
+      history.push(record);
+      return true;
+    };
+    for (const fit of candidates) if (!(await train(fit))) return;
+    const expanded = new Set<string>();
+    for (let centre = bestTrial(history); centre !== undefined && !expanded.has(centre.key); centre = bestTrial(history)) {
+      expanded.add(centre.key);
+      const random = trialRandom(seed, history.length);
+      for (const neighbour of neighbours(centre.candidate as Candidate, random)) {
+        const fit = fitNew(neighbour);
+        if (fit !== undefined && !(await train(fit))) return;
+      }
+    }
+  };
+
   const halve = async (): Promise<void> => {
     let keys = candidates.map((c) => candidateKey(c.candidate));
     for (const rung of rungs) {
@@ -584,7 +610,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
     }
   };
 
-  await (method === 'evolution' ? evolve() : halve());
+  await (method === 'evolution' ? evolve() : method === 'local' ? searchLocally() : halve());
   if (status === 'complete') await reevaluate();
   await writeAll(status);
   const choice = chosen();

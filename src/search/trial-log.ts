@@ -123,8 +123,8 @@ export async function writeTrials(dir: string, trials: readonly TrialRecord[], f
   await writeFileAtomic(join(dir, file), trials.map((t) => `${JSON.stringify(t)}\n`).join(''));
 }
 
-/** The search methods: successive halving (halving.ts) and regularized evolution (evolution.ts). */
-export const SEARCH_METHODS = ['halving', 'evolution'] as const;
+/** The search methods: successive halving (halving.ts), regularized evolution (evolution.ts), local search (local-search.ts). */
+export const SEARCH_METHODS = ['halving', 'evolution', 'local'] as const;
 export type SearchMethod = (typeof SEARCH_METHODS)[number];
 
 /** What must not change between a search and its resumption. */
@@ -140,7 +140,7 @@ export const SearchSettings = z
     /** Searches written before evolution existed were halving searches. */
     method: z.enum(SEARCH_METHODS).default('halving'),
     trials: z.number().int().positive(),
-    /** Evolution only: population size and tournament sample. */
+    /** Evolution: population size and tournament sample; local search: the population only (its first trials). */
     population: z.number().int().min(1).optional(),
     sample: z.number().int().min(1).optional(),
     /** The candidates the search starts from (`--start`), before its own draws; absent when none. */

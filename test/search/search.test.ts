@@ -34,6 +34,7 @@ import {
   stratifiedDraws,
 } from '../../src/search/space.js';
 import { seededRandom } from '../../src/base/sampling.js';
+import { neighbours } from '../../src/search/local-search.js';
 import { bestByMean, finalistsOf, rerunSeeds } from '../../src/search/reevaluation.js';
 import { parseStartCandidates, readStartCandidates } from '../../src/search/start-file.js';
 import { readTrials, type TrialRecord } from '../../src/search/trial-log.js';
@@ -503,6 +504,71 @@ describe('routed-peft search', () => {
     expect(await main(argv, io, { routers })).not.toBe(0);
     expect(io.err).toMatch(/ia3 has no injection "everywhere"; it has "kv-down", "all-linear" \(at start\[0\]\.injection\)/);
     await expect(readStartCandidates(join(dir, 'missing.json'))).rejects.toThrow(/cannot read --start .*missing.json/);
+  });
+
+  test('local search: every neighbour is one change away and in the space; the hand-written point has all its routing neighbours', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 2 ** 31 - 1 }), (drawSeed) => {
+        const parent = drawCandidate(seededRandom(drawSeed));
+        const around = neighbours(parent, seededRandom(drawSeed + 1));
+        expect(around.length).toBeGreaterThan(3);
+        expect(new Set(around.map(candidateKey)).size).toBe(around.length);
+        for (const child of around) {
+          expect(outsideSpace(child)).toBeUndefined();
+          expect(isOneMutation(parent, child)).toBe(true);
+        }
+      }),
+      { numRuns: 200 },
+    );
+    const handWritten: Candidate = {
+      kind: 'lora',
+      injection: 'all-linear',
+      layers: 'all',
+      budgetShare: 1,
+      routing: { kind: 'route', experts: 4, router: { kind: 'top-k', k: 2 }, granularity: 'sequence', placement: 'model', shared: 'none' },
+    };
+    const keys = neighbours(handWritten, seededRandom(0)).map(candidateKey);
+    const base = 'lora:all-linear:layers-all:share-1:route';
+    expect(keys).toEqual(
+      expect.arrayContaining([
+        `${base}:E4:top-k:k2:sequence:model:shared-half`,
+        `${base}:E4:top-k:k2:sequence:model:shared-same`,
+        `${base}:E4:top-k:k2:sequence:site`,
+        `${base}:E4:top-k:k2:token:model`,
+        `${base}:E4:soft:sequence:model`,
+        `${base}:E2:top-k:k1:sequence:model`,
+        `${base}:E2:soft:sequence:model`,
+        `${base}:E8:top-k:k2:sequence:model`,
+        'lora:all-linear:layers-all:share-1:single',
+        'adalora:all-linear:layers-all:share-1:route:E4:top-k:k2:sequence:model',
+        'bottleneck:pfeiffer:layers-all:share-1:route:E4:top-k:k2:sequence:model',
+        'bottleneck:houlsby:layers-all:share-1:route:E4:top-k:k2:sequence:model',
+      ]),
+    );
+    expect(keys).not.toContain(`${base}:E2:top-k:k2:sequence:model`); // k must stay below E
+  });
+
+  test('local search: the first P trials, then the neighbours of the best so far; resumable without repeats', async () => {
+    const local = { method: 'local' as const, trials: 6, population: 2 };
+    const whole = await runSearch(options(join(dir, 'local-whole'), local));
+    expect(whole.status).toBe('complete');
+    expect(whole.trials.length).toBeGreaterThan(2);
+    expect(whole.trials.length).toBeLessThanOrEqual(6);
+    expect(new Set(whole.trials.map((t) => t.key)).size).toBe(whole.trials.length);
+    // After the first two, each trial is a neighbour of the best trial before it, or of an earlier best.
+    for (const [i, t] of whole.trials.entries()) {
+      if (i < 2) continue;
+      expect(whole.trials.slice(0, i).some((p) => isOneMutation(p.candidate as Candidate, t.candidate as Candidate))).toBe(true);
+    }
+    const manifest = JSON.parse(await readFile(join(dir, 'local-whole', 'search.json'), 'utf8')) as { settings: Record<string, unknown> };
+    expect(manifest.settings).toMatchObject({ method: 'local', population: 2 });
+    expect(manifest.settings['sample']).toBeUndefined();
+
+    const out = join(dir, 'local-resumed');
+    expect(await runSearch(options(out, { ...local, maxNewTrials: 3 }))).toMatchObject({ status: 'stopped', ran: 3 });
+    const last = await runSearch(options(out, local));
+    expect(last).toMatchObject({ status: 'complete', reused: 3 });
+    expect((await readTrials(out)).map(identity)).toEqual(whole.trials.map(identity));
   });
 
   test('a resumed search with other settings, or a budget nothing fits, is refused by name', async () => {
