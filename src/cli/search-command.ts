@@ -122,7 +122,8 @@ export const searchCommand: CliCommand = {
     const trials = toInt('trials', values.trials, { min: 1 });
     const population = toInt('population', values.population, { min: 1 });
     const sample = toInt('sample', values.sample, { min: 1 });
-    if (sample > population) throw new UsageError(`--sample ${sample} exceeds --population ${population}; a tournament draws from the population`);
+    if (method === 'evolution' && sample > population)
+      throw new UsageError(`--sample ${sample} exceeds --population ${population}; a tournament draws from the population`);
     const finalSeeds = toInt('final-seeds', values['final-seeds'], { min: 1 });
     const finalists = toInt('finalists', values.finalists, { min: 1 });
     const eta = toInt('eta', values.eta, { min: 2 });
