@@ -34,7 +34,8 @@ candidates train for a short proxy; the best 1/eta of each rung train again for 
 to --steps. Regularized evolution (Real et al. 2019): --population draws, then children one change away
 from the best of --sample of the --population most recent trials, --trials in all, each for --steps. Local
 search (White et al. 2021): --population trials, then every one-change neighbour of the best so far, moving
-while the best changes, up to --trials. Each trial is scored by exact match of greedy completions on held-out prompt/completion lines.
+while the best changes, up to --trials. Each trial is scored by exact match of greedy completions on
+held-out prompt/completion lines.
 
 Options:
 ${MODEL_USAGE}
@@ -46,14 +47,14 @@ ${MODEL_USAGE}
   --method M           halving (default), evolution or local
   --trials N           Halving: candidates in the first rung; evolution, local: trials in all (default 27)
   --eta N              Halving: keep the best 1/eta of each rung (default 3)
-  --steps N            Optimizer steps of the last rung; evolution: of every trial (default 100)
+  --steps N            Optimizer steps of the last rung; evolution, local: of every trial (default 100)
   --min-steps N        Halving: fewest steps of the first rung (default 10; fewer rungs if needed)
   --population N       Evolution: the most recent trials parents are drawn from; local: the trials it
                        starts from, --start's and draws (default 10)
   --sample N           Evolution: trials drawn per tournament, at most --population (default 3)
   --start FILE         Candidates to train first, e.g. a design to improve on: one candidate object or an
                        array of them, as the "candidate" fields of trials.jsonl; they open the first rung
-                       (halving) or the first population (evolution)
+                       (halving) or the first population (evolution, local)
   --final-seeds N      Train the finalists N times in all (from seeds S+1 … S+N-1 besides the search's);
                        the best mean wins. Default 1: each trial once, the best single score wins
   --finalists N        Trials re-run by --final-seeds: the best N of the last rung (default 3)
