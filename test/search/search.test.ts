@@ -75,6 +75,17 @@ function isOneMutation(parent: Candidate, child: Candidate): boolean {
   return changed.length === 1;
 }
 
+/** LoRA experts on all seven sites in all layers, routed per sequence by one router for the model (no shared expert). */
+function modelRoutedLora(experts: number, router: Record<string, unknown>): Candidate {
+  return {
+    kind: 'lora',
+    injection: 'all-linear',
+    layers: 'all',
+    budgetShare: 1,
+    routing: { kind: 'route', experts, router, granularity: 'sequence', placement: 'model', shared: 'none' },
+  };
+}
+
 describe('routed-peft search', () => {
   let dir: string;
   let dataPath: string;
@@ -360,13 +371,7 @@ describe('routed-peft search', () => {
   });
 
   test('--start: the given candidates train first, are recorded in the settings, and bad ones are refused by name', async () => {
-    const handWritten: Candidate = {
-      kind: 'lora',
-      injection: 'all-linear',
-      layers: 'all',
-      budgetShare: 1,
-      routing: { kind: 'route', experts: 2, router: { kind: 'top-k', k: 1 }, granularity: 'sequence', placement: 'model', shared: 'none' },
-    };
+    const handWritten = modelRoutedLora(2, { kind: 'top-k', k: 1 });
     const single: Candidate = { kind: 'lora', injection: 'attn.qv', layers: 'lower', budgetShare: 0.5, routing: { kind: 'none' } };
     const evolution = { method: 'evolution' as const, trials: 4, population: 3, sample: 2, start: [handWritten, single] };
     const out = join(dir, 'evo-start');
@@ -520,13 +525,7 @@ describe('routed-peft search', () => {
       }),
       { numRuns: 200 },
     );
-    const handWritten: Candidate = {
-      kind: 'lora',
-      injection: 'all-linear',
-      layers: 'all',
-      budgetShare: 1,
-      routing: { kind: 'route', experts: 4, router: { kind: 'top-k', k: 2 }, granularity: 'sequence', placement: 'model', shared: 'none' },
-    };
+    const handWritten = modelRoutedLora(4, { kind: 'top-k', k: 2 }); // the demo's hand-written point
     const keys = neighbours(handWritten, seededRandom(0)).map(candidateKey);
     const base = 'lora:all-linear:layers-all:share-1:route';
     expect(keys).toEqual(
