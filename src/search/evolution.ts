@@ -22,6 +22,7 @@ import {
   type Routing,
   routersFor,
   SEARCH_KINDS,
+  sameJson,
   SHARED_EXPERTS,
   searchKind,
 } from './space.js';
@@ -31,8 +32,6 @@ export const EVOLUTION_DEFAULTS = { population: 10, sample: 3 } as const;
 
 /** One dimension a mutation can change. */
 export type MutationDimension = 'kind' | 'injection' | 'layers' | 'budgetShare' | 'routed' | 'experts' | 'router' | 'granularity' | 'placement' | 'shared';
-
-const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 /** The dimensions along which `candidate` has another valid value. */
 export function mutableDimensions(candidate: Candidate): MutationDimension[] {
@@ -46,6 +45,22 @@ export function mutableDimensions(candidate: Candidate): MutationDimension[] {
     if (kind.sharedExpert) dims.push('shared');
   }
   return dims;
+}
+
+/**
+ * `candidate` with another adapter kind and one of that kind's injections, repaired to fit it: a kind
+ * without a size uses the whole budget, a prefix route goes per sequence, a kind without shared experts
+ * drops the shared one.
+ */
+export function withKind(candidate: Candidate, kind: string, injection: string): Candidate {
+  const row = searchKind(kind);
+  const routing = candidate.routing;
+  const budgetShare = row.sizeField === undefined ? 1 : candidate.budgetShare;
+  const repaired: Routing =
+    routing.kind === 'route'
+      ? { ...routing, granularity: row.sequenceOnly ? 'sequence' : routing.granularity, shared: row.sharedExpert ? routing.shared : 'none' }
+      : routing;
+  return { ...candidate, kind, injection, budgetShare, routing: repaired };
 }
 
 /**
@@ -71,12 +86,7 @@ export function mutateCandidate(random: () => number, parent: Candidate): Candid
       );
       const row = searchKind(kind);
       const injection = row.injections.some((i) => i.name === parent.injection) ? parent.injection : pick(random, row.injections).name;
-      const budgetShare = row.sizeField === undefined ? 1 : parent.budgetShare;
-      const repaired: Routing =
-        routing.kind === 'route'
-          ? { ...routing, granularity: row.sequenceOnly ? 'sequence' : routing.granularity, shared: row.sharedExpert ? routing.shared : 'none' }
-          : routing;
-      return { ...parent, kind, injection, budgetShare, routing: repaired };
+      return withKind(parent, kind, injection);
     }
     case 'injection':
       return {

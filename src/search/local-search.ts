@@ -9,7 +9,7 @@
  * whose k reaches the new E), every valid repair is a neighbour; a route added to a single adapter is drawn
  * from `random`, so the neighbourhood is a function of the seed and the candidate.
  */
-import { mutableDimensions } from './evolution.js';
+import { mutableDimensions, withKind } from './evolution.js';
 import {
   BUDGET_SHARES,
   type Candidate,
@@ -22,10 +22,9 @@ import {
   routersFor,
   SEARCH_KINDS,
   SHARED_EXPERTS,
+  sameJson,
   searchKind,
 } from './space.js';
-
-const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 /** Every one-change neighbour of `candidate`, in the order of its dimensions and values, without repeats. */
 export function neighbours(candidate: Candidate, random: () => number): Candidate[] {
@@ -44,16 +43,7 @@ export function neighbours(candidate: Candidate, random: () => number): Candidat
         )) {
           const row = searchKind(kind);
           const injections = row.injections.some((i) => i.name === candidate.injection) ? [candidate.injection] : row.injections.map((i) => i.name);
-          const budgetShare = row.sizeField === undefined ? 1 : candidate.budgetShare;
-          const repaired =
-            routing.kind === 'route'
-              ? {
-                  ...routing,
-                  granularity: row.sequenceOnly ? ('sequence' as const) : routing.granularity,
-                  shared: row.sharedExpert ? routing.shared : ('none' as const),
-                }
-              : routing;
-          for (const injection of injections) add({ ...candidate, kind, injection, budgetShare, routing: repaired });
+          for (const injection of injections) add(withKind(candidate, kind, injection));
         }
         break;
       case 'injection':

@@ -12,8 +12,8 @@
 import { compareResults, type RankedResult, rankedOf } from './halving.js';
 import type { TrialRecord } from './trial-log.js';
 
-/** The id of a finalist's re-run from `seed`. */
-export const seedRunId = (trial: Pick<TrialRecord, 'id'>, seed: number): string => `${trial.id}@seed${seed}`;
+/** The id of a finalist's re-run from `seed`, from the id of its trial. */
+export const seedRunId = (trialId: string, seed: number): string => `${trialId}@seed${seed}`;
 
 /** The seeds of a finalist's re-runs: the search's seed + 1 … + (finalSeeds − 1). */
 export function rerunSeeds(searchSeed: number, finalSeeds: number): number[] {
@@ -62,7 +62,7 @@ export function bestByMean(
   const byId = new Map(finals.map((f) => [f.id, f]));
   const choices: FinalChoice[] = [];
   for (const trial of finalistsOf(trials, finalists)) {
-    const reruns = seeds.map((s) => byId.get(seedRunId(trial, s)));
+    const reruns = seeds.map((s) => byId.get(seedRunId(trial.id, s)));
     if (reruns.some((r) => r === undefined)) return undefined;
     choices.push({ trial, mean: meanResult(trial, reruns as TrialRecord[]) });
   }

@@ -432,13 +432,17 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
   let ran = 0;
   let status: Exclude<SearchStatus, 'running'> = 'complete';
 
+  /** The id of a candidate's trial in `rung`, or of its re-run from `rerunSeed`. */
+  const recordId = (key: string, rung: Rung, rerunSeed: number | undefined): string =>
+    rerunSeed === undefined ? trialId(key, rung.rung) : seedRunId(trialId(key, rung.rung), rerunSeed);
+
   // A trial trains from the search's seed; a finalist's re-run (`rerunSeed`) from another: its spec's init
   // and its batch order change, the split does not.
   const runTrial = async (fit: FittedCandidate, rung: Rung, rerunSeed: number | undefined): Promise<TrialRecord> => {
     const trialStart = now();
     const key = candidateKey(fit.candidate);
     const trialSeed = rerunSeed ?? seed;
-    const id = rerunSeed === undefined ? trialId(key, rung.rung) : seedRunId({ id: trialId(key, rung.rung) }, rerunSeed);
+    const id = recordId(key, rung, rerunSeed);
     const spec = rerunSeed === undefined ? fit.spec : { ...fit.spec, seed: rerunSeed };
     const model = AdaptedModel.create(options.base, spec, { routers: options.routers });
     try {
@@ -506,8 +510,7 @@ export async function runSearch(options: SearchOptions): Promise<SearchResult> {
    * undefined when the search must stop first (status set).
    */
   const trialOf = async (fit: FittedCandidate, rung: Rung, rerunSeed: number | undefined = undefined): Promise<TrialRecord | undefined> => {
-    const id = trialId(candidateKey(fit.candidate), rung.rung);
-    const finishedTrial = done.get(rerunSeed === undefined ? id : seedRunId({ id }, rerunSeed));
+    const finishedTrial = done.get(recordId(candidateKey(fit.candidate), rung, rerunSeed));
     if (finishedTrial !== undefined) return finishedTrial;
     const reason = stopReason() ?? (options.maxNewTrials !== undefined && ran >= options.maxNewTrials ? 'stopped' : undefined);
     if (reason !== undefined) {

@@ -200,6 +200,9 @@ export function searchKind(kind: string): SearchKind {
   return found;
 }
 
+/** Equal as JSON (router objects, choice values). */
+export const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+
 /** One of `items`, uniformly. */
 export function pick<T>(random: () => number, items: readonly T[]): T {
   return items[Math.floor(random() * items.length)] as T;
@@ -342,7 +345,7 @@ export function outsideSpace(candidate: Candidate): { readonly path: string; rea
   if (routing.kind === 'none') return undefined;
   if (!EXPERT_COUNTS.includes(routing.experts)) return { path: 'routing.experts', message: `${routing.experts} experts is not one of ${list(EXPERT_COUNTS)}` };
   const routers = routersFor(routing.experts);
-  if (!routers.some((r) => JSON.stringify(r) === JSON.stringify(routing.router)))
+  if (!routers.some((r) => sameJson(r, routing.router)))
     return { path: 'routing.router', message: `router ${JSON.stringify(routing.router)} is not one of ${list(routers)} for ${routing.experts} experts` };
   if (!GRANULARITIES.includes(routing.granularity) || (kind.sequenceOnly && routing.granularity !== 'sequence'))
     return {
