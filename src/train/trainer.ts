@@ -34,6 +34,8 @@ import type { AdaptedModel } from '../model/adapted-model.js';
 import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '../model/multimodal-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
+import { type DataParallelGroup, type RemoteShard, splitRows } from './data-parallel.js';
+import { splitFlat, weightedMeanInto } from './flat-tensors.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
 import { DeferredTraceReads } from '../routing/trace.js';
@@ -153,6 +155,23 @@ export interface TrainerOptions {
   readonly transformLoss?: (loss: tf.Scalar, info: { readonly step: number; readonly microBatch: number }) => tf.Scalar;
   /** Controllers to run besides the model's own (owned by the caller: the Trainer does not dispose them). */
   readonly controllers?: readonly TrainingController[];
+  /**
+   * Data-parallel replicas (data-parallel.ts; owned by the caller): every batch is split by rows across the
+   * group's replicas, which compute their shards' gradients at the same time. A step then computes what
+   * gradient accumulation over those shards computes. Routing traces (model.traces$) cover the main
+   * thread's shard only.
+   */
+  readonly dataParallel?: DataParallelGroup;
+}
+
+/** One batch's objective parts and gradients, as a data-parallel replica computes them (shardGradients). */
+export interface ShardGradients {
+  readonly targets: number;
+  readonly loss: number;
+  readonly task: number;
+  readonly aux: number;
+  /** By stable name; owned by the caller. */
+  readonly grads: Map<string, tf.Tensor>;
 }
 
 /** Gradients and loss sums of the optimizer step being accumulated. */
@@ -218,6 +237,8 @@ export class Trainer {
   private disposed = false;
   /** A stepAsync is awaiting a read. */
   private inFlight = false;
+  /** Host buffer of data-parallel steps (flatScratch). */
+  private scratch: Float32Array | undefined;
 
   constructor(
     readonly model: AdaptedModel | MultimodalModel,
@@ -262,6 +283,35 @@ export class Trainer {
     }
     this.ownControllers = own;
     this.controllers = [...own, ...(options.controllers ?? [])];
+    if (options.dataParallel !== undefined) {
+      try {
+        this.checkDataParallel(options.dataParallel);
+      } catch (error) {
+        this.dispose();
+        throw error;
+      }
+    }
+  }
+
+  /** What a data-parallel replica cannot reproduce is refused by name; the group must replicate these variables. */
+  private checkDataParallel(group: DataParallelGroup): void {
+    const refuse = (what: string, hint: string): never => {
+      throw new ConfigError(`data-parallel training does not support ${what}`, { path: 'trainerOptions.dataParallel', hint });
+    };
+    if (this.model instanceof MultimodalModel) refuse('a multimodal model', 'Train the multimodal model without a data-parallel group');
+    if (this.ownControllers.length > 0)
+      refuse("AdaLoRA adapters (their budget controller changes the model's ranks between steps)", 'Train AdaLoRA without a data-parallel group');
+    if ((this.options.controllers ?? []).length > 0) refuse('extra training controllers (they cannot run in the replicas)', 'Drop the controllers option');
+    if (this.options.transformLoss !== undefined) refuse('transformLoss', 'Drop the transformLoss option');
+    if (this.options.select !== undefined) refuse('a select option (the replicas apply the spec composition)', 'Drop the select option');
+    if (this.annealing !== undefined) refuse('routerAnnealing (the replicas do not anneal their routers)', 'Drop routerAnnealing from the trainer config');
+    const names = [...this.named.keys()];
+    if (names.length !== group.names.length || names.some((n, i) => n !== group.names[i])) {
+      throw new ConfigError("the data-parallel group replicates other variables than this Trainer's", {
+        path: 'trainerOptions.dataParallel',
+        hint: 'Start the group from the same model and trainer config as the Trainer',
+      });
+    }
   }
 
   /** Optimizer steps attempted so far (applied + skipped). */
@@ -334,7 +384,11 @@ export class Trainer {
 
     const mixed = batch.retention === undefined ? undefined : this.mixRetention(batch, batch.retention);
     if (targets > 0) {
-      const { loss, task, aux, retention, grads } = yield* this.gradients(batch, stepIndex, microBatch, mixed, traceReads);
+      const group = this.options.dataParallel;
+      const { loss, task, aux, retention, grads } =
+        group === undefined
+          ? yield* this.gradients(batch, stepIndex, microBatch, mixed, traceReads)
+          : yield* this.parallelGradients(group, batch, stepIndex, microBatch, traceReads);
       this.accumulate(grads, targets);
       pending.weight += targets;
       pending.lossSum += targets * loss;
@@ -441,6 +495,19 @@ export class Trainer {
   }
 
   /** Frees the optimizer state, pending gradients and the head; completes events$. The model is not touched. */
+  /**
+   * One batch's objective parts and gradients, without accumulating or applying them (what a data-parallel
+   * replica computes for its shard). Synchronous reads.
+   */
+  shardGradients(batch: TrainBatch): ShardGradients {
+    this.checkUsable();
+    if (batch.retention !== undefined) throw new ConfigError('a data-parallel shard cannot hold retention rows', { path: 'batch.retention' });
+    const targets = this.config.objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
+    if (targets === 0) return { targets, loss: 0, task: 0, aux: 0, grads: new Map() };
+    const result = runPlan(this.gradients(batch, this.attempted, 1, undefined, undefined), (t) => readSync(t, 'A training step', TRAIN_ON_STEP_ASYNC));
+    return { targets, loss: result.loss, task: result.task, aux: result.aux, grads: result.grads };
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
@@ -540,6 +607,83 @@ export class Trainer {
       base?.dispose();
       retentionLoss?.dispose();
     }
+  }
+
+  /**
+   * gradients() over a data-parallel group: shard 0 here, the others on the workers at the same time; the
+   * shards' gradients and loss parts combined weighted by their targets, Σ nₛ·xₛ / Σ nₛ.
+   */
+  private *parallelGradients(
+    group: DataParallelGroup,
+    batch: TrainBatch,
+    step: number,
+    microBatch: number,
+    traceReads: DeferredTraceReads | undefined,
+  ): StepPlan<{ loss: number; task: number; aux: number; retention: undefined; grads: Map<string, tf.Tensor> }> {
+    if (batch.retention !== undefined)
+      throw new ConfigError('data-parallel training does not support retention rows', {
+        path: 'batch.retention',
+        hint: 'Train with retention without a data-parallel group',
+      });
+    if (batch.images !== undefined) throw new ConfigError('data-parallel training does not support images', { path: 'batch.images' });
+    const [own, ...others] = splitRows(batch, group.replicas) as [TrainBatch, ...TrainBatch[]];
+    const sent = group.dispatch(others, this.named);
+    let local: { loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> } | undefined;
+    let remote: RemoteShard[];
+    const ownTargets = this.config.objective.kind === 'classification' ? (own.labels?.length ?? 0) : countLmTargets(own.mask, own.lossMask);
+    try {
+      if (ownTargets > 0) local = yield* this.gradients(own, step, microBatch, undefined, traceReads);
+    } finally {
+      // Every dispatched shard is collected, even when this one failed, so the next step reads its own answers.
+      remote = group.collect(sent);
+    }
+    const shards = [...(local === undefined ? [] : [{ targets: ownTargets, ...local }]), ...remote.filter((r) => r.targets > 0)];
+    const total = shards.reduce((s, x) => s + x.targets, 0); // Σ nₛ, the batch's targets
+    const mean = (part: 'loss' | 'task' | 'aux'): number => shards.reduce((s, x) => s + x.targets * x[part], 0) / total;
+    const grads = new Map<string, tf.Tensor>();
+    try {
+      const names = group.names;
+      const present = names.map((name, i) => local?.grads.has(name) === true || remote.some((r) => r.targets > 0 && r.present[i] === 1));
+      const sum = this.flatScratch(group); // [P]  Σ nₛ·∇Lₛ / Σ nₛ
+      if (local === undefined) sum.fill(0);
+      else {
+        let offset = 0;
+        names.forEach((name, i) => {
+          const g = local?.grads.get(name);
+          const size = group.sizes[i] as number;
+          if (g === undefined) sum.fill(0, offset, offset + size);
+          else sum.set(g.dataSync() as Float32Array, offset);
+          offset += size;
+        });
+      }
+      weightedMeanInto(
+        sum,
+        local === undefined ? 0 : ownTargets,
+        remote.filter((r) => r.targets > 0).map((r) => ({ values: r.grads, weight: r.targets })),
+      );
+      const pieces = splitFlat(
+        sum,
+        names.map((name) => (this.named.get(name) as tf.Variable).shape),
+      );
+      names.forEach((name, i) => {
+        const piece = pieces[i] as tf.Tensor;
+        if (present[i] === true) grads.set(name, piece);
+        else piece.dispose(); // no shard gave this variable a gradient: it gets none, as in one replica
+      });
+    } catch (error) {
+      for (const g of grads.values()) g.dispose();
+      throw error;
+    } finally {
+      for (const g of local?.grads.values() ?? []) g.dispose();
+    }
+    return { loss: mean('loss'), task: mean('task'), aux: mean('aux'), retention: undefined, grads };
+  }
+
+  /** A reused host buffer of the group's flat size (gradients are combined in it every step). */
+  private flatScratch(group: DataParallelGroup): Float32Array {
+    const total = group.sizes.reduce((s, n) => s + n, 0); // P
+    if (this.scratch?.length !== total) this.scratch = new Float32Array(total);
+    return this.scratch;
   }
 
   /** The batch with its retention rows appended; refuses what retention cannot serve, by name. */

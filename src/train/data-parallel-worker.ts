@@ -1,0 +1,121 @@
+/**
+ * One replica of a DataParallelGroup (data-parallel.ts), on its own thread and one wasm thread: a copy of the
+ * base (its weights as sent), the same adapted-model spec and a Trainer with the same config, used only for
+ * its gradients. For each shard it takes the trained variables' values it was sent, computes the shard's loss
+ * and gradients, and answers with them flat, in the group's name order.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { type MessagePort, parentPort } from 'node:worker_threads';
+import { selectBackend } from '../backend.js';
+import type { TransformerWeights } from '../base/weights.js';
+import { Transformer } from '../base/transformer.js';
+import { AdaptedModel } from '../model/adapted-model.js';
+import type { RouterRegistry } from '../routing/router-registry.js';
+import { sendError } from '../runtime/pool-protocol.js';
+import type { FromReplica, ReplicaInit, SentTensor, ShardRequest, ToReplica } from './data-parallel-protocol.js';
+import { TrainingError } from './errors.js';
+import { splitFlat } from './flat-tensors.js';
+import { Trainer } from './trainer.js';
+
+const parent = parentPort;
+if (parent === null) throw new Error('data-parallel-worker.ts runs as a worker thread of a DataParallelGroup');
+
+interface Replica {
+  readonly trainer: Trainer;
+  readonly model: AdaptedModel;
+  readonly variables: readonly tf.Variable[];
+  readonly weights: Float32Array; // [P] shared, written by the main thread
+  readonly grads: Float32Array; // [P] shared, this worker's answer
+  readonly present: Uint8Array; // [variables] shared
+}
+
+let replica: Replica | undefined;
+let answers: MessagePort | undefined;
+let signal: Int32Array | undefined;
+
+/** Answers on the group's port, then bumps the shared counter the main thread waits on. */
+function answer(message: FromReplica): void {
+  if (answers === undefined || signal === undefined) return;
+  answers.postMessage(message);
+  Atomics.add(signal, 0, 1);
+  Atomics.notify(signal, 0);
+}
+
+function reviveTree(node: unknown): unknown {
+  if (node !== null && typeof node === 'object' && (node as Partial<SentTensor>).sentTensor === true) {
+    const sent = node as SentTensor;
+    return tf.tensor(sent.values, [...sent.shape], 'float32');
+  }
+  if (Array.isArray(node)) return node.map(reviveTree);
+  if (node !== null && typeof node === 'object') return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, reviveTree(v)]));
+  return node;
+}
+
+async function init(message: ReplicaInit): Promise<void> {
+  answers = message.answers;
+  signal = new Int32Array(message.signal);
+  try {
+    await selectBackend({ preference: 'wasm', threads: 1 });
+    const routers = ((await import(message.routersModule)) as { builtinRouters(): RouterRegistry }).builtinRouters();
+    const base = new Transformer(message.config, reviveTree(message.baseWeights) as TransformerWeights);
+    const model = AdaptedModel.create(base, message.spec, { routers });
+    const trainer = new Trainer(model, message.trainer);
+    const named = trainer.namedVariables();
+    const names = [...named.keys()];
+    if (names.length !== message.names.length || names.some((n, i) => n !== message.names[i])) {
+      throw new TrainingError(`the replica's trained variables (${names.length}) are not the main model's (${message.names.length})`, {
+        hint: 'The model must be rebuildable from its spec with the routers module the group names',
+      });
+    }
+    const variables = [...named.values()];
+    const total = variables.reduce((s, v) => s + v.size, 0); // P
+    const weights = new Float32Array(message.weights);
+    if (weights.length !== total) throw new TrainingError(`the replica's ${total} trained parameters are not the main model's ${weights.length}`);
+    replica = { trainer, model, variables, weights, grads: new Float32Array(message.grads), present: new Uint8Array(message.present) };
+    answer({ type: 'ready' });
+  } catch (error) {
+    answer({ type: 'failed', error: sendError(error) });
+  }
+}
+
+function shard(message: ShardRequest): void {
+  try {
+    if (replica === undefined) throw new TrainingError('a data-parallel shard reached a worker that did not start');
+    const { trainer, variables, weights, grads, present } = replica;
+    if (message.weightsChanged) {
+      const values = splitFlat(
+        weights,
+        variables.map((v) => v.shape),
+      );
+      variables.forEach((v, i) => v.assign(values[i] as tf.Tensor));
+      tf.dispose(values);
+    }
+    const result = trainer.shardGradients(message.batch);
+    try {
+      let offset = 0;
+      [...trainer.namedVariables().keys()].forEach((name, i) => {
+        const g = result.grads.get(name);
+        const size = (variables[i] as tf.Variable).size;
+        if (g === undefined) grads.fill(0, offset, offset + size);
+        else grads.set(g.dataSync() as Float32Array, offset);
+        present[i] = g === undefined ? 0 : 1;
+        offset += size;
+      });
+    } finally {
+      tf.dispose([...result.grads.values()]);
+    }
+    answer({ type: 'shard', id: message.id, targets: result.targets, loss: result.loss, task: result.task, aux: result.aux });
+  } catch (error) {
+    answer({ type: 'shard-error', id: message.id, error: sendError(error) });
+  }
+}
+
+parent.on('message', (message: ToReplica) => {
+  if (message.type === 'init') void init(message);
+  else if (message.type === 'shard') shard(message);
+  else if (message.type === 'close') {
+    replica?.trainer.dispose();
+    replica?.model.dispose();
+    parent.close();
+  }
+});

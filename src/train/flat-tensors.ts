@@ -1,0 +1,56 @@
+/**
+ * Many tensors as one flat vector and back (a routed model trains hundreds of variables, exchanged between
+ * data-parallel replicas as one vector). Measured on wasm with 900 tensors of 4,096 values: a read per tensor
+ * into one buffer takes 4–7 ms, a concat and one read 24–34 ms; an upload per tensor 4 ms, one upload and a
+ * split 10–28 ms — so both go tensor by tensor.
+ *
+ * Shape letters: P the tensors' total element count.
+ */
+import * as tf from '@tensorflow/tfjs';
+
+/** The tensors' values concatenated in order into `flat` (its length must be their total size). */
+export function readFlatInto(tensors: readonly tf.Tensor[], flat: Float32Array): Float32Array {
+  const total = tensors.reduce((s, t) => s + t.size, 0); // P
+  if (total !== flat.length) throw new Error(`tensors of ${total} values do not fill a flat vector of ${flat.length}`);
+  let offset = 0;
+  for (const t of tensors) {
+    flat.set(t.dataSync() as Float32Array, offset);
+    offset += t.size;
+  }
+  return flat;
+}
+
+/** Tensors of `shapes` over consecutive runs of `flat`, owned by the caller. */
+export function splitFlat(flat: Float32Array, shapes: readonly (readonly number[])[]): tf.Tensor[] {
+  const out: tf.Tensor[] = [];
+  let offset = 0;
+  for (const shape of shapes) {
+    const size = tf.util.sizeFromShape([...shape]);
+    out.push(tf.tensor(flat.subarray(offset, offset + size), [...shape], 'float32')); // copies the run
+    offset += size;
+  }
+  if (offset !== flat.length) {
+    tf.dispose(out);
+    throw new Error(`a flat vector of ${flat.length} values does not fill shapes of ${offset}`);
+  }
+  return out;
+}
+
+/** (Σ wₛ·xₛ) / Σ wₛ over flat vectors of one length, written into the first: one pass (kept out of generators). */
+export function weightedMeanInto(into: Float32Array, intoWeight: number, others: readonly { readonly values: Float32Array; readonly weight: number }[]): void {
+  const total = others.reduce((s, o) => s + o.weight, intoWeight);
+  const n = into.length;
+  for (const { values } of others) if (values.length !== n) throw new Error(`flat vectors of ${values.length} and ${n} values cannot be averaged`);
+  const a = intoWeight / total;
+  if (others.length === 1) {
+    const { values, weight } = others[0] as { readonly values: Float32Array; readonly weight: number };
+    const b = weight / total;
+    for (let j = 0; j < n; j++) into[j] = a * (into[j] as number) + b * (values[j] as number);
+    return;
+  }
+  for (let j = 0; j < n; j++) into[j] = a * (into[j] as number);
+  for (const { values, weight } of others) {
+    const b = weight / total;
+    for (let j = 0; j < n; j++) into[j] = (into[j] as number) + b * (values[j] as number);
+  }
+}
