@@ -86,3 +86,48 @@ export class OutputError extends RoutedPeftError {
 export function formatShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
 }
+
+/** An error as plain data, to cross a thread boundary (worker pools, data-parallel replicas). */
+export interface SentError {
+  readonly name: string;
+  readonly message: string;
+  readonly path?: string | undefined;
+  readonly hint?: string | undefined;
+}
+
+/** The error classes of this file by name (what errorFromData revives; callers add their own). */
+export const LIBRARY_ERRORS: Readonly<Record<string, new (message: string) => RoutedPeftError>> = {
+  RoutedPeftError,
+  ConfigError,
+  CheckpointError,
+  SafetensorsError,
+  ShapeError,
+  BackendError,
+  SyncReadError,
+  TokenizerError,
+  ImageError,
+  UsageError,
+  NonFiniteError,
+  OutputError,
+};
+
+/** An error as plain data: its class name, message and, for a RoutedPeftError, path and hint. */
+export function errorToData(error: unknown): SentError {
+  if (error instanceof RoutedPeftError) return { name: error.name, message: error.message, path: error.path, hint: error.hint };
+  if (error instanceof Error) return { name: error.name, message: error.message };
+  return { name: 'Error', message: String(error) };
+}
+
+/** The error `sent` describes, as the same class (from `classes`) with the same message, path and hint. */
+export function errorFromData(sent: SentError, classes: Readonly<Record<string, new (message: string) => RoutedPeftError>>): Error {
+  const Typed = classes[sent.name];
+  if (Typed === undefined) {
+    const error = new Error(sent.message);
+    if (sent.name !== 'Error') error.name = sent.name;
+    return error;
+  }
+  const error = new Typed('');
+  // The message already carries the path and hint (RoutedPeftError appended them where it was thrown).
+  Object.assign(error, { message: sent.message, path: sent.path, hint: sent.hint });
+  return error;
+}

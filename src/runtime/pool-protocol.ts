@@ -5,20 +5,9 @@
  * refusal from a single runtime's.
  */
 import type { ModelConfig } from '../base/config.js';
-import {
-  BackendError,
-  CheckpointError,
-  ConfigError,
-  ImageError,
-  NonFiniteError,
-  OutputError,
-  RoutedPeftError,
-  SafetensorsError,
-  ShapeError,
-  SyncReadError,
-  TokenizerError,
-  UsageError,
-} from '../errors.js';
+import { errorFromData, errorToData, LIBRARY_ERRORS, type SentError } from '../errors.js';
+
+export type { SentError } from '../errors.js';
 import { MemoryBudgetError } from './registry.js';
 
 /** What a worker loads: the same base (and tokenizer) in every worker. */
@@ -59,13 +48,6 @@ export type ToWorker =
   | { readonly type: 'stream'; readonly id: number; readonly prompt: readonly number[] | string; readonly options: Readonly<Record<string, unknown>> }
   | { readonly type: 'cancel'; readonly id: number };
 
-export interface SentError {
-  readonly name: string;
-  readonly message: string;
-  readonly path?: string | undefined;
-  readonly hint?: string | undefined;
-}
-
 export type FromWorker =
   | { readonly type: 'ready'; readonly config: ModelConfig; readonly tokenizerVocab: number | undefined }
   | { readonly type: 'failed'; readonly error: SentError }
@@ -75,39 +57,12 @@ export type FromWorker =
   /** One pass the worker's batcher ran (its runtime's batches$). */
   | { readonly type: 'batch'; readonly event: unknown };
 
-/** An error as plain data. */
-export function sendError(error: unknown): SentError {
-  if (error instanceof RoutedPeftError) return { name: error.name, message: error.message, path: error.path, hint: error.hint };
-  if (error instanceof Error) return { name: error.name, message: error.message };
-  return { name: 'Error', message: String(error) };
-}
+/** An error as plain data (errors.ts). */
+export const sendError = errorToData;
 
-const TYPED: Readonly<Record<string, new (message: string) => RoutedPeftError>> = {
-  RoutedPeftError,
-  ConfigError,
-  CheckpointError,
-  SafetensorsError,
-  ShapeError,
-  BackendError,
-  SyncReadError,
-  TokenizerError,
-  ImageError,
-  UsageError,
-  NonFiniteError,
-  OutputError,
-  MemoryBudgetError,
-};
+const TYPED = { ...LIBRARY_ERRORS, MemoryBudgetError };
 
 /** The error a worker sent, as the same class with the same message, path and hint. */
 export function reviveError(sent: SentError): Error {
-  const Typed = TYPED[sent.name];
-  if (Typed === undefined) {
-    const error = new Error(sent.message);
-    if (sent.name !== 'Error') error.name = sent.name;
-    return error;
-  }
-  const error = new Typed('');
-  // The message already carries the path and hint (RoutedPeftError appended them in the worker).
-  Object.assign(error, { message: sent.message, path: sent.path, hint: sent.hint });
-  return error;
+  return errorFromData(sent, TYPED);
 }

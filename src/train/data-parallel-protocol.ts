@@ -8,7 +8,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { ModelConfig } from '../base/config.js';
 import type { AdaptedModelSpec } from '../compose/model-spec.js';
-import type { SentError } from '../runtime/pool-protocol.js';
+import type { SentError } from '../errors.js';
 import type { TrainBatch } from './trainer.js';
 
 /** A tensor as plain data (structured-cloned to the worker). */

@@ -11,7 +11,7 @@ import type { TransformerWeights } from '../base/weights.js';
 import { Transformer } from '../base/transformer.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
-import { sendError } from '../runtime/pool-protocol.js';
+import { errorToData } from '../errors.js';
 import type { FromReplica, ReplicaInit, SentTensor, ShardRequest, ToReplica } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
 import { splitFlat } from './flat-tensors.js';
@@ -74,7 +74,7 @@ async function init(message: ReplicaInit): Promise<void> {
     replica = { trainer, model, variables, weights, grads: new Float32Array(message.grads), present: new Uint8Array(message.present) };
     answer({ type: 'ready' });
   } catch (error) {
-    answer({ type: 'failed', error: sendError(error) });
+    answer({ type: 'failed', error: errorToData(error) });
   }
 }
 
@@ -106,7 +106,7 @@ function shard(message: ShardRequest): void {
     }
     answer({ type: 'shard', id: message.id, targets: result.targets, loss: result.loss, task: result.task, aux: result.aux });
   } catch (error) {
-    answer({ type: 'shard-error', id: message.id, error: sendError(error) });
+    answer({ type: 'shard-error', id: message.id, error: errorToData(error) });
   }
 }
 

@@ -26,13 +26,12 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
-import { ConfigError, RoutedPeftError } from '../errors.js';
+import { ConfigError, errorFromData, LIBRARY_ERRORS, RoutedPeftError, type SentError } from '../errors.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
-import { reviveError } from '../runtime/pool-protocol.js';
 import type { FromReplica, SentTensor, ShardAnswer, ToReplica } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
 import { readFlatInto } from './flat-tensors.js';
-import type { TrainBatch } from './trainer.js';
+import type { GradientReplicas, RemoteShard, TrainBatch } from './trainer.js';
 
 /** Where this file's sibling modules are: the TypeScript sources (tests, tsx) or the built JavaScript. */
 const FROM_SOURCE = import.meta.url.endsWith('.ts');
@@ -48,18 +47,6 @@ export interface DataParallelOptions {
   readonly replicas: number;
   /** Module (URL or path) whose `builtinRouters()` the workers use (default: the package's routers). */
   readonly routersModule?: string | undefined;
-}
-
-/** One shard's result, as the trainer's own gradients() returns it (grads on the host, flat). */
-export interface RemoteShard {
-  readonly targets: number;
-  readonly loss: number;
-  readonly task: number;
-  readonly aux: number;
-  /** [P] in the group's name order: a view of shared memory, valid until the next dispatch. */
-  readonly grads: Float32Array;
-  /** [variables]: 1 where the shard gave the variable a gradient (same lifetime). */
-  readonly present: Uint8Array;
 }
 
 /** Atomics.waitAsync (Node 16+), which TypeScript's es2022 lib does not declare. */
@@ -127,7 +114,7 @@ class ReplicaWorker {
   }
 }
 
-export class DataParallelGroup {
+export class DataParallelGroup implements GradientReplicas {
   /** Stable names of the trained variables, in the order of every flat vector exchanged. */
   readonly names: readonly string[];
   /** Element count of each variable, in `names` order. */
@@ -289,9 +276,8 @@ function fromAnswer(answer: ShardAnswer, worker: ReplicaWorker): RemoteShard {
   return { targets: answer.targets, loss: answer.loss, task: answer.task, aux: answer.aux, grads: worker.grads, present: worker.present };
 }
 
-function revive(sent: Parameters<typeof reviveError>[0], where: string): Error {
-  const error = reviveError(sent);
-  if (sent.name === 'TrainingError') return new TrainingError(`${where}: ${sent.message}`, sent.hint === undefined ? {} : { hint: sent.hint });
+function revive(sent: SentError, where: string): Error {
+  const error = errorFromData(sent, { ...LIBRARY_ERRORS, TrainingError });
   if (!(error instanceof RoutedPeftError)) error.message = `${where}: ${error.message}`;
   return error;
 }
@@ -305,30 +291,4 @@ function sendTree(node: unknown, path = 'weights'): unknown {
   if (Array.isArray(node)) return node.map((x, i) => sendTree(x, `${path}[${i}]`));
   if (node !== null && typeof node === 'object') return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, sendTree(v, `${path}.${k}`)]));
   return node;
-}
-
-/**
- * Splits a batch's rows into `count` contiguous shards, as equal as they can be (the first ones take one row
- * more). Per-row fields split along; retention rows and images are not split (the trainer refuses them).
- */
-export function splitRows(batch: TrainBatch, count: number): TrainBatch[] {
-  const rows = batch.ids.length;
-  const shards: TrainBatch[] = [];
-  let start = 0;
-  for (let s = 0; s < count; s++) {
-    const size = Math.floor(rows / count) + (s < rows % count ? 1 : 0);
-    const end = start + size;
-    const take = <T>(x: readonly T[] | undefined): T[] | undefined => x?.slice(start, end);
-    const shard: TrainBatch = {
-      ids: batch.ids.slice(start, end),
-      mask: batch.mask.slice(start, end),
-      lossMask: batch.lossMask.slice(start, end),
-      ...(batch.taskIds === undefined ? {} : { taskIds: take(batch.taskIds) as number[] }),
-      ...(batch.labels === undefined ? {} : { labels: take(batch.labels) as number[] }),
-      ...(batch.routingMask === undefined ? {} : { routingMask: take(batch.routingMask) as number[][] }),
-    };
-    shards.push(shard);
-    start = end;
-  }
-  return shards;
 }

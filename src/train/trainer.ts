@@ -34,8 +34,8 @@ import type { AdaptedModel } from '../model/adapted-model.js';
 import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '../model/multimodal-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
-import { type DataParallelGroup, type RemoteShard, splitRows } from './data-parallel.js';
 import { splitFlat, weightedMeanInto } from './flat-tensors.js';
+import { splitRows } from './shards.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
 import { DeferredTraceReads } from '../routing/trace.js';
@@ -161,7 +161,36 @@ export interface TrainerOptions {
    * gradient accumulation over those shards computes. Routing traces (model.traces$) cover the main
    * thread's shard only.
    */
-  readonly dataParallel?: DataParallelGroup;
+  readonly dataParallel?: GradientReplicas;
+}
+
+/**
+ * Replicas that compute shards' gradients elsewhere (DataParallelGroup, data-parallel.ts): shard i + 1 of a
+ * step goes to replica i, the caller computes shard 0.
+ */
+export interface GradientReplicas {
+  /** Replicas, the caller's included. */
+  readonly replicas: number;
+  /** Stable names of the trained variables, in the order of every flat vector. */
+  readonly names: readonly string[];
+  /** Element count of each variable, in `names` order. */
+  readonly sizes: readonly number[];
+  /** Sends shards 1… (with the variables' values where a replica's are stale); returns the replicas sent to. */
+  dispatch(shards: readonly TrainBatch[], named: ReadonlyMap<string, tf.Variable>): number[];
+  /** Waits for those replicas' answers; throws the first failure after collecting every answer. */
+  collect(sent: readonly number[]): RemoteShard[];
+}
+
+/** One replica's shard: its targets, loss parts and flat gradients. */
+export interface RemoteShard {
+  readonly targets: number;
+  readonly loss: number;
+  readonly task: number;
+  readonly aux: number;
+  /** [P] in the replicas' name order, zeros where absent (valid until the next dispatch). */
+  readonly grads: Float32Array;
+  /** [variables]: 1 where the shard gave the variable a gradient. */
+  readonly present: Uint8Array;
 }
 
 /** One batch's objective parts and gradients, as a data-parallel replica computes them (shardGradients). */
@@ -294,7 +323,7 @@ export class Trainer {
   }
 
   /** What a data-parallel replica cannot reproduce is refused by name; the group must replicate these variables. */
-  private checkDataParallel(group: DataParallelGroup): void {
+  private checkDataParallel(group: GradientReplicas): void {
     const refuse = (what: string, hint: string): never => {
       throw new ConfigError(`data-parallel training does not support ${what}`, { path: 'trainerOptions.dataParallel', hint });
     };
@@ -614,7 +643,7 @@ export class Trainer {
    * shards' gradients and loss parts combined weighted by their targets, Σ nₛ·xₛ / Σ nₛ.
    */
   private *parallelGradients(
-    group: DataParallelGroup,
+    group: GradientReplicas,
     batch: TrainBatch,
     step: number,
     microBatch: number,
@@ -626,7 +655,7 @@ export class Trainer {
         hint: 'Train with retention without a data-parallel group',
       });
     if (batch.images !== undefined) throw new ConfigError('data-parallel training does not support images', { path: 'batch.images' });
-    const [own, ...others] = splitRows(batch, group.replicas) as [TrainBatch, ...TrainBatch[]];
+    const [own, ...others] = splitRows(batch, group.replicas) as [TrainBatch, ...TrainBatch[]]; // contiguous rows
     const sent = group.dispatch(others, this.named);
     let local: { loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> } | undefined;
     let remote: RemoteShard[];
@@ -680,7 +709,7 @@ export class Trainer {
   }
 
   /** A reused host buffer of the group's flat size (gradients are combined in it every step). */
-  private flatScratch(group: DataParallelGroup): Float32Array {
+  private flatScratch(group: GradientReplicas): Float32Array {
     const total = group.sizes.reduce((s, n) => s + n, 0); // P
     if (this.scratch?.length !== total) this.scratch = new Float32Array(total);
     return this.scratch;
