@@ -175,6 +175,11 @@ export function setDefaultThreads(threads: number | undefined): void {
   defaultThreads = threads === undefined ? undefined : resolveThreads({ threads });
 }
 
+/** The thread count `setDefaultThreads` set (the CLI's --threads), or undefined. */
+export function getDefaultThreads(): number | undefined {
+  return defaultThreads;
+}
+
 /** Resolves the preference from the option or the environment; throws BackendError on an invalid value. */
 export function resolveBackendPreference(options: SelectBackendOptions = {}): BackendPreference {
   if (options.preference !== undefined) {

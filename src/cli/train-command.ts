@@ -30,6 +30,9 @@ import { readJsonlDataset } from '../train/dataset-file.js';
 import { refuseImages } from './image-rows.js';
 import { trainFromDataset, type LoopStepReport } from '../train/train-loop.js';
 import { MAX_LEARNING_RATE } from '../train/param-groups.js';
+import { DataParallelGroup, MAX_REPLICAS } from '../train/data-parallel.js';
+import { getDefaultThreads, setDefaultThreads, THREADS_ENV_VAR } from '../backend.js';
+import { loadedWasmThreads } from '../wasm-threads.js';
 import type { TrainerConfigInput } from '../train/trainer.js';
 import { optional, parseStrict, toChoice, toInt, toNumber } from './args.js';
 import type { CliCommand, CliContext } from './command.js';
@@ -52,7 +55,7 @@ const usage = `Usage: routed-peft train --model PATH [--tokenizer PATH] --data F
                        --out DIR [--steps N] [--batch-size N] [--seed S] [--lr X] [--router-lr X]
                        [--max-length N] [--checkpoint-every N] [--resume] [--format text|json]
                        [--retention-data FILE.jsonl [--retention-weight W] [--retention-batch-size N]]
-                       [--vision DIR]
+                       [--vision DIR] [--workers N]
 
 Train the experts and routers of a routed model on JSONL data; the base model stays frozen.
 Data lines: {"text": ...}, {"prompt": ..., "completion": ...} (loss on the completion only), or
@@ -74,6 +77,12 @@ ${MODEL_USAGE}
   --router-lr X        Peak learning rate of the routers (default: --lr)
   --max-length N       Longest example in tokens, BOS/EOS included (default ${DEFAULT_MAX_LENGTH}, at most the model's)
   --checkpoint-every N Save a checkpoint every N steps (default 0: only at the end)
+  --workers N          Data-parallel replicas (default 1): each step's batch is split by rows over N
+                       copies of the model (this thread and N - 1 worker threads, each holding its own
+                       copy of the base), which compute their shards' gradients at the same time; a step
+                       then equals gradient accumulation over those shards. Each replica computes on
+                       --threads threads (default 1 with --workers). Not with --vision or --retention-data;
+                       AdaLoRA adapters are refused; step lines carry no routing 'load'
   --resume             Continue the checkpoint in --out (its spec, trainer settings, data order and seed);
                        --spec/--routed are then not needed
   --format text|json   Progress bar + text summary on a terminal (text, the default), or JSON lines
@@ -198,6 +207,7 @@ export const trainCommand: CliCommand = {
       'retention-weight': { type: 'string' },
       'retention-batch-size': { type: 'string' },
       ...VISION_FLAGS,
+      workers: { type: 'string', default: '1' },
     });
     const format = toChoice('format', values.format, ['text', 'json'] as const);
     const retentionWeightFlag = optional(values['retention-weight'], (raw) => toNumber('retention-weight', raw, { min: 0 }), undefined);
@@ -212,6 +222,18 @@ export const trainCommand: CliCommand = {
     const routerLrFlag = optional(values['router-lr'], (raw) => toNumber('router-lr', raw, { min: 0, minExclusive: true, max: MAX_LEARNING_RATE }), undefined);
     const maxLengthFlag = optional(values['max-length'], (raw) => toInt('max-length', raw, { min: 2 }), undefined);
     const checkpointEvery = toInt('checkpoint-every', values['checkpoint-every'], { min: 0 });
+    const workers = toInt('workers', values.workers, { min: 1, max: MAX_REPLICAS });
+    if (workers > 1) {
+      if (values.vision !== undefined) throw new UsageError('--workers with --vision: data-parallel training of a multimodal model is not implemented');
+      if (values['retention-data'] !== undefined)
+        throw new UsageError('--workers with --retention-data: data-parallel training with retention rows is not implemented', {
+          hint: 'Drop --workers, or train without --retention-data',
+        });
+      // Each replica is one thread by default: the replicas are the parallelism (see --threads). A process
+      // whose wasm backend already runs (the library called in-process) keeps its threads.
+      const unset = getDefaultThreads() === undefined && (process.env[THREADS_ENV_VAR] ?? '').trim() === '';
+      if (unset && loadedWasmThreads() === undefined) setDefaultThreads(1);
+    }
     if (values.data === undefined) throw new UsageError('--data is required');
     if (values.out === undefined) throw new UsageError('--out is required');
     if (values.model === undefined) throw new UsageError('--model is required');
@@ -297,6 +319,7 @@ export const trainCommand: CliCommand = {
     let multimodal: MultimodalModel | undefined;
     let checkpoint: LoadedCheckpoint | undefined;
     let bar: SingleBar | undefined;
+    let group: DataParallelGroup | undefined;
     try {
       const tokenizer = loaded.tokenizer;
       if (tokenizer === undefined) throw new UsageError('training needs a tokenizer: pass --tokenizer PATH');
@@ -348,6 +371,9 @@ export const trainCommand: CliCommand = {
         });
         bar.start(steps, Math.min(startStep, steps), { loss: '-', tps: '-' });
       }
+      if (workers > 1) {
+        group = await DataParallelGroup.start(model, checkpoint?.state.trainer ?? trainerConfig, { replicas: workers });
+      }
       const result = await trainFromDataset({
         model: trainee,
         tokenizer,
@@ -364,7 +390,8 @@ export const trainCommand: CliCommand = {
         ...(retentionData === undefined
           ? {}
           : { retention: { dataset: retentionData, batchSize: saved?.data.retention?.batchSize ?? retentionBatchFlag ?? batchSize } }),
-        routingLoadEvery: useBar || model.routes.length === 0 ? 0 : 1,
+        routingLoadEvery: useBar || model.routes.length === 0 || group !== undefined ? 0 : 1, // traces cover one shard only
+        ...(group === undefined ? {} : { trainerOptions: { dataParallel: group } }),
         onStep: (report) => {
           if (bar !== undefined)
             bar.update(report.step, { loss: report.loss === null ? 'nan' : report.loss.toFixed(4), tps: Math.round(report.tokensPerSecond) });
@@ -408,6 +435,7 @@ export const trainCommand: CliCommand = {
       return 0;
     } finally {
       bar?.stop();
+      await group?.close();
       if (multimodal !== undefined) multimodal.dispose();
       else model?.dispose();
       encoder?.dispose();

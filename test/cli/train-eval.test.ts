@@ -176,6 +176,36 @@ describe.skipIf(!hasSharedModels)(`train and eval through the CLI on stories260K
     expect(result.routing.load).toHaveLength(15);
   });
 
+  test('train --workers 2: data-parallel replicas give the first step the one-replica loss; a --workers run resumes; refusals by name', async () => {
+    const common = ['train', ...model, '--data', data, '--spec', specPath, '--steps', '2', '--batch-size', '4', '--format', 'json'];
+    const one = await run([...common, '--out', join(dir, 'one-replica')]);
+    const two = await run([...common, '--out', join(dir, 'two-replicas'), '--workers', '2']);
+    expect(two.err).toBe('');
+    expect(two.code).toBe(0);
+    const a = parseLines(one.out).filter((l) => l['type'] === 'step') as unknown as StepLine[];
+    const b = parseLines(two.out).filter((l) => l['type'] === 'step') as unknown as StepLine[];
+    expect(b).toHaveLength(2);
+    // The first step's token loss is over the same weights: exact across shards (aux terms are per shard).
+    expect(b[0]?.taskLoss).toBeCloseTo(a[0]?.taskLoss as number, 5);
+    for (const s of b) {
+      expect(Number.isFinite(s.loss)).toBe(true);
+      expect(s.load).toBeUndefined();
+    }
+    const resumed = await run([...common.map((x) => (x === '2' ? '3' : x)), '--out', join(dir, 'two-replicas'), '--workers', '2', '--resume']);
+    expect(resumed.err).toBe('');
+    expect(
+      parseLines(resumed.out)
+        .filter((l) => l['type'] === 'step')
+        .map((l) => l['step']),
+    ).toEqual([3]);
+    const refused = await run([...common, '--out', join(dir, 'refused'), '--workers', '2', '--retention-data', data]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.err).toMatch(/--workers with --retention-data/);
+    const bad = await run([...common, '--out', join(dir, 'refused'), '--workers', '0']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toMatch(/workers/);
+  });
+
   test('on a terminal: a progress bar on stderr and a text summary on stdout', async () => {
     const out = join(dir, 'tty');
     const result = await run(['train', ...model, '--data', data, '--spec', specPath, '--out', out, '--steps', '2', '--batch-size', '4'], { isTTY: true });
