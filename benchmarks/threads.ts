@@ -1,9 +1,11 @@
 /**
  * Threads: the same work on 1 thread and on N threads (default: the available parallelism) of the wasm
- * backend — base prefill, routed prefill (E=8 k=2 r=8 on all seven sites) and a routed training step.
+ * backend — base prefill, routed prefill (E=8 k=2 r=8 on all seven sites) and a routed training step — and
+ * the training step on N data-parallel replicas (src/train/data-parallel.ts: N − 1 worker threads besides
+ * the caller, one wasm thread each), at 2 × 128 and at the issue's 4 × 128.
  *
  * tfjs-wasm creates its thread pool once per process, so each side runs in its own child process (the same
- * script with --child): both build the same model from the same seed, then the parent asks them for one
+ * script with --child; the replicas' side with --replicas N): all build the same model from the same seed, then the parent asks them for one
  * timed call at a time — each round runs every case on both sides, alternating which side goes first
  * (ABBA…) — so load from other processes hits both sides and every case alike. A side waiting for its turn is idle. Ratios are the median over rounds of
  * wall(1 thread) / wall(N threads) — a speed-up, higher is better; "cpu" is the same on process CPU time
@@ -22,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { builtinRouters } from '../routers/index.js';
 import { selectBackend, type WasmThreadsReport } from '../src/backend.js';
 import { AdaptedModel } from '../src/model/adapted-model.js';
+import { DataParallelGroup } from '../src/train/data-parallel.js';
 import { Trainer, type TrainBatch } from '../src/train/trainer.js';
 import {
   isMain,
@@ -41,14 +44,18 @@ import { routedLoraSpec } from './lib/specs.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Constants
-const FULL = { batch: 4, tokens: 128, trainBatch: 2, trainTokens: 128, warmup: 1, rounds: 7 };
-const QUICK = { batch: 1, tokens: 16, trainBatch: 1, trainTokens: 16, warmup: 1, rounds: 2 };
+const FULL = { batch: 4, tokens: 128, trainBatch: 2, largeTrainBatch: 4, trainTokens: 128, warmup: 1, rounds: 7 };
+const QUICK = { batch: 1, tokens: 16, trainBatch: 1, largeTrainBatch: 2, trainTokens: 16, warmup: 1, rounds: 2 };
 const SPEC = { experts: 8, k: 2, r: 8 };
 const TRAINER_CONFIG = { optimizer: { lr: 1e-4 }, maxGradNorm: 1 };
+/** Each case: the work, and what its N-core side is (N wasm threads in one process, or N replicas). */
 const CASES = [
-  { name: 'base-prefill', id: 'threads/base-prefill', label: 'base prefill', target: 1.7 },
-  { name: 'routed-prefill', id: 'threads/routed-prefill', label: 'routed prefill (E=8 k=2 r=8)', target: 1.7 },
-  { name: 'train-step', id: 'threads/train-step', label: 'routed training step (E=8 k=2 r=8)', target: 1.6 },
+  { name: 'base-prefill', id: 'threads/base-prefill', label: 'base prefill', versus: 'threads', target: 1.7 },
+  { name: 'routed-prefill', id: 'threads/routed-prefill', label: 'routed prefill (E=8 k=2 r=8)', versus: 'threads', target: 1.7 },
+  { name: 'train-step', id: 'threads/train-step', label: 'routed training step (E=8 k=2 r=8)', versus: 'threads', target: 1.6 },
+  { name: 'train-step-large', id: 'threads/train-step-large', label: 'routed training step (E=8 k=2 r=8)', versus: 'threads', target: 1.6 },
+  { name: 'train-step', id: 'threads/train-step-replicas', label: 'routed training step (E=8 k=2 r=8)', versus: 'replicas', target: 1.6 },
+  { name: 'train-step-large', id: 'threads/train-step-large-replicas', label: 'routed training step (E=8 k=2 r=8)', versus: 'replicas', target: 1.6 },
 ] as const;
 // ---------------------------------------------------------------------------------------------------------
 
@@ -57,18 +64,26 @@ type Request = { readonly id: number; readonly run: CaseName | 'logits' | 'exit'
 type Reply = { readonly id: number; readonly wallMs: number; readonly cpuMs: number; readonly values?: number[] };
 type Ready = { readonly ready: true; readonly threads: WasmThreadsReport | undefined };
 
-/** A child: loads wasm on --threads, builds the models, answers one timed call per request. */
-async function child(quick: boolean, threads: number): Promise<void> {
+/**
+ * A child: loads wasm on --threads, builds the models, answers one timed call per request. With `replicas`
+ * (≥ 2) its trainer splits every batch over that many data-parallel replicas (it then runs only the training
+ * steps).
+ */
+async function child(quick: boolean, threads: number, replicas: number | undefined): Promise<void> {
   const report = await selectBackend({ preference: 'wasm', threads });
   const sizes = quick ? QUICK : FULL;
   const modelOptions = quick ? QUICK_MODEL : BENCH_MODEL;
   const base = randomLlama(modelOptions);
   const routed = AdaptedModel.create(base, routedLoraSpec(SPEC), { routers: builtinRouters() });
-  const trainer = new Trainer(routed, TRAINER_CONFIG);
+  const group = replicas === undefined ? undefined : await DataParallelGroup.start(routed, TRAINER_CONFIG, { replicas });
+  const trainer = new Trainer(routed, TRAINER_CONFIG, group === undefined ? {} : { dataParallel: group });
   const ids = randomIds(sizes.batch, sizes.tokens, modelOptions.vocabSize);
   const trainIds = randomIds(sizes.trainBatch, sizes.trainTokens, modelOptions.vocabSize, 9);
   const mask = trainIds.map((row) => row.map(() => 1));
   const batch: TrainBatch = { ids: trainIds, mask, lossMask: mask };
+  const largeIds = randomIds(sizes.largeTrainBatch, sizes.trainTokens, modelOptions.vocabSize, 11);
+  const largeMask = largeIds.map((row) => row.map(() => 1));
+  const largeBatch: TrainBatch = { ids: largeIds, mask: largeMask, lossMask: largeMask };
   const calls: Record<CaseName, () => void> = {
     'base-prefill': () => {
       const logits = base.forward({ ids, output: 'last-logits' }); // [B, V]
@@ -81,11 +96,13 @@ async function child(quick: boolean, threads: number): Promise<void> {
       logits.dispose();
     },
     'train-step': () => void trainer.step(batch),
+    'train-step-large': () => void trainer.step(largeBatch),
   };
   const send = (message: Reply | Ready): void => void process.send?.(message);
   process.on('message', (request: Request) => {
     if (request.run === 'exit') {
       trainer.dispose();
+      void group?.close();
       routed.dispose();
       base.dispose();
       process.disconnect();
@@ -132,13 +149,16 @@ async function coreCapacity(threads: number): Promise<number> {
 
 interface Side {
   readonly threads: number;
+  /** Data-parallel replicas (each on `threads` wasm threads), or undefined for one process-wide model. */
+  readonly replicas: number | undefined;
   readonly report: WasmThreadsReport | undefined;
   ask(run: Request['run']): Promise<Reply>;
   close(): Promise<void>;
 }
 
-async function startSide(threads: number, quick: boolean): Promise<Side> {
-  const proc = fork(fileURLToPath(import.meta.url), ['--child', '--threads', String(threads), ...(quick ? ['--quick'] : [])], {
+async function startSide(threads: number, quick: boolean, replicas?: number): Promise<Side> {
+  const flags = ['--child', '--threads', String(threads), ...(replicas === undefined ? [] : ['--replicas', String(replicas)]), ...(quick ? ['--quick'] : [])];
+  const proc = fork(fileURLToPath(import.meta.url), flags, {
     execArgv: ['--import', 'tsx'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
@@ -155,6 +175,7 @@ async function startSide(threads: number, quick: boolean): Promise<Side> {
   const { threads: report } = await ready;
   return {
     threads,
+    replicas,
     report,
     ask: (run) =>
       new Promise<Reply>((resolve) => {
@@ -184,9 +205,13 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
   // One side at a time while they load and build (so neither slows the other's start).
   const one = await startSide(1, args.quick);
   const many = await startSide(threads, args.quick);
+  const replicated = await startSide(1, args.quick, threads);
   const wall: Record<string, number[]> = {};
   const cpu: Record<string, number[]> = {};
-  const key = (name: string, side: Side): string => `${name}@${side.threads}`;
+  // The 1-thread side times a training step once for each comparison, next to that comparison's other side.
+  const key = (c: (typeof CASES)[number], side: Side): string =>
+    side.replicas !== undefined ? `${c.name}@${side.replicas}-replicas` : c.versus === 'replicas' ? `${c.name}@1/vs-replicas` : `${c.name}@${side.threads}`;
+  const versus = (c: (typeof CASES)[number]): Side => (c.versus === 'threads' ? many : replicated);
   const ratios: RatioResult[] = [];
   let maxRelDiff = Number.NaN;
   try {
@@ -196,14 +221,15 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
     const scale = Math.max(...x.map(Math.abs));
     maxRelDiff = x.reduce((m, v, i) => Math.max(m, Math.abs(v - (y[i] ?? Number.NaN)) / scale), 0);
     console.log(`  logits 1 vs ${threads} threads: max |Δ| / max |x| = ${maxRelDiff.toExponential(2)}`);
-    for (const c of CASES) for (let w = 0; w < sizes.warmup; w++) for (const side of [one, many]) await side.ask(c.name);
+    for (const c of CASES) for (let w = 0; w < sizes.warmup; w++) for (const side of [one, versus(c)]) await side.ask(c.name);
     // Rounds outside, cases inside: a change of load during the run hits every case, not only the last one.
     for (let r = 0; r < sizes.rounds; r++) {
       for (const c of CASES) {
-        const order = r % 2 === 0 ? [one, many] : [many, one];
+        const other = versus(c);
+        const order = r % 2 === 0 ? [one, other] : [other, one];
         for (const side of order) {
           const reply = await side.ask(c.name);
-          const name = key(c.name, side);
+          const name = key(c, side);
           wall[name] = [...(wall[name] ?? []), reply.wallMs];
           cpu[name] = [...(cpu[name] ?? []), reply.cpuMs];
         }
@@ -211,8 +237,11 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
     }
     const timings = { samples: wall, cpuSamples: cpu, rounds: sizes.rounds, warmup: sizes.warmup };
     for (const c of CASES) {
-      const shape = c.name === 'train-step' ? `${sizes.trainBatch}×${sizes.trainTokens}` : `${sizes.batch}×${sizes.tokens}`;
-      const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${threads} threads (wall)`, key(c.name, one), key(c.name, many), {
+      const rows = c.name === 'train-step' ? sizes.trainBatch : c.name === 'train-step-large' ? sizes.largeTrainBatch : sizes.batch;
+      const shape = `${rows}×${c.name.startsWith('train') ? sizes.trainTokens : sizes.tokens}`;
+      const other = versus(c);
+      const what = c.versus === 'threads' ? `${threads} threads` : `${threads} data-parallel replicas`;
+      const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${what} (wall)`, key(c, one), key(c, other), {
         target: c.target,
         higherIsBetter: true,
       });
@@ -220,21 +249,21 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
       logRatio(ratio);
     }
   } finally {
-    await Promise.all([one.close(), many.close()]);
+    await Promise.all([one.close(), many.close(), replicated.close()]);
   }
   const loadAfter = round(loadavg()[0] ?? Number.NaN, 2);
   const capacityAfter = await coreCapacity(threads);
   console.log(`  load average ${loadAfter}; cores this process could get: ${capacityAfter} of ${threads}`);
   return {
     name: 'threads',
-    description: `The same work on 1 and ${threads} wasm threads (one child process per side, interleaved): base prefill, routed prefill, routed training step`,
+    description: `The same work on 1 and ${threads} wasm threads, and training steps on ${threads} data-parallel replicas (one child process per side, interleaved): base prefill, routed prefill, routed training steps`,
     quick: args.quick,
     date: new Date().toISOString(),
     machine: machineInfo(),
     constants: { model: args.quick ? QUICK_MODEL : BENCH_MODEL, spec: SPEC, threads, ...sizes, trainer: TRAINER_CONFIG },
     ratios,
     details: {
-      threadsReports: { one: one.report, many: many.report },
+      threadsReports: { one: one.report, many: many.report, replicas: replicated.report },
       loadAverage: { before: loadBefore, after: loadAfter },
       coreCapacity: { before: capacityBefore, after: capacityAfter },
       logitsMaxRelativeDifference: maxRelDiff,
@@ -251,8 +280,9 @@ if (isMain(import.meta.url)) {
   const args = parseArgs(argv);
   const at = argv.indexOf('--threads');
   const threads = at >= 0 ? Number(argv[at + 1]) : undefined;
+  const replicasAt = argv.indexOf('--replicas');
   if (argv.includes('--child')) {
-    await child(args.quick, threads ?? 1);
+    await child(args.quick, threads ?? 1, replicasAt >= 0 ? Number(argv[replicasAt + 1]) : undefined);
   } else {
     const result = await run({ ...args, ...(threads === undefined ? {} : { threads }) });
     console.log(`wrote ${writeResult(result)}`);
