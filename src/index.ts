@@ -135,6 +135,7 @@ export {
   type StepReport,
   type TrainEvent,
   type TrainSummary,
+  type GradientReplicas,
 } from './train/trainer.js';
 export { TrainingError } from './train/errors.js';
 export { modelControllers, type TrainingController } from './train/controllers.js';
@@ -152,6 +153,7 @@ export { perplexity, exactMatch, accuracy, taskBreakdown, routingPurity, mutualI
 export { RoutedRuntime, type RoutedRuntimeOptions } from './runtime/runtime.js';
 export { MemoryBudgetError } from './runtime/registry.js';
 export { RuntimePool, type RuntimePoolOptions, type PoolBaseSource } from './runtime/pool.js';
+export { DataParallelGroup, type DataParallelOptions } from './train/data-parallel.js';
 export * from './runtime/types.js';
 export { saveCheckpoint, loadCheckpoint, readCheckpoint, resumeTrainer, restoreTrainer, type TrainingState } from './train/checkpoint.js';
 export { trainFromDataset } from './train/train-loop.js';

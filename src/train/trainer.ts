@@ -523,7 +523,6 @@ export class Trainer {
     return bufferedIterable(this.events$, capacity);
   }
 
-  /** Frees the optimizer state, pending gradients and the head; completes events$. The model is not touched. */
   /**
    * One batch's objective parts and gradients, without accumulating or applying them (what a data-parallel
    * replica computes for its shard). Synchronous reads.
@@ -537,6 +536,7 @@ export class Trainer {
     return { targets, loss: result.loss, task: result.task, aux: result.aux, grads: result.grads };
   }
 
+  /** Frees the optimizer state, pending gradients and the head; completes events$. The model is not touched. */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
