@@ -7,7 +7,7 @@
  * tfjs-wasm creates its thread pool once per process, so each side runs in its own child process (the same
  * script with --child; the replicas' side with --replicas N): all build the same model from the same seed, then the parent asks them for one
  * timed call at a time — each round runs every case on both sides, alternating which side goes first
- * (ABBA…) — so load from other processes hits both sides and every case alike. A side waiting for its turn is idle. Ratios are the median over rounds of
+ * (ABBA…); the threads cases run first, then the N-thread side stops and the replicas' side starts — so load from other processes hits both sides and every case alike. A side waiting for its turn is idle. Ratios are the median over rounds of
  * wall(1 thread) / wall(N threads) — a speed-up, higher is better; "cpu" is the same on process CPU time
  * (all threads of the child), which shows how much extra work the threads cost (≈ 1 when none). The 1-minute
  * load average is recorded before and after: when it is above the core count, other processes took cores
@@ -202,30 +202,27 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
   const loadBefore = round(loadavg()[0] ?? Number.NaN, 2);
   const capacityBefore = await coreCapacity(threads);
   console.log(`  load average ${loadBefore}; cores this process could get: ${capacityBefore} of ${threads}`);
-  // One side at a time while they load and build (so neither slows the other's start).
+  // One side at a time while they load and build (so neither slows the other's start). Two phases: the
+  // threads cases with the N-thread side, then the replicas cases with the replicas' side, so no idle
+  // process of the other comparison sits beside a timed one.
   const one = await startSide(1, args.quick);
-  const many = await startSide(threads, args.quick);
-  const replicated = await startSide(1, args.quick, threads);
+  let many: Side | undefined = await startSide(threads, args.quick);
+  let replicated: Side | undefined;
+  const reports: { many?: WasmThreadsReport | undefined; replicas?: WasmThreadsReport | undefined } = { many: many.report };
   const wall: Record<string, number[]> = {};
   const cpu: Record<string, number[]> = {};
   // The 1-thread side times a training step once for each comparison, next to that comparison's other side.
   const key = (c: (typeof CASES)[number], side: Side): string =>
     side.replicas !== undefined ? `${c.name}@${side.replicas}-replicas` : c.versus === 'replicas' ? `${c.name}@1/vs-replicas` : `${c.name}@${side.threads}`;
-  const versus = (c: (typeof CASES)[number]): Side => (c.versus === 'threads' ? many : replicated);
+  const otherKey = (c: (typeof CASES)[number]): string => (c.versus === 'threads' ? `${c.name}@${threads}` : `${c.name}@${threads}-replicas`);
   const ratios: RatioResult[] = [];
   let maxRelDiff = Number.NaN;
-  try {
-    const [a, b] = await Promise.all([one.ask('logits'), many.ask('logits')]);
-    const x = a.values ?? [];
-    const y = b.values ?? [];
-    const scale = Math.max(...x.map(Math.abs));
-    maxRelDiff = x.reduce((m, v, i) => Math.max(m, Math.abs(v - (y[i] ?? Number.NaN)) / scale), 0);
-    console.log(`  logits 1 vs ${threads} threads: max |Δ| / max |x| = ${maxRelDiff.toExponential(2)}`);
-    for (const c of CASES) for (let w = 0; w < sizes.warmup; w++) for (const side of [one, versus(c)]) await side.ask(c.name);
+  /** Warm-up, then rounds of every case of one comparison, alternating which side goes first (ABBA…). */
+  const measure = async (cases: readonly (typeof CASES)[number][], other: Side): Promise<void> => {
+    for (const c of cases) for (let w = 0; w < sizes.warmup; w++) for (const side of [one, other]) await side.ask(c.name);
     // Rounds outside, cases inside: a change of load during the run hits every case, not only the last one.
     for (let r = 0; r < sizes.rounds; r++) {
-      for (const c of CASES) {
-        const other = versus(c);
+      for (const c of cases) {
         const order = r % 2 === 0 ? [one, other] : [other, one];
         for (const side of order) {
           const reply = await side.ask(c.name);
@@ -235,13 +232,32 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
         }
       }
     }
+  };
+  try {
+    const [a, b] = await Promise.all([one.ask('logits'), many.ask('logits')]);
+    const x = a.values ?? [];
+    const y = b.values ?? [];
+    const scale = Math.max(...x.map(Math.abs));
+    maxRelDiff = x.reduce((m, v, i) => Math.max(m, Math.abs(v - (y[i] ?? Number.NaN)) / scale), 0);
+    console.log(`  logits 1 vs ${threads} threads: max |Δ| / max |x| = ${maxRelDiff.toExponential(2)}`);
+    await measure(
+      CASES.filter((c) => c.versus === 'threads'),
+      many,
+    );
+    await many.close();
+    many = undefined;
+    replicated = await startSide(1, args.quick, threads);
+    reports.replicas = replicated.report;
+    await measure(
+      CASES.filter((c) => c.versus === 'replicas'),
+      replicated,
+    );
     const timings = { samples: wall, cpuSamples: cpu, rounds: sizes.rounds, warmup: sizes.warmup };
     for (const c of CASES) {
       const rows = c.name === 'train-step' ? sizes.trainBatch : c.name === 'train-step-large' ? sizes.largeTrainBatch : sizes.batch;
       const shape = `${rows}×${c.name.startsWith('train') ? sizes.trainTokens : sizes.tokens}`;
-      const other = versus(c);
       const what = c.versus === 'threads' ? `${threads} threads` : `${threads} data-parallel replicas`;
-      const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${what} (wall)`, key(c, one), key(c, other), {
+      const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${what} (wall)`, key(c, one), otherKey(c), {
         target: c.target,
         higherIsBetter: true,
       });
@@ -249,7 +265,7 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
       logRatio(ratio);
     }
   } finally {
-    await Promise.all([one.close(), many.close(), replicated.close()]);
+    await Promise.all([one.close(), many?.close(), replicated?.close()]);
   }
   const loadAfter = round(loadavg()[0] ?? Number.NaN, 2);
   const capacityAfter = await coreCapacity(threads);
@@ -263,7 +279,7 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
     constants: { model: args.quick ? QUICK_MODEL : BENCH_MODEL, spec: SPEC, threads, ...sizes, trainer: TRAINER_CONFIG },
     ratios,
     details: {
-      threadsReports: { one: one.report, many: many.report, replicas: replicated.report },
+      threadsReports: { one: one.report, ...reports },
       loadAverage: { before: loadBefore, after: loadAfter },
       coreCapacity: { before: capacityBefore, after: capacityAfter },
       logitsMaxRelativeDifference: maxRelDiff,
