@@ -5,7 +5,17 @@ import { join } from 'node:path';
 import { lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../routers/index.js';
-import { AdaptedModel, RoutedRuntime, Trainer, loadBaseModel, loadTokenizer, saveRoutedModel, selectBackend, writePeftAdapter } from '../src/index.js';
+import {
+  AdaptedModel,
+  DataParallelGroup,
+  RoutedRuntime,
+  Trainer,
+  loadBaseModel,
+  loadTokenizer,
+  saveRoutedModel,
+  selectBackend,
+  writePeftAdapter,
+} from '../src/index.js';
 import type { RoutingTraceEntry, TrainEvent } from '../src/index.js';
 import { SHARED_MODELS_SKIP_NOTE, hasSharedModels, stories260kPath, tok512Path } from './helpers/tiny-models.js';
 
@@ -48,6 +58,30 @@ describe.skipIf(!hasSharedModels)(`README examples${SHARED_MODELS_SKIP_NOTE}`, (
     expect(trace[0]).toMatchObject({ layer: 0, site: 'attn.q', route: 0, batch: 0, token: 0 });
     expect(routed.parameterReport().trainable).toBeGreaterThan(0);
     await saveRoutedModel(join(dir, 'moe'), routed);
+    trainer.dispose();
+    routed.dispose();
+    base.dispose();
+  });
+
+  test('training on every core: a data-parallel group', async () => {
+    const { model: base } = await loadBaseModel(stories260kPath);
+    const tokenizer = await loadTokenizer(tok512Path);
+    const routed = AdaptedModel.create(base, { adapters: [{ kind: 'lora', name: 'a', targets: { sites: ['attn.q', 'attn.v'] } }] });
+    const config = { optimizer: { lr: 1e-3 }, maxGradNorm: 1 };
+    const group = await DataParallelGroup.start(routed, config, { replicas: 2 }); // this thread + 1 worker thread
+    const trainer = new Trainer(routed, config, { dataParallel: group });
+    const rows = ['Once upon a time there was a cat.', 'The dog ran to the park.'].map((t) => tokenizer.encode(t, { addBos: true }));
+    const width = Math.max(...rows.map((r) => r.length));
+    const pad = (r: number[], v: (i: number) => number): number[] => Array.from({ length: width }, (_, i) => (i < r.length ? v(i) : 0));
+    const batch = {
+      ids: rows.map((r) => pad(r, (i) => r[i] as number)),
+      mask: rows.map((r) => pad(r, () => 1)),
+      lossMask: rows.map((r) => pad(r, (i) => (i === 0 ? 0 : 1))),
+    };
+    const first = trainer.step(batch);
+    const second = trainer.step(batch);
+    expect(second.loss).toBeLessThan(first.loss);
+    await group.close();
     trainer.dispose();
     routed.dispose();
     base.dispose();
