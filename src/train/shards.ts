@@ -2,13 +2,18 @@
  * A training batch's rows split into contiguous shards (data-parallel replicas each take one).
  */
 
-/** The per-row fields of a training batch (trainer.ts's TrainBatch without retention rows or images). */
+/** A training batch's per-row fields (trainer.ts's TrainBatch adds retention rows and images). Rows are padded to one length. */
 export interface RowBatch {
   readonly ids: readonly (readonly number[])[];
+  /** 1 for real tokens. */
   readonly mask: readonly (readonly number[])[];
+  /** 1 at target positions that count in the LM loss (0 on prompts and padding). Unused for classification. */
   readonly lossMask: readonly (readonly number[])[];
+  /** Task id per row (task routers). */
   readonly taskIds?: readonly number[];
+  /** Class per row (classification objective). */
   readonly labels?: readonly number[];
+  /** [B, T] tokens sequence-level routers pool (makeBatches: the prompt of prompt/completion rows); see AdaptedCallOptions. */
   readonly routingMask?: readonly (readonly number[])[];
 }
 

@@ -35,7 +35,7 @@ import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
 import { splitFlat, weightedMeanInto } from './flat-tensors.js';
-import { splitRows } from './shards.js';
+import { type RowBatch, splitRows } from './shards.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
 import { DeferredTraceReads } from '../routing/trace.js';
@@ -123,18 +123,8 @@ export const TrainerConfig = z
 export type TrainerConfig = z.infer<typeof TrainerConfig>;
 export type TrainerConfigInput = z.input<typeof TrainerConfig>;
 
-/** One micro-batch. Rows are padded to one length; `mask` is 1 for real tokens. */
-export interface TrainBatch {
-  readonly ids: readonly (readonly number[])[];
-  readonly mask: readonly (readonly number[])[];
-  /** 1 at target positions that count in the LM loss (0 on prompts and padding). Unused for classification. */
-  readonly lossMask: readonly (readonly number[])[];
-  /** Task id per row (task routers). */
-  readonly taskIds?: readonly number[];
-  /** Class per row (classification objective). */
-  readonly labels?: readonly number[];
-  /** [B, T] tokens sequence-level routers pool (makeBatches: the prompt of prompt/completion rows); see AdaptedCallOptions. */
-  readonly routingMask?: readonly (readonly number[])[];
+/** One micro-batch: its rows (shards.ts's RowBatch: ids, mask, lossMask, taskIds, labels, routingMask) and more. */
+export interface TrainBatch extends RowBatch {
   /** One image per row (undefined: none) entering before the row's tokens; a MultimodalModel only. */
   readonly images?: RowImages;
   /**

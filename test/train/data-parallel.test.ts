@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { builtinRouters } from '../../routers/index.js';
 import type { Transformer } from '../../src/base/transformer.js';
 import { listWeightTensors } from '../../src/base/weights.js';
-import { ConfigError } from '../../src/errors.js';
+import { ConfigError, RoutedPeftError } from '../../src/errors.js';
 import { AdaptedModel } from '../../src/model/adapted-model.js';
 import { DataParallelGroup } from '../../src/train/data-parallel.js';
 import { splitRows } from '../../src/train/shards.js';
@@ -56,15 +56,38 @@ function expectSameVariables(actual: Trainer, expected: Trainer): void {
   });
 }
 
+/**
+ * A one-replica trainer and a `replicas`-replica one over two models of the same spec, handed to `body` and
+ * freed after it (`reference` config overrides the one-replica trainer's, e.g. gradAccumulation).
+ */
+async function withTrainers(
+  spec: object,
+  replicas: number,
+  body: (one: Trainer, parallel: Trainer) => void,
+  reference: object = {},
+  options: { readonly routers?: boolean } = {},
+): Promise<void> {
+  const routers = options.routers === true ? { routers: builtinRouters() } : {};
+  const single = AdaptedModel.create(base, spec, routers);
+  const replicated = AdaptedModel.create(base, spec, routers);
+  const group = await DataParallelGroup.start(replicated, config, { replicas });
+  const one = new Trainer(single, { ...config, ...reference });
+  const parallel = new Trainer(replicated, config, { dataParallel: group });
+  try {
+    body(one, parallel);
+  } finally {
+    one.dispose();
+    parallel.dispose();
+    await group.close();
+    single.dispose();
+    replicated.dispose();
+  }
+}
+
 describe('data-parallel training', () => {
   test('two replicas give the one-replica step of the whole batch (no per-forward terms), step after step', async () => {
-    const single = AdaptedModel.create(base, loraSpec);
-    const parallel = AdaptedModel.create(base, loraSpec);
-    const group = await DataParallelGroup.start(parallel, config, { replicas: 2 });
-    const one = new Trainer(single, config);
-    const two = new Trainer(parallel, config, { dataParallel: group });
-    try {
-      const initial = [...parallel.namedVariables().values()].map((v) => Array.from(v.dataSync()));
+    await withTrainers(loraSpec, 2, (one, two) => {
+      const initial = [...two.namedVariables().values()].map((v) => Array.from(v.dataSync()));
       const baseBefore = listWeightTensors(base.weights).map((t) => Array.from(t.dataSync()));
       for (let s = 0; s < 3; s++) {
         const a = one.step(batch);
@@ -75,85 +98,58 @@ describe('data-parallel training', () => {
       }
       expectSameVariables(two, one);
       // Every variable moved (so the workers got the new weights each step), and the base did not.
-      [...parallel.namedVariables().values()].forEach((v, i) => expect(Array.from(v.dataSync())).not.toEqual(initial[i]));
+      [...two.namedVariables().values()].forEach((v, i) => expect(Array.from(v.dataSync())).not.toEqual(initial[i]));
       listWeightTensors(base.weights).forEach((t, i) => expect(Array.from(t.dataSync())).toEqual(baseBefore[i]));
-    } finally {
-      one.dispose();
-      two.dispose();
-      await group.close();
-      single.dispose();
-      parallel.dispose();
-    }
+    });
   });
 
   test('with router aux losses a step is gradient accumulation over the shards; three replicas; no tensor leaks', async () => {
-    const routers = { routers: builtinRouters() };
-    const accumulated = AdaptedModel.create(base, routedSpec, routers);
-    const parallel = AdaptedModel.create(base, routedSpec, routers);
-    const group = await DataParallelGroup.start(parallel, config, { replicas: 3 });
-    const one = new Trainer(accumulated, { ...config, gradAccumulation: 3 });
-    const three = new Trainer(parallel, config, { dataParallel: group });
-    try {
-      const shards = splitRows(batch, 3);
-      expect(shards.map((s) => s.ids.length)).toEqual([1, 1, 1]);
-      three.step(batch); // warm: the first step allocates the trainer's state
-      for (const shard of shards) one.step(shard);
-      const steady = tf.memory().numTensors;
-      const last = three.step(batch);
-      const reference = shards.map((shard) => one.step(shard)).at(-1);
-      expect(tf.memory().numTensors).toBe(steady);
-      expect(last.auxLoss).toBeGreaterThan(0);
-      expect(last.auxLoss).toBeCloseTo(reference?.auxLoss as number, 5);
-      expect(last.loss).toBeCloseTo(reference?.loss as number, 5);
-      expectSameVariables(three, one);
-    } finally {
-      one.dispose();
-      three.dispose();
-      await group.close();
-      accumulated.dispose();
-      parallel.dispose();
-    }
+    await withTrainers(
+      routedSpec,
+      3,
+      (one, three) => {
+        const shards = splitRows(batch, 3);
+        expect(shards.map((s) => s.ids.length)).toEqual([1, 1, 1]);
+        three.step(batch); // warm: the first step allocates the trainer's state
+        for (const shard of shards) one.step(shard);
+        const steady = tf.memory().numTensors;
+        const last = three.step(batch);
+        const reference = shards.map((shard) => one.step(shard)).at(-1);
+        expect(tf.memory().numTensors).toBe(steady);
+        expect(last.auxLoss).toBeGreaterThan(0);
+        expect(last.auxLoss).toBeCloseTo(reference?.auxLoss as number, 5);
+        expect(last.loss).toBeCloseTo(reference?.loss as number, 5);
+        expectSameVariables(three, one);
+      },
+      { gradAccumulation: 3 },
+      { routers: true },
+    );
   });
 
   test('fewer rows than replicas: the idle replicas sit the step out', async () => {
-    const single = AdaptedModel.create(base, loraSpec);
-    const parallel = AdaptedModel.create(base, loraSpec);
-    const group = await DataParallelGroup.start(parallel, config, { replicas: 3 });
-    const one = new Trainer(single, config);
-    const three = new Trainer(parallel, config, { dataParallel: group });
     const row: TrainBatch = { ids: [batch.ids[1] as number[]], mask: [batch.mask[1] as number[]], lossMask: [batch.lossMask[1] as number[]] };
-    try {
+    await withTrainers(loraSpec, 3, (one, three) => {
       for (let s = 0; s < 2; s++) expect(three.step(row).loss).toBeCloseTo(one.step(row).loss, 5);
       three.step(batch); // the idle workers take the weights of the two steps they sat out
       one.step(batch);
       expectSameVariables(three, one);
-    } finally {
-      one.dispose();
-      three.dispose();
-      await group.close();
-      single.dispose();
-      parallel.dispose();
-    }
+    });
   });
 
   test("a worker's error reaches the step typed, naming the bad value; the next step trains as if it had not happened", async () => {
-    const single = AdaptedModel.create(base, loraSpec);
-    const parallel = AdaptedModel.create(base, loraSpec);
-    const group = await DataParallelGroup.start(parallel, config, { replicas: 2 });
-    const one = new Trainer(single, config);
-    const two = new Trainer(parallel, config, { dataParallel: group });
-    try {
+    await withTrainers(loraSpec, 2, (one, two) => {
       const bad: TrainBatch = { ...batch, ids: [batch.ids[0] as number[], batch.ids[1] as number[], [1, 4, 8, 999, 11, 2]] }; // row 2 is the worker's
-      expect(() => two.step(bad)).toThrow(/999/);
+      let thrown: unknown;
+      try {
+        two.step(bad);
+      } catch (error) {
+        thrown = error;
+      }
+      expect(thrown).toBeInstanceOf(RoutedPeftError);
+      expect((thrown as Error).message).toMatch(/999/);
       expect(two.step(batch).loss).toBeCloseTo(one.step(batch).loss, 5);
       expectSameVariables(two, one);
-    } finally {
-      one.dispose();
-      two.dispose();
-      await group.close();
-      single.dispose();
-      parallel.dispose();
-    }
+    });
   });
 
   test('what a replica cannot reproduce is refused by name', async () => {
