@@ -52,7 +52,7 @@ export interface ShardRequest {
   readonly weightsChanged: boolean;
 }
 
-export type ToReplica = ReplicaInit | ShardRequest | { readonly type: 'close' };
+export type ToReplica = ReplicaInit | ShardRequest;
 
 export interface ShardAnswer {
   readonly type: 'shard';

@@ -110,12 +110,8 @@ function shard(message: ShardRequest): void {
   }
 }
 
+// The group stops a worker by terminating its thread, which frees everything it holds.
 parent.on('message', (message: ToReplica) => {
   if (message.type === 'init') void init(message);
-  else if (message.type === 'shard') shard(message);
-  else if (message.type === 'close') {
-    replica?.trainer.dispose();
-    replica?.model.dispose();
-    parent.close();
-  }
+  else shard(message);
 });

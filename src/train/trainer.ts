@@ -647,54 +647,55 @@ export class Trainer {
     if (batch.images !== undefined) throw new ConfigError('data-parallel training does not support images', { path: 'batch.images' });
     const [own, ...others] = splitRows(batch, group.replicas) as [TrainBatch, ...TrainBatch[]]; // contiguous rows
     const sent = group.dispatch(others, this.named);
-    let local: { loss: number; task: number; aux: number; grads: Map<string, tf.Tensor> } | undefined;
+    const names = group.names;
+    const sum = this.flatScratch(group); // [P]  this shard's gradients, then Σ nₛ·∇Lₛ / Σ nₛ
+    const ownPresent = names.map(() => false);
+    let local: { loss: number; task: number; aux: number } | undefined;
     let remote: RemoteShard[];
     const ownTargets = this.config.objective.kind === 'classification' ? (own.labels?.length ?? 0) : countLmTargets(own.mask, own.lossMask);
     try {
-      if (ownTargets > 0) local = yield* this.gradients(own, step, microBatch, undefined, traceReads);
+      if (ownTargets > 0) {
+        const { grads: ownGrads, ...parts } = yield* this.gradients(own, step, microBatch, undefined, traceReads);
+        try {
+          // Read while the workers still compute (this shard usually ends first).
+          let offset = 0;
+          names.forEach((name, i) => {
+            const g = ownGrads.get(name);
+            const size = group.sizes[i] as number;
+            if (g === undefined) sum.fill(0, offset, offset + size);
+            else sum.set(g.dataSync() as Float32Array, offset);
+            ownPresent[i] = g !== undefined;
+            offset += size;
+          });
+        } finally {
+          for (const g of ownGrads.values()) g.dispose();
+        }
+        local = parts;
+      } else sum.fill(0);
     } finally {
       // Every dispatched shard is collected, even when this one failed, so the next step reads its own answers.
       remote = group.collect(sent);
     }
-    const shards = [...(local === undefined ? [] : [{ targets: ownTargets, ...local }]), ...remote.filter((r) => r.targets > 0)];
+    const answered = remote.filter((r) => r.targets > 0);
+    const shards = [...(local === undefined ? [] : [{ targets: ownTargets, ...local }]), ...answered];
     const total = shards.reduce((s, x) => s + x.targets, 0); // Σ nₛ, the batch's targets
     const mean = (part: 'loss' | 'task' | 'aux'): number => shards.reduce((s, x) => s + x.targets * x[part], 0) / total;
+    weightedMeanInto(
+      sum,
+      local === undefined ? 0 : ownTargets,
+      answered.map((r) => ({ values: r.grads, weight: r.targets })),
+    );
+    const pieces = splitFlat(
+      sum,
+      names.map((name) => (this.named.get(name) as tf.Variable).shape),
+    );
     const grads = new Map<string, tf.Tensor>();
-    try {
-      const names = group.names;
-      const present = names.map((name, i) => local?.grads.has(name) === true || remote.some((r) => r.targets > 0 && r.present[i] === 1));
-      const sum = this.flatScratch(group); // [P]  Σ nₛ·∇Lₛ / Σ nₛ
-      if (local === undefined) sum.fill(0);
-      else {
-        let offset = 0;
-        names.forEach((name, i) => {
-          const g = local?.grads.get(name);
-          const size = group.sizes[i] as number;
-          if (g === undefined) sum.fill(0, offset, offset + size);
-          else sum.set(g.dataSync() as Float32Array, offset);
-          offset += size;
-        });
-      }
-      weightedMeanInto(
-        sum,
-        local === undefined ? 0 : ownTargets,
-        remote.filter((r) => r.targets > 0).map((r) => ({ values: r.grads, weight: r.targets })),
-      );
-      const pieces = splitFlat(
-        sum,
-        names.map((name) => (this.named.get(name) as tf.Variable).shape),
-      );
-      names.forEach((name, i) => {
-        const piece = pieces[i] as tf.Tensor;
-        if (present[i] === true) grads.set(name, piece);
-        else piece.dispose(); // no shard gave this variable a gradient: it gets none, as in one replica
-      });
-    } catch (error) {
-      for (const g of grads.values()) g.dispose();
-      throw error;
-    } finally {
-      for (const g of local?.grads.values() ?? []) g.dispose();
-    }
+    names.forEach((name, i) => {
+      const piece = pieces[i] as tf.Tensor;
+      // A variable no shard gave a gradient gets none, as in one replica.
+      if (ownPresent[i] === true || answered.some((r) => r.present[i] === 1)) grads.set(name, piece);
+      else piece.dispose();
+    });
     return { loss: mean('loss'), task: mean('task'), aux: mean('aux'), retention: undefined, grads };
   }
 
