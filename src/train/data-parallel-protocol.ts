@@ -34,7 +34,7 @@ export interface ReplicaInit {
   readonly names: readonly string[];
   /** Where the worker answers shards (receiveMessageOnPort on the main side). */
   readonly answers: MessagePort;
-  /** Int32Array over a SharedArrayBuffer: [0] counts answers sent. */
+  /** Int32Array [2] over a SharedArrayBuffer: [0] counts answers sent, [1] the times the weights were taken. */
   readonly signal: SharedArrayBuffer;
   /** Float32Array [P]: the trained variables' values (the main thread writes, every worker reads). */
   readonly weights: SharedArrayBuffer;
@@ -52,7 +52,12 @@ export interface ShardRequest {
   readonly weightsChanged: boolean;
 }
 
-export type ToReplica = ReplicaInit | ShardRequest;
+/** Take the shared weights now (sent right after an optimizer update). */
+export interface WeightsNotice {
+  readonly type: 'weights';
+}
+
+export type ToReplica = ReplicaInit | ShardRequest | WeightsNotice;
 
 export interface ShardAnswer {
   readonly type: 'shard';

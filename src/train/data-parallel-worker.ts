@@ -78,18 +78,38 @@ async function init(message: ReplicaInit): Promise<void> {
   }
 }
 
+/** Why the last weights notice could not be taken (the next shard reports it). */
+let weightsFailure: unknown;
+
+/** Assigns the shared weights, then counts it (the main thread may overwrite them once counted). */
+function takeWeights(): void {
+  try {
+    if (replica === undefined) throw new TrainingError('data-parallel weights reached a worker that did not start');
+    const { variables, weights } = replica;
+    const values = splitFlat(
+      weights,
+      variables.map((v) => v.shape),
+    );
+    variables.forEach((v, i) => v.assign(values[i] as tf.Tensor));
+    tf.dispose(values);
+  } finally {
+    if (signal !== undefined) {
+      Atomics.add(signal, 1, 1);
+      Atomics.notify(signal, 1);
+    }
+  }
+}
+
 function shard(message: ShardRequest): void {
   try {
     if (replica === undefined) throw new TrainingError('a data-parallel shard reached a worker that did not start');
-    const { trainer, variables, weights, grads, present } = replica;
-    if (message.weightsChanged) {
-      const values = splitFlat(
-        weights,
-        variables.map((v) => v.shape),
-      );
-      variables.forEach((v, i) => v.assign(values[i] as tf.Tensor));
-      tf.dispose(values);
+    const { trainer, variables, grads, present } = replica;
+    if (weightsFailure !== undefined) {
+      const failure = weightsFailure;
+      weightsFailure = undefined;
+      throw failure;
     }
+    if (message.weightsChanged) takeWeights();
     const result = trainer.shardGradients(message.batch);
     try {
       let offset = 0;
@@ -113,5 +133,11 @@ function shard(message: ShardRequest): void {
 // The group stops a worker by terminating its thread, which frees everything it holds.
 parent.on('message', (message: ToReplica) => {
   if (message.type === 'init') void init(message);
-  else shard(message);
+  else if (message.type === 'weights') {
+    try {
+      takeWeights();
+    } catch (error) {
+      weightsFailure = error;
+    }
+  } else shard(message);
 });

@@ -55,8 +55,11 @@ interface AtomicsWaitAsync {
 }
 
 class ReplicaWorker {
+  /** [0]: answers the worker sent; [1]: times it took the shared weights. */
   readonly signal: Int32Array;
   private answered = 0;
+  /** Times it was asked to take the shared weights. */
+  asked = 0;
   private failure: Error | undefined;
 
   readonly grads: Float32Array; // [P]
@@ -101,6 +104,16 @@ class ReplicaWorker {
     const received = receiveMessageOnPort(this.answers);
     if (received === undefined) throw new TrainingError(`data-parallel worker ${this.index} signalled an answer that did not arrive`);
     return received.message as FromReplica;
+  }
+
+  /** Blocks until the worker took every weights it was asked to take (the shared buffer may then change). */
+  waitTaken(): void {
+    const deadline = Date.now() + SHARD_TIMEOUT_MS;
+    for (let taken = Atomics.load(this.signal, 1); taken < this.asked; taken = Atomics.load(this.signal, 1)) {
+      if (this.failure !== undefined) throw this.failure;
+      if (Date.now() > deadline) throw new TrainingError(`data-parallel worker ${this.index} did not take the weights within ${SHARD_TIMEOUT_MS / 60_000} min`);
+      Atomics.wait(this.signal, 1, taken, 1000);
+    }
   }
 
   /** Waits for the first answer asynchronously (start-up, when the main thread should not block). */
@@ -161,7 +174,7 @@ export class DataParallelGroup implements GradientReplicas {
     try {
       for (let i = 1; i < replicas; i++) {
         const channel = new MessageChannel();
-        const signal = new SharedArrayBuffer(4);
+        const signal = new SharedArrayBuffer(8); // two Int32 counters (ReplicaWorker.signal)
         const grads = new SharedArrayBuffer(total * 4);
         const present = new SharedArrayBuffer(sizes.length);
         const thread = new Worker(WORKER_URL, { execArgv: [] }); // ref'd while it starts: the wait below keeps no loop alive
@@ -210,16 +223,45 @@ export class DataParallelGroup implements GradientReplicas {
       const worker = this.workers[i];
       if (worker === undefined) throw new Error(`no data-parallel worker for shard ${i + 1}`);
       if (batch.ids.length === 0) return; // fewer rows than replicas: this one sits the step out
-      const stale = ids.length !== worker.assigned.length || ids.some((id, k) => id !== worker.assigned[k]);
+      const stale = isStale(worker, ids);
       if (stale && !written) {
-        readFlatInto(variables, this.weights); // no worker reads them now: each did before it last answered
+        this.writeWeights(variables);
         written = true;
       }
       worker.send({ type: 'shard', id: this.nextId++, batch, weightsChanged: stale });
-      worker.assigned = ids;
+      if (stale) this.asked(worker, ids);
       sent.push(i);
     });
     return sent;
+  }
+
+  /**
+   * Hands the variables' new values to every worker now (right after an optimizer update), so each takes
+   * them while this thread finishes the step instead of at the start of its next shard. A closed group
+   * ignores it (its next dispatch refuses).
+   */
+  publish(named: ReadonlyMap<string, tf.Variable>): void {
+    if (this.closed) return;
+    const variables = this.checkVariables(named);
+    const ids = variables.map((v) => v.dataId as object);
+    const stale = this.workers.filter((w) => isStale(w, ids));
+    if (stale.length === 0) return;
+    this.writeWeights(variables);
+    for (const worker of stale) {
+      worker.send({ type: 'weights' });
+      this.asked(worker, ids);
+    }
+  }
+
+  /** Writes the variables into the shared buffer once no worker is still to read the previous values. */
+  private writeWeights(variables: readonly tf.Variable[]): void {
+    for (const worker of this.workers) worker.waitTaken();
+    readFlatInto(variables, this.weights);
+  }
+
+  private asked(worker: ReplicaWorker, ids: readonly object[]): void {
+    worker.asked++;
+    worker.assigned = ids;
   }
 
   /** Waits for the answers of the shards `dispatch` sent (the workers it returned); throws the first worker error. */
@@ -270,6 +312,10 @@ export class DataParallelGroup implements GradientReplicas {
     });
     return variables;
   }
+}
+
+function isStale(worker: ReplicaWorker, ids: readonly object[]): boolean {
+  return ids.length !== worker.assigned.length || ids.some((id, k) => id !== worker.assigned[k]);
 }
 
 function fromAnswer(answer: ShardAnswer, worker: ReplicaWorker): RemoteShard {

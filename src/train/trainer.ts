@@ -169,6 +169,8 @@ export interface GradientReplicas {
   dispatch(shards: readonly TrainBatch[], named: ReadonlyMap<string, tf.Variable>): number[];
   /** Waits for those replicas' answers; throws the first failure after collecting every answer. */
   collect(sent: readonly number[]): RemoteShard[];
+  /** Hands the variables' new values to the replicas right after an optimizer update. */
+  publish(named: ReadonlyMap<string, tf.Variable>): void;
 }
 
 /** One replica's shard: its targets, loss parts and flat gradients. */
@@ -780,6 +782,7 @@ export class Trainer {
               const applied = clip?.grads ?? averaged;
               this.optimizer.applyGradients(applied, lrs);
               this.afterApplied(applied);
+              this.options.dataParallel?.publish(this.named);
             }
           } finally {
             for (const g of clip?.grads.values() ?? []) g.dispose();
