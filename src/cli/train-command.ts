@@ -80,9 +80,10 @@ ${MODEL_USAGE}
   --workers N          Data-parallel replicas (default 1): each step's batch is split by rows over N
                        copies of the model (this thread and N - 1 worker threads, each holding its own
                        copy of the base), which compute their shards' gradients at the same time; a step
-                       then equals gradient accumulation over those shards. Each replica computes on
-                       --threads threads (default 1 with --workers). Not with --vision or --retention-data;
-                       AdaLoRA adapters are refused; step lines carry no routing 'load'
+                       then equals gradient accumulation over those shards. The workers compute on one
+                       wasm thread each, this thread on --threads (default 1 with --workers). Not with
+                       --vision or --retention-data; AdaLoRA adapters are refused; step lines carry no
+                       routing 'load'
   --resume             Continue the checkpoint in --out (its spec, trainer settings, data order and seed);
                        --spec/--routed are then not needed
   --format text|json   Progress bar + text summary on a terminal (text, the default), or JSON lines
