@@ -133,7 +133,7 @@ export class DataParallelGroup implements GradientReplicas {
   /** Element count of each variable, in `names` order. */
   readonly sizes: readonly number[];
   private readonly workers: readonly ReplicaWorker[];
-  /** [P] shared with every worker: the values they assign before their next shard. */
+  /** [P] shared with every worker: the values each takes after an update (publish) or before a shard. */
   private readonly weights: Float32Array;
   private nextId = 0;
   private closed = false;
@@ -163,13 +163,14 @@ export class DataParallelGroup implements GradientReplicas {
       });
     }
     const { Trainer } = await import('./trainer.js');
-    // The names as a Trainer over this model sees them (the head's included), without building one twice later.
+    // A probe Trainer gives the names and sizes a Trainer over this model differentiates (the head's included).
     const probe = new Trainer(model, trainerConfig);
     const names = [...probe.namedVariables().keys()];
     const sizes = [...probe.namedVariables().values()].map((v) => v.size);
     probe.dispose();
     const total = sizes.reduce((s, n) => s + n, 0); // P
     const weights = new SharedArrayBuffer(total * 4);
+    const baseWeights = sendTree(model.base.weights); // structured-cloned into each worker
     const started: ReplicaWorker[] = [];
     try {
       for (let i = 1; i < replicas; i++) {
@@ -183,7 +184,7 @@ export class DataParallelGroup implements GradientReplicas {
         const init: ToReplica = {
           type: 'init',
           config: model.base.config,
-          baseWeights: sendTree(model.base.weights),
+          baseWeights,
           spec: model.spec,
           routersModule: options.routersModule ?? DEFAULT_ROUTERS,
           trainer: trainerConfig as Readonly<Record<string, unknown>>,
