@@ -14,7 +14,7 @@ import type { RouterRegistry } from '../routing/router-registry.js';
 import { errorToData } from '../errors.js';
 import type { FromReplica, ReplicaInit, SentTensor, ShardRequest, ToReplica } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
-import { splitFlat } from './flat-tensors.js';
+import { readNamedInto, sameItems, splitFlat } from './flat-tensors.js';
 import { Trainer } from './trainer.js';
 
 const parent = parentPort;
@@ -22,8 +22,10 @@ if (parent === null) throw new Error('data-parallel-worker.ts runs as a worker t
 
 interface Replica {
   readonly trainer: Trainer;
-  readonly model: AdaptedModel;
   readonly variables: readonly tf.Variable[];
+  /** The trained variables' stable names and sizes, in the group's order. */
+  readonly names: readonly string[];
+  readonly sizes: readonly number[];
   readonly weights: Float32Array; // [P] shared, written by the main thread
   readonly grads: Float32Array; // [P] shared, this worker's answer
   readonly present: Uint8Array; // [variables] shared
@@ -62,7 +64,7 @@ async function init(message: ReplicaInit): Promise<void> {
     const trainer = new Trainer(model, message.trainer);
     const named = trainer.namedVariables();
     const names = [...named.keys()];
-    if (names.length !== message.names.length || names.some((n, i) => n !== message.names[i])) {
+    if (!sameItems(names, message.names)) {
       throw new TrainingError(`the replica's trained variables (${names.length}) are not the main model's (${message.names.length})`, {
         hint: 'The model must be rebuildable from its spec with the routers module the group names',
       });
@@ -71,7 +73,15 @@ async function init(message: ReplicaInit): Promise<void> {
     const total = variables.reduce((s, v) => s + v.size, 0); // P
     const weights = new Float32Array(message.weights);
     if (weights.length !== total) throw new TrainingError(`the replica's ${total} trained parameters are not the main model's ${weights.length}`);
-    replica = { trainer, model, variables, weights, grads: new Float32Array(message.grads), present: new Uint8Array(message.present) };
+    replica = {
+      trainer,
+      variables,
+      names,
+      sizes: variables.map((v) => v.size),
+      weights,
+      grads: new Float32Array(message.grads),
+      present: new Uint8Array(message.present),
+    };
     answer({ type: 'ready' });
   } catch (error) {
     answer({ type: 'failed', error: errorToData(error) });
@@ -103,7 +113,7 @@ function takeWeights(): void {
 function shard(message: ShardRequest): void {
   try {
     if (replica === undefined) throw new TrainingError('a data-parallel shard reached a worker that did not start');
-    const { trainer, variables, grads, present } = replica;
+    const { trainer, names, sizes, grads, present } = replica;
     if (weightsFailure !== undefined) {
       const failure = weightsFailure;
       weightsFailure = undefined;
@@ -112,15 +122,7 @@ function shard(message: ShardRequest): void {
     if (message.weightsChanged) takeWeights();
     const result = trainer.shardGradients(message.batch);
     try {
-      let offset = 0;
-      [...trainer.namedVariables().keys()].forEach((name, i) => {
-        const g = result.grads.get(name);
-        const size = (variables[i] as tf.Variable).size;
-        if (g === undefined) grads.fill(0, offset, offset + size);
-        else grads.set(g.dataSync() as Float32Array, offset);
-        present[i] = g === undefined ? 0 : 1;
-        offset += size;
-      });
+      readNamedInto(names, sizes, result.grads, grads, present);
     } finally {
       tf.dispose([...result.grads.values()]);
     }

@@ -30,7 +30,7 @@ import { ConfigError, errorFromData, LIBRARY_ERRORS, RoutedPeftError, type SentE
 import type { AdaptedModel } from '../model/adapted-model.js';
 import type { FromReplica, SentTensor, ShardAnswer, ToReplica } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
-import { readFlatInto } from './flat-tensors.js';
+import { readFlatInto, sameItems } from './flat-tensors.js';
 import type { GradientReplicas, RemoteShard, TrainBatch } from './trainer.js';
 
 /** Where this file's sibling modules are: the TypeScript sources (tests, tsx) or the built JavaScript. */
@@ -301,8 +301,7 @@ export class DataParallelGroup implements GradientReplicas {
   }
 
   private checkVariables(named: ReadonlyMap<string, tf.Variable>): tf.Variable[] {
-    const names = [...named.keys()];
-    if (names.length !== this.names.length || names.some((n, i) => n !== this.names[i])) {
+    if (!sameItems([...named.keys()], this.names)) {
       throw new TrainingError("the trainer's variables are not the ones this data-parallel group replicates", {
         hint: 'Start the group from the same model and trainer config as the Trainer',
       });
@@ -316,7 +315,7 @@ export class DataParallelGroup implements GradientReplicas {
 }
 
 function isStale(worker: ReplicaWorker, ids: readonly object[]): boolean {
-  return ids.length !== worker.assigned.length || ids.some((id, k) => id !== worker.assigned[k]);
+  return !sameItems(ids, worker.assigned);
 }
 
 function fromAnswer(answer: ShardAnswer, worker: ReplicaWorker): RemoteShard {

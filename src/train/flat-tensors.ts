@@ -20,6 +20,33 @@ export function readFlatInto(tensors: readonly tf.Tensor[], flat: Float32Array):
   return flat;
 }
 
+/**
+ * Tensors by name into `flat`, in `names` order (run i holds sizes[i] values): zeros where a name has no
+ * tensor, and present[i] is 1 where a name had one.
+ */
+export function readNamedInto(
+  names: readonly string[],
+  sizes: readonly number[],
+  tensors: ReadonlyMap<string, tf.Tensor>,
+  flat: Float32Array,
+  present: Uint8Array,
+): void {
+  let offset = 0;
+  names.forEach((name, i) => {
+    const t = tensors.get(name);
+    const size = sizes[i] as number;
+    if (t === undefined) flat.fill(0, offset, offset + size);
+    else flat.set(t.dataSync() as Float32Array, offset);
+    present[i] = t === undefined ? 0 : 1;
+    offset += size;
+  });
+}
+
+/** The same items in the same order (two replicas' variable names, or a variable list's data ids). */
+export function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 /** Tensors of `shapes` over consecutive runs of `flat`, owned by the caller. */
 export function splitFlat(flat: Float32Array, shapes: readonly (readonly number[])[]): tf.Tensor[] {
   const out: tf.Tensor[] = [];

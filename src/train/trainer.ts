@@ -34,7 +34,7 @@ import type { AdaptedModel } from '../model/adapted-model.js';
 import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '../model/multimodal-model.js';
 import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields } from './adamw.js';
-import { splitFlat, weightedMeanInto } from './flat-tensors.js';
+import { readNamedInto, sameItems, splitFlat, weightedMeanInto } from './flat-tensors.js';
 import { type RowBatch, splitRows } from './shards.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
@@ -326,8 +326,7 @@ export class Trainer {
     if (this.options.transformLoss !== undefined) refuse('transformLoss', 'Drop the transformLoss option');
     if (this.options.select !== undefined) refuse('a select option (the replicas apply the spec composition)', 'Drop the select option');
     if (this.annealing !== undefined) refuse('routerAnnealing (the replicas do not anneal their routers)', 'Drop routerAnnealing from the trainer config');
-    const names = [...this.named.keys()];
-    if (names.length !== group.names.length || names.some((n, i) => n !== group.names[i])) {
+    if (!sameItems([...this.named.keys()], group.names)) {
       throw new ConfigError("the data-parallel group replicates other variables than this Trainer's", {
         path: 'trainerOptions.dataParallel',
         hint: 'Start the group from the same model and trainer config as the Trainer',
@@ -394,8 +393,7 @@ export class Trainer {
   private *stepPlan(batch: TrainBatch, traceReads?: DeferredTraceReads): StepPlan<StepReport> {
     const started = performance.now();
     this.checkVarList();
-    const objective = this.config.objective;
-    const targets = objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
+    const targets = this.targetsOf(batch);
     const tokens = [...batch.mask, ...(batch.retention?.mask ?? [])].reduce((s, row) => s + row.reduce((a, m) => a + m, 0), 0);
     const stepIndex = this.attempted;
     const pending = this.pending;
@@ -522,7 +520,7 @@ export class Trainer {
   shardGradients(batch: TrainBatch): ShardGradients {
     this.checkUsable();
     if (batch.retention !== undefined) throw new ConfigError('a data-parallel shard cannot hold retention rows', { path: 'batch.retention' });
-    const targets = this.config.objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
+    const targets = this.targetsOf(batch);
     if (targets === 0) return { targets, loss: 0, task: 0, aux: 0, grads: new Map() };
     const result = runPlan(this.gradients(batch, this.attempted, 1, undefined, undefined), (t) => readSync(t, 'A training step', TRAIN_ON_STEP_ASYNC));
     return { targets, loss: result.loss, task: result.task, aux: result.aux, grads: result.grads };
@@ -651,24 +649,16 @@ export class Trainer {
     const sent = group.dispatch(others, this.named);
     const names = group.names;
     const sum = this.flatScratch(group); // [P]  this shard's gradients, then Σ nₛ·∇Lₛ / Σ nₛ
-    const ownPresent = names.map(() => false);
+    const ownPresent = new Uint8Array(names.length); // 1 where this shard gave the variable a gradient
     let local: { loss: number; task: number; aux: number } | undefined;
     let remote: RemoteShard[];
-    const ownTargets = this.config.objective.kind === 'classification' ? (own.labels?.length ?? 0) : countLmTargets(own.mask, own.lossMask);
+    const ownTargets = this.targetsOf(own);
     try {
       if (ownTargets > 0) {
         const { grads: ownGrads, ...parts } = yield* this.gradients(own, step, microBatch, undefined, traceReads);
         try {
           // Read while the workers still compute (this shard usually ends first).
-          let offset = 0;
-          names.forEach((name, i) => {
-            const g = ownGrads.get(name);
-            const size = group.sizes[i] as number;
-            if (g === undefined) sum.fill(0, offset, offset + size);
-            else sum.set(g.dataSync() as Float32Array, offset);
-            ownPresent[i] = g !== undefined;
-            offset += size;
-          });
+          readNamedInto(names, group.sizes, ownGrads, sum, ownPresent);
         } finally {
           for (const g of ownGrads.values()) g.dispose();
         }
@@ -695,7 +685,7 @@ export class Trainer {
     names.forEach((name, i) => {
       const piece = pieces[i] as tf.Tensor;
       // A variable no shard gave a gradient gets none, as in one replica.
-      if (ownPresent[i] === true || answered.some((r) => r.present[i] === 1)) grads.set(name, piece);
+      if (ownPresent[i] === 1 || answered.some((r) => r.present[i] === 1)) grads.set(name, piece);
       else piece.dispose();
     });
     return { loss: mean('loss'), task: mean('task'), aux: mean('aux'), retention: undefined, grads };
@@ -884,6 +874,11 @@ export class Trainer {
     const frozen = this.varList.find((v) => !v.trainable);
     if (frozen !== undefined)
       throw new TrainingError(`variable ${frozen.name} is not trainable`, { hint: 'Adapters and routers must create trainable variables' });
+  }
+
+  /** The batch's counted targets: its labelled rows (classification) or its LM target tokens. */
+  private targetsOf(batch: TrainBatch): number {
+    return this.config.objective.kind === 'classification' ? this.checkLabels(batch) : countLmTargets(batch.mask, batch.lossMask);
   }
 
   private checkLabels(batch: TrainBatch): number {
