@@ -149,7 +149,7 @@ async function coreCapacity(threads: number): Promise<number> {
 
 interface Side {
   readonly threads: number;
-  /** Data-parallel replicas (each on `threads` wasm threads), or undefined for one process-wide model. */
+  /** Data-parallel replicas (the workers on one wasm thread each, the child's own on `threads`), or undefined. */
   readonly replicas: number | undefined;
   readonly report: WasmThreadsReport | undefined;
   ask(run: Request['run']): Promise<Reply>;
@@ -212,9 +212,8 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
   const wall: Record<string, number[]> = {};
   const cpu: Record<string, number[]> = {};
   // The 1-thread side times a training step once for each comparison, next to that comparison's other side.
-  const key = (c: (typeof CASES)[number], side: Side): string =>
-    side.replicas !== undefined ? `${c.name}@${side.replicas}-replicas` : c.versus === 'replicas' ? `${c.name}@1/vs-replicas` : `${c.name}@${side.threads}`;
-  const otherKey = (c: (typeof CASES)[number]): string => (c.versus === 'threads' ? `${c.name}@${threads}` : `${c.name}@${threads}-replicas`);
+  const key = (c: (typeof CASES)[number], role: 'one' | 'other'): string =>
+    c.versus === 'threads' ? `${c.name}@${role === 'one' ? 1 : threads}` : role === 'one' ? `${c.name}@1/vs-replicas` : `${c.name}@${threads}-replicas`;
   const ratios: RatioResult[] = [];
   let maxRelDiff = Number.NaN;
   /** Warm-up, then rounds of every case of one comparison, alternating which side goes first (ABBA…). */
@@ -226,7 +225,7 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
         const order = r % 2 === 0 ? [one, other] : [other, one];
         for (const side of order) {
           const reply = await side.ask(c.name);
-          const name = key(c, side);
+          const name = key(c, side === one ? 'one' : 'other');
           wall[name] = [...(wall[name] ?? []), reply.wallMs];
           cpu[name] = [...(cpu[name] ?? []), reply.cpuMs];
         }
@@ -257,7 +256,7 @@ export async function run(args: BenchArgs & { threads?: number }): Promise<Bench
       const rows = c.name === 'train-step' ? sizes.trainBatch : c.name === 'train-step-large' ? sizes.largeTrainBatch : sizes.batch;
       const shape = `${rows}×${c.name.startsWith('train') ? sizes.trainTokens : sizes.tokens}`;
       const what = c.versus === 'threads' ? `${threads} threads` : `${threads} data-parallel replicas`;
-      const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${what} (wall)`, key(c, one), otherKey(c), {
+      const ratio = ratioResult(timings, c.id, `${c.label} ${shape}: speed-up, 1 thread / ${what} (wall)`, key(c, 'one'), key(c, 'other'), {
         target: c.target,
         higherIsBetter: true,
       });
