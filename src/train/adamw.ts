@@ -15,11 +15,18 @@
  * left alone entirely — no decay, no momentum — and its step count does not advance (PyTorch semantics).
  * Every update runs in tf.tidy; moments are non-trainable variables freed by dispose(). Parameters with the
  * same lr, weight decay and step count are updated as one concatenated vector (see applyGradients).
+ *
+ * With host moments (the constructor's `moments`), m and v live in two flat Float32Arrays the caller gives
+ * — shared memory in data-parallel training, where every replica updates its own range of them (applyFlat,
+ * adamw-flat.ts) — instead of in tensors.
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { parseConfig } from '../config/parse.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
+import { readHostTensors } from '../formats/host-tensors.js';
+import { applyFlatUpdate, type FlatUpdateBuffers, type FlatUpdatePlan } from './adamw-flat.js';
+import { readFlatInto, readNamedInto, splitFlat } from './flat-tensors.js';
 
 export const adamWFields = {
   beta1: z.number().min(0).lt(1).default(0.9),
@@ -45,16 +52,37 @@ export interface AdamWState {
   readonly paramSteps?: Map<string, number>;
 }
 
+/** The moments as two flat vectors [P], in the order of the constructor's params (host moments). */
+export interface FlatMoments {
+  readonly m: Float32Array;
+  readonly v: Float32Array;
+}
+
+/**
+ * Runs a flat update: `applyFlatUpdate(plan, 0, n, buffers)` by default; data-parallel training runs
+ * ranges of it on every replica at once.
+ */
+export type FlatUpdateRunner = (plan: FlatUpdatePlan, buffers: FlatUpdateBuffers) => void;
+
 interface Slot {
   readonly param: tf.Variable;
-  readonly m: tf.Variable;
-  readonly v: tf.Variable;
+  /** Device moments (undefined with host moments). */
+  readonly m: tf.Variable | undefined;
+  readonly v: tf.Variable | undefined;
+  /** Where the parameter's moments start in the host moments (and its values in a flat vector). */
+  readonly offset: number;
   weightDecay: number;
   steps: number;
 }
 
+/** A slot of an optimizer with device moments. */
+interface DeviceSlot extends Slot {
+  readonly m: tf.Variable;
+  readonly v: tf.Variable;
+}
+
 interface Pending {
-  readonly slot: Slot;
+  readonly slot: DeviceSlot;
   readonly grad: tf.Tensor;
 }
 
@@ -88,22 +116,41 @@ let created = 0;
 export class AdamW {
   readonly config: AdamWConfig;
   private readonly slots = new Map<string, Slot>();
+  private readonly host: FlatMoments | undefined;
+  /** P, the parameters' total element count. */
+  private readonly total: number;
   private stepCount = 0;
   private disposed = false;
 
   /**
    * `params`: the variables to train by stable name; `weightDecay`: one λ for all, or per name (missing
-   * names get 0).
+   * names get 0); `moments`: host moments, two vectors of the params' total size, zeroed here.
    */
-  constructor(params: ReadonlyMap<string, tf.Variable>, weightDecay: number | ReadonlyMap<string, number> = 0, config: unknown = {}) {
+  constructor(params: ReadonlyMap<string, tf.Variable>, weightDecay: number | ReadonlyMap<string, number> = 0, config: unknown = {}, moments?: FlatMoments) {
     this.config = parseConfig(AdamWConfig, config, 'optimizer');
+    let offset = 0;
+    for (const param of params.values()) offset += param.size;
+    this.total = offset;
+    if (moments !== undefined && (moments.m.length !== offset || moments.v.length !== offset || moments.m.buffer === moments.v.buffer)) {
+      throw new ConfigError(`AdamW host moments must be two separate vectors of ${offset} values (got ${moments.m.length} and ${moments.v.length})`);
+    }
+    this.host = moments;
+    moments?.m.fill(0);
+    moments?.v.fill(0);
+    offset = 0;
     for (const [name, param] of params) {
       const wd = typeof weightDecay === 'number' ? weightDecay : (weightDecay.get(name) ?? 0);
       created += 1;
-      const m = tf.tidy(() => tf.variable(tf.zerosLike(param), false, `adamw/${name}/m#${created}`));
-      const v = tf.tidy(() => tf.variable(tf.zerosLike(param), false, `adamw/${name}/v#${created}`));
-      this.slots.set(name, { param, m, v, weightDecay: wd, steps: 0 });
+      const m = moments === undefined ? tf.tidy(() => tf.variable(tf.zerosLike(param), false, `adamw/${name}/m#${created}`)) : undefined;
+      const v = moments === undefined ? tf.tidy(() => tf.variable(tf.zerosLike(param), false, `adamw/${name}/v#${created}`)) : undefined;
+      this.slots.set(name, { param, m, v, offset, weightDecay: wd, steps: 0 });
+      offset += param.size;
     }
+  }
+
+  /** Whether the moments are host vectors (applyFlat) rather than tensors. */
+  get hostMoments(): boolean {
+    return this.host !== undefined;
   }
 
   /** Number of applyGradients calls so far. */
@@ -133,19 +180,21 @@ export class AdamW {
    */
   applyGradients(grads: ReadonlyMap<string, tf.Tensor>, lrs: ReadonlyMap<string, number>): void {
     this.checkAlive();
-    const groups = new Map<string, { readonly lr: number; readonly weightDecay: number; readonly t: number; readonly entries: Pending[] }>();
     for (const [name, grad] of grads) {
       const slot = this.slot(name);
-      const lr = lrs.get(name);
-      if (lr === undefined || !Number.isFinite(lr) || lr < 0) {
-        throw new ConfigError(`AdamW: no valid learning rate for ${JSON.stringify(name)} (got ${lr})`, {
-          path: name,
-          hint: 'Pass a finite lr ≥ 0 for every gradient',
-        });
-      }
+      learningRate(lrs, name);
       if (!shapesEqual(grad.shape, slot.param.shape)) {
         throw new ConfigError(`AdamW: gradient ${formatShape(grad.shape)} does not match parameter ${formatShape(slot.param.shape)}`, { path: name });
       }
+    }
+    if (this.host !== undefined) {
+      this.applyGradientsOnHost(grads, lrs);
+      return;
+    }
+    const groups = new Map<string, { readonly lr: number; readonly weightDecay: number; readonly t: number; readonly entries: Pending[] }>();
+    for (const [name, grad] of grads) {
+      const slot = this.slot(name) as DeviceSlot;
+      const lr = learningRate(lrs, name);
       const t = slot.steps + 1;
       const key = `${lr}|${slot.weightDecay}|${t}`;
       const group = groups.get(key) ?? { lr, weightDecay: slot.weightDecay, t, entries: [] };
@@ -156,6 +205,89 @@ export class AdamW {
       for (const chunk of chunksOf(entries)) this.update(chunk, lr, weightDecay, t);
     }
     for (const group of groups.values()) for (const { slot } of group.entries) slot.steps = group.t;
+    this.stepCount += 1;
+  }
+
+  /** applyGradients with host moments: the gradients and values read into flat vectors, updated, assigned back. */
+  private applyGradientsOnHost(grads: ReadonlyMap<string, tf.Tensor>, lrs: ReadonlyMap<string, number>): void {
+    const names = this.names;
+    const slots = [...this.slots.values()];
+    const flatGrads = new Float32Array(this.total); // [P]
+    const present = new Uint8Array(names.length);
+    readNamedInto(
+      names,
+      slots.map((s) => s.param.size),
+      grads,
+      flatGrads,
+      present,
+    );
+    const params = readFlatInto(
+      slots.map((s) => s.param),
+      new Float32Array(this.total),
+    ); // [P]
+    this.applyFlat(flatGrads, present, lrs, 1, params);
+    const values = splitFlat(
+      params,
+      slots.map((s) => s.param.shape),
+    );
+    slots.forEach((slot, i) => {
+      if (present[i] === 1) slot.param.assign(values[i] as tf.Tensor);
+    });
+    tf.dispose(values);
+  }
+
+  /**
+   * One update over flat vectors in the params' order (host moments only): `grads` [P] read (times
+   * `gradScale`), `params` [P] the parameters' current values, updated in place — the caller assigns them to
+   * its variables. Variables with present[i] = 0 are untouched and their step counts stay. `run` executes the
+   * plan (default: all of it on this thread). Learning rates are checked before anything changes.
+   */
+  applyFlat(
+    grads: Float32Array,
+    present: Uint8Array,
+    lrs: ReadonlyMap<string, number>,
+    gradScale: number,
+    params: Float32Array,
+    run: FlatUpdateRunner = (plan, buffers) => applyFlatUpdate(plan, 0, plan.active.length, buffers),
+  ): void {
+    this.checkAlive();
+    const host = this.host;
+    if (host === undefined) throw new Error('AdamW.applyFlat needs host moments (construct the optimizer with moments)');
+    if (grads.length !== this.total || params.length !== this.total || present.length !== this.slots.size) {
+      throw new Error(
+        `AdamW.applyFlat: vectors of ${grads.length} and ${params.length} values and ${present.length} flags for ${this.total} values in ${this.slots.size} variables`,
+      );
+    }
+    const slots = [...this.slots.entries()];
+    const n = slots.length;
+    const { beta1, beta2, epsilon } = this.config;
+    const plan: FlatUpdatePlan = {
+      offsets: new Float64Array(n + 1),
+      active: new Uint8Array(present),
+      lr: new Float64Array(n),
+      decay: new Float64Array(n),
+      correction1: new Float64Array(n),
+      correction2: new Float64Array(n),
+      beta1,
+      beta2,
+      epsilon,
+      gradScale,
+    };
+    slots.forEach(([name, slot], i) => {
+      plan.offsets[i] = slot.offset;
+      if (present[i] !== 1) return;
+      const lr = learningRate(lrs, name);
+      const t = slot.steps + 1;
+      plan.lr[i] = lr;
+      plan.decay[i] = 1 - lr * slot.weightDecay;
+      plan.correction1[i] = 1 - beta1 ** t;
+      plan.correction2[i] = 1 - beta2 ** t;
+    });
+    plan.offsets[n] = this.total;
+    run(plan, { grads, params, m: host.m, v: host.v });
+    slots.forEach(([, slot], i) => {
+      if (present[i] === 1) slot.steps += 1;
+    });
     this.stepCount += 1;
   }
 
@@ -209,21 +341,46 @@ export class AdamW {
 
   /** Host copies of the moments and step counts (plain data, for checkpoints); reads synchronously (wasm, cpu). */
   getState(): AdamWState {
+    if (this.host !== undefined) return { ...this.counts(), tensors: this.hostCopies() };
     const { step, tensors, paramSteps } = this.stateTensors();
     const host = new Map<string, HostStateTensor>();
     for (const [key, t] of tensors) host.set(key, { shape: [...t.shape], values: Float32Array.from(t.dataSync() as Float32Array) });
     return { step, tensors: host, paramSteps };
   }
 
+  /** Copies of the moments (`<name>/m`, `<name>/v`), read asynchronously where they are tensors (checkpoints). */
+  async readMoments(): Promise<Map<string, HostStateTensor>> {
+    this.checkAlive();
+    return this.host !== undefined ? this.hostCopies() : readHostTensors(this.stateTensors().tensors);
+  }
+
+  /** The number of applyGradients calls and each parameter's own update count. */
+  counts(): { readonly step: number; readonly paramSteps: Map<string, number> } {
+    this.checkAlive();
+    return { step: this.stepCount, paramSteps: new Map([...this.slots].map(([name, slot]) => [name, slot.steps])) };
+  }
+
+  private hostCopies(): Map<string, HostStateTensor> {
+    const host = this.host as FlatMoments;
+    const copies = new Map<string, HostStateTensor>();
+    for (const [name, slot] of this.slots) {
+      const range = (flat: Float32Array): Float32Array => flat.slice(slot.offset, slot.offset + slot.param.size);
+      copies.set(`${name}/m`, { shape: [...slot.param.shape], values: range(host.m) });
+      copies.set(`${name}/v`, { shape: [...slot.param.shape], values: range(host.v) });
+    }
+    return copies;
+  }
+
   /**
    * The moments as the optimizer holds them (`<name>/m`, `<name>/v`: read them, do not keep or dispose them)
-   * and the step counts; checkpoints copy them with asynchronous reads.
+   * and the step counts. Device moments only (with host moments use getState or readMoments).
    */
   stateTensors(): { readonly step: number; readonly tensors: Map<string, tf.Tensor>; readonly paramSteps: Map<string, number> } {
     this.checkAlive();
+    if (this.host !== undefined) throw new Error('AdamW.stateTensors: this optimizer holds host moments; read them with readMoments()');
     const tensors = new Map<string, tf.Tensor>();
     const paramSteps = new Map<string, number>();
-    for (const [name, slot] of this.slots) {
+    for (const [name, slot] of this.slots as Map<string, DeviceSlot>) {
       tensors.set(`${name}/m`, slot.m);
       tensors.set(`${name}/v`, slot.v);
       paramSteps.set(name, slot.steps);
@@ -269,10 +426,16 @@ export class AdamW {
     for (const [name, slot] of this.slots) {
       const m = state.tensors.get(`${name}/m`) as HostStateTensor;
       const v = state.tensors.get(`${name}/v`) as HostStateTensor;
-      tf.tidy(() => {
-        slot.m.assign(tf.tensor(m.values, slot.param.shape, 'float32'));
-        slot.v.assign(tf.tensor(v.values, slot.param.shape, 'float32'));
-      });
+      if (this.host !== undefined) {
+        this.host.m.set(m.values, slot.offset);
+        this.host.v.set(v.values, slot.offset);
+      } else {
+        const device = slot as DeviceSlot;
+        tf.tidy(() => {
+          device.m.assign(tf.tensor(m.values, slot.param.shape, 'float32'));
+          device.v.assign(tf.tensor(v.values, slot.param.shape, 'float32'));
+        });
+      }
       slot.steps = state.paramSteps?.get(name) ?? state.step;
     }
     this.stepCount = state.step;
@@ -282,8 +445,8 @@ export class AdamW {
     if (this.disposed) return;
     this.disposed = true;
     for (const slot of this.slots.values()) {
-      slot.m.dispose();
-      slot.v.dispose();
+      slot.m?.dispose();
+      slot.v?.dispose();
     }
     this.slots.clear();
   }
@@ -301,6 +464,18 @@ export class AdamW {
   private checkAlive(): void {
     if (this.disposed) throw new Error('AdamW used after dispose()');
   }
+}
+
+/** The learning rate `lrs` gives `name`, refused by name unless finite and ≥ 0. */
+function learningRate(lrs: ReadonlyMap<string, number>, name: string): number {
+  const lr = lrs.get(name);
+  if (lr === undefined || !Number.isFinite(lr) || lr < 0) {
+    throw new ConfigError(`AdamW: no valid learning rate for ${JSON.stringify(name)} (got ${lr})`, {
+      path: name,
+      hint: 'Pass a finite lr ≥ 0 for every gradient',
+    });
+  }
+  return lr;
 }
 
 function shapesEqual(a: readonly number[], b: readonly number[]): boolean {

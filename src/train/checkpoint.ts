@@ -210,7 +210,7 @@ const finiteOrNull = (x: number | null): number | null => (x === null || !Number
 export function trainingState(model: AdaptedModel, trainer: Trainer, loop: LoopState): TrainingState {
   const parsedLoop = parseConfig(LoopState, loop, 'loop state');
   const progress: TrainerProgress = trainer.progress();
-  const optimizer = trainer.optimizer.stateTensors(); // the step counts only: no tensor is read
+  const optimizer = trainer.optimizer.counts();
   const random: Record<string, number> = {};
   for (const [key, router] of statefulRouters(model)) random[key] = router.getRandomState();
   return {
@@ -244,7 +244,7 @@ export async function saveCheckpoint(dir: string, input: SaveCheckpointInput, op
   const [variables, head, moments] = await Promise.all([
     readHostTensors(model.namedVariables()),
     readHostTensors([...trainer.namedVariables()].filter(([name]) => headNames.has(name))),
-    readHostTensors(trainer.optimizer.stateTensors().tensors),
+    trainer.optimizer.readMoments(),
   ]);
   const hook = options.afterFile;
   const onStep = options.onStep;

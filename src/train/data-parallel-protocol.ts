@@ -9,6 +9,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { ModelConfig } from '../base/config.js';
 import type { AdaptedModelSpec } from '../compose/model-spec.js';
 import type { SentError } from '../errors.js';
+import type { FlatUpdatePlan } from './adamw-flat.js';
 import type { TrainBatch } from './trainer.js';
 
 /** A tensor as plain data (structured-cloned to the worker). */
@@ -42,6 +43,9 @@ export interface ReplicaInit {
   readonly grads: SharedArrayBuffer;
   /** Uint8Array [variables]: 1 where this worker's shard gave the variable a gradient. */
   readonly present: SharedArrayBuffer;
+  /** Float32Array [P] each: the optimizer's moments (every replica updates its range of them). */
+  readonly m: SharedArrayBuffer;
+  readonly v: SharedArrayBuffer;
 }
 
 export interface ShardRequest {
@@ -57,7 +61,17 @@ export interface WeightsNotice {
   readonly type: 'weights';
 }
 
-export type ToReplica = ReplicaInit | ShardRequest | WeightsNotice;
+/** Apply an optimizer update to variables [first, last) of the shared weights and moments. */
+export interface UpdateRequest {
+  readonly type: 'update';
+  readonly plan: FlatUpdatePlan;
+  readonly first: number;
+  readonly last: number;
+  /** Float32Array [P]: the gradients the update reads. */
+  readonly grads: SharedArrayBuffer;
+}
+
+export type ToReplica = ReplicaInit | ShardRequest | WeightsNotice | UpdateRequest;
 
 export interface ShardAnswer {
   readonly type: 'shard';
@@ -72,4 +86,6 @@ export type FromReplica =
   | { readonly type: 'ready' }
   | { readonly type: 'failed'; readonly error: SentError }
   | ShardAnswer
-  | { readonly type: 'shard-error'; readonly id: number; readonly error: SentError };
+  | { readonly type: 'shard-error'; readonly id: number; readonly error: SentError }
+  | { readonly type: 'updated' }
+  | { readonly type: 'update-error'; readonly error: SentError };

@@ -12,7 +12,8 @@ import { Transformer } from '../base/transformer.js';
 import { AdaptedModel } from '../model/adapted-model.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import { errorToData } from '../errors.js';
-import type { FromReplica, ReplicaInit, SentTensor, ShardRequest, ToReplica } from './data-parallel-protocol.js';
+import { applyFlatUpdate } from './adamw-flat.js';
+import type { FromReplica, ReplicaInit, SentTensor, ShardRequest, ToReplica, UpdateRequest } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
 import { readNamedInto, sameItems, splitFlat } from './flat-tensors.js';
 import { Trainer } from './trainer.js';
@@ -29,6 +30,8 @@ interface Replica {
   readonly weights: Float32Array; // [P] shared, written by the main thread
   readonly grads: Float32Array; // [P] shared, this worker's answer
   readonly present: Uint8Array; // [variables] shared
+  readonly m: Float32Array; // [P] shared optimizer moments
+  readonly v: Float32Array; // [P]
 }
 
 let replica: Replica | undefined;
@@ -81,6 +84,8 @@ async function init(message: ReplicaInit): Promise<void> {
       weights,
       grads: new Float32Array(message.grads),
       present: new Uint8Array(message.present),
+      m: new Float32Array(message.m),
+      v: new Float32Array(message.v),
     };
     answer({ type: 'ready' });
   } catch (error) {
@@ -132,6 +137,18 @@ function shard(message: ShardRequest): void {
   }
 }
 
+/** This replica's range of an optimizer update, in shared memory. */
+function update(message: UpdateRequest): void {
+  try {
+    if (replica === undefined) throw new TrainingError('a data-parallel update reached a worker that did not start');
+    const { weights, m, v } = replica;
+    applyFlatUpdate(message.plan, message.first, message.last, { grads: new Float32Array(message.grads), params: weights, m, v });
+    answer({ type: 'updated' });
+  } catch (error) {
+    answer({ type: 'update-error', error: errorToData(error) });
+  }
+}
+
 // The group stops a worker by terminating its thread, which frees everything it holds.
 parent.on('message', (message: ToReplica) => {
   if (message.type === 'init') void init(message);
@@ -141,5 +158,6 @@ parent.on('message', (message: ToReplica) => {
     } catch (error) {
       weightsFailure = error;
     }
-  } else shard(message);
+  } else if (message.type === 'update') update(message);
+  else shard(message);
 });

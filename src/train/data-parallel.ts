@@ -3,8 +3,9 @@
  * R − 1 worker threads, each on one wasm thread with a copy of the base and of the trained variables — split
  * each training batch by rows. Every replica computes its shard's loss and gradients at the same time; the
  * main thread waits for the workers' answers, combines the gradients weighted by each shard's counted targets,
- * Σ nₛ·∇Lₛ / Σ nₛ, and the Trainer clips and applies them once. Before a shard is computed, its worker takes
- * the trained variables' current values, so every replica differentiates the same weights.
+ * Σ nₛ·∇Lₛ / Σ nₛ, and the Trainer clips them. The optimizer update runs on every replica at once, each on
+ * its own range of the variables: the values, the gradients and AdamW's moments lie in shared memory
+ * (adamw-flat.ts). Then every replica takes the new values, so all differentiate the same weights.
  *
  *   const group = await DataParallelGroup.start(model, trainerConfig, { replicas: 2 });
  *   const trainer = new Trainer(model, trainerConfig, { dataParallel: group });
@@ -28,6 +29,8 @@ import * as tf from '@tensorflow/tfjs';
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import { ConfigError, errorFromData, LIBRARY_ERRORS, RoutedPeftError, type SentError } from '../errors.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import { applyFlatUpdate, splitVariables } from './adamw-flat.js';
+import type { AdamW, FlatMoments } from './adamw.js';
 import type { FromReplica, SentTensor, ShardAnswer, ToReplica } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
 import { readFlatInto, sameItems } from './flat-tensors.js';
@@ -132,15 +135,23 @@ export class DataParallelGroup implements GradientReplicas {
   readonly names: readonly string[];
   /** Element count of each variable, in `names` order. */
   readonly sizes: readonly number[];
+  /** The trainer's AdamW moments [P] each, in shared memory: every replica updates its range of them. */
+  readonly moments: FlatMoments;
+  /** [P] shared: the trainer combines the shards' gradients here (update reads it on every replica). */
+  readonly combined: Float32Array;
   private readonly workers: readonly ReplicaWorker[];
-  /** [P] shared with every worker: the values each takes after an update (publish) or before a shard. */
+  /** [P] shared with every worker: the values each takes after an update or before a shard. */
   private readonly weights: Float32Array;
+  /** The variables' dataIds whose values `weights` holds (the same ids: it is current). */
+  private written: readonly object[] = [];
   private nextId = 0;
   private closed = false;
 
-  private constructor(workers: readonly ReplicaWorker[], names: readonly string[], sizes: readonly number[], weights: Float32Array) {
+  private constructor(workers: readonly ReplicaWorker[], names: readonly string[], sizes: readonly number[], shared: SharedVectors) {
     this.workers = workers;
-    this.weights = weights;
+    this.weights = new Float32Array(shared.weights);
+    this.combined = new Float32Array(shared.combined);
+    this.moments = { m: new Float32Array(shared.m), v: new Float32Array(shared.v) };
     this.names = names;
     this.sizes = sizes;
   }
@@ -169,7 +180,12 @@ export class DataParallelGroup implements GradientReplicas {
     const sizes = [...probe.namedVariables().values()].map((v) => v.size);
     probe.dispose();
     const total = sizes.reduce((s, n) => s + n, 0); // P
-    const weights = new SharedArrayBuffer(total * 4);
+    const shared: SharedVectors = {
+      weights: new SharedArrayBuffer(total * 4),
+      combined: new SharedArrayBuffer(total * 4),
+      m: new SharedArrayBuffer(total * 4),
+      v: new SharedArrayBuffer(total * 4),
+    };
     const baseWeights = sendTree(model.base.weights); // structured-cloned into each worker
     const started: ReplicaWorker[] = [];
     try {
@@ -191,9 +207,11 @@ export class DataParallelGroup implements GradientReplicas {
           names,
           answers: channel.port2,
           signal,
-          weights,
+          weights: shared.weights,
           grads,
           present,
+          m: shared.m,
+          v: shared.v,
         };
         thread.postMessage(init, [channel.port2]);
       }
@@ -207,7 +225,7 @@ export class DataParallelGroup implements GradientReplicas {
       await Promise.all(started.map((w) => w.thread.terminate()));
       throw error;
     }
-    return new DataParallelGroup(started, names, sizes, new Float32Array(weights));
+    return new DataParallelGroup(started, names, sizes, shared);
   }
 
   /**
@@ -237,27 +255,84 @@ export class DataParallelGroup implements GradientReplicas {
   }
 
   /**
-   * Hands the variables' new values to every worker now (right after an optimizer update), so each takes
-   * them while this thread finishes the step instead of at the start of its next shard. A closed group
-   * ignores it (its next dispatch refuses).
+   * One AdamW update on every replica at once: the plan's variables cut into one range per replica by
+   * element count, this thread's range computed while the workers compute theirs, all in shared memory
+   * (`grads` must be shared: `combined`, or another SharedArrayBuffer's vector). Then this thread's
+   * variables with a gradient take their new values and every worker is told to take them, so each does while
+   * this thread finishes the step.
    */
-  publish(named: ReadonlyMap<string, tf.Variable>): void {
-    if (this.closed) return;
+  update(
+    optimizer: AdamW,
+    grads: Float32Array,
+    present: Uint8Array,
+    lrs: ReadonlyMap<string, number>,
+    gradScale: number,
+    named: ReadonlyMap<string, tf.Variable>,
+  ): void {
+    this.checkOpen();
+    if (!(grads.buffer instanceof SharedArrayBuffer)) throw new Error('DataParallelGroup.update reads gradients in shared memory');
     const variables = this.checkVariables(named);
+    this.writeWeights(variables); // the update starts from the variables' current values
+    let started = false;
+    try {
+      optimizer.applyFlat(grads, present, lrs, gradScale, this.weights, (plan, buffers) => {
+        started = true;
+        const [own, ...ranges] = splitVariables(plan.offsets, this.replicas) as [[number, number], ...[number, number][]];
+        const asked: ReplicaWorker[] = [];
+        ranges.forEach(([first, last], i) => {
+          if (first === last) return;
+          const worker = this.workers[i] as ReplicaWorker;
+          worker.send({ type: 'update', plan, first, last, grads: grads.buffer as SharedArrayBuffer });
+          asked.push(worker);
+        });
+        let failure: Error | undefined;
+        try {
+          applyFlatUpdate(plan, own[0], own[1], buffers);
+        } catch (error) {
+          failure = error as Error;
+        }
+        for (const worker of asked) {
+          try {
+            const answer = worker.receive();
+            if (answer.type === 'update-error') failure ??= revive(answer.error, `data-parallel worker ${worker.index}`);
+            else if (answer.type !== 'updated') failure ??= new TrainingError(`data-parallel worker ${worker.index} answered '${answer.type}' to an update`);
+          } catch (error) {
+            failure ??= error as Error;
+          }
+        }
+        if (failure !== undefined) throw failure;
+      });
+    } catch (error) {
+      if (!started) throw error; // refused before anything changed
+      this.written = []; // the shared values may be half updated: the next dispatch writes the variables again
+      for (const w of this.workers) w.assigned = [];
+      throw new TrainingError(`a data-parallel optimizer update failed part-way: ${(error as Error).message}`, {
+        hint: "The optimizer's moments may be half updated: resume from the last checkpoint",
+      });
+    }
+    let offset = 0;
+    variables.forEach((v, i) => {
+      if (present[i] === 1) tf.tidy(() => v.assign(tf.tensor(this.weights.subarray(offset, offset + v.size), v.shape, 'float32'))); // copies the run
+      offset += v.size;
+    });
     const ids = variables.map((v) => v.dataId as object);
-    const stale = this.workers.filter((w) => isStale(w, ids));
-    if (stale.length === 0) return;
-    this.writeWeights(variables);
-    for (const worker of stale) {
+    this.written = ids;
+    for (const worker of this.workers) {
       worker.send({ type: 'weights' });
       this.asked(worker, ids);
     }
   }
 
-  /** Writes the variables into the shared buffer once no worker is still to read the previous values. */
+  /**
+   * Writes the variables into the shared buffer, unless it holds their values already, once no worker is
+   * still to read the previous ones.
+   */
   private writeWeights(variables: readonly tf.Variable[]): void {
+    const ids = variables.map((v) => v.dataId as object);
     for (const worker of this.workers) worker.waitTaken();
+    if (sameItems(ids, this.written)) return;
     readFlatInto(variables, this.weights);
+    this.written = ids;
   }
 
   private asked(worker: ReplicaWorker, ids: readonly object[]): void {
@@ -312,6 +387,14 @@ export class DataParallelGroup implements GradientReplicas {
     });
     return variables;
   }
+}
+
+/** The group's shared vectors, each [P] float32. */
+interface SharedVectors {
+  readonly weights: SharedArrayBuffer;
+  readonly combined: SharedArrayBuffer;
+  readonly m: SharedArrayBuffer;
+  readonly v: SharedArrayBuffer;
 }
 
 function isStale(worker: ReplicaWorker, ids: readonly object[]): boolean {

@@ -81,3 +81,17 @@ export function weightedMeanInto(into: Float32Array, intoWeight: number, others:
     for (let j = 0; j < n; j++) into[j] = (into[j] as number) + b * (values[j] as number);
   }
 }
+
+/** into += weight · values, element by element (vectors of one length). */
+export function addScaledInto(into: Float32Array, values: Float32Array, weight: number): void {
+  const n = into.length;
+  if (values.length !== n) throw new Error(`flat vectors of ${values.length} and ${n} values cannot be added`);
+  for (let j = 0; j < n; j++) into[j] = (into[j] as number) + weight * (values[j] as number);
+}
+
+/** Σ xⱼ² in double precision (NaN or Infinity when an element is non-finite). */
+export function squaredNorm(values: Float32Array): number {
+  let sum = 0;
+  for (let j = 0; j < values.length; j++) sum += (values[j] as number) * (values[j] as number);
+  return sum;
+}

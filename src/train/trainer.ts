@@ -33,8 +33,8 @@ import { ConfigError, ShapeError } from '../errors.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
 import { MultimodalModel, type MultimodalForwardOptions, type RowImages } from '../model/multimodal-model.js';
 import type { SelectionInput } from '../model/selection.js';
-import { AdamW, adamWFields } from './adamw.js';
-import { readNamedInto, sameItems, splitFlat, weightedMeanInto } from './flat-tensors.js';
+import { AdamW, adamWFields, type FlatMoments } from './adamw.js';
+import { addScaledInto, readNamedInto, sameItems, squaredNorm, weightedMeanInto } from './flat-tensors.js';
 import { type RowBatch, splitRows } from './shards.js';
 import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
@@ -169,8 +169,23 @@ export interface GradientReplicas {
   dispatch(shards: readonly TrainBatch[], named: ReadonlyMap<string, tf.Variable>): number[];
   /** Waits for those replicas' answers; throws the first failure after collecting every answer. */
   collect(sent: readonly number[]): RemoteShard[];
-  /** Hands the variables' new values to the replicas right after an optimizer update. */
-  publish(named: ReadonlyMap<string, tf.Variable>): void;
+  /** The host moments of the trainer's optimizer [P] each, shared with the replicas (AdamW's `moments`). */
+  readonly moments: FlatMoments;
+  /** [P] shared: where the trainer combines the shards' gradients (its own shard's first). */
+  readonly combined: Float32Array;
+  /**
+   * One optimizer update over every replica at once (AdamW.applyFlat, each replica a range of the
+   * variables): `grads` [P] in shared memory, times `gradScale`; the new values are assigned to `named`'s
+   * variables with a gradient and handed to the replicas.
+   */
+  update(
+    optimizer: AdamW,
+    grads: Float32Array,
+    present: Uint8Array,
+    lrs: ReadonlyMap<string, number>,
+    gradScale: number,
+    named: ReadonlyMap<string, tf.Variable>,
+  ): void;
 }
 
 /** One replica's shard: its targets, loss parts and flat gradients. */
@@ -198,6 +213,8 @@ export interface ShardGradients {
 /** Gradients and loss sums of the optimizer step being accumulated. */
 interface Pending {
   grads: Map<string, tf.Tensor>;
+  /** With a data-parallel group: Σ nᵢ·∇Lᵢ over the micro-batches (the mean itself with one), [P] in shared memory. */
+  flat?: FlatGradients;
   /** Σ nᵢ: counted targets over the micro-batches with any. */
   weight: number;
   lossSum: number;
@@ -207,6 +224,13 @@ interface Pending {
   /** Σ nᵢ over micro-batches with retention rows (their retention loss averages over these). */
   retentionWeight: number;
   microBatches: number;
+}
+
+/** Gradients as one flat vector in a data-parallel group's name order. */
+interface FlatGradients {
+  readonly values: Float32Array; // [P]
+  /** [variables] 1 where some shard gave the variable a gradient. */
+  readonly present: Uint8Array;
 }
 
 function emptyPending(): Pending {
@@ -258,8 +282,6 @@ export class Trainer {
   private disposed = false;
   /** A stepAsync is awaiting a read. */
   private inFlight = false;
-  /** Host buffer of data-parallel steps (flatScratch). */
-  private scratch: Float32Array | undefined;
 
   constructor(
     readonly model: AdaptedModel | MultimodalModel,
@@ -296,7 +318,10 @@ export class Trainer {
       own = modelControllers(adapters, this.config.schedule.totalSteps);
       const decay = new Map([...this.groups].map(([name, g]) => [name, g.weightDecay]));
       const { beta1, beta2, epsilon } = this.config.optimizer;
-      this.optimizer = new AdamW(this.named, decay, { beta1, beta2, epsilon });
+      // A data-parallel group's replicas update the moments with this thread (checkDataParallel refuses a group of other variables).
+      const group = options.dataParallel;
+      const moments = group !== undefined && sameItems([...this.named.keys()], group.names) ? group.moments : undefined;
+      this.optimizer = new AdamW(this.named, decay, { beta1, beta2, epsilon }, moments);
     } catch (error) {
       for (const c of own) c.dispose();
       this.head?.dispose();
@@ -408,7 +433,8 @@ export class Trainer {
         group === undefined
           ? yield* this.gradients(batch, stepIndex, microBatch, mixed, traceReads)
           : yield* this.parallelGradients(group, batch, stepIndex, microBatch, traceReads);
-      this.accumulate(grads, targets);
+      if (grads instanceof Map) this.accumulate(grads, targets);
+      else this.accumulateFlat(grads, targets);
       pending.weight += targets;
       pending.lossSum += targets * loss;
       pending.taskSum += targets * task;
@@ -638,7 +664,7 @@ export class Trainer {
     step: number,
     microBatch: number,
     traceReads: DeferredTraceReads | undefined,
-  ): StepPlan<{ loss: number; task: number; aux: number; retention: undefined; grads: Map<string, tf.Tensor> }> {
+  ): StepPlan<{ loss: number; task: number; aux: number; retention: undefined; grads: FlatGradients }> {
     if (batch.retention !== undefined)
       throw new ConfigError('data-parallel training does not support retention rows', {
         path: 'batch.retention',
@@ -648,7 +674,7 @@ export class Trainer {
     const [own, ...others] = splitRows(batch, group.replicas) as [TrainBatch, ...TrainBatch[]]; // contiguous rows
     const sent = group.dispatch(others, this.named);
     const names = group.names;
-    const sum = this.flatScratch(group); // [P]  this shard's gradients, then Σ nₛ·∇Lₛ / Σ nₛ
+    const sum = group.combined; // [P]  this shard's gradients, then Σ nₛ·∇Lₛ / Σ nₛ
     const ownPresent = new Uint8Array(names.length); // 1 where this shard gave the variable a gradient
     let local: { loss: number; task: number; aux: number } | undefined;
     let remote: RemoteShard[];
@@ -677,25 +703,9 @@ export class Trainer {
       local === undefined ? 0 : ownTargets,
       answered.map((r) => ({ values: r.grads, weight: r.targets })),
     );
-    const pieces = splitFlat(
-      sum,
-      names.map((name) => (this.named.get(name) as tf.Variable).shape),
-    );
-    const grads = new Map<string, tf.Tensor>();
-    names.forEach((name, i) => {
-      const piece = pieces[i] as tf.Tensor;
-      // A variable no shard gave a gradient gets none, as in one replica.
-      if (ownPresent[i] === 1 || answered.some((r) => r.present[i] === 1)) grads.set(name, piece);
-      else piece.dispose();
-    });
-    return { loss: mean('loss'), task: mean('task'), aux: mean('aux'), retention: undefined, grads };
-  }
-
-  /** A reused host buffer of the group's flat size (gradients are combined in it every step). */
-  private flatScratch(group: GradientReplicas): Float32Array {
-    const total = group.sizes.reduce((s, n) => s + n, 0); // P
-    if (this.scratch?.length !== total) this.scratch = new Float32Array(total);
-    return this.scratch;
+    // A variable no shard gave a gradient gets none, as in one replica.
+    const present = ownPresent.map((own, i) => (own === 1 || answered.some((r) => r.present[i] === 1) ? 1 : 0));
+    return { loss: mean('loss'), task: mean('task'), aux: mean('aux'), retention: undefined, grads: { values: sum, present } };
   }
 
   /** The batch with its retention rows appended; refuses what retention cannot serve, by name. */
@@ -719,6 +729,25 @@ export class Trainer {
       });
     }
     return mixRetentionRows(batch, retention);
+  }
+
+  /**
+   * accumulate() for a data-parallel micro-batch's flat gradients: kept as they are with one micro-batch,
+   * else added, weighted by its targets, into a shared sum (the replicas read it in the update).
+   */
+  private accumulateFlat(grads: FlatGradients, targets: number): void {
+    const pending = this.pending;
+    if (this.config.gradAccumulation === 1) {
+      pending.flat = grads;
+      return;
+    }
+    const n = grads.values.length;
+    const sum = pending.flat ?? { values: new Float32Array(new SharedArrayBuffer(n * 4)), present: new Uint8Array(grads.present.length) };
+    addScaledInto(sum.values, grads.values, targets);
+    grads.present.forEach((p, i) => {
+      if (p === 1) sum.present[i] = 1;
+    });
+    pending.flat = sum;
   }
 
   /** Adds a micro-batch's gradients into the pending sums (weighted by its targets when accumulating). */
@@ -753,6 +782,17 @@ export class Trainer {
     try {
       if (pending.weight === 0) {
         reason = 'no loss targets in the batch (lossMask selects no real target token, or no labels)';
+      } else if (pending.flat !== undefined) {
+        const group = this.options.dataParallel as GradientReplicas;
+        // Σ nᵢ·∇Lᵢ / Σ nᵢ: the sum itself with one micro-batch, else scaled by 1 / Σ nᵢ inside the update.
+        const toMean = this.config.gradAccumulation === 1 ? 1 : 1 / pending.weight;
+        gradNorm = Math.sqrt(squaredNorm(pending.flat.values)) * toMean;
+        if (!Number.isFinite(means.loss)) reason = `the loss is ${means.loss}`;
+        else if (!Number.isFinite(gradNorm)) reason = `the gradient norm is ${gradNorm}`;
+        else {
+          const clip = this.config.maxGradNorm > 0 && gradNorm > this.config.maxGradNorm ? this.config.maxGradNorm / gradNorm : 1;
+          group.update(this.optimizer, pending.flat.values, pending.flat.present, this.learningRates(stepIndex), toMean * clip, this.named);
+        }
       } else {
         const averaged = this.config.gradAccumulation === 1 ? pending.grads : this.average(pending);
         try {
@@ -767,12 +807,9 @@ export class Trainer {
             if (!Number.isFinite(means.loss)) reason = `the loss is ${means.loss}`;
             else if (!Number.isFinite(gradNorm)) reason = `the gradient norm is ${gradNorm}`;
             else {
-              const multiplier = this.schedule.lrAt(stepIndex);
-              const lrs = new Map([...this.groups].map(([name, g]) => [name, g.lr * multiplier]));
               const applied = clip?.grads ?? averaged;
-              this.optimizer.applyGradients(applied, lrs);
+              this.optimizer.applyGradients(applied, this.learningRates(stepIndex));
               this.afterApplied(applied);
-              this.options.dataParallel?.publish(this.named);
             }
           } finally {
             for (const g of clip?.grads.values() ?? []) g.dispose();
@@ -824,6 +861,12 @@ export class Trainer {
       throw error;
     }
     return report;
+  }
+
+  /** Every variable's learning rate at a step: its group's times the schedule's multiplier. */
+  private learningRates(stepIndex: number): Map<string, number> {
+    const multiplier = this.schedule.lrAt(stepIndex);
+    return new Map([...this.groups].map(([name, g]) => [name, g.lr * multiplier]));
   }
 
   /** Runs every controller after an applied optimizer step, with the gradients it applied (by variable). */
