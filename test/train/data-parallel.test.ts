@@ -65,14 +65,14 @@ async function withTrainers(
   replicas: number,
   body: (one: Trainer, parallel: Trainer) => void,
   reference: object = {},
-  options: { readonly routers?: boolean } = {},
+  options: { readonly routers?: boolean; readonly both?: object } = {},
 ): Promise<void> {
   const routers = options.routers === true ? { routers: builtinRouters() } : {};
   const single = AdaptedModel.create(base, spec, routers);
   const replicated = AdaptedModel.create(base, spec, routers);
   const group = await DataParallelGroup.start(replicated, config, { replicas });
-  const one = new Trainer(single, { ...config, ...reference });
-  const parallel = new Trainer(replicated, config, { dataParallel: group });
+  const one = new Trainer(single, { ...config, ...options.both, ...reference });
+  const parallel = new Trainer(replicated, { ...config, ...options.both }, { dataParallel: group });
   try {
     body(one, parallel);
   } finally {
@@ -123,6 +123,27 @@ describe('data-parallel training', () => {
       },
       { gradAccumulation: 3 },
       { routers: true },
+    );
+  });
+
+  test('gradient accumulation on replicas: two micro-batches a step give the one-replica accumulation', async () => {
+    const [first, second] = [splitRows(batch, 2)[0] as TrainBatch, batch];
+    await withTrainers(
+      loraSpec,
+      2,
+      (one, two) => {
+        for (let s = 0; s < 2; s++) {
+          expect(two.step(first)).toMatchObject({ applied: false, microBatch: 1 });
+          one.step(first);
+          const [a, b] = [one.step(second), two.step(second)];
+          expect(b).toMatchObject({ applied: true, step: s + 1 });
+          expect(b.loss).toBeCloseTo(a.loss, 5);
+          expect(b.gradNorm as number).toBeCloseTo(a.gradNorm as number, 5);
+        }
+        expectSameVariables(two, one);
+      },
+      {},
+      { both: { gradAccumulation: 2 } },
     );
   });
 
