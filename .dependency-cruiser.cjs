@@ -3,7 +3,7 @@
 // import cycle fails it with the offending pair of files named.
 const LAYERS = [
   ['leaf', '^src/(errors|variables|version)\\.ts$|^src/config/'],
-  ['formats', '^src/(formats|tokenizers)/|^src/(backend|backend-capabilities|browser-backend|wasm-fallbacks|wasm-threads|webgpu-fallbacks|webgpu-program)\\.ts$'],
+  ['formats', '^src/(formats|tokenizers)/|^src/(backend|backend-capabilities|browser-backend|wasm-fallbacks|wasm-rope|wasm-threads|webgpu-fallbacks|webgpu-program)\\.ts$'],
   ['base', '^src/base/'],
   ['vision', '^src/vision/'],
   ['adapters', '^src/adapters/'],

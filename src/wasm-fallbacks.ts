@@ -17,9 +17,11 @@
  *   what lets its transpose be cached.
  * - Slice and SplitV (copy the whole input per piece): pieces copied from a view of the heap instead
  *   (`wasm-slice.ts`).
+ * - Rotary embeddings (eight kernels per tensor): one fused kernel, the same bits (`wasm-rope.ts`).
  */
 import * as tf from '@tensorflow/tfjs';
 import { batchedMatMulBySlices } from './wasm-batched-matmul.js';
+import { registerFusedRope } from './wasm-rope.js';
 import { registerHeapViewSlicing } from './wasm-slice.js';
 import { cachedTranspose } from './wasm-transpose-cache.js';
 
@@ -38,6 +40,7 @@ export function registerWasmFallbacks(): void {
   registerPlainTransposedMatMul();
   registerSharingIdentity();
   registerHeapViewSlicing();
+  registerFusedRope();
   if (tf.getKernel('UnsortedSegmentSum', 'wasm') === undefined) {
     tf.registerKernel({
       kernelName: 'UnsortedSegmentSum',

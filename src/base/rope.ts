@@ -6,6 +6,7 @@
  * Shape letters: B batch, T tokens, H heads, Dh head width, L table length.
  */
 import * as tf from '@tensorflow/tfjs';
+import { fusedRope, hasFusedRope } from '../wasm-rope.js';
 
 export interface RopeTables {
   readonly cos: tf.Tensor2D; // [L, Dh/2]
@@ -42,8 +43,13 @@ export function ropeAngles(positions: tf.Tensor2D, tables: RopeTables): RopeAngl
   return { cos, sin };
 }
 
-/** Rotates x [B, T, H, Dh] by its tokens' angles. */
+/** Rotates x [B, T, H, Dh] by its tokens' angles (one fused kernel on wasm: wasm-rope.ts, the same bits). */
 export function applyRope(x: tf.Tensor4D, angles: RopeAngles): tf.Tensor4D {
+  return hasFusedRope() ? fusedRope(x, angles.cos, angles.sin) : applyRopeOps(x, angles); // [B, T, H, Dh]
+}
+
+/** applyRope op by op (every backend). */
+export function applyRopeOps(x: tf.Tensor4D, angles: RopeAngles): tf.Tensor4D {
   const [b, t, h, dh] = x.shape;
   const half = dh / 2;
   const { cos, sin } = angles;
