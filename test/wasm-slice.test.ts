@@ -1,5 +1,5 @@
-// tfjs-wasm's Slice and SplitV are replaced by heap-view copies (src/wasm-slice.ts): every piece must hold
-// exactly what the cpu backend's kernels give, for contiguous and strided pieces, every rank and dtype.
+// tfjs-wasm's Slice, SplitV and GatherV2 are replaced by heap-view copies (src/wasm-slice.ts): every piece
+// and gather must hold exactly what the cpu backend's kernels give, for every rank, axis and dtype.
 import * as tf from '@tensorflow/tfjs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -40,7 +40,7 @@ function pieces(
   });
 }
 
-describe('wasm Slice and SplitV read the heap in place', () => {
+describe('wasm Slice, SplitV and GatherV2 read the heap in place', () => {
   beforeAll(async () => {
     await selectBackend({ preference: 'cpu' });
     await selectBackend({ preference: 'wasm' });
@@ -71,6 +71,46 @@ describe('wasm Slice and SplitV read the heap in place', () => {
       }),
       { numRuns: 150 },
     );
+  });
+
+  test('any gather along any axis (indices of any rank, repeated) equals cpu; an index outside the axis is refused', () => {
+    const arbitrary = fc.record({
+      shape: fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 1, maxLength: 4 }),
+      dtype: fc.constantFrom<'float32' | 'int32' | 'bool'>('float32', 'int32', 'bool'),
+      indexShape: fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 0, maxLength: 2 }),
+      seed: fc.nat(),
+      axisSeed: fc.nat(),
+    });
+    const gathered = (backend: 'cpu' | 'wasm', shape: number[], dtype: 'float32' | 'int32' | 'bool', indexShape: number[], seed: number, axis: number) =>
+      on(backend, () => {
+        const before = tf.memory().numTensors;
+        const values = Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) =>
+          dtype === 'bool' ? i % 3 === 0 : dtype === 'int32' ? i - 7 : Math.sin(i) * 10,
+        );
+        const x = tf.tensor(values as number[], shape, dtype);
+        const count = tf.util.sizeFromShape(indexShape);
+        const indices = tf.tensor(
+          Array.from({ length: count }, (_, i) => (seed + i * 7) % (shape[axis] as number)),
+          indexShape,
+          'int32',
+        );
+        const y = tf.gather(x, indices, axis);
+        const out = [y.shape, y.arraySync()];
+        tf.dispose([x, indices, y]);
+        expect(tf.memory().numTensors).toBe(before);
+        return out;
+      });
+    fc.assert(
+      fc.property(arbitrary, ({ shape, dtype, indexShape, seed, axisSeed }) => {
+        const axis = axisSeed % shape.length;
+        expect(gathered('wasm', shape, dtype, indexShape, seed, axis)).toEqual(gathered('cpu', shape, dtype, indexShape, seed, axis));
+      }),
+      { numRuns: 150 },
+    );
+    const table = tf.tensor2d([1, 2, 3, 4], [2, 2]);
+    const outside = tf.tensor1d([0, 2], 'int32');
+    expect(() => tf.gather(table, outside)).toThrow(/index value 2 is not in \[0, 1\]/);
+    tf.dispose([table, outside]);
   });
 
   test('a slice reaching to the end (-1), an empty piece and a string slice behave as on cpu', () => {
