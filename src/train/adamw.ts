@@ -26,7 +26,7 @@ import { parseConfig } from '../config/parse.js';
 import { CheckpointError, ConfigError, formatShape } from '../errors.js';
 import { readHostTensors } from '../formats/host-tensors.js';
 import { applyFlatUpdate, type FlatUpdateBuffers, type FlatUpdatePlan } from './adamw-flat.js';
-import { readFlatInto, readNamedInto, splitFlat } from './flat-tensors.js';
+import { assignFlat, readFlatInto, readNamedInto } from './flat-tensors.js';
 
 export const adamWFields = {
   beta1: z.number().min(0).lt(1).default(0.9),
@@ -226,14 +226,11 @@ export class AdamW {
       new Float32Array(this.total),
     ); // [P]
     this.applyFlat(flatGrads, present, lrs, 1, params);
-    const values = splitFlat(
+    assignFlat(
+      slots.map((s) => s.param),
       params,
-      slots.map((s) => s.param.shape),
+      present,
     );
-    slots.forEach((slot, i) => {
-      if (present[i] === 1) slot.param.assign(values[i] as tf.Tensor);
-    });
-    tf.dispose(values);
   }
 
   /**
@@ -379,13 +376,11 @@ export class AdamW {
     this.checkAlive();
     if (this.host !== undefined) throw new Error('AdamW.stateTensors: this optimizer holds host moments; read them with readMoments()');
     const tensors = new Map<string, tf.Tensor>();
-    const paramSteps = new Map<string, number>();
     for (const [name, slot] of this.slots as Map<string, DeviceSlot>) {
       tensors.set(`${name}/m`, slot.m);
       tensors.set(`${name}/v`, slot.v);
-      paramSteps.set(name, slot.steps);
     }
-    return { step: this.stepCount, tensors, paramSteps };
+    return { ...this.counts(), tensors };
   }
 
   /** Restores getState() output; every parameter's m and v must be present with its shape. */

@@ -45,10 +45,15 @@ export function clipByGlobalNorm(grads: ReadonlyMap<string, tf.Tensor>, maxNorm:
   return scaleByGlobalNorm(grads, globalNorm(grads.values()), maxNorm);
 }
 
+/** The clip factor min(1, maxNorm / norm); 1 when the norm is non-finite (nothing sensible to scale). */
+export function clipScale(norm: number, maxNorm: number): number {
+  return Number.isFinite(norm) && norm > maxNorm ? maxNorm / norm : 1;
+}
+
 /** clipByGlobalNorm with the norm already read (√ of squaredGlobalNorm): no read of its own. */
 export function scaleByGlobalNorm(grads: ReadonlyMap<string, tf.Tensor>, norm: number, maxNorm: number): ClipResult {
   if (!(maxNorm > 0)) throw new RangeError(`scaleByGlobalNorm: maxNorm must be > 0, got ${maxNorm}`);
-  const scale = Number.isFinite(norm) && norm > maxNorm ? maxNorm / norm : 1;
+  const scale = clipScale(norm, maxNorm);
   const clipped = new Map<string, tf.Tensor>();
   for (const [name, g] of grads) clipped.set(name, scale === 1 ? tf.clone(g) : tf.tidy(() => tf.mul(g, scale))); // [...g]
   return { norm, grads: clipped, scale };

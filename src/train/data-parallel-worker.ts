@@ -15,7 +15,7 @@ import { errorToData } from '../errors.js';
 import { applyFlatUpdate } from './adamw-flat.js';
 import type { FromReplica, ReplicaInit, SentTensor, ShardRequest, ToReplica, UpdateRequest } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
-import { readNamedInto, sameItems, splitFlat } from './flat-tensors.js';
+import { assignFlat, readNamedInto, sameItems } from './flat-tensors.js';
 import { Trainer } from './trainer.js';
 
 const parent = parentPort;
@@ -101,12 +101,7 @@ function takeWeights(): void {
   try {
     if (replica === undefined) throw new TrainingError('data-parallel weights reached a worker that did not start');
     const { variables, weights } = replica;
-    const values = splitFlat(
-      weights,
-      variables.map((v) => v.shape),
-    );
-    variables.forEach((v, i) => v.assign(values[i] as tf.Tensor));
-    tf.dispose(values);
+    assignFlat(variables, weights);
   } finally {
     if (signal !== undefined) {
       Atomics.add(signal, 1, 1);

@@ -33,7 +33,7 @@ import { applyFlatUpdate, splitVariables } from './adamw-flat.js';
 import type { AdamW, FlatMoments } from './adamw.js';
 import type { FromReplica, SentTensor, ShardAnswer, ToReplica } from './data-parallel-protocol.js';
 import { TrainingError } from './errors.js';
-import { readFlatInto, sameItems } from './flat-tensors.js';
+import { assignFlat, readFlatInto, sameItems } from './flat-tensors.js';
 import type { GradientReplicas, RemoteShard, TrainBatch } from './trainer.js';
 
 /** Where this file's sibling modules are: the TypeScript sources (tests, tsx) or the built JavaScript. */
@@ -310,11 +310,7 @@ export class DataParallelGroup implements GradientReplicas {
         hint: "The optimizer's moments may be half updated: resume from the last checkpoint",
       });
     }
-    let offset = 0;
-    variables.forEach((v, i) => {
-      if (present[i] === 1) tf.tidy(() => v.assign(tf.tensor(this.weights.subarray(offset, offset + v.size), v.shape, 'float32'))); // copies the run
-      offset += v.size;
-    });
+    assignFlat(variables, this.weights, present);
     const ids = variables.map((v) => v.dataId as object);
     this.written = ids;
     for (const worker of this.workers) {

@@ -47,6 +47,20 @@ export function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/**
+ * Assigns consecutive runs of `flat` to `variables` (run i holds variable i's values), only where
+ * only[i] = 1 when `only` is given; the values are copied.
+ */
+export function assignFlat(variables: readonly tf.Variable[], flat: Float32Array, only?: Uint8Array): void {
+  const total = variables.reduce((s, v) => s + v.size, 0); // P
+  if (total !== flat.length) throw new Error(`variables of ${total} values do not fill a flat vector of ${flat.length}`);
+  let offset = 0;
+  variables.forEach((v, i) => {
+    if (only === undefined || only[i] === 1) tf.tidy(() => v.assign(tf.tensor(flat.subarray(offset, offset + v.size), v.shape, 'float32'))); // [...v]
+    offset += v.size;
+  });
+}
+
 /** Tensors of `shapes` over consecutive runs of `flat`, owned by the caller. */
 export function splitFlat(flat: Float32Array, shapes: readonly (readonly number[])[]): tf.Tensor[] {
   const out: tf.Tensor[] = [];

@@ -36,7 +36,7 @@ import type { SelectionInput } from '../model/selection.js';
 import { AdamW, adamWFields, type FlatMoments } from './adamw.js';
 import { addScaledInto, readNamedInto, sameItems, squaredNorm, weightedMeanInto } from './flat-tensors.js';
 import { type RowBatch, splitRows } from './shards.js';
-import { scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
+import { clipScale, scaleByGlobalNorm, squaredGlobalNorm } from './clip.js';
 import { modelControllers, type TrainingController } from './controllers.js';
 import { DeferredTraceReads } from '../routing/trace.js';
 import { TrainingError } from './errors.js';
@@ -231,6 +231,13 @@ interface FlatGradients {
   readonly values: Float32Array; // [P]
   /** [variables] 1 where some shard gave the variable a gradient. */
   readonly present: Uint8Array;
+}
+
+/** Why an optimizer step with this loss and gradient norm is skipped (non-finite), or undefined. */
+function skipReason(loss: number, gradNorm: number): string | undefined {
+  if (!Number.isFinite(loss)) return `the loss is ${loss}`;
+  if (!Number.isFinite(gradNorm)) return `the gradient norm is ${gradNorm}`;
+  return undefined;
 }
 
 function emptyPending(): Pending {
@@ -787,10 +794,9 @@ export class Trainer {
         // Σ nᵢ·∇Lᵢ / Σ nᵢ: the sum itself with one micro-batch, else scaled by 1 / Σ nᵢ inside the update.
         const toMean = this.config.gradAccumulation === 1 ? 1 : 1 / pending.weight;
         gradNorm = Math.sqrt(squaredNorm(pending.flat.values)) * toMean;
-        if (!Number.isFinite(means.loss)) reason = `the loss is ${means.loss}`;
-        else if (!Number.isFinite(gradNorm)) reason = `the gradient norm is ${gradNorm}`;
-        else {
-          const clip = this.config.maxGradNorm > 0 && gradNorm > this.config.maxGradNorm ? this.config.maxGradNorm / gradNorm : 1;
+        reason = skipReason(means.loss, gradNorm);
+        if (reason === undefined) {
+          const clip = this.config.maxGradNorm > 0 ? clipScale(gradNorm, this.config.maxGradNorm) : 1;
           group.update(this.optimizer, pending.flat.values, pending.flat.present, this.learningRates(stepIndex), toMean * clip, this.named);
         }
       } else {
@@ -804,9 +810,8 @@ export class Trainer {
           }
           const clip = this.config.maxGradNorm > 0 ? scaleByGlobalNorm(averaged, gradNorm, this.config.maxGradNorm) : undefined;
           try {
-            if (!Number.isFinite(means.loss)) reason = `the loss is ${means.loss}`;
-            else if (!Number.isFinite(gradNorm)) reason = `the gradient norm is ${gradNorm}`;
-            else {
+            reason = skipReason(means.loss, gradNorm);
+            if (reason === undefined) {
               const applied = clip?.grads ?? averaged;
               this.optimizer.applyGradients(applied, this.learningRates(stepIndex));
               this.afterApplied(applied);
