@@ -50,7 +50,9 @@ describe('AdamW with host moments', () => {
     expect(a.step).toBe(4);
     expect(a.paramSteps).toEqual(b.paramSteps);
     expect(a.paramSteps?.get('p3')).toBe(3);
-    for (const [key, t] of b.tensors) expectClose(a.tensors.get(key)?.values as Float32Array, t.values, { rtol: 1e-5, atol: 1e-9, label: key });
+    // Moments are sums of gradients of order 1, so a moment near zero is a cancellation whose float32 round-off
+    // is of the gradients' order (≈ 6e-8), not of the moment's: the absolute tolerance is set on that scale.
+    for (const [key, t] of b.tensors) expectClose(a.tensors.get(key)?.values as Float32Array, t.values, { rtol: 1e-5, atol: 1e-7, label: key });
     reference.dispose();
     optimizer.dispose();
     tf.dispose([...device.values(), ...host.values()]);
