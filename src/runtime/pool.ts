@@ -2,7 +2,8 @@
  * RuntimePool: serving throughput on every CPU core. N worker threads each run a whole RoutedRuntime
  * (pool-worker.ts) on one wasm thread with its own replica of the same base; the pool sends each call to
  * the worker with the fewest calls in flight (ties: the next in turn), so concurrent requests compute in
- * parallel. Targets are the same everywhere: load, swap, unload, merge and unmerge go to every worker and
+ * parallel, and splits a forward or classify of several rows over the workers (call-rows.ts), so one
+ * request's prefill computes on every core. Targets are the same everywhere: load, swap, unload, merge and unmerge go to every worker and
  * resolve when all have done it. Each worker keeps the runtime's own semantics — batching of the calls it
  * gets, hot swap under running requests, the memory budget (per worker: each holds its own copy of the
  * resident targets) — and results and typed errors are what a single runtime gives.
@@ -23,6 +24,7 @@ import { z } from 'zod';
 import type { ModelConfig } from '../base/config.js';
 import { parseConfig } from '../config/parse.js';
 import { ConfigError, RoutedPeftError } from '../errors.js';
+import { checkCallRows, joinForward, rowParts } from './call-rows.js';
 import { type FromWorker, type PoolBaseSource, type PoolMethod, reviveError, type ToWorker } from './pool-protocol.js';
 import { RuntimeSettings } from './runtime.js';
 import type {
@@ -142,6 +144,10 @@ export class RuntimePool {
   private nextId = 1;
   private turn = 0;
   private closed = false;
+  /** Per loaded target: whether a call's rows compute together (TargetInfo.rowsCoupled). */
+  private readonly coupled = new Map<string, boolean>();
+  /** Loads, swaps, unloads, merges and unmerges running: while one runs, calls are not split. */
+  private targetChanges = 0;
   private readonly batchSubject: Subject<BatchEvent>;
   private readonly workers: readonly PoolWorker[];
   /** One event per pass any worker's batcher runs (plain data, as RoutedRuntime.batches$). */
@@ -220,23 +226,27 @@ export class RuntimePool {
   // Targets: every worker
 
   async load(name: string, source: TargetSource, options: LoadOptions = {}): Promise<TargetInfo> {
-    return this.everywhere('load', [name, this.portable(source), options]);
+    const info = await this.changing<TargetInfo>('load', [name, this.portable(source), options], name);
+    this.coupled.set(name, info.rowsCoupled);
+    return info;
   }
 
   async swap(name: string, source: TargetSource, options: LoadOptions = {}): Promise<TargetInfo> {
-    return this.everywhere('swap', [name, this.portable(source), options]);
+    const info = await this.changing<TargetInfo>('swap', [name, this.portable(source), options], name);
+    this.coupled.set(name, info.rowsCoupled);
+    return info;
   }
 
   async unload(name: string): Promise<void> {
-    await this.everywhere('unload', [name]);
+    await this.changing('unload', [name], name);
   }
 
   async merge(name: string): Promise<void> {
-    await this.everywhere('merge', [name]);
+    await this.changing('merge', [name], name);
   }
 
   async unmerge(name: string): Promise<void> {
-    await this.everywhere('unmerge', [name]);
+    await this.changing('unmerge', [name], name);
   }
 
   async targets(): Promise<string[]> {
@@ -249,18 +259,31 @@ export class RuntimePool {
   }
 
   // ---------------------------------------------------------------------------------------------------
-  // Calls: one worker each
+  // Calls: one worker each (a forward or classify of several rows: its rows over the workers)
 
+  /**
+   * Logits [B, T, V]. A call of several rows is split over the workers (contiguous parts, one per worker
+   * while rows last) and joined: one request's prefill on every core, each row's values as one runtime gives
+   * them up to float round-off. Not split: a target whose router couples the rows (TargetInfo.rowsCoupled),
+   * or while a load, swap, merge or unmerge is running (workers may hold different versions until it ends).
+   */
   forward(ids: readonly (readonly number[])[], options: CallOptions): Promise<ForwardResult> {
-    return this.anywhere('forward', [ids, options]) as Promise<ForwardResult>;
+    const parts = this.splitting(ids, options);
+    if (parts === undefined) return this.anywhere('forward', [ids, options]) as Promise<ForwardResult>;
+    const answers = parts.map(([first, last]) => this.anywhere('forward', [ids.slice(first, last), partOptions(options, first, last)]));
+    return Promise.all(answers).then((results) => joinForward(results as ForwardResult[], parts));
   }
 
   score(prompt: readonly number[] | string, continuation: readonly number[] | string, options: CallOptions): Promise<ScoreResult> {
     return this.anywhere('score', [prompt, continuation, options]) as Promise<ScoreResult>;
   }
 
+  /** One classification per row; several rows are split over the workers as `forward` splits them. */
   classify(ids: readonly (readonly number[])[], options: ClassifyOptions): Promise<Classification[]> {
-    return this.anywhere('classify', [ids, options]) as Promise<Classification[]>;
+    const parts = this.splitting(ids, options);
+    if (parts === undefined) return this.anywhere('classify', [ids, options]) as Promise<Classification[]>;
+    const answers = parts.map(([first, last]) => this.anywhere('classify', [ids.slice(first, last), partOptions(options, first, last)]));
+    return Promise.all(answers).then((results) => (results as Classification[][]).flat());
   }
 
   /** Runs a generation to its end on one worker and returns the summary. */
@@ -372,6 +395,43 @@ export class RuntimePool {
     if (this.closed) throw new RoutedPeftError('the runtime pool is closed', { hint: 'Create a new RuntimePool' });
   }
 
+  /**
+   * The row parts a call is split into, or undefined to send it whole: one worker, one row, a target change
+   * in flight, task ids that do not match the rows (the worker refuses them), or a selection whose rows are
+   * coupled or not known to be free (a routed target the pool has not loaded; a selection a runtime refuses),
+   * or malformed rows (sent whole, a worker refuses them by their index in the whole call).
+   */
+  private splitting(ids: readonly (readonly number[])[], options: CallOptions): [number, number][] | undefined {
+    this.checkOpen();
+    if (this.workers.length < 2 || this.targetChanges > 0 || !Array.isArray(ids) || ids.length < 2) return undefined;
+    if (options.taskIds !== undefined && options.taskIds.length !== ids.length) return undefined;
+    try {
+      checkCallRows(ids, this.config, 'ids');
+    } catch {
+      return undefined;
+    }
+    if (!this.rowsIndependent(options.select)) return undefined;
+    return rowParts(ids.length, this.workers.length);
+  }
+
+  private rowsIndependent(select: unknown): boolean {
+    if (select === 'base') return true;
+    if (select === null || typeof select !== 'object') return false;
+    if ('routed' in select) return this.coupled.get(String(select.routed)) === false;
+    return 'adapter' in select || ('combine' in select && 'adapters' in select);
+  }
+
+  /** A target operation on every worker, counted as a change in flight while it runs. */
+  private async changing<T>(method: PoolMethod, args: readonly unknown[], name: string): Promise<T> {
+    this.targetChanges++;
+    try {
+      return await this.everywhere<T>(method, args);
+    } finally {
+      this.targetChanges--;
+      if (method === 'unload') this.coupled.delete(name);
+    }
+  }
+
   /** The worker with the fewest calls in flight; ties go to the next in turn. */
   private pick(): PoolWorker {
     const n = this.workers.length;
@@ -413,6 +473,11 @@ export class RuntimePool {
     }
     return source;
   }
+}
+
+/** A part's call options: its rows' task ids. */
+function partOptions<O extends CallOptions>(options: O, first: number, last: number): O {
+  return options.taskIds === undefined ? options : { ...options, taskIds: options.taskIds.slice(first, last) };
 }
 
 /** Call arguments as plain data: an AbortSignal cannot cross a thread (generations cancel by message). */

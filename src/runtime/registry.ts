@@ -216,7 +216,7 @@ export class TargetRegistry {
         loading: undefined,
       });
       this.loads++;
-      return { name, kind: version.content.kind, bytes: version.totalBytes, warnings };
+      return { name, kind: version.content.kind, bytes: version.totalBytes, warnings, rowsCoupled: false };
     } finally {
       this.loadingNames.delete(name);
     }
@@ -258,7 +258,7 @@ export class TargetRegistry {
     if (old !== undefined) this.retire(old);
     this.swaps++;
     this.pump();
-    return { name, kind: version.content.kind, bytes: version.totalBytes, warnings };
+    return { name, kind: version.content.kind, bytes: version.totalBytes, warnings, rowsCoupled: false };
   }
 
   /** Removes a target; requests using it finish with its weights, which are freed afterwards. */
@@ -320,6 +320,11 @@ export class TargetRegistry {
     const entry = this.entryOf(name, 'name');
     entry.wantMerged = false;
     entry.current?.dropMerged();
+  }
+
+  /** The current version's content of a target (undefined while it is evicted or not loaded). */
+  currentContent(name: string): TargetContent | undefined {
+    return this.entries.get(name)?.current?.content;
   }
 
   isMerged(name: string): boolean {

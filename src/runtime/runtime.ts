@@ -34,6 +34,7 @@ import { ConfigError, RoutedPeftError, ShapeError } from '../errors.js';
 import type { RouterRegistry } from '../routing/router-registry.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import type { AdaptedModel } from '../model/adapted-model.js';
+import { checkCallRows } from './call-rows.js';
 import { toAsyncIterable } from './async-iterable.js';
 import { Batcher, type ExecutionPlan, type GenerateRequest, type GenerationEnd, type Isolation, type PassOutput } from './batcher.js';
 import { compositionHasPrefix, compositionHooks, presentPoints } from '../model/composition-hooks.js';
@@ -159,13 +160,21 @@ export class RoutedRuntime {
   async load(name: string, source: TargetSource, options: LoadOptions = {}): Promise<TargetInfo> {
     this.assertOpen();
     const head = this.parseHead(options.head);
-    return this.registry.load(parseConfig(z.string().min(1), name, 'name'), source, head);
+    return this.withCoupling(await this.registry.load(parseConfig(z.string().min(1), name, 'name'), source, head));
   }
 
   /** Hot swap: requests already running keep the old weights; requests started afterwards get the new ones. */
   async swap(name: string, source: TargetSource, options: LoadOptions = {}): Promise<TargetInfo> {
     this.assertOpen();
-    return this.registry.swap(name, source, this.parseHead(options.head));
+    return this.withCoupling(await this.registry.swap(name, source, this.parseHead(options.head)));
+  }
+
+  /** The registry's answer with `rowsCoupled` from the target's routers (unknown while evicted: coupled). */
+  private withCoupling(info: TargetInfo): TargetInfo {
+    if (info.kind !== 'routed') return info;
+    const content = this.registry.currentContent(info.name);
+    const rowsCoupled = content?.kind !== 'routed' || this.routedTraits(content.model).isolation === 'request';
+    return { ...info, rowsCoupled };
   }
 
   /** Removes a target (running requests finish with it). */
@@ -536,17 +545,6 @@ export class RoutedRuntime {
   }
 
   private checkRows(rows: readonly (readonly number[])[], path: string): void {
-    const { vocabSize, maxSeqLen } = this.base.config;
-    if (rows.length === 0) throw new ShapeError('a call needs at least one row of tokens', { path, hint: 'Pass ids as [[id, ...], ...]' });
-    rows.forEach((row, b) => {
-      if (row.length === 0) throw new ShapeError(`row ${b} is empty`, { path: `${path}[${b}]`, hint: 'Start from the BOS id when there is no text' });
-      if (row.length > maxSeqLen)
-        throw new ShapeError(`row ${b} has ${row.length} tokens, more than the model's maximum of ${maxSeqLen}`, { path: `${path}[${b}]` });
-      row.forEach((id, t) => {
-        if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
-          throw new ShapeError(`token id ${id} is outside the vocabulary [0, ${vocabSize})`, { path: `${path}[${b}][${t}]` });
-        }
-      });
-    });
+    checkCallRows(rows, this.base.config, path);
   }
 }

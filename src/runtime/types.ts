@@ -122,6 +122,11 @@ export interface TargetInfo {
   readonly kind: 'adapter' | 'routed';
   readonly bytes: number;
   readonly warnings: readonly string[];
+  /**
+   * A call's rows compute together: a routed target with a batch-coupled router (capacity shared by the
+   * rows: switch, expert-choice). Such calls run as one pass; a RuntimePool does not split their rows.
+   */
+  readonly rowsCoupled: boolean;
 }
 
 export interface TargetStats {
