@@ -10,6 +10,10 @@
  *
  *   node --import tsx benchmarks/serve-pool.ts [--quick]     (part of `npm run bench`)
  *
+ * The same pools then time one prefill request of 4 × 128 rows (`forward`, base and routed): the N-worker pool
+ * splits its rows over the workers (src/runtime/pool.ts), so the ratio is the latency speed-up of a single
+ * request on every core (the issue's target: ≥ 1.7). Both sides must give the same logits.
+ *
  * N is max(2, available parallelism).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -42,6 +46,9 @@ import { routedLoraSpec } from './lib/specs.js';
 // Constants
 const FULL = { requests: 32, promptTokens: 16, newTokens: 16, rounds: 4, warmup: 1 };
 const QUICK = { requests: 8, promptTokens: 8, newTokens: 4, rounds: 2, warmup: 1 };
+/** One prefill request of several rows (the issue's 4 × 128), which the pool splits over its workers. */
+const PREFILL_FULL = { batch: 4, tokens: 128, rounds: 7, warmup: 1 };
+const PREFILL_QUICK = { batch: 2, tokens: 16, rounds: 2, warmup: 1 };
 const SPEC = routedLoraSpec({ experts: 8, k: 2, r: 8 });
 // ---------------------------------------------------------------------------------------------------------
 
@@ -81,6 +88,7 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       { warmup: sizes.warmup, rounds: sizes.rounds, ...(args.quick ? { warmupMs: QUICK_WARMUP_MS } : {}) },
     );
     const loadAfter = loadavg()[0] ?? 0;
+    const prefill = await comparePrefill(one, many, workers, args, modelOptions.vocabSize);
     await Promise.all([one.close(), many.close()]);
     const ratio = ratioResult(
       timings,
@@ -107,13 +115,56 @@ export async function run(args: BenchArgs): Promise<BenchResult> {
       date: new Date().toISOString(),
       machine: machineInfo(),
       constants: { ...sizes, workers, model: modelOptions, spec: 'E=8 k=2 r=8 all sites' },
-      ratios: [ratio],
-      details: { loadBefore, loadAfter, mismatches, samples: timings.samples },
+      ratios: [ratio, ...prefill.ratios],
+      details: { loadBefore, loadAfter, mismatches, samples: timings.samples, prefill: prefill.details },
       seconds: round((performance.now() - started) / 1000, 1),
     };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** One multi-row forward per call, base and routed, on the 1-worker pool against the N-worker pool. */
+async function comparePrefill(one: RuntimePool, many: RuntimePool, workers: number, args: BenchArgs, vocabSize: number) {
+  const sizes = args.quick ? PREFILL_QUICK : PREFILL_FULL;
+  const ids = randomIds(sizes.batch, sizes.tokens, vocabSize, 13);
+  const targets: { readonly name: string; readonly select: Selection }[] = [
+    { name: 'base', select: 'base' },
+    { name: 'routed', select: { routed: 'moe' } },
+  ];
+  let maxDifference = 0;
+  for (const { select } of targets) {
+    const [a, b] = [await one.forward(ids, { select }), await many.forward(ids, { select })]; // [B, T, V] each
+    for (let i = 0; i < a.logits.length; i++) maxDifference = Math.max(maxDifference, Math.abs((a.logits[i] ?? 0) - (b.logits[i] ?? 0)));
+  }
+  if (!(maxDifference <= 1e-4)) throw new Error(`prefill logits differ between 1 and ${workers} workers by ${maxDifference}`);
+  const loadBefore = loadavg()[0] ?? 0;
+  const timings = await compareAsync(
+    targets.flatMap(({ name, select }) => [
+      { name: `${name} 1 worker`, run: async () => void (await one.forward(ids, { select })) },
+      { name: `${name} ${workers} workers`, run: async () => void (await many.forward(ids, { select })) },
+    ]),
+    { warmup: sizes.warmup, rounds: sizes.rounds, ...(args.quick ? { warmupMs: QUICK_WARMUP_MS } : {}) },
+  );
+  const loadAfter = loadavg()[0] ?? 0;
+  const ratios = targets.map(({ name }) => {
+    const ratio = ratioResult(
+      timings,
+      `serve/pool-prefill-${name}`,
+      `one ${name} prefill request of ${sizes.batch} × ${sizes.tokens}: rows split over ${workers} workers vs 1`,
+      `${name} 1 worker`,
+      `${name} ${workers} workers`,
+      {
+        target: 1.7,
+        higherIsBetter: true,
+        note: `latency speed-up; load average ${round(loadBefore, 2)} → ${round(loadAfter, 2)} on ${availableParallelism()} cores`,
+      },
+    );
+    logRatio(ratio);
+    return ratio;
+  });
+  console.log(`prefill logits: max |1 worker − ${workers} workers| = ${maxDifference}`);
+  return { ratios, details: { ...sizes, maxDifference, loadBefore, loadAfter, samples: timings.samples } };
 }
 
 if (isMain(import.meta.url)) {

@@ -20,7 +20,18 @@ let runtime: RoutedRuntime | undefined;
 const streams = new Map<number, AbortController>();
 
 function post(message: FromWorker): void {
-  port?.postMessage(message);
+  port?.postMessage(message, message.type === 'result' ? ownedBuffers(message.value) : []);
+}
+
+/**
+ * The logits buffer of a forward answer, moved to the pool instead of copied (a 4 × 128 prefill's is 8 MB):
+ * only when the array is the whole of its own buffer — a fresh array per call (batcher.ts), which nothing
+ * on this side reads again.
+ */
+function ownedBuffers(value: unknown): ArrayBuffer[] {
+  const logits = (value as { logits?: unknown } | undefined)?.logits;
+  if (!(logits instanceof Float32Array) || !(logits.buffer instanceof ArrayBuffer)) return [];
+  return logits.byteOffset === 0 && logits.byteLength === logits.buffer.byteLength ? [logits.buffer] : [];
 }
 
 async function init(message: Extract<ToWorker, { type: 'init' }>): Promise<void> {
